@@ -1,0 +1,248 @@
+"""Command line: ``run`` (under mpiexec), ``status``, ``verify`` and ``report``.
+
+Bad input is found before any work starts and reported once, by rank 0, with exit status 2;
+every rank leaves together, so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+from .errors import MasterFailed, UsageError
+
+log = logging.getLogger("mpigather")
+
+
+def _rank_from_env() -> int:
+    for var in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports errors on rank 0 only; every rank exits with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        if _rank_from_env() == 0:
+            self.print_usage(sys.stderr)
+            sys.stderr.write(f"mpigather: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mpigather", description="Gather results of many MPI tasks into files.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run FUNC on every task (start it with mpiexec -n N)")
+    r.add_argument("func", metavar="MODULE:FUNC", help="task function, e.g. mymod:simulate or path/to/file.py:simulate")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tasks", metavar="FILE.jsonl", help="one JSON object per line; its 'id' key names it")
+    src.add_argument("--range", type=int, metavar="N", help="tasks 0..N-1, each task the int itself")
+    r.add_argument("--out", required=True, help="x.h5 (one HDF5 file) or a directory of .npy files")
+    r.add_argument("--mode", choices=("stream", "direct"), help="stream results to the master (default) "
+                   "or let workers write their own files")
+    r.add_argument("--chunk-size", help="bytes per message of a streamed result (default 64MiB)")
+    r.add_argument("--prefetch", type=int, help="tasks queued at each worker (default 2)")
+    r.add_argument("--timeout", type=float, help="per-task lease in seconds; a task's own 'timeout' key wins")
+    r.add_argument("--retries", type=int, help="retries of a task that raised (default 0)")
+    r.add_argument("--heartbeat", type=float, help="seconds between worker heartbeats (default 5)")
+    r.add_argument("--grace", type=float, help="seconds running tasks get after SIGTERM/SIGUSR1 (default 60)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+    r.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    r.add_argument("--progress", choices=("auto", "bar", "log", "off"), help="progress display (default auto)")
+    r.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+
+    s = sub.add_parser("status", help="progress of a run, live or finished")
+    s.add_argument("path", help="the run's --out")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    v = sub.add_parser("verify", help="recompute every stored result's checksum")
+    v.add_argument("path")
+    v.add_argument("--json", action="store_true")
+    rp = sub.add_parser("report", help="where the time went, per worker")
+    rp.add_argument("path")
+    rp.add_argument("--plot", metavar="PNG", help="draw a per-worker timeline")
+    rp.add_argument("--json", action="store_true")
+    return p
+
+
+def setup_logging(level: str, rank: int) -> None:
+    lvl = getattr(logging, str(level).upper(), None)
+    if not isinstance(lvl, int):
+        raise UsageError(f"log level {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    h = logging.StreamHandler(sys.stderr)
+    host = socket.gethostname()
+    h.setFormatter(logging.Formatter(f"[%(asctime)s rank {rank} {host}] %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("mpigather")
+    root.handlers[:] = [h]
+    root.setLevel(lvl)
+    root.propagate = False
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").handlers[:] = [h]
+
+
+def load_func(spec: str) -> Callable[[Any], Any]:
+    """'pkg.mod:func' or 'path/file.py:func' -> the function. Raises UsageError naming what is missing."""
+    mod_name, sep, func_name = spec.rpartition(":")
+    if not sep or not mod_name or not func_name:
+        raise UsageError(f"task function {spec!r} must be MODULE:FUNC, e.g. mymodule:simulate")
+    if mod_name.endswith(".py"):
+        path = Path(mod_name)
+        if not path.is_file():
+            raise UsageError(f"task function {spec!r}: file {path} does not exist")
+        sp = importlib.util.spec_from_file_location(path.stem, path)
+        assert sp is not None and sp.loader is not None
+        mod = importlib.util.module_from_spec(sp)
+        sys.modules[path.stem] = mod
+        try:
+            sp.loader.exec_module(mod)
+        except Exception as e:
+            raise UsageError(f"task function {spec!r}: importing {path} raised {type(e).__name__}: {e}") from None
+    else:
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            raise UsageError(f"task function {spec!r}: no module named {e.name!r}"
+                             " (is it on PYTHONPATH or in the current directory?)") from None
+        except Exception as e:
+            raise UsageError(f"task function {spec!r}: importing {mod_name} raised {type(e).__name__}: {e}") from None
+    func = getattr(mod, func_name, None)
+    if func is None:
+        raise UsageError(f"task function {spec!r}: module {mod_name} has no attribute {func_name!r}")
+    if not callable(func):
+        raise UsageError(f"task function {spec!r}: {func_name} is a {type(func).__name__}, not a function")
+    return func  # type: ignore[no-any-return]
+
+
+def _options(a: argparse.Namespace) -> Any:
+    from .config import make_options
+
+    progress = "off" if a.quiet else a.progress
+    return make_options(chunk_size=a.chunk_size, prefetch=a.prefetch, mode=a.mode, timeout=a.timeout,
+                        retries=a.retries, heartbeat=a.heartbeat, grace=a.grace, resume=a.resume,
+                        overwrite=a.overwrite, progress=progress)
+
+
+def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
+    from .api import check_output, run_on
+    from .tasks import jsonl_tasks, range_tasks, scan_jsonl
+    from .transport import Link
+
+    link = Link()
+    # every rank checks what it can; rank 0 speaks for all, once
+    func: Any = None
+    err: str | None = None
+    try:
+        try:
+            setup_logging(a.log_level, link.rank)
+        finally:
+            if not log.handlers:
+                setup_logging("INFO", link.rank)
+        opts = _options(a)
+        func = load_func(a.func)
+    except UsageError as e:
+        err = str(e)
+    errs = link.comm.gather(err, root=0)
+    msg: str | None = None
+    total = None
+    if link.rank == 0:
+        msg = next((e for e in errs if e), None)
+        if msg is None:
+            try:
+                if a.tasks is not None:
+                    total = scan_jsonl(a.tasks)
+                else:
+                    range_tasks(a.range)
+                    total = a.range
+                check_output(a.out, opts)
+            except UsageError as e:
+                msg = str(e)
+    msg = link.comm.bcast(msg, root=0)
+    if msg is not None:
+        if link.rank == 0:
+            print(f"mpigather: error: {msg}", file=sys.stderr)
+        return 2
+    source = None
+    if link.rank == 0:
+        source = jsonl_tasks(a.tasks) if a.tasks is not None else range_tasks(a.range)
+    try:
+        summary = run_on(link, func, source, a.out, opts, total=total, argv=argv)
+    except UsageError as e:
+        if link.rank == 0:
+            print(f"mpigather: error: {e}", file=sys.stderr)
+        return 2
+    except MasterFailed:
+        return 2
+    if summary is None:
+        return 0
+    if not a.quiet or summary.exit_code != 0:
+        print(summary.text(), file=sys.stderr if a.quiet else sys.stdout, flush=True)
+    if summary.stuck and opts.abort_stuck:
+        log.error("ending %d stuck worker(s) with MPI_Abort; their tasks were done elsewhere or failed",
+                  len(summary.stuck))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        link.abort(summary.exit_code)
+    return summary.exit_code
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from .status import status
+
+    return status(a.path, as_json=a.json)
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .reader import verify
+
+    try:
+        n, bad, missing = verify(a.path)
+    except FileNotFoundError as e:
+        print(f"mpigather: error: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps({"checked": n, "mismatched": bad, "missing": missing}))
+    else:
+        print(f"{n} result(s) checked, {len(bad)} mismatched, {len(missing)} missing")
+        for t in bad:
+            print(f"  MISMATCH {t}")
+        for t in missing:
+            print(f"  MISSING  {t}")
+    return 1 if bad or missing else 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import report
+
+    return report(a.path, plot=a.plot, as_json=a.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    try:
+        if a.cmd == "run":
+            return cmd_run(a, ["mpigather", *argv])
+        if a.cmd == "status":
+            return cmd_status(a)
+        if a.cmd == "verify":
+            return cmd_verify(a)
+        return cmd_report(a)
+    except UsageError as e:
+        print(f"mpigather: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,454 @@
+"""The master's event loop: probe any source, receive, feed the scheduler, carry out its decisions.
+
+It never blocks on one worker: each chunk is a separate message, matched by probe from
+whichever worker sent it and received straight into that worker's open result. Between
+messages it commits (sink fsync, then journal fsync: group commit), expires leases,
+dispatches, reports progress, and sleeps with a capped backoff when nothing arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import messages as M
+from . import results as R
+from .errors import ChecksumError, ProtocolError, UsageError
+from .journal import Journal, now as wall_now
+from .scheduler import Ended, Expired, Revoke, Scheduler, Send, Stop
+from .sinks import Sink, Target
+from .transport import Backoff
+
+log = logging.getLogger("mpigather")
+
+INTERRUPTED = 75  # exit status: stopped on a signal, resumable (EX_TEMPFAIL)
+
+
+@dataclass
+class _Stream:
+    tid: Any
+    attempt: int
+    header: R.Header
+    target: Target | None  # None: a late duplicate, received and dropped
+    plan: list[tuple[int, int, int]]
+    meta: dict[str, Any]
+    index: int = 0
+    crc: int = 0
+
+
+@dataclass
+class Summary:
+    """What a run did. ``results`` holds the values when the output is in memory."""
+
+    total: int = 0
+    done: int = 0
+    failed: dict[Any, str] = field(default_factory=dict)
+    skipped: int = 0  # done by an earlier run (resume)
+    not_run: int = 0
+    bytes: int = 0
+    wall: float = 0.0
+    interrupted: bool = False
+    usage_error: str | None = None
+    stuck: dict[int, Any] = field(default_factory=dict)
+    lost: list[int] = field(default_factory=list)
+    workers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    master: dict[str, float] = field(default_factory=dict)
+    results: dict[Any, Any] = field(default_factory=dict)
+    out: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.usage_error:
+            return 2
+        if self.interrupted:
+            return INTERRUPTED
+        return 1 if self.failed or self.not_run else 0
+
+    def text(self) -> str:
+        gib = self.bytes / (1 << 30)
+        rate = self.bytes / self.wall / (1 << 30) if self.wall > 0 else 0.0
+        lines = [
+            f"mpigather: {self.done} done, {len(self.failed)} failed"
+            + (f", {self.skipped} already done" if self.skipped else "")
+            + (f", {self.not_run} not run" if self.not_run else "")
+            + f"; {gib:.3f} GiB in {self.wall:.2f} s ({rate:.2f} GiB/s)"
+            + (f" -> {self.out}" if self.out else "")
+        ]
+        if self.workers:
+            lines.append("  rank  host              tasks   compute     send     idle   (seconds)")
+            for rank in sorted(self.workers):
+                w = self.workers[rank]
+                lines.append(
+                    f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6} "
+                    f"{w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f} {w.get('idle', 0):>8.2f}"
+                )
+        if self.master:
+            m = self.master
+            lines.append(
+                f"  master: receiving {m.get('recv', 0):.2f} s, writing {m.get('write', 0):.2f} s,"
+                f" waiting {m.get('wait', 0):.2f} s"
+            )
+        for rank, tid in sorted(self.stuck.items()):
+            lines.append(f"  worker {rank} is stuck in task {tid!r} (its lease expired; it was ended at exit)")
+        for rank in self.lost:
+            lines.append(f"  worker {rank} was lost")
+        for tid, err in list(self.failed.items())[:50]:
+            first = err.strip().splitlines()
+            lines.append(f"  FAILED {tid!r}: {first[-1] if first else err}")
+        if len(self.failed) > 50:
+            lines.append(f"  ... and {len(self.failed) - 50} more failures (see `mpigather status`)")
+        if self.interrupted:
+            lines.append(f"  interrupted: run again with --resume to finish (exit status {INTERRUPTED})")
+        return "\n".join(lines)
+
+
+class Master:
+    def __init__(
+        self,
+        link: Any,
+        scheduler: Scheduler,
+        sink: Sink,
+        journal: Journal | None,
+        opts: Any,
+        *,
+        progress: Any = None,
+        on_done: Callable[[Any, dict[str, Any]], None] | None = None,
+        on_failed: Callable[[Any, str], None] | None = None,
+    ) -> None:
+        self.link, self.sched, self.sink, self.journal, self.opts = link, scheduler, sink, journal, opts
+        self.progress = progress
+        self.on_done, self.on_failed = on_done, on_failed
+        self.summary = Summary()
+        self._streams: dict[int, _Stream] = {}
+        self._scratch: np.ndarray | None = None
+        self._info: dict[int, tuple[str, int]] = {}
+        self._byes: set[int] = set()
+        self._signal: int | None = None
+        self._grace_end: float | None = None
+        self._no_worker_since: float | None = None
+        self._t = {"recv": 0.0, "write": 0.0, "wait": 0.0}
+        self._last_hb_write = 0.0
+        self._hb_task: dict[int, Any] = {}
+
+    # -- public -------------------------------------------------------------------------
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Stop handing out work; let running tasks finish within the grace period."""
+        self._signal = signum
+
+    def run(self) -> Summary:
+        t0 = time.monotonic()
+        old = self._install_signals()
+        try:
+            self._loop()
+        finally:
+            self._restore_signals(old)
+            self.summary.wall = time.monotonic() - t0
+            self.summary.master = dict(self._t)
+        return self.summary
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        back = Backoff()
+        last_house = 0.0
+        expected = set(range(self.link.size)) - {self.link.rank}
+        while True:
+            inc = self.link.poll()
+            now = time.monotonic()
+            if inc is not None:
+                back.reset()
+                self._on_message(inc, now)
+                if now - last_house < 0.005:
+                    continue
+            last_house = now
+            self._housekeeping(now)
+            if self.summary.usage_error is not None:
+                self._abort_workers(self.summary.usage_error, expected)
+                return
+            if self.sched.finished and self._all_released(expected):
+                return
+            if inc is None:
+                t = time.perf_counter()
+                back.sleep()
+                self._t["wait"] += time.perf_counter() - t
+
+    def _all_released(self, expected: set[int]) -> bool:
+        ws = self.sched.workers()
+        for rank in expected:
+            w = ws.get(rank)
+            if rank in self._byes or (w is not None and w.state in ("lost", "suspect")):
+                continue
+            return False
+        return True
+
+    def _housekeeping(self, now: float) -> None:
+        self._commit()
+        for d in self.sched.tick(now):
+            self._decide(d, now)
+        if self._signal is not None and not self.sched.draining:
+            log.warning("signal %d: no new tasks; running ones get %.0f s to finish", self._signal, self.opts.grace)
+            self._grace_end = now + self.opts.grace
+            self.summary.interrupted = True
+            for d in self.sched.drain():
+                self._decide(d, now)
+        if self._grace_end is not None and now > self._grace_end and not self.sched.finished:
+            left = self.sched.abandon_running()
+            log.warning("grace period over: %d running task(s) left for --resume", len(left))
+        for d in self.sched.dispatch(now):
+            self._decide(d, now)
+        self._check_workers(now)
+        self.link.progress()
+        if self.progress is not None:
+            self.progress.update(self.sched, self.summary, now)
+
+    def _check_workers(self, now: float) -> None:
+        """Give up when no healthy worker has been left for a while (all stuck or lost)."""
+        ws = self.sched.workers()
+        if self.sched.finished or not ws or len(ws) < self.link.size - 1 or self.sched.healthy_workers():
+            self._no_worker_since = None
+            return
+        if any(w.state == "stopping" for w in ws.values()):
+            return
+        if self._no_worker_since is None:
+            self._no_worker_since = now
+            return
+        patience = self.opts.timeout if self.opts.timeout else 30.0
+        if now - self._no_worker_since > patience:
+            log.error("no healthy worker left for %.0f s: ending the remaining tasks as failed", patience)
+            for d in self.sched.give_up("no healthy worker left to run it (all stuck or lost)"):
+                self._decide(d, now)
+
+    def _commit(self) -> None:
+        t = time.perf_counter()
+        ready = self.sink.commit()
+        j = self.journal
+        for tid, meta in ready:
+            if j is not None:
+                j.done(tid, meta["attempt"], meta["rank"], meta["bytes"], meta["crc32c"], meta["duration"], meta.get("path"))
+            self.summary.done += 1
+            self.summary.bytes += meta["bytes"]
+            if self.on_done is not None:
+                self.on_done(tid, meta)
+        if j is not None:
+            j.commit()
+        self._t["write"] += time.perf_counter() - t
+
+    def _decide(self, d: Any, now: float) -> None:
+        if isinstance(d, Send):
+            self.link.post((M.TASKS, d.tasks), d.rank)
+            if self.journal is not None:
+                self.journal.write({"ev": "dispatch", "rank": d.rank, "ids": [t[0] for t in d.tasks]})
+        elif isinstance(d, Revoke):
+            self.link.post((M.REVOKE, d.tids, d.expect_ack), d.rank)
+        elif isinstance(d, Stop):
+            self.link.post((M.STOP,), d.rank)
+        elif isinstance(d, Ended):
+            if not d.ok:
+                self.summary.failed[d.tid] = d.error or "failed"
+                if self.journal is not None:
+                    self.journal.write({"ev": "failed", "id": d.tid, "att": d.attempt, "rank": d.rank,
+                                        "error": d.error, "final": True})
+                if self.on_failed is not None:
+                    self.on_failed(d.tid, d.error or "failed")
+        elif isinstance(d, Expired):
+            log.warning("task %r: lease expired on worker %d (attempt %d); %s", d.tid, d.rank, d.attempt,
+                        "requeued" if d.requeued else "no retries left")
+            if self.journal is not None:
+                self.journal.write({"ev": "failed", "id": d.tid, "att": d.attempt, "rank": d.rank,
+                                    "error": "lease expired", "final": False})
+
+    # -- messages -----------------------------------------------------------------------
+
+    def _on_message(self, inc: Any, now: float) -> None:
+        src = inc.source
+        if inc.tag == M.DATA:
+            self._on_chunk(inc, now)
+            return
+        if inc.tag != M.CTRL:
+            raise ProtocolError(f"unexpected tag {inc.tag} from rank {src}")
+        msg = inc.obj()
+        kind = msg[0]
+        if kind == M.RESULTS:
+            for item in msg[1]:
+                self._on_result(src, item, now)
+        elif kind == M.FAILED:
+            _, tid, attempt, text, cause, _dt = msg
+            if cause == "unsupported":
+                self.summary.usage_error = text
+                return
+            if self.journal is not None:
+                self.journal.write({"ev": "failed", "id": tid, "att": attempt, "rank": src, "error": text,
+                                    "final": False})
+            for d in self.sched.task_failed(src, tid, attempt, text, now):
+                self._decide(d, now)
+        elif kind == M.HEARTBEAT:
+            self.sched.seen(src, now)
+            self._hb_task[src] = msg[1]
+        elif kind == M.HELLO:
+            self._info[src] = (msg[1], msg[2])
+            self.sched.worker_ready(src, now)
+        elif kind == M.REVOKED:
+            self.sched.revoked(src, msg[1], now)
+        elif kind == M.LOG:
+            log.log(msg[1], "[rank %d] %s", src, msg[2])
+        elif kind == M.BYE:
+            self._byes.add(src)
+            self.summary.workers[src] = msg[1]
+            self.sched.worker_stopped(src)
+        else:
+            raise ProtocolError(f"unknown message {kind!r} from rank {src}")
+
+    def _on_result(self, src: int, item: tuple, now: float) -> None:
+        tid, attempt, header, duration, inline, path = item
+        meta = {"rank": src, "attempt": attempt, "duration": duration, "bytes": header.nbytes, "crc32c": header.crc}
+        accept = self.sched.result_begin(src, tid, attempt, now)
+        if inline is None and path is None:  # chunks follow
+            target = self.sink.open(tid, header, meta) if accept else None
+            stream = _Stream(tid, attempt, header, target, R.chunk_plan(header, self.opts.chunk_size), meta)
+            self._streams[src] = stream
+            if not stream.plan:
+                self._end_stream(src, stream, now)
+            return
+        if not accept:
+            if path is not None:
+                _remove_quietly(path)
+            return
+        if path is not None:
+            meta["path"] = path
+            self.sink.adopt(tid, header, path, meta)
+        else:
+            crc = R.checksum(inline)
+            if crc != header.crc:
+                self._bad_checksum(src, tid, attempt, header.crc, crc, now)
+                return
+            t = time.perf_counter()
+            target = self.sink.open(tid, header, meta)
+            for i, buf in enumerate(inline):
+                if len(buf):
+                    target.write(i, 0, buf)
+            target.finish()
+            self._t["write"] += time.perf_counter() - t
+        for d in self.sched.task_done(src, tid, attempt, now, duration):
+            self._decide(d, now)
+
+    def _on_chunk(self, inc: Any, now: float) -> None:
+        src = inc.source
+        stream = self._streams.get(src)
+        if stream is None:
+            raise ProtocolError(f"rank {src} sent data with no open result")
+        part, off, n = stream.plan[stream.index]
+        if inc.count != n:
+            raise ProtocolError(f"rank {src}, task {stream.tid!r}: chunk of {inc.count} bytes, expected {n}")
+        direct = stream.target.buffer(part, off, n) if stream.target is not None else None
+        buf = direct if direct is not None else self._scratch_buf(n)
+        t = time.perf_counter()
+        inc.into(buf)
+        t2 = time.perf_counter()
+        self._t["recv"] += t2 - t
+        if stream.target is not None:
+            stream.crc = R.crc_update(stream.crc, buf)
+            if direct is None:
+                stream.target.write(part, off, buf)
+            self._t["write"] += time.perf_counter() - t2
+        stream.index += 1
+        if stream.index == len(stream.plan):
+            self._end_stream(src, stream, now)
+
+    def _end_stream(self, src: int, stream: _Stream, now: float) -> None:
+        del self._streams[src]
+        if stream.target is None:
+            return
+        if stream.crc != stream.header.crc:
+            stream.target.discard()
+            self._bad_checksum(src, stream.tid, stream.attempt, stream.header.crc, stream.crc, now)
+            return
+        stream.target.finish()
+        for d in self.sched.task_done(src, stream.tid, stream.attempt, now, stream.meta["duration"]):
+            self._decide(d, now)
+
+    def _bad_checksum(self, src: int, tid: Any, attempt: int, want: int, got: int, now: float) -> None:
+        err = str(ChecksumError(f"task {tid!r} from rank {src}: checksum {got:#010x} != sent {want:#010x}"))
+        log.error(err)
+        for d in self.sched.task_failed(src, tid, attempt, err, now):
+            self._decide(d, now)
+
+    def _scratch_buf(self, n: int) -> np.ndarray:
+        if self._scratch is None or self._scratch.size < n:
+            self._scratch = np.empty(max(n, min(self.opts.chunk_size, 1 << 30)), dtype=np.uint8)
+        return self._scratch[:n]
+
+    # -- ending -------------------------------------------------------------------------
+
+    def _abort_workers(self, reason: str, expected: set[int]) -> None:
+        """Tell every worker to stop now and drain what they still send, so nobody hangs."""
+        for rank in expected:
+            self.link.post((M.ABORT, reason), rank)
+        end = time.monotonic() + 30.0
+        back = Backoff()
+        while not expected <= self._byes and time.monotonic() < end:
+            inc = self.link.poll()
+            if inc is None:
+                self.link.progress()
+                back.sleep()
+                continue
+            back.reset()
+            if inc.tag == M.DATA:
+                inc.into(self._scratch_buf(inc.count))
+                continue
+            msg = inc.obj()
+            if msg[0] == M.BYE:
+                self._byes.add(inc.source)
+        self.sink_discard_open()
+
+    def sink_discard_open(self) -> None:
+        for stream in self._streams.values():
+            if stream.target is not None:
+                stream.target.discard()
+        self._streams.clear()
+
+    def _install_signals(self) -> dict[int, Any]:
+        old: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return old
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                old[sig] = signal.signal(sig, lambda s, _f: self.request_stop(s))
+            except (ValueError, OSError):
+                pass
+        return old
+
+    @staticmethod
+    def _restore_signals(old: dict[int, Any]) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    def worker_table(self, now: float) -> dict[int, dict[str, Any]]:
+        """Each worker's state, queue length and last-seen age, for status records."""
+        out = {}
+        for rank, w in self.sched.workers().items():
+            out[rank] = {"state": w.state, "queued": len(w.queue), "seen_ago": round(now - w.last_seen, 3),
+                         "task": self._hb_task.get(rank)}
+        return out
+
+
+def _remove_quietly(path: str) -> None:
+    import os
+    import shutil
+
+    try:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+__all__ = ["INTERRUPTED", "Master", "Summary", "UsageError", "wall_now"]
