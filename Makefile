@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	rm -rf demo_out.h5 demo_out.h5.journal
-	$(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpigather run scripts/demo.py:simulate --range 24 --out demo_out.h5 --progress log
+	$(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpigather run scripts/demo.py:simulate --range 24 --out demo_out.h5 --overwrite --progress log
 	$(BIN)/mpigather status demo_out.h5
 	$(BIN)/python scripts/read_demo.py demo_out.h5
 

@@ -49,11 +49,11 @@ def _dcpl() -> h5py.h5p.PropDCID:
     return dcpl
 
 
-def create_result(group: h5py.Group, name: str, header: R.Header, meta: dict[str, Any]) -> tuple[Any, list[int | None]]:
-    """Create the object of one result under ``group``; returns it and each part's file offset."""
+def create_result(group: h5py.Group, name: str, header: R.Header, meta: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """Create the object of one result under ``group``; returns it and where each part's bytes go."""
     attrs: dict[str, Any] = {"kind": header.kind}
     attrs.update({k: v for k, v in meta.items() if v is not None})
-    offsets: list[int | None] = []
+    offsets: list[Any] = []
     if header.kind in ("dict", "none"):
         obj = group.create_group(name)
         for spec in header.parts:
@@ -66,7 +66,7 @@ def create_result(group: h5py.Group, name: str, header: R.Header, meta: dict[str
     return obj, offsets
 
 
-def _create_dataset(group: h5py.Group, name: str, spec: R.PartSpec) -> int | None:
+def _create_dataset(group: h5py.Group, name: str, spec: R.PartSpec) -> Any:
     dt = spec.dtype
     if _h5_storable(dt):
         shape, store_dt = spec.shape, dt
@@ -79,9 +79,19 @@ def _create_dataset(group: h5py.Group, name: str, spec: R.PartSpec) -> int | Non
     if not spec.nbytes:
         return None
     off = ds.id.get_offset()
-    if off is None:  # pragma: no cover - contiguous + early allocation always has one
-        raise RuntimeError(f"HDF5 gave no file offset for dataset {ds.name}")
-    return int(off)
+    return ds if off is None else int(off)  # scalar datasets have no offset: written through h5py
+
+
+def _write_part(fd: int, place: Any, offset: int, buf: Any) -> None:
+    """Write a chunk of a part: pwrite at its file offset, or through h5py for a dataset with none."""
+    if isinstance(place, int):
+        _pwrite(fd, buf, place + offset)
+        return
+    ds = place
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    if offset != 0 or raw.nbytes != ds.dtype.itemsize * ds.size:
+        raise RuntimeError(f"dataset {ds.name} has no file offset and cannot be written in chunks")
+    ds[()] = raw.view(ds.dtype).reshape(ds.shape)
 
 
 def _pwrite(fd: int, buf: Any, pos: int) -> None:
@@ -99,9 +109,7 @@ class _H5Target(Target):
         _, self.offsets = create_result(sink.staging, self.stage, header, meta)
 
     def write(self, part: int, offset: int, buf: Any) -> None:
-        base = self.offsets[part]
-        assert base is not None
-        _pwrite(self.sink.fd, buf, base + offset)
+        _write_part(self.sink.fd, self.offsets[part], offset, buf)
 
     def finish(self) -> None:
         f = self.sink.f
@@ -249,9 +257,7 @@ class _PartTarget(Target):
         self.fd = os.open(tmp, os.O_RDWR)
 
     def write(self, part: int, offset: int, buf: Any) -> None:
-        base = self.offsets[part]
-        assert base is not None
-        _pwrite(self.fd, buf, base + offset)
+        _write_part(self.fd, self.offsets[part], offset, buf)
 
     def finish(self) -> None:
         self.f.close()

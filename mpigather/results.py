@@ -54,6 +54,8 @@ class Header:
 
 
 def dtype_to_descr(dt: np.dtype) -> Any:
+    if dt.metadata:  # h5py tags the dtypes it reads (bool enums...); the bytes are the same
+        dt = np.dtype(dt.descr) if dt.fields else np.dtype(dt.str)
     return np.lib.format.dtype_to_descr(dt)
 
 
@@ -74,7 +76,8 @@ def _as_part(key: str | None, value: Any, where: str) -> np.ndarray:
             f"{where} has dtype {value.dtype} holding Python objects, which cannot be sent as raw bytes;"
             f" return {SUPPORTED} with a fixed-size dtype"
         )
-    return np.ascontiguousarray(value)
+    # not np.ascontiguousarray: it turns a 0-d array into a 1-d one
+    return value if value.flags.c_contiguous else value.copy(order="C")
 
 
 def split(result: Any) -> tuple[str, list[tuple[PartSpec, np.ndarray]]]:
