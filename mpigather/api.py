@@ -222,8 +222,11 @@ def _release_workers(link: Any, reason: str) -> None:
 def _run_inline(func: Callable[[Any], Any], tasks: Iterable[tuple[Any, Any]], sink: Sink,
                 journal: Journal | None, opts: Options, allow_object: bool, hooks: dict[str, Any]) -> Summary:
     """One rank: run every task here, with the same sinks, journal and retries (no leases)."""
-    import traceback
+    import socket
 
+    from .worker import format_exc
+
+    host = socket.gethostname()
     summary = Summary()
     t_start = time.monotonic()
     last_commit = t_start
@@ -246,15 +249,14 @@ def _run_inline(func: Callable[[Any], Any], tasks: Iterable[tuple[Any, Any]], si
             try:
                 value = func(payload)
             except (Exception, SystemExit) as exc:
-                err = f"task {tid!r} failed on rank 0, attempt {attempt}:\n" + "".join(
-                    traceback.format_exception(type(exc), exc, exc.__traceback__))
+                err = format_exc(tid, attempt, 0, host, exc)
                 if journal is not None:
                     journal.write({"ev": "failed", "id": tid, "att": attempt, "rank": 0, "error": err,
                                    "final": attempt > opts.retries})
                 if attempt > opts.retries:
                     summary.failed[tid] = err
                     if on_failed is not None:
-                        on_failed(tid, err)
+                        on_failed(tid, err, None)
                 continue
             dt = time.perf_counter() - t0
             try:

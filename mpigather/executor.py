@@ -26,6 +26,21 @@ class RemoteTaskError(MPIGatherError):
     """A task raised on a worker; the message holds the worker's traceback."""
 
 
+def _remote_exception(text: str, exc: bytes | None) -> BaseException:
+    """The task's own exception, as mpi4py.futures gives it, with the worker's traceback as its cause."""
+    import pickle
+
+    remote = RemoteTaskError(text)
+    if exc is None:
+        return remote
+    try:
+        err = pickle.loads(exc)
+    except Exception:
+        return remote
+    err.__cause__ = remote
+    return err
+
+
 def _call(payload: tuple[Callable[..., Any], tuple, dict]) -> Any:
     fn, args, kwargs = payload
     return fn(*args, **kwargs)
@@ -71,9 +86,9 @@ class GatherExecutor:
             fut = self._futures.pop(tid)
             fut.set_result(value)
 
-        def on_failed(tid: int, err: str) -> None:
+        def on_failed(tid: int, err: str, exc: bytes | None) -> None:
             fut = self._futures.pop(tid)
-            fut.set_exception(RemoteTaskError(err))
+            fut.set_exception(_remote_exception(err, exc))
 
         def grab(master: Any) -> None:
             sink_holder["sink"] = master.sink

@@ -119,7 +119,7 @@ class Master:
         *,
         progress: Any = None,
         on_done: Callable[[Any, dict[str, Any]], None] | None = None,
-        on_failed: Callable[[Any, str], None] | None = None,
+        on_failed: Callable[[Any, str, bytes | None], None] | None = None,
     ) -> None:
         self.link, self.sched, self.sink, self.journal, self.opts = link, scheduler, sink, journal, opts
         self.progress = progress
@@ -135,6 +135,7 @@ class Master:
         self._t = {"recv": 0.0, "write": 0.0, "wait": 0.0}
         self._last_hb_write = 0.0
         self._hb_task: dict[int, Any] = {}
+        self._exc: dict[Any, bytes] = {}  # executor: the pickled exception of a task's last failure
 
     # -- public -------------------------------------------------------------------------
 
@@ -255,8 +256,11 @@ class Master:
                 if self.journal is not None:
                     self.journal.write({"ev": "failed", "id": d.tid, "att": d.attempt, "rank": d.rank,
                                         "error": d.error, "final": True})
+                exc = self._exc.pop(d.tid, None)
                 if self.on_failed is not None:
-                    self.on_failed(d.tid, d.error or "failed")
+                    self.on_failed(d.tid, d.error or "failed", exc)
+            else:
+                self._exc.pop(d.tid, None)
         elif isinstance(d, Expired):
             log.warning("task %r: lease expired on worker %d (attempt %d); %s", d.tid, d.rank, d.attempt,
                         "requeued" if d.requeued else "no retries left")
@@ -279,10 +283,12 @@ class Master:
             for item in msg[1]:
                 self._on_result(src, item, now)
         elif kind == M.FAILED:
-            _, tid, attempt, text, cause, _dt = msg
+            _, tid, attempt, text, cause, _dt, exc = msg
             if cause == "unsupported":
                 self.summary.usage_error = text
                 return
+            if exc is not None:
+                self._exc[tid] = exc
             if self.journal is not None:
                 self.journal.write({"ev": "failed", "id": tid, "att": attempt, "rank": src, "error": text,
                                     "final": False})

@@ -11,7 +11,8 @@ TASK = 13  # master -> worker: pickled assignments and commands
 # worker -> master
 HELLO = "hello"  # (HELLO, host, pid)
 RESULTS = "results"  # (RESULTS, [Item, ...]); the last item may announce chunks that follow on DATA
-FAILED = "failed"  # (FAILED, tid, attempt, error text, cause, duration); cause: "error" | "unsupported"
+FAILED = "failed"  # (FAILED, tid, attempt, error text, cause, duration, pickled exception | None)
+#                    cause: "error" | "unsupported"; the exception only for the executor
 HEARTBEAT = "hb"  # (HEARTBEAT, tid, seconds in task)
 REVOKED = "revoked"  # (REVOKED, [tids dropped unstarted])
 LOG = "log"  # (LOG, levelno, text)

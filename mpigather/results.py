@@ -135,12 +135,14 @@ def encode_any(result: Any) -> tuple[Header, list[np.ndarray]]:
 
     Used by the executor, whose users return arbitrary objects as with mpi4py.futures.
     """
-    try:
-        return encode(result)
-    except UnsupportedResultError:
-        arr = np.frombuffer(pickle.dumps(result, protocol=5), dtype=np.uint8)
-        spec = _spec(None, arr)
-        return Header("object", (spec,), spec.nbytes, checksum([arr])), [arr]
+    if type(result) in (np.ndarray, bytes, dict) or result is None:
+        try:
+            return encode(result)
+        except UnsupportedResultError:
+            pass
+    arr = np.frombuffer(pickle.dumps(result, protocol=5), dtype=np.uint8)
+    spec = _spec(None, arr)
+    return Header("object", (spec,), spec.nbytes, checksum([arr])), [arr]
 
 
 def chunk_plan(header: Header, chunk_size: int) -> list[tuple[int, int, int]]:

@@ -172,7 +172,8 @@ class Worker:
             dt = time.perf_counter() - t0
             self.stats["compute"] += dt
             self._spans.append((tid, t0, dt, "failed"))
-            self._fail(tid, attempt, _format_exc(self.link, tid, attempt, exc), "error", dt)
+            text = format_exc(tid, attempt, self.link.rank, self.link.host, exc)
+            self._fail(tid, attempt, text, "error", dt, _pickled(exc) if self.allow_object else None)
             return
         self._current = None
         dt = time.perf_counter() - t0
@@ -190,11 +191,11 @@ class Worker:
         self.stats["tasks"] += 1
         self._deliver(tid, attempt, header, bufs, dt)
 
-    def _fail(self, tid: Any, attempt: int, text: str, cause: str, dt: float) -> None:
+    def _fail(self, tid: Any, attempt: int, text: str, cause: str, dt: float, exc: bytes | None = None) -> None:
         t0 = time.perf_counter()
         with self._lock:
             self._flush_locked()
-            self.link.send((M.FAILED, tid, attempt, text, cause, dt), 0, M.CTRL)
+            self.link.send((M.FAILED, tid, attempt, text, cause, dt, exc), 0, M.CTRL)
         self.stats["send"] += time.perf_counter() - t0
 
     def run(self) -> None:
@@ -229,9 +230,22 @@ class Worker:
             raise MasterFailed(f"the master aborted the run: {self.aborted}")
 
 
-def _format_exc(link: Any, tid: Any, attempt: int, exc: BaseException) -> str:
+def _pickled(exc: BaseException) -> bytes | None:
+    """The exception itself, for the executor to re-raise on the root (None if it won't pickle)."""
+    import pickle
+
+    try:
+        data = pickle.dumps(exc)
+        pickle.loads(data)
+        return data
+    except Exception:
+        return None
+
+
+def format_exc(tid: Any, attempt: int, rank: int, host: str, exc: BaseException) -> str:
+    """The error text that goes back to the master: where it happened, then the traceback."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return f"task {tid!r} failed on rank {link.rank} (host {link.host}, pid {os.getpid()}), attempt {attempt}:\n{tb}"
+    return f"task {tid!r} failed on rank {rank} (host {host}, pid {os.getpid()}), attempt {attempt}:\n{tb}"
 
 
 def quiet_signals() -> None:

@@ -16,6 +16,8 @@ def same(got: Any, want: Any) -> bool:
         return isinstance(got, bytes) and got == bytes(want)
     if isinstance(want, dict):
         return isinstance(got, dict) and set(got) == set(want) and all(same(got[k], want[k]) for k in want)
+    if isinstance(got, np.generic):  # the executor gives back numpy scalars as they were
+        got = np.asarray(got)
     if not isinstance(got, np.ndarray):
         return False
     return (got.dtype == want.dtype and got.shape == want.shape
