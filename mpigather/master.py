@@ -92,7 +92,7 @@ class Summary:
             m = self.master
             lines.append(
                 f"  master: receiving {m.get('recv', 0):.2f} s, writing {m.get('write', 0):.2f} s,"
-                f" waiting {m.get('wait', 0):.2f} s"
+                f" waiting {m.get('wait', 0):.2f} s; peak RSS {m.get('peak_rss_mib', 0):.0f} MiB"
             )
         for rank, tid in sorted(self.stuck.items()):
             lines.append(f"  worker {rank} is stuck in task {tid!r} (its lease expired; it was ended at exit)")
@@ -151,7 +151,7 @@ class Master:
         finally:
             self._restore_signals(old)
             self.summary.wall = time.monotonic() - t0
-            self.summary.master = dict(self._t)
+            self.summary.master = dict(self._t, peak_rss_mib=_peak_rss_mib())
         return self.summary
 
     # -- the loop -----------------------------------------------------------------------
@@ -442,6 +442,12 @@ class Master:
             out[rank] = {"state": w.state, "queued": len(w.queue), "seen_ago": round(now - w.last_seen, 3),
                          "task": self._hb_task.get(rank)}
         return out
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
 def _remove_quietly(path: str) -> None:
