@@ -1,0 +1,99 @@
+"""Task functions that fail on purpose: raise, hang (in C, holding the GIL), or kill their process.
+
+"Once" functions misbehave on a task's first execution only, remembered by a marker file in
+$MPIGATHER_TEST_DIR, so a retry elsewhere succeeds. Every execution is appended to
+$MPIGATHER_TEST_DIR/executions.log, so tests can count them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from taskfuncs import value
+
+
+def _dir() -> Path:
+    return Path(os.environ["MPIGATHER_TEST_DIR"])
+
+
+def _first_time(tag: str, i: int) -> bool:
+    marker = _dir() / f"{tag}.{i}"
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _log(i: int) -> None:
+    with open(_dir() / "executions.log", "a") as f:
+        f.write(f"{i} {os.getpid()}\n")
+
+
+def result(i: int):
+    return value("large", i) if i % 3 == 0 else value("f64", i)
+
+
+def ok(i: int):
+    _log(i)
+    time.sleep(0.05)
+    return result(i)
+
+
+def always_raise(i: int):
+    _log(i)
+    if i == 2:
+        raise RuntimeError(f"task {i} always fails")
+    return result(i)
+
+
+def raise_once(i: int):
+    _log(i)
+    if i == 2 and _first_time("raise", i):
+        raise RuntimeError(f"task {i} fails the first time")
+    return result(i)
+
+
+def hang_once(i: int):
+    """Task 3's first execution never returns: a regex that backtracks forever in C, holding the GIL."""
+    _log(i)
+    if i == 3 and _first_time("hang", i):
+        re.fullmatch(r"(a+)+$", "a" * 64 + "b")
+    time.sleep(0.05)
+    return result(i)
+
+
+def die_once(i: int):
+    """Task 4's first execution kills its own process."""
+    _log(i)
+    if i == 4 and _first_time("die", i):
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    return result(i)
+
+
+def slow(i: int):
+    """About 0.1 s per task, a 2.4 MB result every third task."""
+    _log(i)
+    time.sleep(0.1)
+    return result(i)
+
+
+def slow_big(i: int):
+    """Every 4th task returns 200 MB, streamed in many chunks (kill mid-stream)."""
+    _log(i)
+    time.sleep(0.05)
+    if i % 4 == 1:
+        return value("large", i).repeat(80)
+    return result(i)
+
+
+def expected(i: int, func: str = "slow"):
+    if func == "slow_big" and i % 4 == 1:
+        return value("large", i).repeat(80)
+    return result(i)

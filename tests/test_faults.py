@@ -1,0 +1,232 @@
+"""Fault injection under mpiexec: exceptions, retries, hangs past the lease, killed workers,
+SIGTERM, and SIGKILL of the whole job followed by --resume. Every run has a timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+from compare import check_all
+from conftest import env, gather, mpiexec_path, show
+from faultfuncs import expected
+
+import mpigather
+
+
+def fenv(tmp_path: Path) -> dict[str, str]:
+    return {"MPIGATHER_TEST_DIR": str(tmp_path)}
+
+
+def executions(tmp_path: Path) -> Counter:
+    log = tmp_path / "executions.log"
+    if not log.exists():
+        return Counter()
+    return Counter(int(line.split()[0]) for line in log.read_text().splitlines())
+
+
+def journal(out: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(str(out) + ".journal").read_text().splitlines() if line.strip()]
+
+
+def run_timed(tmp_path, ranks, func, out, *args, timeout=120):
+    t0 = time.monotonic()
+    p = gather(ranks, func, out, *args, timeout=timeout, extra_env=fenv(tmp_path))
+    return p, time.monotonic() - t0
+
+
+def test_success(tmp_path):
+    out = tmp_path / "o.h5"
+    p, dt = run_timed(tmp_path, 3, "faultfuncs:ok", out, "--range", "12")
+    assert p.returncode == 0, show(p)
+    with mpigather.load(out) as res:
+        assert check_all(res, expected, range(12)) == []
+    assert set(executions(tmp_path).values()) == {1}
+    print(f"\nFAULT success: exit {p.returncode} in {dt:.1f} s")
+
+
+def test_exception_is_reported_and_the_run_goes_on(tmp_path):
+    out = tmp_path / "o.h5"
+    p, dt = run_timed(tmp_path, 3, "faultfuncs:always_raise", out, "--range", "8")
+    assert p.returncode == 1, show(p)
+    assert "FAILED 2" in p.stdout and "RuntimeError: task 2 always fails" in p.stdout, show(p)
+    with mpigather.load(out) as res:
+        assert sorted(res, key=int) == [str(i) for i in range(8) if i != 2]
+        assert check_all(res, expected, [i for i in range(8) if i != 2]) == []
+    failed = [r for r in journal(out) if r["ev"] == "failed"]
+    assert len(failed) == 2 and failed[-1]["final"] and "Traceback" in failed[-1]["error"]
+    assert "host" in failed[-1]["error"] and "rank" in failed[-1]["error"]
+    print(f"\nFAULT exception: exit {p.returncode} in {dt:.1f} s")
+
+
+def test_exception_then_success_on_retry_elsewhere(tmp_path):
+    out = tmp_path / "o.h5"
+    p, dt = run_timed(tmp_path, 3, "faultfuncs:raise_once", out, "--range", "8", "--retries", "1")
+    assert p.returncode == 0, show(p)
+    with mpigather.load(out) as res:
+        assert check_all(res, expected, range(8)) == []
+        assert res.attrs("2")["attempt"] == 2
+        done_rank = res.attrs("2")["rank"]
+    fail = [r for r in journal(out) if r["ev"] == "failed" and r["id"] == 2]
+    assert len(fail) == 1 and not fail[0]["final"]
+    assert fail[0]["rank"] != done_rank  # retried on the other worker
+    assert executions(tmp_path)[2] == 2
+    print(f"\nFAULT exception then retry: exit {p.returncode} in {dt:.1f} s")
+
+
+def test_exhausted_retries_fail_with_last_traceback(tmp_path):
+    out = tmp_path / "o"
+    p, dt = run_timed(tmp_path, 3, "faultfuncs:always_raise", out, "--range", "5", "--retries", "2")
+    assert p.returncode == 1, show(p)
+    assert executions(tmp_path)[2] == 3
+    fails = [r for r in journal(out) if r["ev"] == "failed" and r["id"] == 2]
+    assert [r["final"] for r in fails] == [False, False, False, True]
+
+
+@pytest.mark.parametrize("ranks", [3, 4])
+def test_hang_past_the_deadline(tmp_path, ranks):
+    """Task 3 hangs forever in C holding the GIL; it completes elsewhere and the job still ends."""
+    out = tmp_path / "o.h5"
+    p, dt = run_timed(tmp_path, ranks, "faultfuncs:hang_once", out, "--range", "12", "--timeout", "2",
+                      timeout=90)
+    assert p.returncode == 0, show(p)
+    assert dt < 30, f"took {dt:.1f} s"
+    assert "is stuck in task 3" in p.stdout, show(p)
+    with mpigather.load(out) as res:
+        assert check_all(res, expected, range(12)) == []
+        assert res.attrs("3")["attempt"] == 2
+    ex = executions(tmp_path)
+    assert ex[3] == 2 and all(ex[i] == 1 for i in range(12) if i != 3)
+    print(f"\nFAULT hang past deadline ({ranks} ranks): exit {p.returncode} in {dt:.1f} s")
+
+
+def test_single_worker_hang_fails_the_task_and_ends(tmp_path):
+    """With one worker, a hung task cannot run elsewhere: the run must still end, reporting it."""
+    out = tmp_path / "o.h5"
+    p, dt = run_timed(tmp_path, 2, "faultfuncs:hang_once", out, "--range", "6", "--timeout", "1.5",
+                      timeout=90)
+    assert p.returncode == 1, show(p)
+    assert dt < 60, f"took {dt:.1f} s"
+    assert "no healthy worker" in p.stdout + p.stderr, show(p)
+
+
+def test_killed_worker_ends_the_job_promptly_and_resume_completes(tmp_path):
+    """MPICH (ch4:ucx wheel) cannot survive a lost process: the job must end at once, resumable."""
+    out = tmp_path / "o.h5"
+    p, dt = run_timed(tmp_path, 3, "faultfuncs:die_once", out, "--range", "12", timeout=90)
+    assert p.returncode != 0, show(p)
+    assert dt < 30, f"took {dt:.1f} s"
+    before = {r["id"] for r in journal(out) if r["ev"] == "done"}
+    p2, dt2 = run_timed(tmp_path, 3, "faultfuncs:die_once", out, "--range", "12", "--resume")
+    assert p2.returncode == 0, show(p2)
+    with mpigather.load(out) as res:
+        assert check_all(res, expected, range(12)) == []
+    ex = executions(tmp_path)
+    assert all(ex[i] == 1 for i in before), (before, ex)
+    print(f"\nFAULT worker killed: job ended (exit {p.returncode}) in {dt:.1f} s; "
+          f"resume exit {p2.returncode} in {dt2:.1f} s; {len(before)} done before, not rerun")
+
+
+def _start(tmp_path, func, out, n, *extra):
+    cmd = [mpiexec_path(), "-n", "3", sys.executable, "-m", "mpigather", "run", func, "--range", str(n),
+           "--out", str(out), "--progress", "off", *extra]
+    e = env()
+    e.update(fenv(tmp_path))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+                            start_new_session=True)
+
+
+def _done_count(out: Path) -> int:
+    j = Path(str(out) + ".journal")
+    if not j.exists():
+        return 0
+    return j.read_bytes().count(b'"ev":"done"')
+
+
+def test_sigterm_exits_resumable_then_resume_completes(tmp_path):
+    out = tmp_path / "o.h5"
+    n, grace = 60, 5
+    proc = _start(tmp_path, "faultfuncs:slow", out, n, "--grace", str(grace))
+    t_end = time.monotonic() + 60
+    while _done_count(out) < 10 and time.monotonic() < t_end and proc.poll() is None:
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = proc.communicate(timeout=grace + 20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    dt = time.monotonic() - t0
+    assert proc.returncode == mpigather.INTERRUPTED, f"{stdout}\n{stderr}"
+    assert dt < grace + 5, f"took {dt:.1f} s to stop"
+    done_before = {r["id"] for r in journal(out) if r["ev"] == "done"}
+    assert 10 <= len(done_before) < n
+    p2 = gather(3, "faultfuncs:slow", out, "--range", str(n), "--resume", extra_env=fenv(tmp_path))
+    assert p2.returncode == 0, show(p2)
+    with mpigather.load(out) as res:
+        assert check_all(res, expected, range(n)) == []
+    ex = executions(tmp_path)
+    assert all(ex[i] == 1 for i in done_before)
+    print(f"\nFAULT SIGTERM: exit {proc.returncode} {dt:.1f} s after the signal; {len(done_before)} done before,"
+          f" executions {sum(ex.values())} for {n} tasks")
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole job at one instant: mpiexec, its proxy and every rank."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("point", ["early", "mid-stream", "near-end"])
+def test_sigkill_anywhere_then_resume_is_exact(tmp_path, point):
+    """kill -9 of the whole job, then --resume: the same results as an uninterrupted run,
+    and no task that the journal called done runs again."""
+    out = tmp_path / "o.h5"
+    n = 24
+    proc = _start(tmp_path, "faultfuncs:slow_big", out, n, "--chunk-size", "64KiB")
+    partial = Path(str(out) + ".partial")
+    t_end = time.monotonic() + 90
+    last_done, size_at_done = -1, 0
+    try:
+        while time.monotonic() < t_end and proc.poll() is None:
+            done = _done_count(out)
+            size = partial.stat().st_size if partial.exists() else 0
+            if done != last_done:
+                last_done, size_at_done = done, size
+            if point == "early" and done >= 1:
+                break
+            if point == "mid-stream" and done >= 2 and size - size_at_done > (32 << 20):
+                break  # the file grew by 32 MiB since the last completion: a result is streaming in
+            if point == "near-end" and done >= n - 3:
+                break
+            time.sleep(0.005)
+    finally:
+        _kill_tree(proc)
+    assert proc.returncode != 0, "the job finished before it could be killed"
+    done_before = {r["id"] for r in journal(out) if r["ev"] == "done"}
+    runs_before = sum(executions(tmp_path).values())
+    p2 = gather(3, "faultfuncs:slow_big", out, "--range", str(n), "--resume", "--chunk-size", "64KiB",
+                extra_env=fenv(tmp_path), timeout=120)
+    assert p2.returncode == 0, show(p2)
+    with mpigather.load(out) as res:
+        assert len(res) == n
+        assert check_all(res, lambda i: expected(i, "slow_big"), range(n)) == []
+    assert mpigather.verify(out)[1:] == ([], [])
+    ex = executions(tmp_path)
+    rerun = {i for i in done_before if ex[i] > 1}
+    assert not rerun, f"tasks done before the kill ran again: {rerun}"
+    runs_after = sum(ex.values()) - runs_before
+    assert runs_after <= n - len(done_before) + 2  # at most the tasks in flight are redone
+    print(f"\nKILL-9 {point}: {len(done_before)} done before the kill ({runs_before} executions);"
+          f" resume ran {runs_after} executions for the {n - len(done_before)} not done")
