@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | 
         done = present
     journal = Journal(jp, resume=opts.resume)
     journal.write({"ev": "start", "time": now(), "total": total, "already_done": len(done),
-                   "argv": argv or sys.argv, "pid": os.getpid(), "out": str(p), "mode": opts.mode,
+                   "argv": argv or sys.argv, "pid": os.getpid(), "host": socket.gethostname(), "out": str(p), "mode": opts.mode,
                    "chunk_size": opts.chunk_size})
     journal.commit()
     return sink, journal, done

@@ -115,7 +115,8 @@ class State:
     running: dict[Any, int] = field(default_factory=dict)  # id -> rank
     ends: list[dict[str, Any]] = field(default_factory=list)
     stats: list[dict[str, Any]] = field(default_factory=list)
-    heartbeats: dict[int, float] = field(default_factory=dict)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # rank -> state, seen_ago, task
+    workers_time: float | None = None
     first_time: float | None = None
     done_times: list[float] = field(default_factory=list)
     bytes_done: int = 0
@@ -158,8 +159,8 @@ def load_state(path: str | os.PathLike[str]) -> State:
             st.running.clear()
         elif ev == "stats":
             st.stats.append(rec)
-        elif ev == "hb":
-            st.heartbeats[rec["rank"]] = rec["time"]
+        elif ev == "workers":
+            st.workers, st.workers_time = rec["table"], rec["time"]
     return st
 
 

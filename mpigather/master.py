@@ -19,7 +19,7 @@ import numpy as np
 
 from . import messages as M
 from . import results as R
-from .errors import ChecksumError, ProtocolError, UsageError
+from .errors import ChecksumError, ProtocolError
 from .journal import Journal, now as wall_now
 from .scheduler import Ended, Expired, Revoke, Scheduler, Send, Stop
 from .sinks import Sink, Target
@@ -205,6 +205,9 @@ class Master:
         for d in self.sched.dispatch(now):
             self._decide(d, now)
         self._check_workers(now)
+        if self.journal is not None and now - self._last_hb_write >= min(self.opts.heartbeat, 5.0):
+            self._last_hb_write = now
+            self.journal.write({"ev": "workers", "time": round(wall_now(), 3), "table": self.worker_table(now)})
         self.link.progress()
         if self.progress is not None:
             self.progress.update(self.sched, self.summary, now)
@@ -313,6 +316,7 @@ class Master:
 
     def _on_result(self, src: int, item: tuple, now: float) -> None:
         tid, attempt, header, duration, inline, path = item
+        self._hb_task.pop(src, None)
         meta = {"rank": src, "attempt": attempt, "duration": duration, "bytes": header.nbytes, "crc32c": header.crc}
         accept = self.sched.result_begin(src, tid, attempt, now)
         if inline is None and path is None:  # chunks follow
@@ -463,4 +467,4 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-__all__ = ["INTERRUPTED", "Master", "Summary", "UsageError", "wall_now"]
+__all__ = ["INTERRUPTED", "Master", "Summary"]
