@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover
 
 
 import pickle
+import warnings
 
 KINDS = ("array", "bytes", "dict", "none", "object")
 SUPPORTED = "a numpy array (or numpy scalar), bytes, a dict of str to arrays, or None"
@@ -54,9 +55,9 @@ class Header:
 
 
 def dtype_to_descr(dt: np.dtype) -> Any:
-    if dt.metadata:  # h5py tags the dtypes it reads (bool enums...); the bytes are the same
-        dt = np.dtype(dt.descr) if dt.fields else np.dtype(dt.str)
-    return np.lib.format.dtype_to_descr(dt)
+    with warnings.catch_warnings():  # h5py tags the dtypes it reads (bool enums...): not needed here
+        warnings.simplefilter("ignore", UserWarning)
+        return np.lib.format.dtype_to_descr(dt)
 
 
 def descr_to_dtype(descr: Any) -> np.dtype:
