@@ -1,4 +1,9 @@
-"""``mpigather report PATH``: where the time went, per worker, from the journal's stats records."""
+"""``mpigather report PATH``: where the time went, per worker, from the journal's stats records.
+
+A journal can hold several runs (``--resume``). The report is about the last run that left
+worker statistics (each run writes them when it ends, interrupted or not); ``runs`` and
+``run`` say which one that is, so that ranks of an earlier, larger run never mix in.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,112 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .journal import journal_path, load_state
+from .journal import journal_path, read_records
+
+
+def _runs(jp: Path) -> list[dict[str, Any]]:
+    """The journal cut into runs: each {"start", "stats": {rank: rec}, "end", "done"}."""
+    runs: list[dict[str, Any]] = []
+    cur: dict[str, Any] | None = None
+    for rec in read_records(jp):
+        ev = rec.get("ev")
+        if ev == "start" or cur is None:
+            cur = {"start": rec if ev == "start" else {}, "stats": {}, "end": None, "done": 0, "failed": 0}
+            runs.append(cur)
+            if ev == "start":
+                continue
+        if ev == "stats":
+            cur["stats"][str(rec["rank"])] = {k: v for k, v in rec.items() if k != "ev"}
+        elif ev == "end":
+            cur["end"] = rec
+        elif ev == "done":
+            cur["done"] += 1
+        elif ev == "failed" and rec.get("final", True):
+            cur["failed"] += 1
+    return runs
 
 
 def collect(out: str) -> dict[str, Any]:
     jp = journal_path(Path(out))
     if not jp.exists():
         raise FileNotFoundError(f"no journal {jp}: is {out} the --out of a run?")
-    st = load_state(jp)
+    runs = _runs(jp)
+    if not runs:
+        return {"out": str(out), "workers": {}, "master": {}, "wall": None, "runs": 0, "run": 0,
+                "done": 0, "failed": 0, "interrupted": False, "exit": None, "totals": {}}
+    idx = max((i for i, r in enumerate(runs) if r["stats"] or r["end"]), default=len(runs) - 1)
+    run = runs[idx]
+    end = run["end"] or {}
     workers: dict[str, Any] = {}
-    for rec in st.stats:  # the last run's records win
-        workers[str(rec["rank"])] = {k: v for k, v in rec.items() if k not in ("ev",)}
-    master = st.ends[-1].get("master", {}) if st.ends else {}
-    return {"out": str(out), "workers": workers, "master": master,
-            "wall": st.ends[-1].get("wall") if st.ends else None}
+    for rank, w in sorted(run["stats"].items(), key=lambda kv: int(kv[0])):
+        w = dict(w)
+        wall = float(w.get("wall") or 0.0)
+        acc = sum(float(w.get(k) or 0.0) for k in ("compute", "send", "idle"))
+        w["other"] = max(wall - acc, 0.0)  # time not in a measured state (loop overhead)
+        w["busy_pct"] = round(100.0 * float(w.get("compute") or 0.0) / wall, 1) if wall > 0 else None
+        workers[rank] = w
+    totals = {k: sum(float(w.get(k) or 0.0) for w in workers.values()) for k in ("compute", "send", "idle", "wall")}
+    totals["tasks"] = sum(int(w.get("tasks") or 0) for w in workers.values())
+    totals["bytes"] = sum(int(w.get("bytes") or 0) for w in workers.values())
+    return {"out": str(out), "workers": workers, "master": end.get("master", {}), "wall": end.get("wall"),
+            "runs": len(runs), "run": idx + 1, "done": run["done"], "failed": run["failed"],
+            "interrupted": bool(end.get("interrupted")), "exit": end.get("exit"), "totals": totals}
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.3f} GiB"
+
+
+def text(info: dict[str, Any]) -> str:
+    lines = []
+    run = f" (run {info['run']} of {info['runs']})" if info.get("runs", 0) > 1 else ""
+    state = ""
+    if info.get("exit") is not None:
+        state = f", exit {info['exit']}" + (" (interrupted, resumable)" if info.get("interrupted") else "")
+    lines.append(f"{info['out']}{run}: wall {info['wall'] or 0:.2f} s, {info.get('done', 0)} done,"
+                 f" {info.get('failed', 0)} failed{state}")
+    if not info["workers"]:
+        lines.append("  no worker statistics yet (they are written when a run ends)")
+    else:
+        lines.append("  rank  host              tasks   compute     send     idle     wall   busy  (seconds)")
+        for rank, w in info["workers"].items():
+            busy = f"{w['busy_pct']:>5.0f}%" if w.get("busy_pct") is not None else "     ?"
+            lines.append(f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6}"
+                         f" {w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f} {w.get('idle', 0):>8.2f}"
+                         f" {w.get('wall', 0):>8.2f} {busy}")
+        t = info["totals"]
+        if len(info["workers"]) > 1:
+            busy = 100.0 * t["compute"] / t["wall"] if t["wall"] > 0 else 0.0
+            lines.append(f"  {'all':>4}  {'':<16} {t['tasks']:>6} {t['compute']:>9.2f} {t['send']:>8.2f}"
+                         f" {t['idle']:>8.2f} {t['wall']:>8.2f} {busy:>5.0f}%")
+        lines.append(f"  gathered {_gib(t['bytes'])}")
+        hints = _hints(info)
+        lines += [f"  hint: {h}" for h in hints]
+    m = info["master"]
+    if m:
+        lines.append(f"  master: receiving {m.get('recv', 0):.2f} s, writing {m.get('write', 0):.2f} s,"
+                     f" waiting {m.get('wait', 0):.2f} s; peak RSS {m.get('peak_rss_mib', 0):.0f} MiB")
+    return "\n".join(lines)
+
+
+def _hints(info: dict[str, Any]) -> list[str]:
+    """One-line readings of the numbers, for the common ways a run loses time."""
+    t = info["totals"]
+    out = []
+    if t["wall"] <= 0:
+        return out
+    if t["idle"] / t["wall"] > 0.25 and t["tasks"]:
+        per_task = t["compute"] / max(t["tasks"], 1)
+        if per_task < 0.01:
+            out.append(f"workers idle {100 * t['idle'] / t['wall']:.0f}% of the time with tiny tasks"
+                       f" ({per_task * 1e3:.2f} ms each): raise --prefetch, or make tasks bigger")
+        else:
+            out.append(f"workers idle {100 * t['idle'] / t['wall']:.0f}% of the time: fewer tasks than workers"
+                       " near the end, or the master is slow to write (see master: writing)")
+    if t["send"] / t["wall"] > 0.25:
+        out.append(f"workers spent {100 * t['send'] / t['wall']:.0f}% of their time sending: the master's disk"
+                   " or network is the bottleneck; try --mode direct")
+    return out
 
 
 def report(out: str, *, plot: str | None = None, as_json: bool = False) -> int:
@@ -29,22 +126,18 @@ def report(out: str, *, plot: str | None = None, as_json: bool = False) -> int:
     except FileNotFoundError as e:
         print(f"mpigather: error: {e}", file=sys.stderr)
         return 2
+    if plot:
+        from .timeline import check_available
+
+        check_available()  # a missing matplotlib is a usage error (exit 2), said before any output
     if as_json:
         print(json.dumps({**info, "workers": {r: {k: v for k, v in w.items() if k != "spans"}
                                               for r, w in info["workers"].items()}}, default=str))
     else:
-        print(f"{out}: wall {info['wall'] or 0:.2f} s")
-        print("  rank  host              tasks   compute     send     idle     wall  (seconds)")
-        for rank, w in sorted(info["workers"].items(), key=lambda kv: int(kv[0])):
-            print(f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6} {w.get('compute', 0):>9.2f}"
-                  f" {w.get('send', 0):>8.2f} {w.get('idle', 0):>8.2f} {w.get('wall', 0):>8.2f}")
-        m = info["master"]
-        if m:
-            print(f"  master: receiving {m.get('recv', 0):.2f} s, writing {m.get('write', 0):.2f} s,"
-                  f" waiting {m.get('wait', 0):.2f} s")
+        print(text(info))
     if plot:
         from .timeline import draw
 
         draw(info, plot)
-        print(f"timeline written to {plot}")
+        print(f"timeline written to {plot}", file=sys.stderr if as_json else sys.stdout)
     return 0

@@ -89,8 +89,10 @@ def split(result: Any) -> tuple[str, list[tuple[PartSpec, np.ndarray]]]:
         arr = np.frombuffer(bytes(result) if isinstance(result, memoryview) else result, dtype=np.uint8)
         return "bytes", [(_spec(None, arr), arr)]
     if isinstance(result, dict):
+        # parts in sorted key order: the order a reader of the files sees, so checksums agree
         parts = []
-        for key, value in result.items():
+        for key in sorted(result, key=lambda k: (not isinstance(k, str), str(k))):
+            value = result[key]
             if not isinstance(key, str) or not key or "/" in key or key.startswith("."):
                 raise UnsupportedResultError(
                     f"result dict has key {key!r}: keys must be non-empty str without '/' and not start with '.'"

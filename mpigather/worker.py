@@ -48,11 +48,8 @@ class Worker:
                  allow_object: bool = False) -> None:
         self.link, self.func, self.opts = link, func, opts
         self.allow_object = allow_object
-        self.sink = None
-        if opts.mode == "direct" and out is not None:
-            from .sinks import open_sink
-
-            self.sink = open_sink(out, worker=True)
+        self.out = out
+        self.sink: Any = None  # direct mode: opened at the first result, after the master set up the output
         self.queue: deque[tuple[Any, int, Any]] = deque()
         self.stopping = False
         self.aborted: str | None = None
@@ -84,8 +81,11 @@ class Worker:
         """Queue or send one result; large ones stream their chunks right away."""
         t0 = time.perf_counter()
         path = None
-        if self.sink is not None:
-            from .sinks import write_direct
+        if self.opts.mode == "direct" and self.out is not None:
+            from .sinks import open_sink, write_direct
+
+            if self.sink is None:
+                self.sink = open_sink(self.out, worker=True)
 
             meta = {"rank": self.link.rank, "attempt": attempt, "duration": duration,
                     "bytes": header.nbytes, "crc32c": header.crc}

@@ -49,7 +49,9 @@ def value(kind: str, i: int):
     if kind == "empty_bytes":
         return b""
     if kind == "dict":
-        return {"a": rng.standard_normal(10 + i), "b": np.arange(3, dtype=np.uint8), "c": np.array(7.0)}
+        # keys not in sorted order, and two whose file names sort differently from the keys
+        return {"z": rng.standard_normal(10 + i), "a": np.arange(3, dtype=np.uint8), "a-b": np.array(7.0),
+                "empty": np.zeros((0,), dtype=np.int8)}
     if kind == "none":
         return None
     if kind == "large":  # spans several chunks of 1 MiB, with a tail
