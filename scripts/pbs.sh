@@ -98,8 +98,9 @@ else
     say "wall time unknown (set WALLTIME): no warning before it; qdel/wall-time SIGTERM still stops in order"
 fi
 
-say "allocation $((CHAIN + 1)) of at most $((MAX_RESUBMITS + 1)): mpiexec -n $NP ${MPIGATHER[*]} run $FUNC ${TASKS[*]} --out $OUT ${RESUME[*]:-} ${OPTIONS[*]:-}"
-mpiexec "${MPIEXEC_ARGS[@]}" -n "$NP" "${MPIGATHER[@]}" run "$FUNC" "${TASKS[@]}" --out "$OUT" "${RESUME[@]}" "${OPTIONS[@]}" &
+CMD=(mpiexec "${MPIEXEC_ARGS[@]}" -n "$NP" "${MPIGATHER[@]}" run "$FUNC" "${TASKS[@]}" --out "$OUT" "${RESUME[@]}" "${OPTIONS[@]}")
+say "allocation $((CHAIN + 1)) of at most $((MAX_RESUBMITS + 1)): ${CMD[*]}"
+"${CMD[@]}" &
 LAUNCHER=$!
 [ -n "$SIGNALLED" ] && kill -s "$STOP_SIGNAL" "$LAUNCHER" 2>/dev/null   # a signal came before mpiexec started
 while kill -0 "$LAUNCHER" 2>/dev/null; do
