@@ -318,15 +318,16 @@ class Master:
         tid, attempt, header, duration, inline, path = item
         self._hb_task.pop(src, None)
         meta = {"rank": src, "attempt": attempt, "duration": duration, "bytes": header.nbytes, "crc32c": header.crc}
-        accept = self.sched.result_begin(src, tid, attempt, now)
         if inline is None and path is None:  # chunks follow
+            accept = self.sched.result_begin(src, tid, attempt, now)
             target = self.sink.open(tid, header, meta) if accept else None
             stream = _Stream(tid, attempt, header, target, R.chunk_plan(header, self.opts.chunk_size), meta)
             self._streams[src] = stream
             if not stream.plan:
                 self._end_stream(src, stream, now)
             return
-        if not accept:
+        if not self.sched.is_active(tid):  # a late duplicate: the task ended already
+            self.sched.discarded(src, tid, now)
             if path is not None:
                 _remove_quietly(path)
             return
@@ -339,11 +340,7 @@ class Master:
                 self._bad_checksum(src, tid, attempt, header.crc, crc, now)
                 return
             t = time.perf_counter()
-            target = self.sink.open(tid, header, meta)
-            for i, buf in enumerate(inline):
-                if len(buf):
-                    target.write(i, 0, buf)
-            target.finish()
+            self.sink.put(tid, header, inline, meta)
             self._t["write"] += time.perf_counter() - t
         for d in self.sched.task_done(src, tid, attempt, now, duration):
             self._decide(d, now)

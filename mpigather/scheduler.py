@@ -173,8 +173,14 @@ class Scheduler:
         """How many tasks each worker should hold: at least ``prefetch``, more for tiny tasks."""
         if self._avg_duration is None or self._avg_duration <= 0:
             return self.prefetch
+        if self._avg_duration < 1e-9:
+            return self.max_batch
         want = math.ceil(self.batch_window / self._avg_duration)
         return max(self.prefetch, min(self.max_batch, want))
+
+    def is_active(self, tid: TaskId) -> bool:
+        """True while the task has not ended: a result for it would be accepted."""
+        return tid in self._active
 
     def stuck_workers(self) -> dict[int, TaskId]:
         return {w.rank: w.stuck for w in self._workers.values() if w.state == "suspect" and w.stuck is not None}
@@ -194,6 +200,10 @@ class Scheduler:
         else:
             raise ProtocolError(f"worker {rank} said hello twice (state {w.state})")
 
+    def discarded(self, rank: int, tid: TaskId, now: float) -> None:
+        """A whole result arrived for a task that already ended: dropped, but the worker reported in."""
+        self._report_in(self._worker(rank), tid, now)
+
     def seen(self, rank: int, now: float) -> None:
         """Any message from a worker (heartbeats included) shows it is alive."""
         w = self._workers.get(rank)
@@ -206,6 +216,7 @@ class Scheduler:
         w.last_seen = now
         rec = self._active.get(tid)
         if rec is None:
+            self._report_in(w, tid, now)  # a late duplicate: dropped, but the worker is back
             return False
         if w.streaming is not None:
             raise ProtocolError(f"worker {rank} began result {tid!r} while result {w.streaming!r} is open")
@@ -239,12 +250,14 @@ class Scheduler:
         self._report_in(w, tid, now)
         rec = self._active.get(tid)
         if rec is None or (rec.rank is not None and rec.rank != rank):
-            return []  # ended already, or a stale attempt while a newer one runs
+            return []  # ended already, or a stale attempt while a newer one runs elsewhere
+        waiting = rec.rank is None  # its lease had expired: it already waits in the requeue
         rec.failures += 1
         rec.last_error = error
         if rec.failures <= self.retries and not self._draining:
-            rec.rank = None
-            self._requeued.append(rec)
+            if not waiting:
+                rec.rank = None
+                self._requeue(rec, front=False)
             return []
         out = self._end(rec, rank, attempt, ok=False, error=error)
         self.n_failed += 1
@@ -256,11 +269,13 @@ class Scheduler:
         w.last_seen = now
         w.revoking = False
         for tid in tids:
+            if w.state == "suspect" and w.stuck == tid:
+                w.state, w.stuck = "ok", None  # it expired on a task it never started
+            self._leave_queue(w, tid, now)
             rec = self._active.get(tid)
             if rec is not None and rec.rank == rank:
-                w.queue.pop(tid, None)
                 rec.rank = None
-                self._requeued.appendleft(rec)
+                self._requeue(rec)
 
     def worker_lost(self, rank: int, now: float) -> list:
         """The worker's process is gone: requeue everything it held."""
@@ -281,7 +296,7 @@ class Scheduler:
                     out.extend(self._end(rec, rank, rec.attempts, ok=False, error=rec.last_error))
                     self.n_failed += 1
                     continue
-            self._requeued.appendleft(rec)
+            self._requeue(rec)
         return out
 
     def worker_stopped(self, rank: int) -> None:
@@ -336,6 +351,9 @@ class Scheduler:
         for w in self._workers.values():
             w.queue.clear()
         self._active.clear()
+        self._requeued.clear()
+        self._draining = True
+        self._source = None
         return left
 
     def tick(self, now: float) -> list:
@@ -403,12 +421,26 @@ class Scheduler:
         if w.state == "suspect":
             w.state = "ok"
             w.stuck = None
-        if tid in w.queue:
-            head = next(iter(w.queue)) == tid
-            w.queue.pop(tid)
-            if head and w.queue:
-                w.head_since = now
-                self._arm(w, self._active[next(iter(w.queue))])
+        self._leave_queue(w, tid, now)
+
+    def _leave_queue(self, w: WorkerRec, tid: TaskId, now: float) -> None:
+        """Remove ``tid`` from a worker's FIFO; if it was the head, the next one runs from ``now``."""
+        if tid not in w.queue:
+            return
+        head = next(iter(w.queue)) == tid
+        w.queue.pop(tid)
+        if head and w.queue:
+            w.head_since = now
+            self._arm(w, self._active[next(iter(w.queue))])
+
+    def _requeue(self, rec: TaskRec, front: bool = True) -> None:
+        """Put a task back for another worker; while draining, forget it instead (it is not done)."""
+        if self._draining:
+            self._active.pop(rec.tid, None)
+        elif front:
+            self._requeued.appendleft(rec)
+        else:
+            self._requeued.append(rec)
 
     def _end(self, rec: TaskRec, rank: int, attempt: int, *, ok: bool, error: str | None) -> list:
         out: list = [Ended(rec.tid, attempt, rank, ok, error)]
@@ -427,7 +459,7 @@ class Scheduler:
                     hw.queue.clear()
                     for tid in reversed(rest):
                         self._active[tid].rank = None
-                        self._requeued.appendleft(self._active[tid])
+                        self._requeue(self._active[tid])
                     if rest:
                         out.append(Revoke(holder, rest, expect_ack=False))
                 else:
@@ -438,6 +470,8 @@ class Scheduler:
 
     def _next_for(self, rank: int) -> TaskRec | None:
         """The next task for ``rank``: a requeued one (preferring tasks it has not tried), else a new one."""
+        if self._draining:
+            return None
         if self._requeued:
             healthy = [w.rank for w in self._workers.values() if w.state == "ok"]
             for i, rec in enumerate(self._requeued):
@@ -488,11 +522,11 @@ class Scheduler:
         for tid in reversed(queued):
             r = self._active[tid]
             r.rank = None
-            if r is rec and rec.failures > max(self.retries, 1):
+            if r is rec and (rec.failures > max(self.retries, 1) or self._draining):
                 out.extend(self._end(rec, w.rank, rec.attempts, ok=False, error=rec.last_error))
                 self.n_failed += 1
                 continue
-            self._requeued.appendleft(r)
+            self._requeue(r)
         out.insert(0, Expired(w.rank, rec.tid, rec.attempts, requeued=not rec.ended))
         if len(queued) > 1:
             out.append(Revoke(w.rank, queued[1:], expect_ack=False))
