@@ -154,7 +154,8 @@ def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, An
         else:
             sched = Scheduler(tasks, prefetch=opts.prefetch, retries=opts.retries, timeout=opts.timeout,
                               timeout_of=timeout_of, batch_window=opts.batch_window)
-            master = Master(link, sched, sink, journal, opts, progress=Progress.make(opts.progress, total),
+            progress = Progress.make(opts.progress, total, done_before=len(done))
+            master = Master(link, sched, sink, journal, opts, progress=progress,
                             on_done=hooks.get("on_done"), on_failed=hooks.get("on_failed"))
             if "master" in hooks:
                 hooks["master"](master)
@@ -178,6 +179,8 @@ def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, An
         if total is not None:
             summary.total = total
             summary.not_run = max(0, total - summary.done - len(summary.failed) - len(done))
+            if summary.interrupted and summary.not_run == 0:
+                summary.interrupted = False  # the signal came as the last tasks ended: nothing to resume
         summary.out = None if out is None else str(out)
         if isinstance(sink, MemorySink):
             summary.results = sink.results
@@ -266,11 +269,7 @@ def _run_inline(func: Callable[[Any], Any], tasks: Iterable[tuple[Any, Any]], si
                 summary.usage_error = f"task {tid!r}: {e}"
                 return summary
             meta = {"rank": 0, "attempt": attempt, "duration": dt, "bytes": header.nbytes, "crc32c": header.crc}
-            target = sink.open(tid, header, meta)
-            for i, buf in enumerate(bufs):
-                if len(buf):
-                    target.write(i, 0, buf)
-            target.finish()
+            sink.put(tid, header, [bytearray(b) for b in bufs] if isinstance(sink, MemorySink) else bufs, meta)
             break
         if time.monotonic() - last_commit > 0.05:
             commit()

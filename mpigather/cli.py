@@ -140,9 +140,12 @@ def _options(a: argparse.Namespace) -> Any:
 
 def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     from .api import check_output, run_on
+    from .master import install_stop_handlers
     from .tasks import jsonl_tasks, range_tasks, scan_jsonl
     from .transport import Link
 
+    # before MPI starts: a wall-time signal during start-up or shutdown must not kill rank 0
+    install_stop_handlers(master=_rank_from_env() == 0)
     link = Link()
     # every rank checks what it can; rank 0 speaks for all, once
     func: Any = None

@@ -30,6 +30,28 @@ log = logging.getLogger("mpigather")
 INTERRUPTED = 75  # exit status: stopped on a signal, resumable (EX_TEMPFAIL)
 
 
+class _StopRequest:
+    """A process-wide record of SIGTERM/SIGUSR1, set by handlers the CLI installs at start-up,
+    so that a signal arriving before or after the master's loop is not lost or fatal."""
+
+    signum: int | None = None
+    installed = False
+
+
+STOP = _StopRequest()
+
+
+def install_stop_handlers(master: bool) -> None:
+    """CLI start-up: the master records the signal (its loop then drains); workers ignore it."""
+    def handler(signum: int, _frame: Any) -> None:
+        if master:
+            STOP.signum = signum
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, handler)
+    STOP.installed = True
+
+
 @dataclass
 class _Stream:
     tid: Any
@@ -204,6 +226,8 @@ class Master:
             log.warning("grace period over: %d running task(s) left for --resume", len(left))
         for d in self.sched.dispatch(now):
             self._decide(d, now)
+        if self._signal is None and STOP.signum is not None:
+            self._signal = STOP.signum
         self._check_workers(now)
         if self.journal is not None and now - self._last_hb_write >= min(self.opts.heartbeat, 5.0):
             self._last_hb_write = now
@@ -422,7 +446,7 @@ class Master:
 
     def _install_signals(self) -> dict[int, Any]:
         old: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
+        if STOP.installed or threading.current_thread() is not threading.main_thread():
             return old
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             try:

@@ -55,9 +55,11 @@ def collect(out: str) -> dict[str, Any]:
         acc = sum(float(w.get(k) or 0.0) for k in ("compute", "send", "idle"))
         w["other"] = max(wall - acc, 0.0)  # time not in a measured state (loop overhead)
         w["busy_pct"] = round(100.0 * float(w.get("compute") or 0.0) / wall, 1) if wall > 0 else None
+        w["failed"] = sum(1 for sp in w.get("spans") or [] if len(sp) > 3 and sp[3] != "done")
         workers[rank] = w
     totals = {k: sum(float(w.get(k) or 0.0) for w in workers.values()) for k in ("compute", "send", "idle", "wall")}
     totals["tasks"] = sum(int(w.get("tasks") or 0) for w in workers.values())
+    totals["failed"] = sum(int(w.get("failed") or 0) for w in workers.values())
     totals["bytes"] = sum(int(w.get("bytes") or 0) for w in workers.values())
     return {"out": str(out), "workers": workers, "master": end.get("master", {}), "wall": end.get("wall"),
             "runs": len(runs), "run": idx + 1, "done": run["done"], "failed": run["failed"],
@@ -79,17 +81,18 @@ def text(info: dict[str, Any]) -> str:
     if not info["workers"]:
         lines.append("  no worker statistics yet (they are written when a run ends)")
     else:
-        lines.append("  rank  host              tasks   compute     send     idle     wall   busy  (seconds)")
+        lines.append("  rank  host                done failed   compute     send     idle     wall   busy  (seconds)")
         for rank, w in info["workers"].items():
             busy = f"{w['busy_pct']:>5.0f}%" if w.get("busy_pct") is not None else "     ?"
             lines.append(f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6}"
-                         f" {w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f} {w.get('idle', 0):>8.2f}"
+                         f" {w.get('failed', 0):>6} {w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f}"
+                         f" {w.get('idle', 0):>8.2f}"
                          f" {w.get('wall', 0):>8.2f} {busy}")
         t = info["totals"]
         if len(info["workers"]) > 1:
             busy = 100.0 * t["compute"] / t["wall"] if t["wall"] > 0 else 0.0
-            lines.append(f"  {'all':>4}  {'':<16} {t['tasks']:>6} {t['compute']:>9.2f} {t['send']:>8.2f}"
-                         f" {t['idle']:>8.2f} {t['wall']:>8.2f} {busy:>5.0f}%")
+            lines.append(f"  {'all':>4}  {'':<16} {t['tasks']:>6} {t['failed']:>6} {t['compute']:>9.2f}"
+                         f" {t['send']:>8.2f} {t['idle']:>8.2f} {t['wall']:>8.2f} {busy:>5.0f}%")
         lines.append(f"  gathered {_gib(t['bytes'])}")
         hints = _hints(info)
         lines += [f"  hint: {h}" for h in hints]
@@ -103,9 +106,9 @@ def text(info: dict[str, Any]) -> str:
 def _hints(info: dict[str, Any]) -> list[str]:
     """One-line readings of the numbers, for the common ways a run loses time."""
     t = info["totals"]
-    out = []
-    if t["wall"] <= 0:
-        return out
+    out: list[str] = []
+    if t["wall"] <= 0 or t["wall"] / max(len(info["workers"]), 1) < 5.0:
+        return out  # a run of a few seconds says little about where time goes
     if t["idle"] / t["wall"] > 0.25 and t["tasks"]:
         per_task = t["compute"] / max(t["tasks"], 1)
         if per_task < 0.01:

@@ -7,8 +7,8 @@ the array data never is. Imports no MPI.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,9 +30,11 @@ KINDS = ("array", "bytes", "dict", "none", "object")
 SUPPORTED = "a numpy array (or numpy scalar), bytes, a dict of str to arrays, or None"
 
 
-@dataclass(frozen=True)
-class PartSpec:
-    """One array of a result: its key (None for a plain array), dtype descriptor and shape."""
+class PartSpec(NamedTuple):
+    """One array of a result: its key (None for a plain array), dtype descriptor and shape.
+
+    Named tuples, not dataclasses: thousands of these are pickled per second for tiny tasks.
+    """
 
     key: str | None
     descr: Any
@@ -44,8 +46,7 @@ class PartSpec:
         return descr_to_dtype(self.descr)
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """Everything the master needs to place a result before its bytes arrive."""
 
     kind: str
@@ -55,12 +56,31 @@ class Header:
 
 
 def dtype_to_descr(dt: np.dtype) -> Any:
+    try:
+        return _descr_cached(dt)
+    except TypeError:  # unhashable dtype (never seen, but cheap to allow)
+        return _descr(dt)
+
+
+@lru_cache(maxsize=256)
+def _descr_cached(dt: np.dtype) -> Any:
+    return _descr(dt)
+
+
+def _descr(dt: np.dtype) -> Any:
     with warnings.catch_warnings():  # h5py tags the dtypes it reads (bool enums...): not needed here
         warnings.simplefilter("ignore", UserWarning)
         return np.lib.format.dtype_to_descr(dt)
 
 
 def descr_to_dtype(descr: Any) -> np.dtype:
+    if isinstance(descr, str):
+        return _dtype_cached(descr)
+    return np.lib.format.descr_to_dtype(descr)
+
+
+@lru_cache(maxsize=256)
+def _dtype_cached(descr: str) -> np.dtype:
     return np.lib.format.descr_to_dtype(descr)
 
 

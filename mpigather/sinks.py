@@ -25,6 +25,8 @@ META_KEYS = ("rank", "attempt", "duration", "bytes", "crc32c")
 
 def check_id(tid: Any) -> str:
     """The file and dataset name of a task id; rejects ids that cannot be one."""
+    if type(tid) is int:
+        return str(tid)
     if isinstance(tid, bool) or not isinstance(tid, (int, str)):
         raise UsageError(f"task id {tid!r} is a {type(tid).__name__}; ids must be str or int")
     name = str(tid)
@@ -55,6 +57,14 @@ class Sink:
 
     def open(self, tid: Any, header: R.Header, meta: dict[str, Any]) -> Target:
         raise NotImplementedError
+
+    def put(self, tid: Any, header: R.Header, bufs: list[Any], meta: dict[str, Any]) -> None:
+        """Store a small result that arrived whole (its parts' bytes in ``bufs``)."""
+        t = self.open(tid, header, meta)
+        for i, buf in enumerate(bufs):
+            if len(buf):
+                t.write(i, 0, buf)
+        t.finish()
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: dict[str, Any]) -> None:
         """Direct mode: a worker wrote the result itself, at ``path``; expose it."""
@@ -109,6 +119,11 @@ class MemorySink(Sink):
 
     def open(self, tid: Any, header: R.Header, meta: dict[str, Any]) -> Target:
         return _MemoryTarget(self, tid, header, meta)
+
+    def put(self, tid: Any, header: R.Header, bufs: list[Any], meta: dict[str, Any]) -> None:
+        # the bytes came unpickled into fresh buffers: view them, no copy
+        arrays = [R.from_raw(spec, np.frombuffer(b, dtype=np.uint8)) for spec, b in zip(header.parts, bufs)]
+        self._ready.append((tid, R.assemble(header, arrays), meta))
 
     def commit(self) -> list[tuple[Any, dict[str, Any]]]:
         out = []

@@ -78,14 +78,20 @@ def draw(info: dict[str, Any], png_path: str | Path) -> Path:
         total_spans = sum(len(s) for _r, _w, s in lanes)
         label_ok = 0 < total_spans <= MAX_LABELS
         width_px = fig.get_figwidth() * fig.dpi * 0.8  # the axes' approximate width in pixels
+        px = xmax / width_px  # seconds per pixel
         for y, (_rank, w, spans) in enumerate(lanes):
             wall = float(w.get("wall") or 0.0) or max((a + d for _t, a, d, _o in spans), default=0.0)
             ax.broken_barh([(0.0, wall)], (y - bar / 2, bar), facecolors=LANE_COLOR, edgecolor="none", zorder=1)
             for outcome, color in (("done", DONE_COLOR), ("failed", FAILED_COLOR)):
                 bars = [(a, d) for _t, a, d, o in spans if (o == "done") == (outcome == "done")]
-                if bars:
-                    ax.broken_barh(bars, (y - bar / 2, bar), facecolors=color,
-                                   edgecolor="white", linewidth=0.5 if len(bars) < 2000 else 0, zorder=2)
+                wide = [(a, d) for a, d in bars if d >= 4 * px]  # outlined, so that neighbours stay apart
+                thin = [(a, max(d, 1.5 * px)) for a, d in bars if d < 4 * px]  # at least visible
+                if wide:
+                    ax.broken_barh(wide, (y - bar / 2, bar), facecolors=color,
+                                   edgecolor="white", linewidth=0.5 if len(wide) < 2000 else 0, zorder=2)
+                if thin:
+                    ax.broken_barh(thin, (y - bar / 2, bar), facecolors=color, edgecolor="none",
+                                   zorder=2 if outcome == "done" else 2.5)
             if label_ok and n <= 32:
                 for tid, a, d, _o in spans:
                     if d / xmax * width_px >= 7 * len(tid) + 4:  # only where the id fits inside its bar

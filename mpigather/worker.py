@@ -57,6 +57,8 @@ class Worker:
         self._pending: list[tuple] = []
         self._pending_bytes = 0
         self._pending_since = 0.0
+        # completed small results wait at most this long, so the master refills the queue in time
+        self._flush_age = opts.batch_window / 4
         self._current: tuple[Any, float] | None = None
         self._done = threading.Event()
         self.stats = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
@@ -91,7 +93,8 @@ class Worker:
                     "bytes": header.nbytes, "crc32c": header.crc}
             path = write_direct(self.sink, tid, header, bufs, meta)
         inline = path is None and header.nbytes <= self.opts.inline_max
-        item = (tid, attempt, header, duration, [bytes(b) for b in bufs] if inline else None, path)
+        # bytearray: unpickled on the master as a writable buffer that its arrays can view
+        item = (tid, attempt, header, duration, [bytearray(b) for b in bufs] if inline else None, path)
         with self._lock:
             if not self._pending:
                 self._pending_since = time.monotonic()
@@ -102,8 +105,8 @@ class Worker:
                 chunk = self.opts.chunk_size
                 for part, off, n in R.chunk_plan(header, chunk):
                     self.link.send_buf(bufs[part][off : off + n])
-            elif (not self.queue or duration > self.opts.batch_window or self._pending_bytes > _FLUSH_BYTES
-                  or time.monotonic() - self._pending_since > self.opts.batch_window):
+            elif (not self.queue or duration > self._flush_age or self._pending_bytes > _FLUSH_BYTES
+                  or time.monotonic() - self._pending_since > self._flush_age):
                 self._flush_locked()
         self.stats["send"] += time.perf_counter() - t0
         self.stats["bytes"] += header.nbytes
@@ -112,11 +115,11 @@ class Worker:
 
     def _helper(self) -> None:
         last_hb = time.monotonic()
-        period = min(self.opts.batch_window, self.opts.heartbeat)
+        period = min(self._flush_age, self.opts.heartbeat)
         while not self._done.wait(period):
             now = time.monotonic()
             with self._lock:
-                if self._pending and now - self._pending_since > self.opts.batch_window:
+                if self._pending and now - self._pending_since > self._flush_age:
                     self._flush_locked()
                 cur = self._current
                 if cur is not None and now - last_hb >= self.opts.heartbeat:

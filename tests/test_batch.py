@@ -18,8 +18,9 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from batchfuncs import value
@@ -239,27 +240,27 @@ def test_pbs_timer_warning_resubmits_and_the_chain_finishes(tmp_path):
     """No test signal here: the script's own timer sends the warning WARN_S before the wall time."""
     c = Cluster(tmp_path)
     out = c.work / "out"  # a directory of .npy files this time
-    n = 30  # 4.5 s of work: the warning, 4 s in, comes before the end
+    n = 36  # 5.4 s of work: the warning, 5 s in, comes before the end
     text = edit(PBS, {
         "FUNC": "batchfuncs:slow", "TASKS": f"(--range {n})", "OUT": "out",
         "OPTIONS": "(--grace 20 --prefetch 1 --progress log)", "MAX_RESUBMITS": "3",
         "MPIGATHER": f"({sys.executable} -m mpigather)", "WARN_S": "120",
     }, {"#PBS -l select=2:ncpus=32:mpiprocs=32": "#PBS -l select=1:ncpus=3:mpiprocs=3",
-        "#PBS -l walltime=04:00:00": "#PBS -l walltime=00:02:04"})  # the warning comes 4 s in
+        "#PBS -l walltime=04:00:00": "#PBS -l walltime=00:02:05"})  # the warning comes 5 s in
     jid = c.submit("pbs.sh", text, cmd="qsub")
     assert jid.endswith(".fakepbs")
 
     _job, rc1, _ = c.allocation()
     log = c.text()
     assert rc1 == 75, f"first allocation exited {rc1}\n{log}"
-    assert "the stop warning comes in 4 s" in log and "got SIGUSR1" in log
+    assert "the stop warning comes in 5 s" in log and "got SIGUSR1" in log
     queued = c.ctl.queued()
     assert len(queued) == 1, log
     job2 = c.ctl.job(queued[0])
     assert job2["env"].get("MPIGATHER_CHAIN") == "1"
     assert job2["options"].get("W") == [f"depend=afterany:{jid}"]
 
-    # every allocation gets its warning 4 s in, so the rest may take one more allocation, or two
+    # every allocation gets its warning 5 s in, so the rest may take one more allocation, or two
     # when a warning meets the run's very end (see the stop-signal-at-exit note in docs/cluster.md)
     codes = []
     while c.ctl.queued():
