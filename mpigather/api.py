@@ -8,8 +8,9 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from . import results as R
 from .config import Options, make_options
@@ -88,7 +89,8 @@ def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | 
         done = present
     journal = Journal(jp, resume=opts.resume)
     journal.write({"ev": "start", "time": now(), "total": total, "already_done": len(done),
-                   "argv": argv or sys.argv, "pid": os.getpid(), "host": socket.gethostname(), "out": str(p), "mode": opts.mode,
+                   "argv": argv or sys.argv, "pid": os.getpid(), "host": socket.gethostname(), "out": str(p),
+                   "mode": opts.mode,
                    "chunk_size": opts.chunk_size})
     journal.commit()
     return sink, journal, done

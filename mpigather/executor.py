@@ -15,8 +15,9 @@ import contextlib
 import itertools
 import queue
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from .config import make_options
 from .errors import MPIGatherError

@@ -114,7 +114,8 @@ class _H5Target(Target):
     def finish(self) -> None:
         f = self.sink.f
         dest = f"/results/{self.name}"
-        if f["results"].get(self.name, getlink=True) is not None:  # left by an earlier attempt that never reached the journal
+        # left by an earlier attempt that never reached the journal
+        if f["results"].get(self.name, getlink=True) is not None:
             del f[dest]
         f.move(f"/_staging/{self.stage}", dest)
         self.sink._ready.append((self.tid, self.meta))
@@ -248,7 +249,8 @@ class Hdf5PartSink(Sink):
 
 
 class _PartTarget(Target):
-    def __init__(self, sink: Hdf5PartSink, tmp: Path, final: Path, tid: Any, header: R.Header, meta: dict[str, Any]) -> None:
+    def __init__(self, sink: Hdf5PartSink, tmp: Path, final: Path, tid: Any, header: R.Header,
+                 meta: dict[str, Any]) -> None:
         self.sink, self.tmp, self.final = sink, tmp, final
         self.f = h5py.File(tmp, "w")
         name = check_id(tid)

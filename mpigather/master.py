@@ -12,15 +12,17 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from . import messages as M
 from . import results as R
 from .errors import ChecksumError, ProtocolError
-from .journal import Journal, now as wall_now
+from .journal import Journal
+from .journal import now as wall_now
 from .scheduler import Ended, Expired, Revoke, Scheduler, Send, Stop
 from .sinks import Sink, Target
 from .transport import Backoff
@@ -259,7 +261,8 @@ class Master:
         j = self.journal
         for tid, meta in ready:
             if j is not None:
-                j.done(tid, meta["attempt"], meta["rank"], meta["bytes"], meta["crc32c"], meta["duration"], meta.get("path"))
+                j.done(tid, meta["attempt"], meta["rank"], meta["bytes"], meta["crc32c"], meta["duration"],
+                       meta.get("path"))
             self.summary.done += 1
             self.summary.bytes += meta["bytes"]
             if self.on_done is not None:

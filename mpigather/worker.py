@@ -16,7 +16,8 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import messages as M
 from . import results as R

@@ -3,9 +3,9 @@
 import sys
 
 import numpy as np
+from demo import simulate  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 import mpigather
-from demo import simulate  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 out = sys.argv[1] if len(sys.argv) > 1 else "demo_out.h5"
 with mpigather.load(out) as results:

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 from compare import check_all
 from conftest import env, gather, mpiexec_path, show

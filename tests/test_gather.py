@@ -52,7 +52,8 @@ def test_out_of_order_completion(tmp_path):
 
 def test_task_file_with_ids(tmp_path):
     tasks = tmp_path / "t.jsonl"
-    rows = [{"id": f"run-{k}", "kind": kind, "i": k} for k, kind in enumerate(["f64", "dict", "bytes", "none", "large"])]
+    kinds = ["f64", "dict", "bytes", "none", "large"]
+    rows = [{"id": f"run-{k}", "kind": kind, "i": k} for k, kind in enumerate(kinds)]
     tasks.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "o.h5"
     p = gather(2, "taskfuncs:by_payload", out, "--tasks", str(tasks), "--chunk-size", "64KiB")
