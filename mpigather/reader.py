@@ -39,7 +39,11 @@ def _h5_array(ds: Any) -> np.ndarray:
         d = [tuple(x) if isinstance(x, list) else x for x in d] if isinstance(d, list) else d
     except ValueError:
         d = descr
-    shape = tuple(int(x) for x in ds.attrs["mpigather_shape"])
+    raw_shape = ds.attrs["mpigather_shape"]
+    if isinstance(raw_shape, (str, bytes)):
+        shape = tuple(json.loads(raw_shape))
+    else:
+        shape = tuple(int(x) for x in raw_shape)
     return R.from_raw(R.PartSpec(None, d, shape, arr.nbytes), np.asarray(arr))
 
 

@@ -184,7 +184,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)  # reaps it and closes the pipes
 
 
 @pytest.mark.parametrize("point", ["early", "mid-stream", "near-end"])
