@@ -116,7 +116,8 @@ class Summary:
             m = self.master
             lines.append(
                 f"  master: receiving {m.get('recv', 0):.2f} s, writing {m.get('write', 0):.2f} s,"
-                f" waiting {m.get('wait', 0):.2f} s; peak RSS {m.get('peak_rss_mib', 0):.0f} MiB"
+                f" waiting {m.get('wait', 0):.2f} s; CPU {m.get('cpu_pct', 0):.0f}% of a core,"
+                f" peak RSS {m.get('peak_rss_mib', 0):.0f} MiB"
             )
         for rank, tid in sorted(self.stuck.items()):
             lines.append(f"  worker {rank} is stuck in task {tid!r} (its lease expired; it was ended at exit)")
@@ -169,13 +170,16 @@ class Master:
 
     def run(self) -> Summary:
         t0 = time.monotonic()
+        cpu0 = time.process_time()
         old = self._install_signals()
         try:
             self._loop()
         finally:
             self._restore_signals(old)
             self.summary.wall = time.monotonic() - t0
-            self.summary.master = dict(self._t, peak_rss_mib=_peak_rss_mib())
+            cpu = time.process_time() - cpu0  # all threads of the master's process
+            self.summary.master = dict(self._t, peak_rss_mib=_peak_rss_mib(), cpu=cpu,
+                                       cpu_pct=round(100 * cpu / max(self.summary.wall, 1e-9), 1))
         return self.summary
 
     # -- the loop -----------------------------------------------------------------------
