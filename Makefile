@@ -29,6 +29,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mpigather tests scripts
+	$(BIN)/mypy mpigather
 
 clean:
 	rm -rf $(VENV) demo_out.h5* build *.egg-info

@@ -161,7 +161,7 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         func = load_func(a.func)
     except UsageError as e:
         err = str(e)
-    errs = link.comm.gather(err, root=0)
+    errs: list[str | None] = link.comm.gather(err, root=0) or []
     msg: str | None = None
     total = None
     if link.rank == 0:

@@ -162,7 +162,7 @@ class Hdf5Sink(Sink):
     kind = "hdf5"
 
     def __init__(self, out: str | os.PathLike[str], *, resume: bool = False) -> None:
-        self.path = Path(out)
+        self.path: Path = Path(out)
         self.partial = self.path.with_name(self.path.name + PARTIAL)
         self.parts_dir = self.path.with_name(self.path.name + PARTS)
         if resume and self.path.exists() and not self.partial.exists():

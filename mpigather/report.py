@@ -90,9 +90,9 @@ def text(info: dict[str, Any]) -> str:
                          f" {w.get('wall', 0):>8.2f} {busy}")
         t = info["totals"]
         if len(info["workers"]) > 1:
-            busy = 100.0 * t["compute"] / t["wall"] if t["wall"] > 0 else 0.0
+            all_busy = 100.0 * t["compute"] / t["wall"] if t["wall"] > 0 else 0.0
             lines.append(f"  {'all':>4}  {'':<16} {t['tasks']:>6} {t['failed']:>6} {t['compute']:>9.2f}"
-                         f" {t['send']:>8.2f} {t['idle']:>8.2f} {t['wall']:>8.2f} {busy:>5.0f}%")
+                         f" {t['send']:>8.2f} {t['idle']:>8.2f} {t['wall']:>8.2f} {all_busy:>5.0f}%")
         lines.append(f"  gathered {_gib(t['bytes'])}")
         hints = _hints(info)
         lines += [f"  hint: {h}" for h in hints]

@@ -14,13 +14,7 @@ import numpy as np
 
 from .errors import UnsupportedResultError
 
-try:  # crc32c is a hard dependency; the fallback only keeps `import mpigather` working without it
-    from crc32c import crc32c as _crc32c
-except ImportError:  # pragma: no cover
-    import zlib
-
-    def _crc32c(data: Any, value: int = 0) -> int:
-        return zlib.crc32(data, value)
+from crc32c import crc32c as _crc32c
 
 
 import pickle
@@ -76,12 +70,12 @@ def _descr(dt: np.dtype) -> Any:
 def descr_to_dtype(descr: Any) -> np.dtype:
     if isinstance(descr, str):
         return _dtype_cached(descr)
-    return np.lib.format.descr_to_dtype(descr)
+    return np.lib.format.descr_to_dtype(descr)  # type: ignore[arg-type]  # a str descr is valid
 
 
 @lru_cache(maxsize=256)
 def _dtype_cached(descr: str) -> np.dtype:
-    return np.lib.format.descr_to_dtype(descr)
+    return np.lib.format.descr_to_dtype(descr)  # type: ignore[arg-type]  # a str descr is valid
 
 
 def _as_part(key: str | None, value: Any, where: str) -> np.ndarray:

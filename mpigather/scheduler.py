@@ -383,7 +383,7 @@ class Scheduler:
         for w in self._workers.values():
             if w.state != "ok" or len(w.queue) > low:
                 continue
-            batch = []
+            batch: list[TaskRec] = []
             while len(w.queue) + len(batch) < target:
                 rec = self._next_for(w.rank)
                 if rec is None:

@@ -238,7 +238,8 @@ class NpyDirSink(Sink):
     kind = "npy"
 
     def __init__(self, root: str | os.PathLike[str], *, worker: bool = False) -> None:
-        self.root = self.path = Path(root)
+        self.root: Path = Path(root)
+        self.path = self.root
         self.root.mkdir(parents=True, exist_ok=True)
         self.worker = worker  # direct mode: leave results under their temporary name for the master
         self._ready: list[_FileTarget] = []

@@ -123,8 +123,8 @@ def draw(info: dict[str, Any], png_path: str | Path) -> Path:
         run_note = ""
         if info.get("runs", 1) and int(info.get("runs", 1)) > 1:
             run_note = f", run {info.get('run', info['runs'])} of {info['runs']}"
-        wall = info.get("wall")
-        wall_note = f", wall {_fmt_s(float(wall))}" if wall else ""
+        run_wall = info.get("wall")
+        wall_note = f", wall {_fmt_s(float(run_wall))}" if run_wall else ""
         ax.set_title(f"mpigather timeline: {name}{run_note} \u2014 {len(lanes)} worker(s), "
                      f"{n_done} task(s) done, {n_failed} failed{wall_note}", fontsize=10)
         handles = [Patch(facecolor=DONE_COLOR, label="task done"),

@@ -62,7 +62,7 @@ class Worker:
         self._flush_age = opts.batch_window / 4
         self._current: tuple[Any, float] | None = None
         self._done = threading.Event()
-        self.stats = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
+        self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
         self._spans: list[tuple[Any, float, float, str]] = []
 
     # -- sending ------------------------------------------------------------------------
