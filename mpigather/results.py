@@ -7,18 +7,15 @@ the array data never is. Imports no MPI.
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
-
-from .errors import UnsupportedResultError
-
 from crc32c import crc32c as _crc32c
 
-
-import pickle
-import warnings
+from .errors import UnsupportedResultError
 
 KINDS = ("array", "bytes", "dict", "none", "object")
 SUPPORTED = "a numpy array (or numpy scalar), bytes, a dict of str to arrays, or None"
