@@ -83,8 +83,27 @@ class Link:
             back.sleep()
         return not self._pending
 
-    def send_buf(self, buf: np.ndarray, dest: int = 0, tag: int = M.DATA) -> None:
-        self.comm.Send([buf, self._MPI.BYTE], dest=dest, tag=tag)
+    def send_bufs(self, bufs: Any, dest: int = 0, tag: int = M.DATA, window: int = 2) -> None:
+        """Send raw buffers in order, keeping ``window`` of them in flight.
+
+        The next chunk is already posted when the receiver finishes one, and waiting polls
+        with a backoff instead of MPICH's blocking wait, which would spin a core at 100%
+        that the master (doing the copy) needs.
+        """
+        MPI = self._MPI
+        inflight: list[Any] = []
+        for buf in bufs:
+            inflight.append(self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag))
+            if len(inflight) >= window:
+                self._wait(inflight.pop(0))
+        for req in inflight:
+            self._wait(req)
+
+    @staticmethod
+    def _wait(req: Any) -> None:
+        back = Backoff(first=20e-6, cap=1e-3, spins=200)
+        while not req.Test():
+            back.sleep()
 
     def abort(self, code: int) -> None:
         self.comm.Abort(code)

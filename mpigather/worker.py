@@ -103,9 +103,8 @@ class Worker:
             self._pending_bytes += header.nbytes if inline else 0
             if path is None and not inline:
                 self._flush_locked()
-                chunk = self.opts.chunk_size
-                for part, off, n in R.chunk_plan(header, chunk):
-                    self.link.send_buf(bufs[part][off : off + n])
+                plan = R.chunk_plan(header, self.opts.chunk_size)
+                self.link.send_bufs(bufs[part][off : off + n] for part, off, n in plan)
             elif (not self.queue or duration > self._flush_age or self._pending_bytes > _FLUSH_BYTES
                   or time.monotonic() - self._pending_since > self._flush_age):
                 self._flush_locked()
