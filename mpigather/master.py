@@ -16,13 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from . import messages as M
 from . import results as R
 from .errors import ChecksumError, ProtocolError
 from .journal import Journal
 from .journal import now as wall_now
+from .pipeline import ChunkPipeline
 from .scheduler import Ended, Expired, Revoke, Scheduler, Send, Stop
 from .sinks import Sink, Target
 from .transport import Backoff
@@ -64,6 +63,7 @@ class _Stream:
     meta: dict[str, Any]
     index: int = 0
     crc: int = 0
+    job: Any = None  # the pipeline's last job for this result
 
 
 @dataclass
@@ -151,7 +151,7 @@ class Master:
         self.on_done, self.on_failed = on_done, on_failed
         self.summary = Summary()
         self._streams: dict[int, _Stream] = {}
-        self._scratch: np.ndarray | None = None
+        self._pipe = ChunkPipeline(opts.chunk_size)
         self._info: dict[int, tuple[str, int]] = {}
         self._byes: set[int] = set()
         self._signal: int | None = None
@@ -175,6 +175,8 @@ class Master:
         try:
             self._loop()
         finally:
+            self._pipe.close()
+            self._t["write_thread"] = self._pipe.busy
             self._restore_signals(old)
             self.summary.wall = time.monotonic() - t0
             cpu = time.process_time() - cpu0  # all threads of the master's process
@@ -384,17 +386,19 @@ class Master:
         part, off, n = stream.plan[stream.index]
         if inc.count != n:
             raise ProtocolError(f"rank {src}, task {stream.tid!r}: chunk of {inc.count} bytes, expected {n}")
-        direct = stream.target.buffer(part, off, n) if stream.target is not None else None
-        buf = direct if direct is not None else self._scratch_buf(n)
-        t = time.perf_counter()
-        inc.into(buf)
-        t2 = time.perf_counter()
-        self._t["recv"] += t2 - t
-        if stream.target is not None:
-            stream.crc = R.crc_update(stream.crc, buf)
+        if stream.target is None:  # a late duplicate: receive and drop
+            inc.into(self._pipe.scratch(n)[0])
+        else:
+            direct = stream.target.buffer(part, off, n)
+            slot = None
             if direct is None:
-                stream.target.write(part, off, buf)
-            self._t["write"] += time.perf_counter() - t2
+                buf, slot = self._pipe.scratch(n)
+            else:
+                buf = direct
+            t = time.perf_counter()
+            inc.into(buf)
+            self._t["recv"] += time.perf_counter() - t
+            self._pipe.absorb(stream, part, off, buf, slot)
         stream.index += 1
         if stream.index == len(stream.plan):
             self._end_stream(src, stream, now)
@@ -403,6 +407,9 @@ class Master:
         del self._streams[src]
         if stream.target is None:
             return
+        t = time.perf_counter()
+        self._pipe.settle(stream)
+        self._t["write"] += time.perf_counter() - t
         if stream.crc != stream.header.crc:
             stream.target.discard()
             self._bad_checksum(src, stream.tid, stream.attempt, stream.header.crc, stream.crc, now)
@@ -416,11 +423,6 @@ class Master:
         log.error(err)
         for d in self.sched.task_failed(src, tid, attempt, err, now):
             self._decide(d, now)
-
-    def _scratch_buf(self, n: int) -> np.ndarray:
-        if self._scratch is None or self._scratch.size < n:
-            self._scratch = np.empty(max(n, min(self.opts.chunk_size, 1 << 30)), dtype=np.uint8)
-        return self._scratch[:n]
 
     # -- ending -------------------------------------------------------------------------
 
@@ -438,7 +440,7 @@ class Master:
                 continue
             back.reset()
             if inc.tag == M.DATA:
-                inc.into(self._scratch_buf(inc.count))
+                inc.into(self._pipe.scratch(inc.count)[0])
                 continue
             msg = inc.obj()
             if msg[0] == M.BYE:
@@ -448,6 +450,10 @@ class Master:
     def sink_discard_open(self) -> None:
         for stream in self._streams.values():
             if stream.target is not None:
+                try:
+                    self._pipe.settle(stream)
+                except Exception:  # the run is being abandoned; the partial result goes anyway
+                    pass
                 stream.target.discard()
         self._streams.clear()
 
