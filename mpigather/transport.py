@@ -10,8 +10,6 @@ import socket
 import time
 from typing import Any
 
-import numpy as np
-
 from . import messages as M
 
 

@@ -86,29 +86,16 @@ def rss_mib() -> float:
         return float("nan")
 
 
-def run_checked(comm: Any, func: Any, tasks: Any, out: str, **options: Any) -> Any:
-    """``mpigather.run`` for a file output, the way the CLI starts it: rank 0 checks the output
-    before any worker opens its sink. (With ``mpigather.run`` itself, a direct-mode worker creates
-    ``OUT.parts`` or ``DIR`` before the master checks that the output does not exist yet, and the
-    master then refuses its own run as "output already exists".)"""
-    from mpigather.api import check_output, run_on
-    from mpigather.config import make_options
-    from mpigather.tasks import iterable_tasks
-    from mpigather.transport import Link
-
-    opts = make_options(**options)
-    err = None
-    if comm.Get_rank() == 0:
-        try:
-            check_output(out, opts)
-        except Exception as e:  # noqa: BLE001 - every rank leaves together
-            err = str(e)
-    err = comm.bcast(err, root=0)
-    if err:
-        raise SystemExit(f"bench: {err}")
-    link = Link(comm)
-    src = iterable_tasks(tasks) if link.rank == 0 else None
-    return run_on(link, func, src, out, opts, total=len(tasks) if link.rank == 0 else None)
+def prewarm(nbytes: int) -> None:
+    """Touch and free ``nbytes`` of memory, so that the receiver's fresh allocations that follow
+    find guest pages the hypervisor has already backed. On this VM the first touch of memory the
+    guest has not used recently runs at ~0.7 GiB/s, and warm fresh memory at ~3 GiB/s; without
+    this step, whichever variant happens to get cold pages looks 4x slower."""
+    if nbytes <= 0:
+        return
+    b = np.empty(nbytes, dtype=np.uint8)
+    b.fill(1)
+    del b
 
 
 def comm_world():
@@ -141,6 +128,8 @@ def case_mem(a: argparse.Namespace) -> None:
         make_array(size)
     keep: list[Any] = []
     extra: dict[str, Any] = {}
+    if a.prewarm:  # every rank: the receiver's results, and the pickles of the peers, are fresh memory
+        prewarm(total)
     import mpi4py.futures  # noqa: F401 - imports stay out of the timed region
 
     import mpigather
@@ -150,7 +139,7 @@ def case_mem(a: argparse.Namespace) -> None:
         s = mpigather.run(cached, range(count), out=None, progress="off",
                           **({"chunk_size": a.chunk} if a.chunk else {}))
         if rank == 0:
-            assert s.done == count and s.bytes == total, (s.done, s.bytes)
+            assert s is not None and s.done == count and s.bytes == total
             keep.append(s.results)
             extra = {"summary_wall": s.wall, "master": s.master}
     elif method in ("raw_prealloc", "raw_fresh"):
@@ -175,6 +164,7 @@ def case_mem(a: argparse.Namespace) -> None:
             for _ in range(count):
                 comm.Send([arr, MPI.BYTE], dest=0, tag=5)
     elif method in ("futures", "futures_pkl5"):
+        ex: Any
         with mpi4py.futures.MPICommExecutor(comm, root=0, use_pkl5=(method == "futures_pkl5")) as ex:
             if ex is not None:
                 res = list(ex.map(cached, range(count)))
@@ -211,7 +201,7 @@ def case_file(a: argparse.Namespace) -> None:
     total = size * count
     base = Path(a.dir)
     extra: dict[str, Any] = {}
-    import mpigather.api  # noqa: F401 - imports stay out of the timed region
+    import mpigather  # imports stay out of the timed region
     if method == "tofile":  # the limit: one process writes the same bytes, each result a file + fsync
         arr = make_array(size)
         d = base / "plain"
@@ -234,11 +224,11 @@ def case_file(a: argparse.Namespace) -> None:
             make_array(size)
         comm.Barrier()
         t0 = time.perf_counter()
-        s = run_checked(comm, cached, range(count), str(out), mode=mode, progress="off",
-                        **({"chunk_size": a.chunk} if a.chunk else {}))
+        s = mpigather.run(cached, range(count), out=str(out), mode=mode, progress="off",
+                          **({"chunk_size": a.chunk} if a.chunk else {}))
         dt = time.perf_counter() - t0
         if rank == 0:
-            assert s.done == count and s.bytes == total, (s.done, s.bytes)
+            assert s is not None and s.done == count and s.bytes == total
             extra = {"summary_wall": s.wall, "master": s.master}
     comm.Barrier()
     emit(rank, {"case": "file", "method": method, "size": size, "count": count, "bytes": total, "seconds": dt,
@@ -266,11 +256,12 @@ def case_tiny(a: argparse.Namespace) -> None:
             out = str(Path(a.dir) / "tiny.d")
         s = mpigather.run(ident, range(n), out=out, progress="off")
         if rank == 0:
-            assert s.done == n, s.done
+            assert s is not None and s.done == n
             extra = {"summary_wall": s.wall, "master": s.master,
                      "worker_stats": {str(r): {k: w.get(k) for k in ("tasks", "compute", "send", "idle", "wall")}
                                  for r, w in s.workers.items()}}
     elif method == "futures":
+        ex: Any
         with mpi4py.futures.MPICommExecutor(comm, root=0) as ex:
             if ex is not None:
                 res = list(ex.map(ident, range(n), chunksize=a.chunksize))
@@ -296,8 +287,8 @@ def case_rss(a: argparse.Namespace) -> None:
     _SIZES[:] = sizes
     total = sum(sizes)
     if rank != 0:
-        for s in sorted(set(sizes)):
-            make_array(s)
+        for n in sorted(set(sizes)):
+            make_array(n)
     chunk = make_options(**({"chunk_size": a.chunk} if a.chunk else {})).chunk_size
     workers = comm.Get_size() - 1
     out = Path(a.dir) / ("rss.h5" if a.method == "h5" else "rss.d")
@@ -310,7 +301,7 @@ def case_rss(a: argparse.Namespace) -> None:
     dt = time.perf_counter() - t0
     rec: dict[str, Any] = {}
     if rank == 0:
-        assert s.done == len(sizes) and s.bytes == total, (s.done, s.bytes)
+        assert s is not None and s.done == len(sizes) and s.bytes == total
         peak = float(s.master["peak_rss_mib"])
         ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         limit = 2 * chunk * workers / MiB + 200
@@ -337,7 +328,7 @@ def case_cpu(a: argparse.Namespace) -> None:
     if a.method == "mpigather":
         s = mpigather.run(spin, [secs] * n, out=None, progress="off")
         if rank == 0:
-            assert s.done == n
+            assert s is not None and s.done == n
     elif a.method == "plain_recv":  # the textbook master: blocking recv(ANY_SOURCE), hand out the next task
         if rank == 0:
             st = MPI.Status()
@@ -378,38 +369,57 @@ def case_cpu(a: argparse.Namespace) -> None:
 def case_sched(a: argparse.Namespace) -> None:
     """Drive the Scheduler the way Master._loop does, with simulated workers that finish at once.
 
-    Messages (hello, results) wait in an inbox; the loop handles one at a time and runs
-    housekeeping (tick + dispatch + the master's health check) only when the inbox is empty
-    or ``house`` seconds of wall time have passed since the last pass, exactly like the
-    master (5 ms). Every task dispatched becomes a result message in the inbox. Events:
-    worker_ready, one per task dispatched, one per task done (result_begin + task_done).
+    Messages (hello, results, revoke acks) wait in an inbox; the loop handles one at a time and
+    runs housekeeping (tick + dispatch + the master's health check, ``healthy_workers()``) only
+    when the inbox is empty or ``house`` seconds (Master: 5 ms) have passed since the last pass.
+    ``--policy master`` times that interval from the *start* of the previous pass, as
+    ``Master._loop`` does (``last_house = now`` taken before the pass), so a pass that itself
+    takes longer than ``house`` makes the next message trigger another pass; ``--policy after``
+    times it from the *end* of the previous pass (the one-line change that keeps a burst of
+    messages between two passes). Every task dispatched becomes a result message; a steal
+    (Revoke with ack) drops the victim's result and sends an ack, like a worker that had not
+    started it. Events: worker_ready, one per task dispatched, one per result
+    (result_begin + task_done), one per revoke ack. The run stops after ``--max-seconds``;
+    the cost per event is over the events handled until then.
     """
     from collections import deque
 
-    from mpigather.scheduler import Scheduler, Send, Stop
+    from mpigather.scheduler import Revoke, Scheduler, Send, Stop
 
     W, T, dur, house = a.workers, a.count, a.duration, a.house
+    after = a.policy == "after"
     sched = Scheduler(((i, i) for i in range(T)), prefetch=2, batch_window=0.02)
     inbox: deque[tuple] = deque(("ready", r, None, None) for r in range(1, W + 1))
-    n_events = n_ready = n_disp = n_done = n_stop = n_house = 0
+    dropped: set[Any] = set()
+    n_ready = n_disp = n_done = n_acks = n_stop = n_house = 0
     t_disp = t_tick = t_health = 0.0
-    max_disp = 0.0
+    max_pass = 0.0
     per = time.perf_counter
     t0 = per()
+    deadline = t0 + a.max_seconds
     last_house = t0
+    finished = False
     while True:
         now = per()
         if inbox:
             kind, rank, tid, att = inbox.popleft()
             if kind == "done":
+                if tid in dropped:
+                    dropped.discard(tid)
+                    continue  # the worker dropped it unstarted: no message
                 if sched.result_begin(rank, tid, att, now):
                     sched.task_done(rank, tid, att, now, dur)
                 n_done += 1
+            elif kind == "revoked":
+                sched.revoked(rank, tid, now)
+                n_acks += 1
             else:
                 sched.worker_ready(rank, now)
                 n_ready += 1
             if now - last_house < house:
                 continue
+            if now > deadline:
+                break
         last_house = now
         n_house += 1
         t1 = per()
@@ -419,35 +429,44 @@ def case_sched(a: argparse.Namespace) -> None:
         t3 = per()
         t_tick += t2 - t1
         t_disp += t3 - t2
-        max_disp = max(max_disp, t3 - t2)
         for d in ds:
             if isinstance(d, Send):
                 for tid, att, _ in d.tasks:
                     inbox.append(("done", d.rank, tid, att))
                 n_disp += len(d.tasks)
+            elif isinstance(d, Revoke) and d.expect_ack:
+                dropped.update(d.tids)
+                inbox.append(("revoked", d.rank, list(d.tids), None))
             elif isinstance(d, Stop):
                 n_stop += 1
         t4 = per()
         ws = sched.workers()  # Master._check_workers, every housekeeping pass
         _ = sched.finished or not ws or sched.healthy_workers()
-        t_health += per() - t4
+        t5 = per()
+        t_health += t5 - t4
+        max_pass = max(max_pass, t5 - t1)
+        if after:
+            last_house = t5
         if sched.finished and n_stop == W and not inbox:
+            finished = True
             break
     wall = per() - t0
-    n_events = n_ready + n_disp + n_done
-    assert n_done == T and sched.n_done == T, (n_done, sched.n_done)
-    emit(0, {"case": "sched", "workers": W, "tasks": T, "duration": dur, "events": n_events, "seconds": wall,
-             "value": 1e6 * wall / n_events, "unit": "us/event", "housekeeping_passes": n_house,
+    n_events = n_ready + n_disp + n_done + n_acks
+    if finished:
+        assert n_done == T and sched.n_done == T, (n_done, sched.n_done)
+    emit(0, {"case": "sched", "policy": a.policy, "workers": W, "tasks": T, "duration": dur, "finished": finished,
+             "tasks_done": n_done, "workers_ready": n_ready, "events": n_events, "seconds": wall,
+             "value": 1e6 * wall / max(n_events, 1), "unit": "us/event", "housekeeping_passes": n_house,
              "events_per_pass": n_events / max(n_house, 1), "dispatch_seconds": t_disp,
-             "dispatch_max_ms": 1e3 * max_disp, "tick_seconds": t_tick, "health_seconds": t_health,
-             "us_per_event_outside_housekeeping": 1e6 * (wall - t_disp - t_tick - t_health) / n_events})
+             "max_pass_ms": 1e3 * max_pass, "tick_seconds": t_tick, "health_seconds": t_health,
+             "us_per_event_outside_housekeeping": 1e6 * (wall - t_disp - t_tick - t_health) / max(n_events, 1)})
 
 
 CASES = {"mem": case_mem, "file": case_file, "tiny": case_tiny, "rss": case_rss, "cpu": case_cpu,
          "sched": case_sched}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("case", choices=sorted(CASES))
     p.add_argument("--method", default="mpigather")
@@ -457,15 +476,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk", type=int, default=0, help="mpigather chunk_size in bytes (0: its default)")
     p.add_argument("--chunksize", type=int, default=1, help="map chunksize for mpi4py.futures")
     p.add_argument("--dir", default="", help="scratch directory for file outputs")
+    p.add_argument("--prewarm", type=int, default=1, help="mem: touch and free the total on rank 0 first (0: off)")
     p.add_argument("--spin", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=1000)
     p.add_argument("--duration", type=float, default=1.0, help="sched: task duration reported to the scheduler")
     p.add_argument("--house", type=float, default=0.005, help="sched: housekeeping interval (Master: 5 ms)")
+    p.add_argument("--policy", choices=("master", "after"), default="master",
+                   help="sched: interval from the start (as Master._loop) or the end of the last pass")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="sched: stop the simulation after this long")
     a = p.parse_args(argv)
     for k in list(os.environ):
         if k.startswith("MPIGATHER_"):
             del os.environ[k]
     CASES[a.case](a)
+    return 0
 
 
 if __name__ == "__main__":

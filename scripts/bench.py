@@ -1,0 +1,659 @@
+"""`make bench`: mpigather side by side with its peers and limits, in one command.
+
+    python scripts/bench.py                 # every case, default sizes, 3 repeats (~10-15 min on 2 cores)
+    python scripts/bench.py --quick         # every case, small sizes, 1 repeat (~1-2 min)
+    python scripts/bench.py --only mem      # one case (mem file tiny rss cpu sched, or 1-6); repeatable
+    python scripts/bench.py --repeats 5     # more repeats
+
+Each measurement is one subprocess, ``mpiexec -n N python scripts/bench_cases.py CASE ...``
+(``sched`` runs without MPI), with a timeout; the repeats of a case are interleaved (round r
+runs every variant once) so that drifting background load hits all of them alike. Outputs:
+
+- ``bench/results.json``: every raw record, the median of each variant, the comparisons;
+- ``bench/RESULTS.md``: the table (case, mpigather median, peer/limit median, ratio, target met);
+- ``bench/raw/logs/``: stdout and stderr of every run (not tracked).
+
+``--quick`` writes to ``bench/raw/quick/`` instead, so that it never replaces a full run.
+``--only`` merges into the results already in the output folder (same sizes only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES_PY = ROOT / "scripts" / "bench_cases.py"
+MiB, GiB = 1 << 20, 1 << 30
+CASE_ORDER = ["mem", "file", "tiny", "rss", "cpu", "sched"]
+CASE_TITLES = {
+    "mem": "1. Gather bandwidth, memory sink (-n 2)",
+    "file": "2. Gather bandwidth, file sinks (-n 2)",
+    "tiny": "3. Tiny-task throughput (-n 3)",
+    "rss": "4. Master peak RSS (-n 3)",
+    "cpu": "5. CPU of a waiting master (-n 3)",
+    "sched": "6. Scheduler cost per event (no MPI)",
+}
+
+
+@dataclass
+class Spec:
+    """One variant of a case: a command line that prints one measurement."""
+
+    case: str
+    key: str  # unique, e.g. "mem/raw_prealloc/64MiB"
+    label: str  # shown in the table
+    args: list[str]
+    np: int  # ranks; 0: plain python, no mpiexec
+    timeout: float
+    needs_dir: bool = False
+    repeats: int | None = None  # None: the run's default
+    note: str = ""
+
+
+@dataclass
+class Run:
+    spec: Spec
+    records: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def values(self) -> list[float]:
+        return [r["value"] for r in self.records]
+
+    def median(self) -> float | None:
+        v = self.values()
+        return statistics.median(v) if v else None
+
+
+def size_name(n: int) -> str:
+    if n >= GiB and n % (GiB // 4) == 0:
+        return f"{n / GiB:g}GiB"
+    if n >= MiB:
+        return f"{n / MiB:g}MiB"
+    return f"{n / 1024:g}KiB"
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+def plan(quick: bool, full_peers: bool) -> list[Spec]:
+    specs: list[Spec] = []
+
+    # 1. memory sink. Every variant moves `count` results of `size`; the slow peers move fewer
+    # (their GiB/s does not depend on how many), so the suite stays within its time budget.
+    if quick:
+        mem_sizes = [(MiB, 64), (64 * MiB, 4), (256 * MiB, 2)]
+    else:
+        mem_sizes = [(MiB, 1024), (64 * MiB, 16), (GiB, 2), (9 * GiB // 4, 1)]
+    futures_budget = 32 * MiB  # mpi4py.futures moves ~7 MiB/s here (see RESULTS.md)
+    gather_budget = (256 if quick else 512) * MiB
+    for size, count in mem_sizes:
+        sn = size_name(size)
+        base = ["mem", "--size", str(size)]
+        for method, label in [("mpigather", "mpigather.run(out=None)"), ("raw_prealloc", "raw Send/Recv, preallocated"),
+                              ("raw_fresh", "raw Send/Recv, fresh np.empty")]:
+            specs.append(Spec("mem", f"mem/{method}/{sn}", label, [*base, "--method", method, "--count", str(count)],
+                              2, 300))
+        for method, label in [("futures_pkl5", "mpi4py.futures, use_pkl5=True"), ("futures", "mpi4py.futures")]:
+            n = count if full_peers else min(count, max(1, futures_budget // size))
+            if size * n > futures_budget * 2 and not full_peers:
+                specs.append(Spec("mem", f"mem/{method}/{sn}", label, [], 2, 0,
+                                  note=f"not run: at ~7 MiB/s one {sn} result takes minutes (--full-peers runs it)"))
+                continue
+            specs.append(Spec("mem", f"mem/{method}/{sn}", label, [*base, "--method", method, "--count", str(n)],
+                              2, 600, note=f"{n} x {sn}" if n != count else ""))
+        if size < 2 * GiB:
+            n = count if full_peers else min(count, max(1, gather_budget // size))
+            specs.append(Spec("mem", f"mem/gather/{sn}", "comm.gather (pickled)",
+                              [*base, "--method", "gather", "--count", str(n)], 2, 600,
+                              note=f"{n} x {sn}" if n != count else ""))
+
+    # 2. file sinks vs tofile + fsync
+    fsize, fcount = (64 * MiB, 4) if quick else (256 * MiB, 8)
+    sn = size_name(fsize)
+    for method, label in [("tofile", "numpy.tofile + fsync"), ("h5_stream", "mpigather HDF5, stream"),
+                          ("h5_direct", "mpigather HDF5, direct"), ("npy_stream", "mpigather .npy dir, stream"),
+                          ("npy_direct", "mpigather .npy dir, direct")]:
+        specs.append(Spec("file", f"file/{method}/{sn}", label,
+                          ["file", "--method", method, "--size", str(fsize), "--count", str(fcount)],
+                          1 if method == "tofile" else 2, 600, needs_dir=True))
+
+    # 3. tiny tasks
+    ntiny = 2000 if quick else 20000
+    specs += [
+        Spec("tiny", "tiny/mpigather_h5", "mpigather.run(out=x.h5), journal on",
+             ["tiny", "--method", "mpigather_h5", "--count", str(ntiny)], 3, 600, needs_dir=True),
+        Spec("tiny", "tiny/mpigather_mem", "mpigather.run(out=None), no journal",
+             ["tiny", "--method", "mpigather_mem", "--count", str(ntiny)], 3, 300),
+        Spec("tiny", "tiny/futures_cs1", "mpi4py.futures map(chunksize=1)",
+             ["tiny", "--method", "futures", "--chunksize", "1", "--count", str(ntiny)], 3, 300),
+        Spec("tiny", "tiny/futures_cs100", "mpi4py.futures map(chunksize=100)",
+             ["tiny", "--method", "futures", "--chunksize", "100", "--count", str(ntiny)], 3, 300),
+    ]
+
+    # 4. master RSS: a result over 2 GiB plus enough others for >= 4 GiB (quick: 556 MiB)
+    sizes = f"{300 * MiB},{64 * MiB}x4" if quick else f"{9 * GiB // 4},{256 * MiB}x7"
+    for method, label in [("h5", "mpigather HDF5, stream"), ("npy", "mpigather .npy dir, stream")]:
+        specs.append(Spec("rss", f"rss/{method}", label, ["rss", "--method", method, "--sizes", sizes], 3, 900,
+                          needs_dir=True))
+
+    # 5. CPU of the master while workers spin
+    ncpu, spin = (4, 0.3) if quick else (6, 1.0)
+    for method, label in [("mpigather", "mpigather master"), ("plain_recv", "blocking comm.recv(ANY_SOURCE) master")]:
+        specs.append(Spec("cpu", f"cpu/{method}", label,
+                          ["cpu", "--method", method, "--count", str(ncpu), "--spin", str(spin)], 3, 300))
+
+    # 6. scheduler, no MPI
+    max_s = 3 if quick else 10
+    for policy in ("master", "after"):
+        for w in (1000, 10000, 100000):
+            t = 1_000_000 if w >= 100000 else 200_000
+            label = ("Master._loop policy" if policy == "master"
+                     else "housekeeping interval timed from the end of a pass (info)")
+            specs.append(Spec("sched", f"sched/{policy}/{w}", label,
+                              ["sched", "--workers", str(w), "--count", str(t), "--policy", policy,
+                               "--max-seconds", str(max_s)], 0, max_s + 120,
+                              repeats=1 if policy == "after" else None))
+    return specs
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def mpiexec() -> str:
+    exe = Path(sys.executable).parent / "mpiexec"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("mpiexec")
+    if not found:
+        raise SystemExit("bench: no mpiexec next to python or on PATH")
+    return found
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPIGATHER_", "MPI4PY_FUTURES_"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def source_state() -> str:
+    """HEAD, plus a short hash of uncommitted changes to tracked files: which code a launch ran."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "mpigather"], cwd=ROOT, capture_output=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    if not diff:
+        return head or "?"
+    import hashlib
+
+    return f"{head}+dirty:{hashlib.sha1(diff).hexdigest()[:8]}"
+
+
+def run_once(spec: Spec, rep: int, logdir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """One launch. Returns (record, None) or (None, error)."""
+    cmd = [sys.executable, str(CASES_PY), *spec.args]
+    if spec.np:
+        cmd = [mpiexec(), "-n", str(spec.np), *cmd]
+    tmp = None
+    if spec.needs_dir:
+        tmp = tempfile.mkdtemp(prefix="mpigather-bench-", dir="/tmp")
+        cmd += ["--dir", tmp]
+    load = os.getloadavg()[0]
+    src = source_state()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+                            cwd=ROOT, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=spec.timeout)
+        error = None if proc.returncode == 0 else f"exit status {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the process group of this one launch (mpiexec and its ranks)
+        out, err = proc.communicate()
+        error = f"timed out after {spec.timeout:.0f} s"
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    wall = time.monotonic() - t0
+    name = spec.key.replace("/", "_")
+    (logdir / f"{name}.{rep}.log").write_text(f"$ {' '.join(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}")
+    rec = None
+    for line in out.splitlines():
+        if line.startswith("BENCH "):
+            rec = json.loads(line[6:])
+    if rec is None and error is None:
+        error = "no BENCH line in the output"
+    if error is not None:
+        tail = " | ".join((err or "").strip().splitlines()[-3:])
+        return None, f"{error}: {tail[-400:]}"
+    assert rec is not None
+    rec["launch_wall"] = round(wall, 3)
+    rec["loadavg_1m_before"] = load
+    rec["source"] = src
+    return rec, None
+
+
+# -- comparisons -------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    case: str
+    setting: str
+    subject: str
+    value: float | None
+    unit: str
+    versus: str
+    other: float | None
+    ratio: float | None
+    target: str
+    met: bool | None  # None: information only, or not measured
+    target_id: str = ""
+    note: str = ""
+
+
+def arg(spec: Spec, name: str) -> str:
+    """The value of ``name`` in a spec's command line ("" if absent)."""
+    a = spec.args
+    return a[a.index(name) + 1] if name in a else ""
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def compare(runs: dict[str, Run]) -> list[Row]:
+    rows: list[Row] = []
+
+    def med(key: str) -> float | None:
+        r = runs.get(key)
+        return r.median() if r else None
+
+    def label(key: str) -> str:
+        r = runs.get(key)
+        return r.spec.label if r else key
+
+    def note(key: str) -> str:
+        r = runs.get(key)
+        if r is None:
+            return ""
+        if r.errors and not r.records:
+            return "failed: " + r.errors[0][:160]
+        return r.spec.note
+
+    # 1. memory
+    sizes = sorted(int(arg(r.spec, "--size")) for k, r in runs.items() if k.startswith("mem/mpigather/"))
+    for size in sizes:
+        sn = size_name(size)
+        subj = f"mem/mpigather/{sn}"
+        m = med(subj)
+        big = size >= 64 * MiB
+        for peer, target, need, tid in [
+            ("raw_prealloc", ">= 0.9x", 0.9, "mem_vs_raw"),
+            ("raw_fresh", "", None, ""),
+            ("futures_pkl5", ">= 5x", 5.0, "mem_vs_pkl5"),
+            ("futures", "", None, ""),
+            ("gather", "", None, ""),
+        ]:
+            key = f"mem/{peer}/{sn}"
+            if key not in runs:
+                continue
+            o = med(key)
+            r = _ratio(m, o)
+            applies = need is not None and big
+            met = (r >= need) if (need is not None and big and r is not None) else None
+            rows.append(Row("mem", sn, label(subj), m, "GiB/s", label(key), o, r, target if applies else "(info)",
+                            met, tid if applies else "", note(key) or note(subj)))
+
+    # 2. files
+    for key in sorted(k for k in runs if k.startswith("file/") and not k.startswith("file/tofile/")):
+        sn = key.split("/")[2]
+        lim = f"file/tofile/{sn}"
+        m, o = med(key), med(lim)
+        r = _ratio(m, o)
+        rows.append(Row("file", sn, label(key), m, "GiB/s", label(lim), o, r, ">= 0.8x",
+                        None if r is None else r >= 0.8, "file_vs_tofile", note(key) or note(lim)))
+
+    # 3. tiny tasks
+    for subj, info in [("tiny/mpigather_h5", False), ("tiny/mpigather_mem", True)]:
+        if subj not in runs:
+            continue
+        m = med(subj)
+        for peer, target, need, tid in [("tiny/futures_cs1", ">= 5x", 5.0, "tiny_vs_cs1"),
+                                        ("tiny/futures_cs100", ">= 0.5x", 0.5, "tiny_vs_cs100")]:
+            o = med(peer)
+            r = _ratio(m, o)
+            rows.append(Row("tiny", f"{arg(runs[subj].spec, '--count')} tasks, 2 workers", label(subj), m, "tasks/s",
+                            label(peer), o, r, "(info)" if info else target,
+                            None if info or r is None else r >= need, "" if info else tid,
+                            note(subj) or note(peer)))
+
+    # 4. RSS
+    for key in sorted(k for k in runs if k.startswith("rss/")):
+        run = runs[key]
+        m = med(key)
+        rec = run.records[0] if run.records else {}
+        limit = rec.get("limit_mib")
+        cxw = rec.get("chunk_mib", 64) * rec.get("workers", 2)
+        gib = rec.get("bytes", 0) / GiB
+        r = _ratio(m, limit)
+        extra = f"peak = {m / cxw:.2f} x chunk x workers" if m else ""
+        setting = (f"{gib:.2f} GiB, chunk {rec['chunk_mib']:g} MiB, {rec['workers']} workers" if rec
+                   else key.split("/")[1])
+        rows.append(Row("rss", setting, label(key), m, "MiB", "2 x chunk x workers + 200 MiB", limit, r, "<= 1.0x",
+                        None if r is None else r <= 1.0, "rss", "; ".join(x for x in [extra, note(key)] if x)))
+
+    # 5. CPU
+    m, o = med("cpu/mpigather"), med("cpu/plain_recv")
+    if "cpu/mpigather" in runs:
+        sl = [float(rec["slowdown"]) for rec in runs["cpu/mpigather"].records]
+        slp = [float(rec["slowdown"]) for rec in runs.get("cpu/plain_recv", Run(runs["cpu/mpigather"].spec)).records]
+        extra = (f"wall / ideal: mpigather {statistics.median(sl):.2f}, plain {statistics.median(slp):.2f}"
+                 if sl and slp else "")
+        rows.append(Row("cpu", "spinning tasks, 2 workers", label("cpu/mpigather"), m, "% of a core",
+                        label("cpu/plain_recv"), o, _ratio(m, o), "<= 10% of a core",
+                        None if m is None else m <= 10.0, "cpu",
+                        "; ".join(x for x in [extra, note("cpu/mpigather") or note("cpu/plain_recv")] if x)))
+
+    # 6. scheduler
+    for policy in ("master", "after"):
+        base = med(f"sched/{policy}/1000")
+        for w in (1000, 10000, 100000):
+            key = f"sched/{policy}/{w}"
+            if key not in runs:
+                continue
+            m = med(key)
+            recs = runs[key].records
+            r = _ratio(m, base)
+            info = policy != "master" or w == 1000
+            fin = ""
+            if recs:
+                rec = recs[0]
+                fin = (f"{rec['events']} events, {rec['tasks_done']}/{rec['tasks']} tasks done, "
+                       f"{rec['workers_ready']}/{w} workers ready"
+                       + ("" if rec["finished"] else f" when stopped at {rec['seconds']:.0f} s")
+                       + f"; longest pass {rec['max_pass_ms']:.0f} ms")
+            rows.append(Row("sched", f"{w} workers, {arg(runs[key].spec, '--count')} tasks", label(key), m, "us/event",
+                            "same at 1000 workers", base, r, "(info)" if info else "<= 2x",
+                            None if info or r is None else r <= 2.0, "" if info else "sched_flat",
+                            "; ".join(x for x in [fin, note(key)] if x)))
+    return rows
+
+
+TARGETS = [
+    ("mem_vs_raw", "Memory sink >= 0.9x raw Send/Recv (results >= 64 MiB)"),
+    ("mem_vs_pkl5", "Memory sink >= 5x mpi4py.futures with pkl5 (results >= 64 MiB)"),
+    ("file_vs_tofile", "File sinks >= 0.8x plain tofile + fsync"),
+    ("tiny_vs_cs1", "Tiny tasks >= 5x map(chunksize=1)"),
+    ("tiny_vs_cs100", "Tiny tasks >= 0.5x map(chunksize=100)"),
+    ("rss", "Master peak RSS <= 2 x chunk x workers + 200 MiB"),
+    ("cpu", "Waiting master <= 10% of a core"),
+    ("sched_flat", "Scheduler cost per event within 2x from 1k to 100k workers"),
+]
+
+
+def target_status(rows: list[Row]) -> dict[str, str]:
+    """met / NOT MET / partly met over the comparisons that were measured."""
+    out = {}
+    for tid, _ in TARGETS:
+        all_vals = [r.met for r in rows if r.target_id == tid]
+        vals = [v for v in all_vals if v is not None]
+        if not vals:
+            out[tid] = "not measured"
+            continue
+        s = "met" if all(vals) else ("NOT MET" if not any(vals) else f"partly met ({sum(vals)} of {len(vals)})")
+        if len(vals) < len(all_vals):
+            s += f" ({len(all_vals) - len(vals)} comparison(s) not measured)"
+        out[tid] = s
+    return out
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if unit == "tasks/s":
+        s = f"{v:,.0f}"
+    elif abs(v) >= 100:
+        s = f"{v:.0f}"
+    elif abs(v) >= 10:
+        s = f"{v:.1f}"
+    elif abs(v) >= 0.1:
+        s = f"{v:.2f}"
+    else:
+        s = f"{v:.3g}"
+    return f"{s} {unit}".strip()
+
+
+def write_md(path: Path, meta: dict[str, Any], rows: list[Row], runs: dict[str, Run]) -> None:
+    st = target_status(rows)
+    L = ["# mpigather benchmark results", ""]
+    L.append(f"Measured {meta['started']} on `{meta['host']}` ({meta['cpus']} CPUs, {meta['mem_gib']:.0f} GiB RAM), "
+             f"{meta['mpi']}, mpi4py {meta['mpi4py']}, Python {meta['python']}; "
+             f"{'quick sizes' if meta['quick'] else 'default sizes'}, {meta['repeats']} repeat(s) per measurement, "
+             f"median shown. Load average at start {meta['loadavg_start']:.2f}; this machine is shared and "
+             "noisy, so ratios are more meaningful than absolute numbers. "
+             f"Source: `{meta['git']}`. Regenerate with `make bench` (`scripts/bench.py --help`).")
+    states: dict[str, list[str]] = {}
+    for key, run in runs.items():
+        for rec in run.records:
+            states.setdefault(str(rec.get("source", "?")), []).append(key.split("/")[0])
+    if len(states) > 1:
+        L += ["", "**The mpigather source changed while these numbers were taken** (each record's `source` in "
+              "results.json says which code it ran): "
+              + "; ".join(f"`{st}`: {', '.join(sorted(set(cases)))}" for st, cases in states.items()) + "."]
+    L += ["", "## Targets", "", "| Target | Status |", "|---|---|"]
+    for tid, text in TARGETS:
+        s = st[tid]
+        L.append(f"| {text} | {s if s.startswith('met') else '**' + s + '**'} |")
+    L += ["", "## All comparisons", "",
+          "| Case | Setting | mpigather | median | vs | peer/limit median | ratio | target | met |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for case in CASE_ORDER:
+        for r in (x for x in rows if x.case == case):
+            met = "—" if r.met is None else ("yes" if r.met else "**NO**")
+            ratio = "—" if r.ratio is None else f"{r.ratio:.2f}x"
+            L.append(f"| {CASE_TITLES[case].split(' (')[0]} | {r.setting} | {r.subject} | {fmt(r.value, r.unit)} | "
+                     f"{r.versus} | {fmt(r.other, r.unit)} | {ratio} | {r.target} | {met} |")
+    notes = [(r, r.note) for r in rows if r.note]
+    if notes:
+        L += ["", "Notes:", ""]
+        seen = set()
+        for r, n in notes:
+            if (r.case, r.setting, n) in seen:
+                continue
+            seen.add((r.case, r.setting, n))
+            L.append(f"- {CASE_TITLES[r.case].split(' (')[0]}, {r.setting}, {r.subject} vs {r.versus}: {n}")
+    L += ["", "## How it is measured", ""] + [f"- {m}" for m in METHOD_NOTES]
+    L += ["", "## Every variant", "", "| Case | Variant | runs | median | min | max | unit | errors |",
+          "|---|---|---|---|---|---|---|---|"]
+    for key, run in runs.items():
+        v = run.values()
+        unit = run.records[0]["unit"] if run.records else ""
+        err = "; ".join(e[:120] for e in run.errors[:2]) if run.errors else (run.spec.note if not run.spec.args else "")
+        L.append(f"| {run.spec.case} | `{key}` {run.spec.label} | {len(v)} | {fmt(run.median())} | "
+                 f"{fmt(min(v)) if v else '—'} | {fmt(max(v)) if v else '—'} | {unit} | {err} |")
+    L += ["", "Raw numbers, per-run details (master time split, worker stats, load average) and medians: "
+          "`bench/results.json`.", ""]
+    path.write_text("\n".join(L))
+
+
+METHOD_NOTES = [
+    "Each number is one `mpiexec` launch of `scripts/bench_cases.py`; the timed region starts after a barrier, "
+    "once the workers hold their (touched) result arrays and every module is imported, and ends when the "
+    "master has every result (for file sinks: after the final fsync and rename). GiB/s counts payload bytes.",
+    "Memory sink: `mpigather.run(f, range(k), out=None)` with `f` returning a cached uint8 array. Raw limit: "
+    "`comm.Send`/`comm.Recv` of the whole array from rank 1 to rank 0, into one reused, touched buffer; "
+    "'fresh' receives each message into a new `np.empty` that is kept, as a memory sink must. Before the timed "
+    "region every rank touches and frees as many bytes as the run will receive (`--prewarm`): on this VM the "
+    "first touch of memory the guest has not used for a few seconds runs at ~0.5-0.8 GiB/s, warm fresh memory "
+    "at ~3 GiB/s, and without this step whichever variant gets cold pages looks 4x slower.",
+    "mpi4py.futures peers use `MPICommExecutor` (the same pool code as `MPIPoolExecutor`, so the script can "
+    "build the arrays on the worker first), `map` over the task ids. On this stack a worker's `issend` of a "
+    "large pickle progresses only when it polls it, and mpi4py.futures polls with a 1 ms backoff sleep, so "
+    "results move at ~7 MiB/s whatever their size (with `MPI4PY_FUTURES_BACKOFF=0` it was ~90 MiB/s): "
+    "they are measured on 32 MiB or one 64 MiB result, and not at 1 GiB and above (`--full-peers`).",
+    "`comm.gather` runs on at most 512 MiB (or one result), and not above 2 GiB.",
+    "File sinks: 2 GiB as 8 results of 256 MiB into a fresh temporary directory under /tmp (deleted after each "
+    "run); the limit is one process writing the same 8 arrays with `numpy.tofile`, then `fsync` each file and "
+    "the directory. Disk speed on this VM is very noisy.",
+    "Tiny tasks: `f(i) = np.int64(i)`, 2 worker ranks. mpigather writes `x.h5` with its journal; the "
+    "`out=None` row shows the same run without any file (information only).",
+    "Master RSS: `Summary.master['peak_rss_mib']` (= `getrusage` ru_maxrss of rank 0, also recorded as "
+    "`peak_rss_getrusage_mib`), gathering a 2.25 GiB result plus 7 x 256 MiB into a file sink.",
+    "Waiting master: `time.process_time()` of rank 0 over the run / wall time, while 2 workers run tasks that "
+    "spin for 1 s; the plain master hands out tasks with `comm.send` and waits in `comm.recv(ANY_SOURCE)`.",
+    "Scheduler: `Scheduler` driven without MPI by a loop that copies `Master._loop` (one message at a time, "
+    "housekeeping = tick + dispatch + `healthy_workers()` when the inbox is empty or 5 ms passed), with "
+    "simulated workers that answer at once, and tasks that report a 1 s duration (prefetch 2). Each run stops "
+    "after 10 s (3 s with --quick); the cost per event is over the events handled by then (hello, each task "
+    "dispatched, each result, each revoke ack). The 'after' rows time the 5 ms from the end of a pass instead "
+    "of its start (information: what that one-line change to Master._loop would give).",
+]
+
+
+def environment(quick: bool, repeats: int) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    def ver(p: str) -> str:
+        try:
+            return md.version(p)
+        except md.PackageNotFoundError:
+            return "?"
+
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    except (ValueError, OSError):
+        mem = 0.0
+    return {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpus": os.cpu_count(),
+            "mem_gib": mem, "python": platform.python_version(), "mpi": f"mpich {ver('mpich')}",
+            "mpi4py": ver("mpi4py"), "numpy": ver("numpy"), "h5py": ver("h5py"), "git": source_state(), "quick": quick,
+            "repeats": repeats, "loadavg_start": os.getloadavg()[0],
+            "note": "shared, noisy 2-core machine; another developer may be running tests at the same time"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="mpigather benchmark suite (see the module docstring)")
+    p.add_argument("--quick", action="store_true", help="small sizes, 1 repeat, every case")
+    p.add_argument("--only", action="append", default=[], metavar="CASE",
+                   help="run only this case (mem, file, tiny, rss, cpu, sched or 1-6); may be repeated")
+    p.add_argument("--repeats", type=int, help="repeats per measurement (default 3, --quick 1)")
+    p.add_argument("--full-peers", action="store_true",
+                   help="run the slow peers (mpi4py.futures, comm.gather) at every size and count (very long)")
+    p.add_argument("--outdir", help="where results.json and RESULTS.md go (default bench/, --quick bench/raw/quick/)")
+    p.add_argument("--list", action="store_true", help="print the plan and exit")
+    p.add_argument("--report", action="store_true", help="only rewrite RESULTS.md from the results.json there")
+    a = p.parse_args(argv)
+    repeats = a.repeats or (1 if a.quick else 3)
+    outdir = Path(a.outdir) if a.outdir else ROOT / ("bench/raw/quick" if a.quick else "bench")
+    only = []
+    for c in a.only:
+        c = CASE_ORDER[int(c) - 1] if c.isdigit() and 1 <= int(c) <= 6 else c
+        if c not in CASE_ORDER:
+            p.error(f"unknown case {c!r}; choose from {', '.join(CASE_ORDER)} or 1-6")
+        only.append(c)
+    specs = [s for s in plan(a.quick, a.full_peers) if not only or s.case in only]
+    if a.list:
+        for s in specs:
+            print(f"{s.key:32} n={s.np} timeout={s.timeout:.0f}s {' '.join(s.args) or s.note}")
+        return 0
+    if a.report:
+        data = json.loads((outdir / "results.json").read_text())
+        labels = {sp.key: sp for sp in plan(data["meta"]["quick"], a.full_peers)}
+        stored: dict[str, Run] = {}
+        for key, r in data["runs"].items():
+            spec = Spec(**r["spec"])
+            if key in labels:  # today's labels and notes
+                spec.label, spec.note = labels[key].label, labels[key].note or spec.note
+            stored[key] = Run(spec, r["records"], r["errors"])
+        finish(outdir, data["meta"], stored, float(data["meta"].get("elapsed_s", 0.0)))
+        print(f"bench: rewrote {outdir / 'RESULTS.md'}")
+        return 0
+    outdir.mkdir(parents=True, exist_ok=True)
+    logdir = ROOT / "bench" / "raw" / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    meta = environment(a.quick, repeats)
+
+    runs: dict[str, Run] = {}
+    previous = outdir / "results.json"
+    if only and previous.exists():  # keep the other cases of the last run
+        try:
+            old = json.loads(previous.read_text())
+            if old.get("meta", {}).get("quick") == a.quick:
+                for key, r in old.get("runs", {}).items():
+                    spec = Spec(**r["spec"])
+                    if spec.case not in only:
+                        runs[key] = Run(spec, r["records"], r["errors"])
+                meta["merged_from"] = old.get("meta", {}).get("started")
+        except (ValueError, KeyError, TypeError) as e:
+            print(f"bench: ignoring {previous}: {e}", file=sys.stderr)
+    for s in specs:
+        runs[s.key] = Run(s)
+
+    t_start = time.monotonic()
+    todo = [s for s in specs if s.args]
+    for case in CASE_ORDER:
+        cs = [s for s in todo if s.case == case]
+        if not cs:
+            continue
+        print(f"== {CASE_TITLES[case]}", flush=True)
+        for rep in range(repeats):
+            for s in cs:
+                if rep >= (s.repeats or repeats):
+                    continue
+                rec, err = run_once(s, rep, logdir)
+                run = runs[s.key]
+                if rec is not None:
+                    run.records.append(rec)
+                    print(f"   {s.key:34} #{rep + 1}: {fmt(rec['value'], rec['unit']):>18}"
+                          f"   ({rec['launch_wall']:.1f} s, load {rec['loadavg_1m_before']:.1f})", flush=True)
+                else:
+                    assert err is not None
+                    run.errors.append(err)
+                    print(f"   {s.key:34} #{rep + 1}: FAILED {err}", flush=True)
+        # write after every case, so that an interrupted run still leaves its numbers
+        finish(outdir, meta, runs, time.monotonic() - t_start)
+    finish(outdir, meta, runs, time.monotonic() - t_start)
+    print(f"\nbench: {time.monotonic() - t_start:.0f} s; wrote {outdir / 'results.json'} and {outdir / 'RESULTS.md'}")
+    for tid, text in TARGETS:
+        print(f"  {target_status(compare(runs))[tid]:>13}  {text}")
+    return 0
+
+
+def finish(outdir: Path, meta: dict[str, Any], runs: dict[str, Run], elapsed: float) -> None:
+    rows = compare(runs)
+    meta = dict(meta, elapsed_s=round(elapsed, 1)) if elapsed else dict(meta)
+    data = {
+        "meta": meta,
+        "targets": {tid: {"text": text, "status": target_status(rows)[tid]} for tid, text in TARGETS},
+        "comparisons": [asdict(r) for r in rows],
+        "runs": {k: {"spec": asdict(r.spec), "median": r.median(), "values": r.values(), "records": r.records,
+                     "errors": r.errors} for k, r in runs.items()},
+    }
+    tmp = outdir / "results.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, outdir / "results.json")
+    write_md(outdir / "RESULTS.md", meta, rows, runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
