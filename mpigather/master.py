@@ -198,8 +198,8 @@ class Master:
                 self._on_message(inc, now)
                 if now - last_house < 0.005:
                     continue
-            last_house = now
             self._housekeeping(now)
+            last_house = time.monotonic()  # from the end of the pass: a long pass must not run back to back
             if self.summary.usage_error is not None:
                 self._abort_workers(self.summary.usage_error, expected)
                 return

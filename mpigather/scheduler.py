@@ -146,6 +146,10 @@ class Scheduler:
         self._deadlines: list[tuple[float, int, int, TaskId]] = []
         self._seq = 0
         self._draining = False
+        # kept up to date at every state or queue change, so that no pass over all workers is needed
+        self._ok: set[int] = set()  # healthy workers
+        self._hungry: set[int] = set()  # healthy workers whose queue shrank since dispatch last filled it
+        self._multi: set[int] = set()  # healthy workers holding more than one task (steal donors)
         self._avg_duration: float | None = None
         self.n_done = 0
         self.n_failed = 0
@@ -194,12 +198,10 @@ class Scheduler:
     def worker_ready(self, rank: int, now: float) -> None:
         """A worker said hello; it may receive tasks from the next ``dispatch``."""
         w = self._workers.get(rank)
-        if w is None:
-            self._workers[rank] = WorkerRec(rank, state="ok", last_seen=now, head_since=now)
-        elif w.state == "new":
-            w.state, w.last_seen = "ok", now
-        else:
+        if w is not None:
             raise ProtocolError(f"worker {rank} said hello twice (state {w.state})")
+        w = self._workers[rank] = WorkerRec(rank, last_seen=now, head_since=now)
+        self._set_state(w, "ok")
 
     def discarded(self, rank: int, tid: TaskId, now: float) -> None:
         """A whole result arrived for a task that already ended: dropped, but the worker reported in."""
@@ -271,7 +273,8 @@ class Scheduler:
         w.revoking = False
         for tid in tids:
             if w.state == "suspect" and w.stuck == tid:
-                w.state, w.stuck = "ok", None  # it expired on a task it never started
+                w.stuck = None  # it expired on a task it never started
+                self._set_state(w, "ok")
             self._leave_queue(w, tid, now)
             rec = self._active.get(tid)
             if rec is not None and rec.rank == rank:
@@ -281,7 +284,7 @@ class Scheduler:
     def worker_lost(self, rank: int, now: float) -> list:
         """The worker's process is gone: requeue everything it held."""
         w = self._worker(rank)
-        w.state = "lost"
+        self._set_state(w, "lost")
         w.streaming = None
         out: list = []
         queued = list(w.queue)
@@ -303,7 +306,7 @@ class Scheduler:
     def worker_stopped(self, rank: int) -> None:
         w = self._worker(rank)
         if w.state != "lost":
-            w.state = "stopped"
+            self._set_state(w, "stopped")
 
     def drain(self) -> list:
         """Stop handing out work (a signal asked us to stop): revoke everything not yet started.
@@ -319,6 +322,7 @@ class Scheduler:
                 for tid in queued:
                     w.queue.pop(tid)
                     self._active.pop(tid).rank = None
+                self._queue_changed(w)
         for rec in self._requeued:
             self._active.pop(rec.tid, None)
         self._requeued.clear()
@@ -336,6 +340,7 @@ class Scheduler:
         out: list = []
         for w in self._workers.values():
             w.queue.clear()
+            self._queue_changed(w)
         for rec in list(self._active.values()):
             out.extend(self._end(rec, rec.rank if rec.rank is not None else -1, rec.attempts, ok=False, error=reason))
             self.n_failed += 1
@@ -344,13 +349,14 @@ class Scheduler:
         return out
 
     def healthy_workers(self) -> int:
-        return sum(1 for w in self._workers.values() if w.state == "ok")
+        return len(self._ok)
 
     def abandon_running(self) -> list[TaskId]:
         """At the end of the grace period: forget the tasks still running (they are not done)."""
         left = list(self._active)
         for w in self._workers.values():
             w.queue.clear()
+            self._queue_changed(w)
         self._active.clear()
         self._requeued.clear()
         self._draining = True
@@ -376,12 +382,18 @@ class Scheduler:
         return out
 
     def dispatch(self, now: float) -> list[Send | Stop]:
-        """Fill every healthy worker up to its target; stop idle workers when no work is left."""
+        """Fill every healthy worker up to its target; stop idle workers when no work is left.
+
+        Only workers whose queue shrank since they were last filled are looked at, and the pass
+        ends at the first worker left without work, so its cost does not grow with the cluster.
+        """
         out: list[Send | Stop] = []
         target = self.target_outstanding()
         low = target // 2 if target > 2 else target - 1
-        for w in self._workers.values():
+        for rank in list(self._hungry):
+            w = self._workers[rank]
             if w.state != "ok" or len(w.queue) > low:
+                self._hungry.discard(rank)
                 continue
             batch: list[TaskRec] = []
             while len(w.queue) + len(batch) < target:
@@ -400,11 +412,16 @@ class Scheduler:
                     w.head_since = now
                     self._arm(w, self._active[batch[0].tid])
                 out.append(Send(w.rank, [(r.tid, r.attempts, r.payload) for r in batch]))
+                self._queue_changed(w)
+            if len(w.queue) >= target:
+                self._hungry.discard(rank)
+            elif not self._requeued and (self._source is None or self._draining or not batch):
+                break  # nothing to hand out to anyone now
         if self.finished:
-            for w in self._workers.values():
-                if w.state in ("ok", "new"):
-                    w.state = "stopping"
-                    out.append(Stop(w.rank))
+            for rank in list(self._ok):
+                w = self._workers[rank]
+                self._set_state(w, "stopping")
+                out.append(Stop(w.rank))
         else:
             out.extend(self._steal(now))
         return out
@@ -420,7 +437,7 @@ class Scheduler:
     def _report_in(self, w: WorkerRec, tid: TaskId, now: float) -> None:
         """A result or failure from ``w`` for ``tid``: advance its FIFO, clear suspicion."""
         if w.state == "suspect":
-            w.state = "ok"
+            self._set_state(w, "ok")
             w.stuck = None
         self._leave_queue(w, tid, now)
 
@@ -430,9 +447,29 @@ class Scheduler:
             return
         head = next(iter(w.queue)) == tid
         w.queue.pop(tid)
+        self._queue_changed(w)
         if head and w.queue:
             w.head_since = now
             self._arm(w, self._active[next(iter(w.queue))])
+
+    def _set_state(self, w: WorkerRec, state: str) -> None:
+        if w.state == "ok":
+            self._ok.discard(w.rank)
+        w.state = state
+        if state == "ok":
+            self._ok.add(w.rank)
+        self._queue_changed(w)
+
+    def _queue_changed(self, w: WorkerRec) -> None:
+        if w.state == "ok":
+            self._hungry.add(w.rank)  # dispatch looks at its real level
+            if len(w.queue) > 1:
+                self._multi.add(w.rank)
+            else:
+                self._multi.discard(w.rank)
+        else:
+            self._hungry.discard(w.rank)
+            self._multi.discard(w.rank)
 
     def _requeue(self, rec: TaskRec, front: bool = True) -> None:
         """Put a task back for another worker; while draining, forget it instead (it is not done)."""
@@ -454,10 +491,11 @@ class Scheduler:
             if rec.tid in hw.queue:
                 if next(iter(hw.queue)) == rec.tid:
                     # it is running there: hold the worker until it reports in, take back the rest
-                    hw.state, hw.stuck = "suspect", rec.tid
+                    hw.stuck = rec.tid
                     hw.queue.pop(rec.tid)
                     rest = list(hw.queue)
                     hw.queue.clear()
+                    self._set_state(hw, "suspect")
                     for tid in reversed(rest):
                         self._active[tid].rank = None
                         self._requeue(self._active[tid])
@@ -465,6 +503,7 @@ class Scheduler:
                         out.append(Revoke(holder, rest, expect_ack=False))
                 else:
                     hw.queue.pop(rec.tid)
+                    self._queue_changed(hw)
                     if hw.state == "ok":
                         out.append(Revoke(holder, [rec.tid], expect_ack=False))
         return out
@@ -474,13 +513,13 @@ class Scheduler:
         if self._draining:
             return None
         if self._requeued:
-            healthy = [w.rank for w in self._workers.values() if w.state == "ok"]
             for i, rec in enumerate(self._requeued):
                 if i >= 32:
                     break
                 if rec.ended:
                     continue
-                if rank not in rec.tried or all(r in rec.tried for r in healthy):
+                # prefer a worker that has not tried it, unless every healthy one has
+                if rank not in rec.tried or sum(1 for r in rec.tried if r in self._ok) >= len(self._ok):
                     del self._requeued[i]
                     return rec
             while self._requeued and self._requeued[0].ended:
@@ -514,12 +553,12 @@ class Scheduler:
     def _expire(self, w: WorkerRec, rec: TaskRec, now: float) -> list:
         """The head task of ``w`` ran past its deadline: take back all of ``w``'s tasks."""
         out: list = []
-        w.state = "suspect"
         w.stuck = rec.tid
         rec.failures += 1
         rec.last_error = f"timed out after {rec.timeout:g} s on worker {w.rank}"
         queued = list(w.queue)
         w.queue.clear()
+        self._set_state(w, "suspect")
         for tid in reversed(queued):
             r = self._active[tid]
             r.rank = None
@@ -535,16 +574,20 @@ class Scheduler:
 
     def _steal(self, now: float) -> list:
         """When new work has run out, move queued-but-unstarted tasks to idle workers."""
-        if self._source is not None or self._requeued:
+        if self._source is not None or self._requeued or not self._multi:
             return []
-        idle = [w for w in self._workers.values() if w.state == "ok" and not w.queue]
+        donors = sorted((self._workers[r] for r in self._multi if not self._workers[r].revoking),
+                        key=lambda w: -len(w.queue))
+        idle: list[WorkerRec] = []
+        for r in self._hungry:  # every idle healthy worker is in there
+            w = self._workers[r]
+            if w.state == "ok" and not w.queue:
+                idle.append(w)
+                if len(idle) == len(donors):
+                    break
         if not idle:
             return []
         out = []
-        donors = sorted(
-            (w for w in self._workers.values() if w.state == "ok" and len(w.queue) > 1 and not w.revoking),
-            key=lambda w: -len(w.queue),
-        )
         for donor, _ in zip(donors, idle):
             victim = list(donor.queue)[-1]
             donor.revoking = True
