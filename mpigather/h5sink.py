@@ -136,6 +136,7 @@ class _H5Target(Target):
         self.name = check_id(tid)
         self.stage = f"{self.name}.r{meta.get('rank', 0)}.a{meta.get('attempt', 1)}"
         self.offsets = create_result(sink.staging, self.stage, header, meta)
+        self._crc_later = meta.get("crc32c") is None  # a streamed result's crc comes with its trailer
 
     def write(self, part: int, offset: int, buf: Any) -> None:
         _write_part(self.sink.fd, self.offsets[part], offset, buf)
@@ -143,6 +144,8 @@ class _H5Target(Target):
     def finish(self) -> None:
         f = self.sink.f
         dest = f"/results/{self.name}"
+        if self._crc_later:
+            _set_attrs(f["_staging"][self.stage].id, {"crc32c": self.meta["crc32c"]})
         # left by an earlier attempt that never reached the journal
         if f["results"].get(self.name, getlink=True) is not None:
             del f[dest]

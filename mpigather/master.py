@@ -330,6 +330,13 @@ class Master:
                                     "final": False})
             for d in self.sched.task_failed(src, tid, attempt, text, now):
                 self._decide(d, now)
+        elif kind == M.TRAILER:
+            stream = self._streams.get(src)
+            if stream is None or stream.tid != msg[1] or stream.index != len(stream.plan):
+                raise ProtocolError(f"rank {src}: trailer of {msg[1]!r} without its complete result")
+            stream.header = stream.header._replace(crc=msg[2])
+            stream.meta["crc32c"] = msg[2]
+            self._end_stream(src, stream, now)
         elif kind == M.HEARTBEAT:
             self.sched.seen(src, now)
             self._hb_task[src] = msg[1]
@@ -404,6 +411,9 @@ class Master:
             self._end_stream(src, stream, now)
 
     def _end_stream(self, src: int, stream: _Stream, now: float) -> None:
+        """All chunks are in; the result is checked once its trailer (the sender's crc) is here too."""
+        if stream.header.crc is None:
+            return  # wait for the trailer
         del self._streams[src]
         if stream.target is None:
             return

@@ -15,6 +15,7 @@ FAILED = "failed"  # (FAILED, tid, attempt, error text, cause, duration, pickled
 #                    cause: "error" | "unsupported"; the exception only for the executor
 HEARTBEAT = "hb"  # (HEARTBEAT, tid, seconds in task)
 REVOKED = "revoked"  # (REVOKED, [tids dropped unstarted])
+TRAILER = "trailer"  # (TRAILER, tid, crc32c): after the last chunk of a streamed result
 LOG = "log"  # (LOG, levelno, text)
 BYE = "bye"  # (BYE, stats dict)
 

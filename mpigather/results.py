@@ -43,7 +43,7 @@ class Header(NamedTuple):
     kind: str
     parts: tuple[PartSpec, ...]
     nbytes: int
-    crc: int
+    crc: int | None  # None in a streamed header: the crc follows the chunks, in a trailer
 
 
 def dtype_to_descr(dt: np.dtype) -> Any:
@@ -136,27 +136,30 @@ def crc_update(value: int, buf: Any) -> int:
     return _crc32c(buf, value) if len(buf) else value
 
 
-def encode(result: Any) -> tuple[Header, list[np.ndarray]]:
-    """Header and flat uint8 buffers of a return value; raises UnsupportedResultError."""
+def encode(result: Any, with_crc: bool = True) -> tuple[Header, list[np.ndarray]]:
+    """Header and flat uint8 buffers of a return value; raises UnsupportedResultError.
+
+    ``with_crc=False`` leaves ``crc`` None, for a sender that checksums chunk by chunk.
+    """
     kind, parts = split(result)
     bufs = [raw(a) for _, a in parts]
     specs = tuple(s for s, _ in parts)
-    return Header(kind, specs, sum(s.nbytes for s in specs), checksum(bufs)), bufs
+    return Header(kind, specs, sum(s.nbytes for s in specs), checksum(bufs) if with_crc else None), bufs
 
 
-def encode_any(result: Any) -> tuple[Header, list[np.ndarray]]:
+def encode_any(result: Any, with_crc: bool = True) -> tuple[Header, list[np.ndarray]]:
     """Like ``encode``, but any other picklable value travels pickled (kind "object").
 
     Used by the executor, whose users return arbitrary objects as with mpi4py.futures.
     """
     if type(result) in (np.ndarray, bytes, dict) or result is None:
         try:
-            return encode(result)
+            return encode(result, with_crc)
         except UnsupportedResultError:
             pass
     arr = np.frombuffer(pickle.dumps(result, protocol=5), dtype=np.uint8)
     spec = _spec(None, arr)
-    return Header("object", (spec,), spec.nbytes, checksum([arr])), [arr]
+    return Header("object", (spec,), spec.nbytes, checksum([arr]) if with_crc else None), [arr]
 
 
 def chunk_plan(header: Header, chunk_size: int) -> list[tuple[int, int, int]]:

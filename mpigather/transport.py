@@ -81,17 +81,21 @@ class Link:
             back.sleep()
         return not self._pending
 
-    def send_bufs(self, bufs: Any, dest: int = 0, tag: int = M.DATA, window: int = 2) -> None:
+    def send_bufs(self, bufs: Any, dest: int = 0, tag: int = M.DATA, window: int = 2,
+                  on_posted: Any = None) -> None:
         """Send raw buffers in order, keeping ``window`` of them in flight.
 
         The next chunk is already posted when the receiver finishes one, and waiting polls
         with a backoff instead of MPICH's blocking wait, which would spin a core at 100%
-        that the master (doing the copy) needs.
+        that the master (doing the copy) needs. ``on_posted(buf)`` runs once each buffer is
+        posted, overlapping the transfer.
         """
         MPI = self._MPI
         inflight: list[Any] = []
         for buf in bufs:
             inflight.append(self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag))
+            if on_posted is not None:
+                on_posted(buf)
             if len(inflight) >= window:
                 self._wait(inflight.pop(0))
         for req in inflight:

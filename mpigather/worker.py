@@ -84,7 +84,10 @@ class Worker:
         """Queue or send one result; large ones stream their chunks right away."""
         t0 = time.perf_counter()
         path = None
-        if self.opts.mode == "direct" and self.out is not None:
+        direct = self.opts.mode == "direct" and self.out is not None
+        if direct or header.nbytes <= self.opts.inline_max:
+            header = header._replace(crc=R.checksum(bufs))
+        if direct:
             from .sinks import open_sink, write_direct
 
             if self.sink is None:
@@ -104,7 +107,15 @@ class Worker:
             if path is None and not inline:
                 self._flush_locked()
                 plan = R.chunk_plan(header, self.opts.chunk_size)
-                self.link.send_bufs(bufs[part][off : off + n] for part, off, n in plan)
+                crc = 0
+
+                def checksum_posted(buf: Any) -> None:
+                    # while the master copies this chunk (it does the copy), checksum it here
+                    nonlocal crc
+                    crc = R.crc_update(crc, buf)
+
+                self.link.send_bufs((bufs[part][off : off + n] for part, off, n in plan), on_posted=checksum_posted)
+                self.link.send((M.TRAILER, tid, crc), 0, M.CTRL)
             elif (not self.queue or duration > self._flush_age or self._pending_bytes > _FLUSH_BYTES
                   or time.monotonic() - self._pending_since > self._flush_age):
                 self._flush_locked()
@@ -183,7 +194,8 @@ class Worker:
         self.stats["compute"] += dt
         t1 = time.perf_counter()
         try:
-            header, bufs = R.encode(value) if not self.allow_object else R.encode_any(value)
+            encode = R.encode_any if self.allow_object else R.encode
+            header, bufs = encode(value, with_crc=False)  # a streamed result is checksummed as it goes
         except UnsupportedResultError as exc:
             self.stats["send"] += time.perf_counter() - t1
             self._spans.append((tid, t0, dt, "failed"))
