@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 NP ?= 3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench lint clean
+.PHONY: run test test-fast bench chunk-sweep lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/bench.py
+
+chunk-sweep: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/chunk_sweep.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mpigather tests scripts
