@@ -18,8 +18,8 @@ from .errors import (
     UsageError,
 )
 from .executor import GatherExecutor, RemoteTaskError, executor
-from .master import INTERRUPTED, Summary
 from .reader import Results, load, verify
+from .summary import INTERRUPTED, Summary
 
 __all__ = [
     "INTERRUPTED",

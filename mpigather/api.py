@@ -16,7 +16,7 @@ from . import results as R
 from .config import Options, make_options
 from .errors import MasterFailed, UnsupportedResultError, UsageError
 from .journal import Journal, journal_path, load_state, now
-from .master import Master, Summary
+from .master import Master, Summary, release_workers
 from .progress import Progress
 from .scheduler import Scheduler
 from .sinks import MemorySink, Sink, is_hdf5_path, open_sink
@@ -165,10 +165,9 @@ def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, An
                 summary = master.run()
             except BaseException as exc:
                 # release the workers before the error goes up, so that no rank is left waiting
-                master.sink_discard_open()
                 log.error("master failed: %s: %s; stopping all workers", type(exc).__name__, exc)
                 try:
-                    master._abort_workers(f"master failed: {type(exc).__name__}: {exc}", set(range(1, link.size)))
+                    master.abort(f"master failed: {type(exc).__name__}: {exc}")
                 except Exception:  # the link itself is broken: end the job
                     link.abort(3)
                 raise
@@ -216,13 +215,8 @@ def _finish(sink: Sink, journal: Journal | None, summary: Summary) -> None:
 
 def _release_workers(link: Any, reason: str) -> None:
     """The master failed before its loop: let every worker go instead of leaving it waiting."""
-    if link.size == 1:
-        return
-    from .master import Master
-    from .scheduler import Scheduler
-
-    m = Master(link, Scheduler([]), MemorySink(), None, make_options())
-    m._abort_workers(reason, set(range(1, link.size)))
+    if link.size > 1:
+        release_workers(link, reason, set(range(1, link.size)))
 
 
 def _run_inline(func: Callable[[Any], Any], tasks: Iterable[tuple[Any, Any]], sink: Sink,

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import messages as M
@@ -24,12 +24,10 @@ from .journal import now as wall_now
 from .pipeline import ChunkPipeline
 from .scheduler import Ended, Expired, Revoke, Scheduler, Send, Stop
 from .sinks import Sink, Target
+from .summary import INTERRUPTED, Summary
 from .transport import Backoff
 
 log = logging.getLogger("mpigather")
-
-INTERRUPTED = 75  # exit status: stopped on a signal, resumable (EX_TEMPFAIL)
-
 
 class _StopRequest:
     """A process-wide record of SIGTERM/SIGUSR1, set by handlers the CLI installs at start-up,
@@ -64,73 +62,6 @@ class _Stream:
     index: int = 0
     crc: int = 0
     job: Any = None  # the pipeline's last job for this result
-
-
-@dataclass
-class Summary:
-    """What a run did. ``results`` holds the values when the output is in memory."""
-
-    total: int = 0
-    done: int = 0
-    failed: dict[Any, str] = field(default_factory=dict)
-    skipped: int = 0  # done by an earlier run (resume)
-    not_run: int = 0
-    bytes: int = 0
-    wall: float = 0.0
-    interrupted: bool = False
-    usage_error: str | None = None
-    stuck: dict[int, Any] = field(default_factory=dict)
-    lost: list[int] = field(default_factory=list)
-    workers: dict[int, dict[str, Any]] = field(default_factory=dict)
-    master: dict[str, float] = field(default_factory=dict)
-    results: dict[Any, Any] = field(default_factory=dict)
-    out: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        if self.usage_error:
-            return 2
-        if self.interrupted:
-            return INTERRUPTED
-        return 1 if self.failed or self.not_run else 0
-
-    def text(self) -> str:
-        gib = self.bytes / (1 << 30)
-        rate = self.bytes / self.wall / (1 << 30) if self.wall > 0 else 0.0
-        lines = [
-            f"mpigather: {self.done} done, {len(self.failed)} failed"
-            + (f", {self.skipped} already done" if self.skipped else "")
-            + (f", {self.not_run} not run" if self.not_run else "")
-            + f"; {gib:.3f} GiB in {self.wall:.2f} s ({rate:.2f} GiB/s)"
-            + (f" -> {self.out}" if self.out else "")
-        ]
-        if self.workers:
-            lines.append("  rank  host              tasks   compute     send     idle   (seconds)")
-            for rank in sorted(self.workers):
-                w = self.workers[rank]
-                lines.append(
-                    f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6} "
-                    f"{w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f} {w.get('idle', 0):>8.2f}"
-                )
-        if self.master:
-            m = self.master
-            lines.append(
-                f"  master: receiving {m.get('recv', 0):.2f} s, writing {m.get('write', 0):.2f} s,"
-                f" waiting {m.get('wait', 0):.2f} s; CPU {m.get('cpu_pct', 0):.0f}% of a core,"
-                f" peak RSS {m.get('peak_rss_mib', 0):.0f} MiB"
-            )
-        for rank, tid in sorted(self.stuck.items()):
-            lines.append(f"  worker {rank} is stuck in task {tid!r} (its lease expired; it was ended at exit)")
-        for rank in self.lost:
-            lines.append(f"  worker {rank} was lost")
-        for tid, err in list(self.failed.items())[:50]:
-            first = err.strip().splitlines()
-            lines.append(f"  FAILED {tid!r}: {first[-1] if first else err}")
-        if len(self.failed) > 50:
-            lines.append(f"  ... and {len(self.failed) - 50} more failures (see `mpigather status`)")
-        if self.interrupted:
-            lines.append(f"  interrupted: run again with --resume to finish (exit status {INTERRUPTED})")
-        return "\n".join(lines)
 
 
 class Master:
@@ -201,7 +132,7 @@ class Master:
             self._housekeeping(now)
             last_house = time.monotonic()  # from the end of the pass: a long pass must not run back to back
             if self.summary.usage_error is not None:
-                self._abort_workers(self.summary.usage_error, expected)
+                self.abort(self.summary.usage_error)
                 return
             if self.sched.finished and self._all_released(expected):
                 return
@@ -436,25 +367,9 @@ class Master:
 
     # -- ending -------------------------------------------------------------------------
 
-    def _abort_workers(self, reason: str, expected: set[int]) -> None:
-        """Tell every worker to stop now and drain what they still send, so nobody hangs."""
-        for rank in expected:
-            self.link.post((M.ABORT, reason), rank)
-        end = time.monotonic() + 30.0
-        back = Backoff()
-        while not expected <= self._byes and time.monotonic() < end:
-            inc = self.link.poll()
-            if inc is None:
-                self.link.progress()
-                back.sleep()
-                continue
-            back.reset()
-            if inc.tag == M.DATA:
-                inc.into(self._pipe.scratch(inc.count)[0])
-                continue
-            msg = inc.obj()
-            if msg[0] == M.BYE:
-                self._byes.add(inc.source)
+    def abort(self, reason: str) -> None:
+        """Release every worker now (they raise MasterFailed) and drop the results in transfer."""
+        release_workers(self.link, reason, set(range(1, self.link.size)) - self._byes, self._pipe)
         self.sink_discard_open()
 
     def sink_discard_open(self) -> None:
@@ -492,6 +407,30 @@ class Master:
         return out
 
 
+def release_workers(link: Any, reason: str, ranks: set[int], pipe: ChunkPipeline | None = None,
+                    timeout: float = 30.0) -> bool:
+    """Tell these workers to stop at once, and drain whatever they still send until each says
+    goodbye, so that no rank is left blocked in a send. False if some did not answer in time."""
+    for rank in ranks:
+        link.post((M.ABORT, reason), rank)
+    pipe = pipe or ChunkPipeline(1 << 20)
+    left = set(ranks)
+    end = time.monotonic() + timeout
+    back = Backoff()
+    while left and time.monotonic() < end:
+        inc = link.poll()
+        if inc is None:
+            link.progress()
+            back.sleep()
+            continue
+        back.reset()
+        if inc.tag == M.DATA:
+            inc.into(pipe.scratch(inc.count)[0])
+        elif inc.obj()[0] == M.BYE:
+            left.discard(inc.source)
+    return not left
+
+
 def _peak_rss_mib() -> float:
     import resource
 
@@ -511,4 +450,4 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-__all__ = ["INTERRUPTED", "Master", "Summary"]
+__all__ = ["INTERRUPTED", "Master", "Summary", "release_workers"]

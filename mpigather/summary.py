@@ -1,0 +1,75 @@
+"""What a run did: counts, failures, bytes, timings, and the exit status they mean."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+INTERRUPTED = 75  # exit status: stopped on a signal, resumable (EX_TEMPFAIL)
+
+
+@dataclass
+class Summary:
+    """What a run did. ``results`` holds the values when the output is in memory."""
+
+    total: int = 0
+    done: int = 0
+    failed: dict[Any, str] = field(default_factory=dict)
+    skipped: int = 0  # done by an earlier run (resume)
+    not_run: int = 0
+    bytes: int = 0
+    wall: float = 0.0
+    interrupted: bool = False
+    usage_error: str | None = None
+    stuck: dict[int, Any] = field(default_factory=dict)
+    lost: list[int] = field(default_factory=list)
+    workers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    master: dict[str, float] = field(default_factory=dict)
+    results: dict[Any, Any] = field(default_factory=dict)
+    out: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.usage_error:
+            return 2
+        if self.interrupted:
+            return INTERRUPTED
+        return 1 if self.failed or self.not_run else 0
+
+    def text(self) -> str:
+        gib = self.bytes / (1 << 30)
+        rate = self.bytes / self.wall / (1 << 30) if self.wall > 0 else 0.0
+        lines = [
+            f"mpigather: {self.done} done, {len(self.failed)} failed"
+            + (f", {self.skipped} already done" if self.skipped else "")
+            + (f", {self.not_run} not run" if self.not_run else "")
+            + f"; {gib:.3f} GiB in {self.wall:.2f} s ({rate:.2f} GiB/s)"
+            + (f" -> {self.out}" if self.out else "")
+        ]
+        if self.workers:
+            lines.append("  rank  host              tasks   compute     send     idle   (seconds)")
+            for rank in sorted(self.workers):
+                w = self.workers[rank]
+                lines.append(
+                    f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6} "
+                    f"{w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f} {w.get('idle', 0):>8.2f}"
+                )
+        if self.master:
+            m = self.master
+            lines.append(
+                f"  master: receiving {m.get('recv', 0):.2f} s, writing {m.get('write', 0):.2f} s,"
+                f" waiting {m.get('wait', 0):.2f} s; CPU {m.get('cpu_pct', 0):.0f}% of a core,"
+                f" peak RSS {m.get('peak_rss_mib', 0):.0f} MiB"
+            )
+        for rank, tid in sorted(self.stuck.items()):
+            lines.append(f"  worker {rank} is stuck in task {tid!r} (its lease expired; it was ended at exit)")
+        for rank in self.lost:
+            lines.append(f"  worker {rank} was lost")
+        for tid, err in list(self.failed.items())[:50]:
+            first = err.strip().splitlines()
+            lines.append(f"  FAILED {tid!r}: {first[-1] if first else err}")
+        if len(self.failed) > 50:
+            lines.append(f"  ... and {len(self.failed) - 50} more failures (see `mpigather status`)")
+        if self.interrupted:
+            lines.append(f"  interrupted: run again with --resume to finish (exit status {INTERRUPTED})")
+        return "\n".join(lines)
