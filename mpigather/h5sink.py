@@ -27,7 +27,7 @@ import numpy as np
 
 from . import results as R
 from .errors import UsageError
-from .sinks import Sink, Target, _fsync_dir, check_id
+from .sinks import Sink, Target, check_id, fsync_dir
 
 log = logging.getLogger("mpigather")
 
@@ -257,7 +257,7 @@ class Hdf5Sink(Sink):
         os.close(self.fd)
         if complete:
             os.replace(self.partial, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
 
 class Hdf5PartSink(Sink):
@@ -284,7 +284,7 @@ class Hdf5PartSink(Sink):
         for tmp, final in self._ready:
             os.replace(tmp, final)
         if self._ready:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         self._ready.clear()
         return []
 

@@ -138,7 +138,8 @@ class MemorySink(Sink):
 # -- a directory of .npy files -------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (renames, new files) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -217,7 +218,7 @@ class _FileTarget(Target):
             os.fsync(fd)
         self._close()
         if self.header.kind == "dict":
-            _fsync_dir(self.tmp)
+            fsync_dir(self.tmp)
         if rename:
             place(self.tmp, self.final)
 
@@ -266,7 +267,7 @@ class NpyDirSink(Sink):
             self._last = t.tmp
         for tmp, final, _, _ in adopted:
             place(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         if self.worker:
             return []
         return [(t.tid, t.meta) for t in ready] + [(tid, meta) for _, _, tid, meta in adopted]

@@ -186,14 +186,6 @@ def case_mem(a: argparse.Namespace) -> None:
 # -- case 2: gather bandwidth into files -------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def case_file(a: argparse.Namespace) -> None:
     MPI, comm = comm_world()
     rank = comm.Get_rank()
@@ -202,6 +194,7 @@ def case_file(a: argparse.Namespace) -> None:
     base = Path(a.dir)
     extra: dict[str, Any] = {}
     import mpigather  # imports stay out of the timed region
+    from mpigather.sinks import fsync_dir
     if method == "tofile":  # the limit: one process writes the same bytes, each result a file + fsync
         arr = make_array(size)
         d = base / "plain"
@@ -215,7 +208,7 @@ def case_file(a: argparse.Namespace) -> None:
                     arr.tofile(fh)
                     fh.flush()
                     os.fsync(fh.fileno())
-            _fsync_dir(d)
+            fsync_dir(d)
         dt = time.perf_counter() - t0
     else:
         sink, mode = method.split("_")

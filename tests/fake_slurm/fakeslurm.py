@@ -60,33 +60,32 @@ def _write_queue(d: Path, ids: list[int]) -> None:
     (d / "queue").write_text("".join(f"{i}\n" for i in ids))
 
 
-def sbatch_directives(script: str) -> dict[str, str]:
-    """The ``#SBATCH --key=value`` options of a script, up to its first command line."""
-    opts: dict[str, str] = {}
+def _directives(script: str, pattern: str) -> list[re.Match[str]]:
+    """Matches of ``pattern`` in the leading comment block of a script (up to its first command)."""
+    found = []
     for line in script.splitlines()[1:]:
         s = line.strip()
         if not s:
             continue
         if not s.startswith("#"):
             break
-        m = re.match(r"#SBATCH\s+(--?[\w-]+)(?:[=\s]+([^\s#]+))?", s)
+        m = re.match(pattern, s)
         if m:
-            opts[m.group(1).lstrip("-")] = m.group(2) or ""
-    return opts
+            found.append(m)
+    return found
+
+
+def sbatch_directives(script: str) -> dict[str, str]:
+    """The ``#SBATCH --key=value`` options of a script."""
+    return {m.group(1).lstrip("-"): m.group(2) or ""
+            for m in _directives(script, r"#SBATCH\s+(--?[\w-]+)(?:[=\s]+([^\s#]+))?")}
 
 
 def pbs_directives(script: str) -> dict[str, list[str]]:
-    """The ``#PBS -X value`` options of a script, up to its first command line."""
+    """The ``#PBS -X value`` options of a script."""
     opts: dict[str, list[str]] = {}
-    for line in script.splitlines()[1:]:
-        s = line.strip()
-        if not s:
-            continue
-        if not s.startswith("#"):
-            break
-        m = re.match(r"#PBS\s+-(\w)\s*(\S*)", s)
-        if m:
-            opts.setdefault(m.group(1), []).append(m.group(2))
+    for m in _directives(script, r"#PBS\s+-(\w)\s*(\S*)"):
+        opts.setdefault(m.group(1), []).append(m.group(2))
     return opts
 
 
