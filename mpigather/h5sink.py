@@ -212,13 +212,14 @@ class Hdf5Sink(Sink):
         self.f[dest] = h5py.ExternalLink(rel, dest)
         self._ready.append((tid, meta))
 
-    def commit(self) -> list[tuple[Any, dict[str, Any]]]:
-        if not self._ready:
-            return []
-        self.f.flush()
-        os.fsync(self.fd)
+    def take_ready(self) -> Any:
         ready, self._ready = self._ready, []
-        return ready
+        return ready or None
+
+    def make_durable(self, batch: Any) -> list[tuple[Any, dict[str, Any]]]:
+        self.f.flush()  # HDF5's metadata (h5py serializes this with the master's own HDF5 calls)
+        os.fsync(self.fd)
+        return list(batch)
 
     def reconcile(self, done: set[Any]) -> set[Any]:
         by_name = {check_id(t): t for t in done}

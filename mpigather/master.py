@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from .journal import Journal
 from .journal import now as wall_now
 from .pipeline import ChunkPipeline
 from .scheduler import Ended, Expired, Revoke, Scheduler, Send, Stop
-from .sinks import Sink, Target
+from .sinks import MemorySink, Sink, Target
 from .summary import INTERRUPTED, Summary
 from .transport import Backoff
 
@@ -83,6 +84,8 @@ class Master:
         self.summary = Summary()
         self._streams: dict[int, _Stream] = {}
         self._pipe = ChunkPipeline(opts.chunk_size)
+        self._committer: ThreadPoolExecutor | None = None
+        self._commit_job: Future | None = None
         self._info: dict[int, tuple[str, int]] = {}
         self._byes: set[int] = set()
         self._signal: int | None = None
@@ -106,6 +109,8 @@ class Master:
         try:
             self._loop()
         finally:
+            if self._committer is not None:
+                self._committer.shutdown(wait=True)  # a failed run: durable but not journaled, redone on resume
             self._pipe.close()
             self._t["write_thread"] = self._pipe.busy
             self._restore_signals(old)
@@ -135,6 +140,7 @@ class Master:
                 self.abort(self.summary.usage_error)
                 return
             if self.sched.finished and self._all_released(expected):
+                self._commit(wait=True)
                 return
             if inc is None:
                 t = time.perf_counter()
@@ -192,9 +198,30 @@ class Master:
             for d in self.sched.give_up("no healthy worker left to run it (all stuck or lost)"):
                 self._decide(d, now)
 
-    def _commit(self) -> None:
+    def _commit(self, wait: bool = False) -> None:
+        """Group commit: make the finished results durable, then journal them as done.
+
+        File sinks fsync on a helper thread, so the disk works while the next results arrive;
+        the journal lines are written only once that fsync returned. ``wait``: finish everything now.
+        """
         t = time.perf_counter()
-        ready = self.sink.commit()
+        job = self._commit_job
+        if job is not None:
+            if not job.done() and not wait:
+                return
+            self._commit_job = None
+            self._journal_done(job.result())
+        batch = self.sink.take_ready()
+        if batch is not None:
+            if wait or isinstance(self.sink, MemorySink):
+                self._journal_done(self.sink.make_durable(batch))
+            else:
+                if self._committer is None:
+                    self._committer = ThreadPoolExecutor(1, thread_name_prefix="mpigather-commit")
+                self._commit_job = self._committer.submit(self.sink.make_durable, batch)
+        self._t["write"] += time.perf_counter() - t
+
+    def _journal_done(self, ready: list[tuple[Any, dict[str, Any]]]) -> None:
         j = self.journal
         for tid, meta in ready:
             if j is not None:
@@ -206,7 +233,6 @@ class Master:
                 self.on_done(tid, meta)
         if j is not None:
             j.commit()
-        self._t["write"] += time.perf_counter() - t
 
     def _decide(self, d: Any, now: float) -> None:
         if isinstance(d, Send):

@@ -72,6 +72,16 @@ class Sink:
 
     def commit(self) -> list[tuple[Any, dict[str, Any]]]:
         """Make finished results durable; returns their (task id, meta) in order."""
+        batch = self.take_ready()
+        return [] if batch is None else self.make_durable(batch)
+
+    def take_ready(self) -> Any:
+        """The results finished since the last call (None if none); the caller's thread only."""
+        return None
+
+    def make_durable(self, batch: Any) -> list[tuple[Any, dict[str, Any]]]:
+        """fsync (and rename into place) one batch from ``take_ready``. May run on another thread,
+        while the master goes on receiving: it touches only the batch's own files."""
         return []
 
     def reconcile(self, done: set[Any]) -> set[Any]:
@@ -125,13 +135,16 @@ class MemorySink(Sink):
         arrays = [R.from_raw(spec, np.frombuffer(b, dtype=np.uint8)) for spec, b in zip(header.parts, bufs)]
         self._ready.append((tid, R.assemble(header, arrays), meta))
 
-    def commit(self) -> list[tuple[Any, dict[str, Any]]]:
+    def take_ready(self) -> Any:
+        ready, self._ready = self._ready, []
+        return ready or None
+
+    def make_durable(self, batch: Any) -> list[tuple[Any, dict[str, Any]]]:
         out = []
-        for tid, value, meta in self._ready:
+        for tid, value, meta in batch:
             self.results[tid] = value
             self.meta[tid] = meta
             out.append((tid, meta))
-        self._ready.clear()
         return out
 
 
@@ -257,11 +270,15 @@ class NpyDirSink(Sink):
     def result_path(self, tid: Any, header: R.Header) -> str:
         return str(self._last)
 
-    def commit(self) -> list[tuple[Any, dict[str, Any]]]:
+    def take_ready(self) -> Any:
         if not self._ready and not self._adopted:
-            return []
-        ready, self._ready = self._ready, []
-        adopted, self._adopted = self._adopted, []
+            return None
+        batch = (self._ready, self._adopted)
+        self._ready, self._adopted = [], []
+        return batch
+
+    def make_durable(self, batch: Any) -> list[tuple[Any, dict[str, Any]]]:
+        ready, adopted = batch
         for t in ready:
             t.durable(rename=not self.worker)
             self._last = t.tmp
