@@ -168,7 +168,8 @@ def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, An
                 log.error("master failed: %s: %s; stopping all workers", type(exc).__name__, exc)
                 try:
                     master.abort(f"master failed: {type(exc).__name__}: {exc}")
-                except Exception:  # the link itself is broken: end the job
+                except Exception as again:  # the link itself is broken: end the job
+                    log.error("could not release the workers (%s: %s); ending the job", type(again).__name__, again)
                     link.abort(3)
                 raise
             finally:

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -21,6 +22,8 @@ from typing import Any, NoReturn
 from .errors import MasterFailed, UsageError
 
 log = logging.getLogger("mpigather")
+
+FAILED = 3  # exit status: the master itself failed (a bug, or its output became unwritable)
 
 
 def _rank_from_env() -> int:
@@ -191,7 +194,12 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
             print(f"mpigather: error: {e}", file=sys.stderr)
         return 2
     except MasterFailed:
-        return 2
+        return 0  # rank 0 reports and sets the status (hydra ORs the ranks' exit codes together)
+    except Exception as e:  # a failure of the master itself: the workers were released before this
+        traceback.print_exc()
+        print(f"mpigather: error: the master failed ({type(e).__name__}: {e}); every result the journal"
+              " calls done is safe, and --resume continues the run", file=sys.stderr)
+        return FAILED
     if summary is None:
         return 0
     if not a.quiet or summary.exit_code != 0:

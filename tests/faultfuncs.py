@@ -97,3 +97,14 @@ def expected(i: int, func: str = "slow"):
     if func == "slow_big" and i % 4 == 1:
         return value("large", i).repeat(80)
     return result(i)
+
+
+def sabotage_output(i: int):
+    """Task 3 deletes the run's output directory under the master's feet (a master-side failure)."""
+    import shutil
+
+    _log(i)
+    time.sleep(0.05)
+    if i == 3:
+        shutil.rmtree(os.environ["MPIGATHER_TEST_OUT"], ignore_errors=True)
+    return result(i)
