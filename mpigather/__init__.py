@@ -11,7 +11,6 @@ Layers, bottom up (importing this package does not start MPI):
 from .api import __version__, run
 from .errors import (
     ChecksumError,
-    Interrupted,
     MasterFailed,
     MPIGatherError,
     UnsupportedResultError,
@@ -25,7 +24,6 @@ __all__ = [
     "INTERRUPTED",
     "ChecksumError",
     "GatherExecutor",
-    "Interrupted",
     "MPIGatherError",
     "MasterFailed",
     "RemoteTaskError",

@@ -29,6 +29,3 @@ class ProtocolError(MPIGatherError):
 class MasterFailed(MPIGatherError):
     """Raised on workers when the master aborts the run."""
 
-
-class Interrupted(MPIGatherError):
-    """The run stopped on a signal before every task ended; ``--resume`` continues it."""

@@ -18,7 +18,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -317,8 +316,3 @@ class _PartTarget(Target):
             self.f.close()
             os.close(self.fd)
         self.tmp.unlink(missing_ok=True)
-
-
-def remove_parts(out: str | os.PathLike[str]) -> None:
-    p = Path(out)
-    shutil.rmtree(p.with_name(p.name + PARTS), ignore_errors=True)

@@ -17,7 +17,6 @@ from crc32c import crc32c as _crc32c
 
 from .errors import UnsupportedResultError
 
-KINDS = ("array", "bytes", "dict", "none", "object")
 SUPPORTED = "a numpy array (or numpy scalar), bytes, a dict of str to arrays, or None"
 
 
