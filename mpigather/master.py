@@ -84,6 +84,7 @@ class Master:
         self.summary = Summary()
         self._streams: dict[int, _Stream] = {}
         self._pipe = ChunkPipeline(opts.chunk_size)
+        self._settling: list[tuple[int, _Stream]] = []  # received, last chunk still being checksummed
         self._committer: ThreadPoolExecutor | None = None
         self._commit_job: Future | None = None
         self._info: dict[int, tuple[str, int]] = {}
@@ -157,6 +158,7 @@ class Master:
         return True
 
     def _housekeeping(self, now: float) -> None:
+        self._complete_settled(now)
         self._commit()
         for d in self.sched.tick(now):
             self._decide(d, now)
@@ -372,16 +374,38 @@ class Master:
         if stream.header.crc is None:
             return  # wait for the trailer
         del self._streams[src]
+        self.sched.transfer_done(src, stream.tid)  # the worker may announce its next result now
         if stream.target is None:
             return
+        if stream.job is not None and not stream.job.done():
+            # the helper thread still checksums (and writes) the last chunk: finish it at the next
+            # pass, and receive the next result meanwhile
+            self._settling.append((src, stream))
+            return
+        self._complete(src, stream, now)
+
+    def _complete_settled(self, now: float) -> None:
+        if self._settling:
+            waiting = []
+            for src, stream in self._settling:
+                if stream.job.done():
+                    self._complete(src, stream, now)
+                else:
+                    waiting.append((src, stream))
+            self._settling = waiting
+
+    def _complete(self, src: int, stream: _Stream, now: float) -> None:
+        """Every byte of the result is checksummed and written: check it and store it."""
+        target, want = stream.target, stream.header.crc
+        assert target is not None and want is not None
         t = time.perf_counter()
         self._pipe.settle(stream)
         self._t["write"] += time.perf_counter() - t
-        if stream.crc != stream.header.crc:
-            stream.target.discard()
-            self._bad_checksum(src, stream.tid, stream.attempt, stream.header.crc, stream.crc, now)
+        if stream.crc != want:
+            target.discard()
+            self._bad_checksum(src, stream.tid, stream.attempt, want, stream.crc, now)
             return
-        stream.target.finish()
+        target.finish()
         for d in self.sched.task_done(src, stream.tid, stream.attempt, now, stream.meta["duration"]):
             self._decide(d, now)
 
@@ -399,7 +423,7 @@ class Master:
         self.sink_discard_open()
 
     def sink_discard_open(self) -> None:
-        for stream in self._streams.values():
+        for stream in [*self._streams.values(), *(st for _, st in self._settling)]:
             if stream.target is not None:
                 try:
                     self._pipe.settle(stream)
@@ -407,6 +431,7 @@ class Master:
                     pass
                 stream.target.discard()
         self._streams.clear()
+        self._settling.clear()
 
     def _install_signals(self) -> dict[int, Any]:
         old: dict[int, Any] = {}

@@ -203,6 +203,12 @@ class Scheduler:
         w = self._workers[rank] = WorkerRec(rank, last_seen=now, head_since=now)
         self._set_state(w, "ok")
 
+    def transfer_done(self, rank: int, tid: TaskId) -> None:
+        """Every byte of a result arrived; it is checked and stored before ``task_done``."""
+        w = self._worker(rank)
+        if w.streaming == tid:
+            w.streaming = None
+
     def discarded(self, rank: int, tid: TaskId, now: float) -> None:
         """A whole result arrived for a task that already ended: dropped, but the worker reported in."""
         self._report_in(self._worker(rank), tid, now)
