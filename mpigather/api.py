@@ -16,7 +16,7 @@ from . import results as R
 from .config import Options, make_options
 from .errors import MasterFailed, UnsupportedResultError, UsageError
 from .journal import Journal, journal_path, load_state, now
-from .master import Master, Summary, release_workers
+from .master import Master, Summary, record_done, release_workers
 from .progress import Progress
 from .scheduler import Scheduler
 from .sinks import MemorySink, Sink, is_hdf5_path, open_sink
@@ -234,15 +234,7 @@ def _run_inline(func: Callable[[Any], Any], tasks: Iterable[tuple[Any, Any]], si
     on_done, on_failed = hooks.get("on_done"), hooks.get("on_failed")
 
     def commit() -> None:
-        for tid, meta in sink.commit():
-            if journal is not None:
-                journal.done(tid, meta["attempt"], 0, meta["bytes"], meta["crc32c"], meta["duration"], None)
-            summary.done += 1
-            summary.bytes += meta["bytes"]
-            if on_done is not None:
-                on_done(tid, meta)
-        if journal is not None:
-            journal.commit()
+        record_done(sink.commit(), journal, summary, on_done)
 
     for tid, payload in tasks:
         for attempt in range(1, opts.retries + 2):

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import results as R
 from .errors import UsageError
-from .sinks import Sink, Target, check_id, fsync_dir
+from .sinks import Sink, Target, check_id, fsync_dir, pwrite_all
 
 log = logging.getLogger("mpigather")
 
@@ -113,20 +113,13 @@ def _create_dataset(gid: Any, name: str, spec: R.PartSpec, attrs: dict[str, Any]
 def _write_part(fd: int, place: Any, offset: int, buf: Any) -> None:
     """Write a chunk of a part: pwrite at its file offset, or through HDF5 for a dataset with none."""
     if isinstance(place, int):
-        _pwrite(fd, buf, place + offset)
+        pwrite_all(fd, buf, place + offset)
         return
     dsid = place
     raw = np.frombuffer(buf, dtype=np.uint8)
     if offset != 0 or raw.nbytes != dsid.get_storage_size():
         raise RuntimeError("an HDF5 dataset with no file offset cannot be written in chunks")
     dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, raw, mtype=dsid.get_type())
-
-
-def _pwrite(fd: int, buf: Any, pos: int) -> None:
-    view = memoryview(buf).cast("B")
-    while len(view):
-        n = os.pwrite(fd, view, pos)
-        view, pos = view[n:], pos + n
 
 
 class _H5Target(Target):

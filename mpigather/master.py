@@ -224,17 +224,7 @@ class Master:
         self._t["write"] += time.perf_counter() - t
 
     def _journal_done(self, ready: list[tuple[Any, dict[str, Any]]]) -> None:
-        j = self.journal
-        for tid, meta in ready:
-            if j is not None:
-                j.done(tid, meta["attempt"], meta["rank"], meta["bytes"], meta["crc32c"], meta["duration"],
-                       meta.get("path"))
-            self.summary.done += 1
-            self.summary.bytes += meta["bytes"]
-            if self.on_done is not None:
-                self.on_done(tid, meta)
-        if j is not None:
-            j.commit()
+        record_done(ready, self.journal, self.summary, self.on_done)
 
     def _decide(self, d: Any, now: float) -> None:
         if isinstance(d, Send):
@@ -456,6 +446,21 @@ class Master:
             out[rank] = {"state": w.state, "queued": len(w.queue), "seen_ago": round(now - w.last_seen, 3),
                          "task": self._hb_task.get(rank)}
         return out
+
+
+def record_done(ready: list[tuple[Any, dict[str, Any]]], journal: Journal | None, summary: Summary,
+                on_done: Callable[[Any, dict[str, Any]], None] | None) -> None:
+    """Results that ``sink.commit`` made durable: journal them as done (one fsync), count them."""
+    for tid, meta in ready:
+        if journal is not None:
+            journal.done(tid, meta["attempt"], meta["rank"], meta["bytes"], meta["crc32c"], meta["duration"],
+                         meta.get("path"))
+        summary.done += 1
+        summary.bytes += meta["bytes"]
+        if on_done is not None:
+            on_done(tid, meta)
+    if journal is not None:
+        journal.commit()
 
 
 def release_workers(link: Any, reason: str, ranks: set[int], pipe: ChunkPipeline | None = None,

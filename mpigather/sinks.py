@@ -59,11 +59,15 @@ class Sink:
         raise NotImplementedError
 
     def put(self, tid: Any, header: R.Header, bufs: list[Any], meta: dict[str, Any]) -> None:
-        """Store a small result that arrived whole (its parts' bytes in ``bufs``)."""
+        """Store a result whose parts' bytes are all at hand (``bufs``)."""
         t = self.open(tid, header, meta)
-        for i, buf in enumerate(bufs):
-            if len(buf):
-                t.write(i, 0, buf)
+        try:
+            for i, buf in enumerate(bufs):
+                if len(buf):
+                    t.write(i, 0, buf)
+        except BaseException:
+            t.discard()
+            raise
         t.finish()
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: dict[str, Any]) -> None:
@@ -151,6 +155,14 @@ class MemorySink(Sink):
 # -- a directory of .npy files -------------------------------------------------------------
 
 
+def pwrite_all(fd: int, buf: Any, pos: int) -> None:
+    """Write all of ``buf`` at file offset ``pos`` (``os.pwrite`` may write less than asked)."""
+    view = memoryview(buf).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+
+
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (renames, new files) durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -205,11 +217,7 @@ class _FileTarget(Target):
                 os.ftruncate(fd, len(hdr) + spec.nbytes)
 
     def write(self, part: int, offset: int, buf: Any) -> None:
-        fd, pos = self.fds[part], self.base[part] + offset
-        view = memoryview(buf).cast("B")
-        while len(view):
-            n = os.pwrite(fd, view, pos)
-            view, pos = view[n:], pos + n
+        pwrite_all(self.fds[part], buf, self.base[part] + offset)
 
     def finish(self) -> None:
         self.sink._ready.append(self)
@@ -318,15 +326,7 @@ class NpyDirSink(Sink):
 
 def write_direct(sink: Sink, tid: Any, header: R.Header, bufs: list[np.ndarray], meta: dict[str, Any]) -> str:
     """Direct mode, on a worker: write one result through ``sink`` and make it durable."""
-    t = sink.open(tid, header, meta)
-    try:
-        for i, buf in enumerate(bufs):
-            if len(buf):
-                t.write(i, 0, buf)
-    except BaseException:
-        t.discard()
-        raise
-    t.finish()
+    sink.put(tid, header, bufs, meta)
     sink.commit()
     return sink.result_path(tid, header)
 
