@@ -1,58 +1,12 @@
-"""Test helpers. Every MPI run is a subprocess with a timeout, so a hang fails one test."""
+"""pytest set-up: the test folder on sys.path, and the ``mpi`` marker applied by module.
+
+Test modules that start MPI processes set ``pytestmark = pytest.mark.mpi``, so
+``pytest -m "not mpi"`` runs the in-process tests alone, in seconds.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-HERE = Path(__file__).parent
-ROOT = HERE.parent
-
-
-def mpiexec_path() -> str:
-    exe = Path(sys.executable).parent / "mpiexec"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("mpiexec")
-    if not found:
-        pytest.skip("no mpiexec on PATH")
-    return found
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), e.get("PYTHONPATH", "")])
-    e.pop("MPIGATHER_CHUNK_SIZE", None)
-    return e
-
-
-def mpirun(n: int, args: list[str], *, timeout: float = 120, cwd: Path | None = None,
-           extra_env: dict[str, str] | None = None, mpi_args: list[str] | None = None,
-           ) -> subprocess.CompletedProcess[str]:
-    """``mpiexec -n N python ARGS`` with a timeout; returns the finished process (text output)."""
-    cmd = [mpiexec_path(), *(mpi_args or []), "-n", str(n), sys.executable, *args]
-    e = env()
-    if extra_env:
-        e.update(extra_env)
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=e)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
-        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr
-        pytest.fail(f"mpiexec timed out after {timeout} s: {' '.join(cmd)}\nstdout:\n{out}\nstderr:\n{err}")
-
-
-def gather(n: int, func: str, out: Path, *extra: str, timeout: float = 120,
-           **kw: object) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m mpigather run tests.taskfuncs-style FUNC`` under mpiexec."""
-    return mpirun(n, ["-m", "mpigather", "run", func, "--out", str(out), "--progress", "off", *extra],
-                  timeout=timeout, **kw)  # type: ignore[arg-type]
-
-
-def show(p: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {p.returncode}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}"
+sys.path.insert(0, str(Path(__file__).parent))

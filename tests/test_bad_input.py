@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import gather, show
+from helpers import gather, show
+
+pytestmark = pytest.mark.mpi
 
 ERR = "mpigather: error:"
 

@@ -25,12 +25,14 @@ from typing import Any
 import pytest
 from batchfuncs import value
 from compare import same
-from conftest import ROOT, env, mpiexec_path
+from helpers import ROOT, env, mpiexec_path
 
 import mpigather
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_slurm"))
 from fakeslurm import Controller  # noqa: E402
+
+pytestmark = pytest.mark.mpi
 
 N = 16  # tasks of 0.3 s on 2 workers: about 2.5 s of work
 SLURM = ROOT / "scripts" / "slurm.sbatch"

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 from compare import check_all
-from conftest import env, gather, mpiexec_path, show
 from faultfuncs import expected
+from helpers import env, gather, mpiexec_path, show
 
 import mpigather
+
+pytestmark = pytest.mark.mpi
 
 
 def fenv(tmp_path: Path) -> dict[str, str]:

@@ -7,10 +7,12 @@ import json
 
 import pytest
 from compare import check_all
-from conftest import gather, show
+from helpers import gather, show
 from taskfuncs import KINDS, every_type, out_of_order, sized, value
 
 import mpigather
+
+pytestmark = pytest.mark.mpi
 
 N = 2 * len(KINDS)
 

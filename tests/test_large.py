@@ -14,11 +14,13 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import env, mpiexec_path
+from helpers import env, mpiexec_path
 from taskfuncs import big_result
 
 import mpigather
 from mpigather.results import checksum, raw
+
+pytestmark = pytest.mark.mpi
 
 GiB = 1 << 30
 

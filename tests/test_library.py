@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import mpirun, show
+from helpers import mpirun, show
+
+pytestmark = pytest.mark.mpi
 
 SCRIPT = str(Path(__file__).with_name("lib_run.py"))
 

@@ -16,10 +16,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import env, gather, show
+from helpers import env, gather, show
 
 from mpigather import report as R
 from mpigather.progress import Progress, interval_from_env
+
+pytestmark = pytest.mark.mpi
 
 RANKS = 3
 N = 12
