@@ -154,7 +154,8 @@ def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, An
         if link.size == 1:
             summary = _run_inline(func, tasks, sink, journal, opts, allow_object, hooks)
         else:
-            sched = Scheduler(tasks, prefetch=opts.prefetch, retries=opts.retries, timeout=opts.timeout,
+            sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
+                              retries=opts.retries, timeout=opts.timeout,
                               timeout_of=timeout_of, batch_window=opts.batch_window)
             progress = Progress.make(opts.progress, total, done_before=len(done))
             master = Master(link, sched, sink, journal, opts, progress=progress,
@@ -176,7 +177,7 @@ def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, An
                 if master.progress is not None:
                     master.progress.close()
             summary.stuck = sched.stuck_workers()
-            summary.lost = [r for r, w in sched.workers().items() if w.state == "lost"]
+            summary.lost = sched.lost_workers()
         summary.skipped = len(done)
         if total is not None:
             summary.total = total

@@ -23,7 +23,7 @@ from .errors import ChecksumError, ProtocolError
 from .journal import Journal
 from .journal import now as wall_now
 from .pipeline import ChunkPipeline
-from .scheduler import Ended, Expired, Revoke, Scheduler, Send, Stop
+from .scheduler import Ended, Expired, Notice, Revoke, Scheduler, Send, Stop
 from .sinks import MemorySink, Sink, Target
 from .summary import INTERRUPTED, Summary
 from .transport import Backoff
@@ -90,8 +90,6 @@ class Master:
         self._info: dict[int, tuple[str, int]] = {}
         self._byes: set[int] = set()
         self._signal: int | None = None
-        self._grace_end: float | None = None
-        self._no_worker_since: float | None = None
         self._t = {"recv": 0.0, "write": 0.0, "wait": 0.0}
         self._last_hb_write = 0.0
         self._hb_task: dict[int, Any] = {}
@@ -126,7 +124,6 @@ class Master:
     def _loop(self) -> None:
         back = Backoff()
         last_house = 0.0
-        expected = set(range(self.link.size)) - {self.link.rank}
         while True:
             inc = self.link.poll()
             now = time.monotonic()
@@ -140,7 +137,7 @@ class Master:
             if self.summary.usage_error is not None:
                 self.abort(self.summary.usage_error)
                 return
-            if self.sched.finished and self._all_released(expected):
+            if self.sched.over:
                 self._commit(wait=True)
                 return
             if inc is None:
@@ -148,34 +145,17 @@ class Master:
                 back.sleep()
                 self._t["wait"] += time.perf_counter() - t
 
-    def _all_released(self, expected: set[int]) -> bool:
-        ws = self.sched.workers()
-        for rank in expected:
-            w = ws.get(rank)
-            if rank in self._byes or (w is not None and w.state in ("lost", "suspect")):
-                continue
-            return False
-        return True
-
     def _housekeeping(self, now: float) -> None:
         self._complete_settled(now)
         self._commit()
-        for d in self.sched.tick(now):
-            self._decide(d, now)
-        if self._signal is not None and not self.sched.draining:
-            log.warning("signal %d: no new tasks; running ones get %.0f s to finish", self._signal, self.opts.grace)
-            self._grace_end = now + self.opts.grace
-            self.summary.interrupted = True
-            for d in self.sched.drain():
-                self._decide(d, now)
-        if self._grace_end is not None and now > self._grace_end and not self.sched.finished:
-            left = self.sched.abandon_running()
-            log.warning("grace period over: %d running task(s) left for --resume", len(left))
-        for d in self.sched.dispatch(now):
-            self._decide(d, now)
         if self._signal is None and STOP.signum is not None:
             self._signal = STOP.signum
-        self._check_workers(now)
+        if self._signal is not None and not self.sched.draining:
+            log.warning("signal %d: no new tasks; running ones get %.0f s to finish", self._signal, self.opts.grace)
+            self.summary.interrupted = True
+            self._decide_all(self.sched.drain(now, self.opts.grace), now)
+        self._decide_all(self.sched.tick(now), now)
+        self._decide_all(self.sched.dispatch(now), now)
         if self.journal is not None and now - self._last_hb_write >= min(self.opts.heartbeat, 5.0):
             self._last_hb_write = now
             self.journal.write({"ev": "workers", "time": round(wall_now(), 3), "table": self.worker_table(now)})
@@ -183,22 +163,9 @@ class Master:
         if self.progress is not None:
             self.progress.update(self.sched, self.summary, now)
 
-    def _check_workers(self, now: float) -> None:
-        """Give up when no healthy worker has been left for a while (all stuck or lost)."""
-        ws = self.sched.workers()
-        if self.sched.finished or not ws or len(ws) < self.link.size - 1 or self.sched.healthy_workers():
-            self._no_worker_since = None
-            return
-        if any(w.state == "stopping" for w in ws.values()):
-            return
-        if self._no_worker_since is None:
-            self._no_worker_since = now
-            return
-        patience = self.opts.timeout if self.opts.timeout else 30.0
-        if now - self._no_worker_since > patience:
-            log.error("no healthy worker left for %.0f s: ending the remaining tasks as failed", patience)
-            for d in self.sched.give_up("no healthy worker left to run it (all stuck or lost)"):
-                self._decide(d, now)
+    def _decide_all(self, decisions: list, now: float) -> None:
+        for d in decisions:
+            self._decide(d, now)
 
     def _commit(self, wait: bool = False) -> None:
         """Group commit: make the finished results durable, then journal them as done.
@@ -246,6 +213,8 @@ class Master:
                     self.on_failed(d.tid, d.error or "failed", exc)
             else:
                 self._exc.pop(d.tid, None)
+        elif isinstance(d, Notice):
+            (log.error if d.level == "error" else log.warning)("%s", d.text)
         elif isinstance(d, Expired):
             log.warning("task %r: lease expired on worker %d (attempt %d); %s", d.tid, d.rank, d.attempt,
                         "requeued" if d.requeued else "no retries left")
@@ -291,7 +260,7 @@ class Master:
             self._hb_task[src] = msg[1]
         elif kind == M.HELLO:
             self._info[src] = (msg[1], msg[2])
-            self.sched.worker_ready(src, now)
+            self._decide_all(self.sched.worker_ready(src, now), now)
         elif kind == M.REVOKED:
             self.sched.revoked(src, msg[1], now)
         elif kind == M.LOG:

@@ -19,7 +19,18 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from mpigather.errors import ProtocolError
-from mpigather.scheduler import WAIT, Ended, Expired, Revoke, Scheduler, Send, Stop
+from mpigather.scheduler import (
+    TRANSITIONS,
+    WAIT,
+    Ended,
+    Expired,
+    Notice,
+    Revoke,
+    Scheduler,
+    Send,
+    Stop,
+    WorkerState,
+)
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -615,7 +626,8 @@ def test_steal_that_came_too_late_changes_nothing():
     assert not s.workers()[1].revoking
 
 
-def test_no_steal_while_the_source_may_grow():
+def test_steal_while_the_source_waits_for_more():
+    """An executor's source says WAIT: a task queued behind a long one moves to the idle worker."""
     q, closed = deque([(i, None) for i in range(4)]), [False]
     s = Scheduler(growing_source(q, closed), prefetch=3)
     s.worker_ready(1, 0.0)
@@ -623,7 +635,27 @@ def test_no_steal_while_the_source_may_grow():
     s.worker_ready(2, 0.1)
     assert sent(s.dispatch(0.1)) == {2: [3]}
     s.task_done(2, 3, 1, 1.0)
-    assert s.dispatch(1.0) == []  # WAIT: nothing now, but no steal either
+    assert s.dispatch(1.0) == [Revoke(1, [2], expect_ack=True)]  # WAIT: nothing new, so steal
+    s.revoked(1, [2], 1.1)
+    assert sent(s.dispatch(1.1)) == {2: [2]}
+
+
+def test_first_worker_to_say_hello_does_not_take_the_others_work():
+    """N equal tasks on N expected workers: one each, however the hellos are ordered."""
+    s = Scheduler(Source((i, None) for i in range(3)), expect=(1, 2, 3), prefetch=2)
+    s.worker_ready(2, 0.0)
+    assert sent(s.dispatch(0.0)) == {2: [0]}  # one task while others have not said hello
+    s.worker_ready(3, 0.01)
+    assert sent(s.dispatch(0.01)) == {3: [1]}
+    s.worker_ready(1, 0.02)
+    assert sent(s.dispatch(0.02)) == {1: [2]}
+
+
+def test_steal_takes_the_later_half_of_the_unstarted_tasks():
+    s, _ = make(6, workers=(1, 2), prefetch=5)
+    assert sent(s.dispatch(0.0)) == {1: [0, 1, 2, 3, 4], 2: [5]}
+    s.task_done(2, 5, 1, 1.0)
+    assert s.dispatch(1.0) == [Revoke(1, [3, 4], expect_ack=True)]
 
 
 # -- drain, give_up, abandon -------------------------------------------------------------------
@@ -882,14 +914,16 @@ class SimWorker:
     joined: bool = False
     lost: bool = False
     got_stop: bool = False
+    said_bye: bool = False
 
 
 class Cluster:
     """The master loop and the workers around a Scheduler, one event at a time.
 
-    Workers behave like ``worker.py``: they read messages only between tasks, run their local
-    FIFO in order, drop revoked tasks that have not started, flush results before a REVOKED
-    acknowledgement. Messages between a worker and the master keep their order. Worker 1 is
+    Workers behave like ``worker.py``: they read messages at any time (a helper thread does,
+    also while a task runs), run their local FIFO in order, drop revoked tasks that have not
+    started, flush results before a REVOKED acknowledgement, and say goodbye once their queue is
+    empty after a stop. Messages between a worker and the master keep their order. Worker 1 is
     never lost, so that the run can always finish.
 
     The bugs these runs once found are pinned by the regression tests above.
@@ -905,8 +939,9 @@ class Cluster:
         self.default_timeout = timeout
         self.stream_tick: dict[int, float] = {}  # rank -> last tick that saw a transfer from it
         self.payloads = {tid: p for tid, p in self.source.items}
-        self.s = Scheduler(self.source, prefetch=prefetch, retries=retries, timeout=timeout,
-                           timeout_of=lambda p: p["timeout"], batch_window=batch_window, max_batch=max_batch)
+        self.s = Scheduler(self.source, expect=range(1, n_workers + 1), prefetch=prefetch, retries=retries,
+                           timeout=timeout, timeout_of=lambda p: p["timeout"], batch_window=batch_window,
+                           max_batch=max_batch)
         self.now = 0.0
         self.w = {r: SimWorker(r) for r in range(1, n_workers + 1)}
         self.protected = 1  # never lost, so that the run can always finish
@@ -921,6 +956,7 @@ class Cluster:
         self.dispatched_before_drain: set[Any] = set()
         self.delivered_done: list[tuple[int, Any, int]] = []
         self.steps = 0
+        self.notices: list[Notice] = []
         for r in range(1, n_workers + 1 - late_joiners):
             self.join(r)
 
@@ -957,6 +993,8 @@ class Cluster:
                 self.ended[d.tid] = d
             elif isinstance(d, Expired):
                 self.troubled.add(d.tid)
+            elif isinstance(d, Notice):
+                self.notices.append(d)
             else:
                 raise AssertionError(f"unknown decision {d!r}")
 
@@ -1005,13 +1043,15 @@ class Cluster:
             self.delivered_done.append((rank, tid, attempt))
         elif kind == "revoked":
             s.revoked(rank, msg[1], self.now)
+        elif kind == "bye":
+            s.worker_stopped(rank)
         self.after_event(out)
 
     def deliver_duplicate(self, i: int) -> None:
         """A result delivered a second time, for a task that has ended."""
         rank, tid, attempt = self.delivered_done[i % len(self.delivered_done)]
-        if self.w[rank].lost or tid not in self.ended:
-            return
+        if self.w[rank].lost or self.w[rank].said_bye or tid not in self.ended:
+            return  # (nothing comes from a worker after its goodbye)
         n_done = self.s.n_done
         assert self.s.task_done(rank, tid, attempt, self.now, 0.01) == []
         assert self.s.n_done == n_done
@@ -1105,7 +1145,7 @@ class Cluster:
         for r, w in self.w.items():
             if w.lost or not w.joined:
                 continue
-            if w.running is None and w.inbox:
+            if w.inbox:  # the worker's helper thread reads messages, also while a task runs
                 acts.append(("recv", r))
             if w.running is None and w.local:
                 acts.append(("start", r))
@@ -1113,6 +1153,8 @@ class Cluster:
                 acts.append(("finish", r))
             if w.outbox:
                 acts.append(("deliver", r))
+            if w.got_stop and not w.said_bye and w.running is None and not w.local and not w.inbox:
+                acts.append(("bye", r))  # its queue ran dry after the stop: goodbye
         return acts
 
     def step(self, rng: random.Random, chaos: bool, p_fail: float, timeout: float) -> bool:
@@ -1135,6 +1177,9 @@ class Cluster:
             self.finish(a[1], outcome, rng.choice([0.0005, 0.001, 0.05, 1.0]))
         elif a[0] == "deliver":
             self.deliver(a[1])
+        elif a[0] == "bye":
+            self.w[a[1]].said_bye = True
+            self.w[a[1]].outbox.append(("bye",))
         elif a[0] == "advance":
             self.advance(rng.expovariate(1.0 / (0.3 * timeout)))
         elif a[0] == "lose":
@@ -1184,10 +1229,15 @@ class Cluster:
         s = self.s
         assert s.finished, "the run did not finish"
         assert s.in_flight() == 0
-        if not self.drained:
+        # giving up (every worker stuck or lost for too long) fails what was started, and the
+        # rest of the source is never read: the master reports those as not run
+        gave_up = any(n.level == "error" and "no healthy worker" in n.text for n in self.notices)
+        if not self.drained and not gave_up:
             assert set(self.ended) == set(self.tids), set(self.tids) ^ set(self.ended)
             assert self.source.pulled == len(self.tids)
         for tid, e in self.ended.items():
+            if not e.ok and gave_up and "no healthy worker" in (e.error or ""):
+                continue  # every worker was stuck or lost for longer than the patience
             if not e.ok:
                 assert tid in self.troubled, f"{tid} failed but never failed, expired or lost its worker"
                 assert e.error in self.errors.get(tid, set()) or "timed out" in e.error or "lost" in e.error
@@ -1196,8 +1246,9 @@ class Cluster:
             if w.lost or st_ is None:
                 continue
             assert st_.state != "suspect", f"worker {r} is still suspect at the end (stuck in {st_.stuck!r})"
-            assert st_.state == "stopping" and self.stops[r] == 1 and w.got_stop, (r, st_.state)
+            assert st_.state == "stopped" and self.stops[r] == 1 and w.got_stop, (r, st_.state)
             assert not w.local and w.running is None
+        assert s.over, "every worker is stopped, lost or stuck, yet the run is not over"
 
 
 def run_cluster(seed: int, n_tasks: int, n_workers: int, prefetch: int, retries: int, timeout: float,
@@ -1333,3 +1384,101 @@ class SchedulerMachine(RuleBasedStateMachine):
 SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None,
                                               suppress_health_check=[HealthCheck.too_slow])
 test_scheduler_state_machine = SchedulerMachine.TestCase
+
+
+# -- policies that live in the scheduler: states, grace, patience, the end of the run ------------
+
+
+def test_illegal_event_names_event_state_and_worker_and_changes_nothing():
+    s, _ = make(2, workers=(1,))
+    s.worker_stopped(1)
+    with pytest.raises(ProtocolError, match=r"event 'hello' is not allowed for worker 1 in state stopped"):
+        s.worker_ready(1, 0.0)
+    assert s.workers()[1].state is WorkerState.STOPPED
+
+
+def test_every_transition_in_the_table_is_reachable_only_from_its_state():
+    for (state, event), new in TRANSITIONS.items():
+        assert isinstance(state, WorkerState) and isinstance(new, WorkerState), (state, event)
+    events = {e for _, e in TRANSITIONS}
+    for state in WorkerState:
+        for event in events:
+            s = Scheduler([], expect=(1,))
+            w = s.workers()[1]
+            s._count[w.state] -= 1
+            w.state = state
+            s._count[state] += 1
+            if (state, event) in TRANSITIONS:
+                s._transition(w, event)
+                assert w.state is TRANSITIONS[(state, event)]
+            else:
+                with pytest.raises(ProtocolError):
+                    s._transition(w, event)
+                assert w.state is state
+
+
+def test_grace_period_ends_in_tick_and_leaves_running_tasks_for_resume():
+    s, _ = make(10, workers=(1, 2), prefetch=2)
+    s.dispatch(0.0)
+    s.drain(now=1.0, grace=5.0)
+    assert not of(s.tick(5.9), Notice) and not s.finished
+    out = s.tick(6.1)
+    assert of(out, Notice) == [Notice("warning", "grace period over: 2 running task(s) left for a resume")]
+    assert s.finished and s.n_done == 0
+    assert s.dispatch(6.1) == [Stop(1), Stop(2)]
+
+
+def test_workers_that_never_say_hello_are_named_after_the_patience():
+    s = Scheduler([(0, None)], expect=(1, 2, 3), hello_patience=10.0)
+    s.worker_ready(2, 1.0)
+    assert s.tick(9.0) == []
+    (n,) = of(s.tick(10.5), Notice)
+    assert n.level == "warning" and "2 worker(s) have not checked in" in n.text and "ranks 1, 3" in n.text
+    assert of(s.tick(20.0), Notice) == []  # said once
+
+
+def test_no_healthy_worker_left_fails_the_rest_after_the_patience():
+    s, _ = make(3, workers=(1,), prefetch=1, timeout=5.0, retries=2)
+    s.dispatch(0.0)
+    assert of(s.tick(5.0), Expired)  # rank 1 stuck
+    assert of(s.tick(9.0), Ended) == []
+    out = s.tick(10.5)
+    assert [n.level for n in of(out, Notice)] == ["error"]
+    assert [e.tid for e in of(out, Ended)] == [0] and s.finished
+
+
+def test_the_run_is_over_once_every_expected_worker_is_released():
+    s = Scheduler([(0, None)], expect=(1, 2, 3), prefetch=1)
+    for r in (1, 2, 3):
+        s.worker_ready(r, 0.0)
+    s.dispatch(0.0)
+    s.task_done(1, 0, 1, 1.0)
+    assert [d.rank for d in of(s.dispatch(1.0), Stop)] == [1, 2, 3]
+    assert s.finished and not s.over
+    s.worker_stopped(1)
+    s.worker_lost(2, 1.5)
+    assert not s.over
+    s.worker_stopped(3)
+    assert s.over
+
+
+def test_a_stuck_worker_does_not_hold_the_end_of_the_run():
+    s = Scheduler([(0, None)], expect=(1, 2), prefetch=1, timeout=5.0, retries=1)
+    s.worker_ready(1, 0.0)
+    s.worker_ready(2, 0.0)
+    s.dispatch(0.0)  # 1 <- 0
+    s.tick(5.0)  # stuck on 0
+    s.dispatch(5.0)  # 2 <- 0
+    s.task_done(2, 0, 2, 6.0)
+    assert of(s.dispatch(6.0), Stop) == [Stop(2)]
+    s.worker_stopped(2)
+    assert s.over and s.stuck_workers() == {1: 0}
+
+
+def test_counts_are_kept_in_one_place():
+    s, _ = make(3, workers=(1,), prefetch=3)
+    s.dispatch(0.0)
+    s.task_done(1, 0, 1, 1.0)
+    s.task_failed(1, 1, 1, "x", 1.0)
+    s.give_up("gone")
+    assert (s.n_done, s.n_failed) == (1, 2)
