@@ -1,30 +1,125 @@
-"""Message kinds and tags. Messages are small tuples ``(KIND, ...)``; array data never rides in them
-except for results small enough to inline. Tags are fixed and few: task ids never become tags."""
+"""Wire messages: one small class per message, so that both loops can ``match`` on them.
+
+NamedTuples, like ``results.Header``: they pickle as small tuples (thousands go by per second
+for tiny tasks), and ``match Msg(field=...)`` reads them by name. Array data never rides in
+them, except for results small enough to travel inline. Tags are fixed and few: task ids
+never become tags.
+"""
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 # tags
-CTRL = 11  # worker -> master: pickled control tuples
+CTRL = 11  # worker -> master: pickled control messages
 DATA = 12  # worker -> master: raw chunks of the result announced last by that worker
 TASK = 13  # master -> worker: pickled assignments and commands
 
-# worker -> master
-HELLO = "hello"  # (HELLO, host, pid)
-RESULTS = "results"  # (RESULTS, [Item, ...]); the last item may announce chunks that follow on DATA
-FAILED = "failed"  # (FAILED, tid, attempt, error text, cause, duration, pickled exception | None)
-#                    cause: "error" | "unsupported"; the exception only for the executor
-HEARTBEAT = "hb"  # (HEARTBEAT, tid, seconds in task)
-REVOKED = "revoked"  # (REVOKED, [tids dropped unstarted])
-TRAILER = "trailer"  # (TRAILER, tid, crc32c): after the last chunk of a streamed result
-LOG = "log"  # (LOG, levelno, text)
-BYE = "bye"  # (BYE, stats dict)
 
-# master -> worker
-TASKS = "tasks"  # (TASKS, [(tid, attempt, payload), ...])
-REVOKE = "revoke"  # (REVOKE, [tids], ack wanted)
-STOP = "stop"  # (STOP,)
-ABORT = "abort"  # (ABORT, reason)
+# -- worker -> master -----------------------------------------------------------------------
 
-# A result item: (tid, attempt, header, duration, inline bufs | None, path | None)
-# inline bufs: the parts' bytes, for small results; path: direct mode, the file the worker wrote;
-# both None: the bytes follow as DATA messages, one per chunk of results.chunk_plan().
+
+class Hello(NamedTuple):
+    """A worker is ready for tasks."""
+
+    host: str
+    pid: int
+    kinds: tuple[str, ...] = ()
+
+
+class Item(NamedTuple):
+    """One finished task. ``inline``: the parts' bytes, for small results; ``path``: direct
+    mode, where the worker wrote it; both None: the bytes follow as DATA messages, one per
+    chunk of ``results.chunk_plan()``, then a ``Trailer``."""
+
+    tid: Any
+    attempt: int
+    header: Any  # results.Header
+    duration: float
+    inline: list[bytearray] | None
+    path: str | None
+
+
+class Results(NamedTuple):
+    """Finished tasks, batched; the last may announce chunks that follow on DATA."""
+
+    items: list[Item]
+
+
+class Failed(NamedTuple):
+    """The task raised (or its result could not be sent). ``exc``: the pickled exception, for the executor."""
+
+    tid: Any
+    attempt: int
+    text: str
+    duration: float
+    exc: bytes | None = None
+
+
+class Heartbeat(NamedTuple):
+    """Sent while a long task runs."""
+
+    tid: Any
+    seconds: float
+
+
+class Revoked(NamedTuple):
+    """The answer to a ``Revoke`` that asked for one: the tasks dropped unstarted."""
+
+    tids: list[Any]
+
+
+class Trailer(NamedTuple):
+    """After the last chunk of a streamed result: the sender's checksum of all its bytes."""
+
+    tid: Any
+    crc: int
+
+
+class Log(NamedTuple):
+    """A worker's warning or error, for the master's log."""
+
+    level: int
+    text: str
+
+
+class Crash(NamedTuple):
+    """An internal error on a worker (not in a task): the run cannot go on."""
+
+    text: str
+
+
+class Bye(NamedTuple):
+    """The worker is leaving; its time accounting."""
+
+    stats: dict[str, Any]
+
+
+# -- master -> worker -----------------------------------------------------------------------
+
+
+class Tasks(NamedTuple):
+    """Assignments, in the order the worker runs them: (task id, attempt, payload) each."""
+
+    tasks: list[tuple[Any, int, Any]]
+
+
+class Revoke(NamedTuple):
+    """Drop these tasks if they have not started; answer with ``Revoked`` when ``ack``."""
+
+    tids: list[Any]
+    ack: bool
+
+
+class Stop(NamedTuple):
+    """Finish the queued tasks, then say goodbye."""
+
+
+class Abort(NamedTuple):
+    """Drop everything and say goodbye now: the master failed."""
+
+    reason: str
+
+
+TO_MASTER = (Hello, Results, Failed, Heartbeat, Revoked, Trailer, Log, Crash, Bye)
+TO_WORKER = (Tasks, Revoke, Stop, Abort)

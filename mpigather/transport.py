@@ -1,88 +1,137 @@
-"""The one module that talks MPI: matched probes, pickled control messages, raw buffer chunks.
+"""The one module that talks MPI: a private communicator, matched probes, pickled control
+messages and raw buffer chunks, behind the ``link.Link`` interface.
 
-Everything above it sees a ``Link`` with non-blocking ``poll`` and a few sends, so the
-master and worker loops are testable over a fake link in threads.
+Every run works on its own duplicate of the communicator it was given, so neither the
+user's own messages nor a previous or next run can ever match one of ours. Helper threads
+send heartbeats and answer revokes while a task runs, so MPI calls come from two threads of
+a worker: under ``MPI_THREAD_MULTIPLE`` they go straight through; under
+``MPI_THREAD_SERIALIZED`` a lock serializes them; below that, the helper thread stays away
+from MPI (``threads_ok`` is False) and the worker says what it loses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import messages as M
-
-
-def comm_world() -> Any:
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
+from .link import LOST, Backoff, wait_until
 
 
 class Incoming:
     """A matched message, not yet received."""
 
-    __slots__ = ("source", "tag", "count", "_msg")
+    __slots__ = ("source", "tag", "count", "_msg", "_link")
 
-    def __init__(self, msg: Any, source: int, tag: int, count: int) -> None:
-        self._msg, self.source, self.tag, self.count = msg, source, tag, count
+    def __init__(self, link: MPILink, msg: Any, source: int, tag: int, count: int) -> None:
+        self._link, self._msg, self.source, self.tag, self.count = link, msg, source, tag, count
 
     def obj(self) -> Any:
-        return self._msg.recv()
+        with self._link._mpi():
+            return self._msg.recv()
 
     def into(self, buf: Any) -> None:
-        from mpi4py import MPI
+        MPI = self._link._MPI
+        with self._link._mpi():
+            self._msg.Recv([buf, MPI.BYTE])
 
-        self._msg.Recv([buf, MPI.BYTE])
+
+class _Lost:
+    """Processes that the MPI library reports as failed (ULFM)."""
+
+    __slots__ = ("source", "tag", "count", "ranks")
+
+    def __init__(self, ranks: list[int]) -> None:
+        self.source, self.tag, self.count, self.ranks = -1, LOST, 0, ranks
+
+    def obj(self) -> list[int]:
+        return self.ranks
+
+    def into(self, buf: Any) -> None:
+        raise TypeError("a lost-process report carries no data")
 
 
-class Link:
-    """MPI endpoint of one rank over ``comm``."""
+def thread_level_name(level: int) -> str:
+    from mpi4py import MPI
 
-    def __init__(self, comm: Any = None) -> None:
+    return {MPI.THREAD_SINGLE: "MPI_THREAD_SINGLE", MPI.THREAD_FUNNELED: "MPI_THREAD_FUNNELED",
+            MPI.THREAD_SERIALIZED: "MPI_THREAD_SERIALIZED",
+            MPI.THREAD_MULTIPLE: "MPI_THREAD_MULTIPLE"}.get(level, str(level))
+
+
+class MPILink:
+    """MPI endpoint of one rank, over a private duplicate of ``comm`` (default COMM_WORLD).
+
+    Creating it is collective over ``comm`` (``MPI_Comm_dup``), and so is ``close``.
+    """
+
+    def __init__(self, comm: Any = None, *, dup: bool = True) -> None:
         from mpi4py import MPI
 
         self._MPI = MPI
-        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        base = comm if comm is not None else MPI.COMM_WORLD
+        self.comm = base.Dup() if dup else base
+        self._owned = dup
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.host = socket.gethostname()
         self._status = MPI.Status()
         self._pending: list[Any] = []
+        self.thread_level = MPI.Query_thread()
+        self.threads_ok = self.thread_level >= MPI.THREAD_SERIALIZED
+        self._lock: Any = (threading.RLock() if self.thread_level < MPI.THREAD_MULTIPLE
+                           else contextlib.nullcontext())
+        self.survives_failures = False
 
-    def poll(self, source: int | None = None) -> Incoming | None:
+    def _mpi(self) -> Any:
+        return self._lock
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def poll(self, source: int | None = None) -> Incoming | _Lost | None:
         """A matched probe of the next message from ``source`` (any), or None."""
         MPI = self._MPI
         st = self._status
-        msg = self.comm.improbe(MPI.ANY_SOURCE if source is None else source, MPI.ANY_TAG, st)
+        with self._lock:
+            msg = self.comm.improbe(MPI.ANY_SOURCE if source is None else source, MPI.ANY_TAG, st)
         if msg is None:
             return None
-        return Incoming(msg, st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE))
+        return Incoming(self, msg, st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE))
+
+    # -- sending --------------------------------------------------------------------------
 
     def send(self, obj: Any, dest: int, tag: int) -> None:
-        self.comm.send(obj, dest=dest, tag=tag)
+        with self._lock:
+            req = self.comm.isend(obj, dest=dest, tag=tag)
+        self._wait(req)
 
-    def post(self, obj: Any, dest: int, tag: int = M.TASK) -> None:
+    def post(self, obj: Any, dest: int, tag: int) -> None:
         """Non-blocking pickled send; the request is completed later by ``progress``."""
-        self._pending.append(self.comm.isend(obj, dest=dest, tag=tag))
+        with self._lock:
+            self._pending.append(self.comm.isend(obj, dest=dest, tag=tag))
         if len(self._pending) > 64:
             self.progress()
 
     def progress(self) -> None:
         if self._pending:
-            self._pending = [r for r in self._pending if not r.Test()]
+            with self._lock:
+                self._pending = [r for r in self._pending if not r.Test()]
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait (politely) for every posted send to complete."""
         end = time.monotonic() + timeout
         back = Backoff()
-        while self._pending and time.monotonic() < end:
+        while True:
             self.progress()
+            if not self._pending or time.monotonic() > end:
+                return not self._pending
             back.sleep()
-        return not self._pending
 
-    def send_bufs(self, bufs: Any, dest: int = 0, tag: int = M.DATA, window: int = 2,
-                  on_posted: Any = None) -> None:
+    def send_bufs(self, bufs: Iterable[Any], dest: int = 0, tag: int = 12, window: int = 2,
+                  on_posted: Callable[[Any], None] | None = None) -> None:
         """Send raw buffers in order, keeping ``window`` of them in flight.
 
         The next chunk is already posted when the receiver finishes one, and waiting polls
@@ -93,7 +142,8 @@ class Link:
         MPI = self._MPI
         inflight: list[Any] = []
         for buf in bufs:
-            inflight.append(self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag))
+            with self._lock:
+                inflight.append(self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag))
             if on_posted is not None:
                 on_posted(buf)
             if len(inflight) >= window:
@@ -101,31 +151,38 @@ class Link:
         for req in inflight:
             self._wait(req)
 
-    @staticmethod
-    def _wait(req: Any) -> None:
-        back = Backoff(first=20e-6, cap=1e-3, spins=200)
-        while not req.Test():
-            back.sleep()
+    def _wait(self, req: Any) -> None:
+        def done() -> bool:
+            with self._lock:
+                return bool(req.Test())
+
+        wait_until(done)
+
+    # -- collectives and the end ----------------------------------------------------------
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        with self._lock:
+            return self.comm.gather(obj, root=0)  # type: ignore[no-any-return]
+
+    def bcast(self, obj: Any) -> Any:
+        with self._lock:
+            return self.comm.bcast(obj, root=0)
 
     def abort(self, code: int) -> None:
-        self.comm.Abort(code)
+        """End the whole job. On COMM_WORLD, not on our duplicate: MPICH reports an abort on
+        another communicator as a kill (exit 9) instead of ``code``."""
+        self._MPI.COMM_WORLD.Abort(code)
+
+    def close(self) -> None:
+        """Free the private communicator (sends still pending are completed first, politely)."""
+        self.flush()
+        if self._owned and self.comm != self._MPI.COMM_NULL:
+            with self._lock:
+                self.comm.Free()
 
 
-class Backoff:
-    """Capped exponential sleep between empty polls: low latency while messages flow,
-    about 1-2% of a core while idle (MPICH's blocking waits spin at 100%)."""
+def world_size_and_rank() -> tuple[int, int]:
+    """The size of COMM_WORLD and this process's rank in it (starts MPI)."""
+    from mpi4py import MPI
 
-    def __init__(self, first: float = 50e-6, cap: float = 2e-3, spins: int = 50) -> None:
-        self.first, self.cap, self.spins = first, cap, spins
-        self.reset()
-
-    def reset(self) -> None:
-        self._n = 0
-        self._delay = self.first
-
-    def sleep(self) -> None:
-        self._n += 1
-        if self._n <= self.spins:
-            return  # a few free polls first: the next message is usually right behind
-        time.sleep(self._delay)
-        self._delay = min(self.cap, self._delay * 2)
+    return MPI.COMM_WORLD.Get_size(), MPI.COMM_WORLD.Get_rank()

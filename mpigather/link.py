@@ -1,0 +1,106 @@
+"""The I/O boundary: what the master and worker loops need from a connection, and no more.
+
+Two implementations: ``transport.MPILink`` (the only module that calls mpi4py) and
+``loopback.LoopbackLink``, which joins ranks that are threads of one process. The loops
+cannot tell them apart, so the real master and real workers run together in one process in
+tests, and a one-rank run drives the same code as an MPI one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+LOST = -1  # the tag of an ``Incoming`` that reports lost processes instead of a message
+
+
+class Incoming(Protocol):
+    """A matched message, not yet received: read it with ``obj()`` or ``into(buffer)``."""
+
+    source: int
+    tag: int
+    count: int  # bytes, for a raw chunk
+
+    def obj(self) -> Any: ...
+
+    def into(self, buf: Any) -> None: ...
+
+
+class Link(Protocol):
+    """One rank's end of a run's private connection.
+
+    ``send``, ``send_bufs`` and ``post`` may be called from two threads of a worker (the one
+    running tasks and its helper); the link serializes what its library needs serialized.
+    """
+
+    rank: int
+    size: int
+    host: str
+    survives_failures: bool  # a lost rank shows up as an Incoming with tag LOST instead of ending the job
+
+    def poll(self, source: int | None = None) -> Incoming | None:
+        """The next message from ``source`` (None: any), or None at once if there is none."""
+        ...
+
+    def send(self, obj: Any, dest: int, tag: int) -> None:
+        """Send a pickled object and wait (politely, without spinning) until the buffer is free."""
+        ...
+
+    def post(self, obj: Any, dest: int, tag: int) -> None:
+        """Send a pickled object without waiting; ``progress`` completes it."""
+        ...
+
+    def progress(self) -> None: ...
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every posted send completed; False if some did not within ``timeout``."""
+        ...
+
+    def send_bufs(self, bufs: Iterable[Any], dest: int = 0, tag: int = 12, window: int = 2,
+                  on_posted: Callable[[Any], None] | None = None) -> None:
+        """Send raw buffers in order, ``window`` in flight; ``on_posted(buf)`` overlaps each transfer."""
+        ...
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Collective: every rank's ``obj`` on rank 0 (None elsewhere)."""
+        ...
+
+    def bcast(self, obj: Any) -> Any:
+        """Collective: rank 0's ``obj`` on every rank."""
+        ...
+
+    def abort(self, code: int) -> None:
+        """End every process of the job now."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection (collective where the library needs it)."""
+        ...
+
+
+class Backoff:
+    """Capped exponential sleep between empty polls: low latency while messages flow,
+    about 1-2% of a core while idle (MPICH's blocking waits spin at 100%)."""
+
+    def __init__(self, first: float = 50e-6, cap: float = 2e-3, spins: int = 50) -> None:
+        self.first, self.cap, self.spins = first, cap, spins
+        self.reset()
+
+    def reset(self) -> None:
+        self._n = 0
+        self._delay = self.first
+
+    def sleep(self) -> None:
+        self._n += 1
+        if self._n <= self.spins:
+            return  # a few free polls first: the next message is usually right behind
+        time.sleep(self._delay)
+        self._delay = min(self.cap, self._delay * 2)
+
+
+def wait_until(done: Callable[[], bool], first: float = 20e-6, cap: float = 1e-3, spins: int = 200) -> None:
+    """Poll ``done()`` with a backoff until it is true (the polite form of a blocking wait)."""
+    back = Backoff(first=first, cap=cap, spins=spins)
+    while not done():
+        back.sleep()
