@@ -5,28 +5,45 @@ written as done only after its data is on disk. Lines are buffered and made dura
 ``commit()``: one fsync covers every record since the previous one (group commit), so
 durability costs one fsync per batch of completions, not one per task.
 
-Record types (key ``ev``): ``start`` (run parameters), ``dispatch`` (ids sent to a rank),
-``done`` (id, attempt, rank, bytes, crc, duration, path), ``failed`` (id, attempt, rank,
-error, final), ``end`` (how the run ended), ``stats`` (per-rank time accounting).
+Record types (key ``ev``), each written by one method of ``Journal``:
+- ``start``: the run's parameters (total, argv, pid, host, mode...);
+- ``done``: a batch of finished tasks, column by column (ids, positions, parameter hashes,
+  attempts, ranks, bytes, crc32c, durations, and paths in direct mode): about 40 bytes a task;
+- ``failed``: one attempt that failed (id, attempt, rank, error, final);
+- ``workers``: every few seconds, the master's heartbeat: each worker's state, and how many
+  tasks are running and queued;
+- ``reset``: the output was found damaged and set aside: forget the earlier done records;
+- ``stats``: per-rank time accounting at the end of a run; ``end``: how the run ended.
+
 A torn last line (the job was killed mid-write) is ignored and cut off before appending.
+Reading is streamed, so a journal of ten million tasks is read in bounded memory.
 """
 
 from __future__ import annotations
 
+import array
+import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SUFFIX = ".journal"
+_DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def journal_path(out: str | os.PathLike[str]) -> Path:
     p = Path(out)
     return p.with_name(p.name.rstrip("/") + SUFFIX)
+
+
+def now() -> float:
+    return time.time()
 
 
 class Journal:
@@ -40,16 +57,51 @@ class Journal:
         self._dirty = False
         self.n_commits = 0
 
-    def write(self, rec: dict[str, Any]) -> None:
-        self._f.write(json.dumps(rec, separators=(",", ":"), default=str).encode() + b"\n")
+    def _write(self, rec: dict[str, Any]) -> None:
+        self._f.write(_DUMPS(rec).encode() + b"\n")
         self._dirty = True
 
-    def done(self, tid: Any, attempt: int, rank: int, nbytes: int, crc: int, duration: float, path: str | None) -> None:
-        rec = {"ev": "done", "id": tid, "att": attempt, "rank": rank, "bytes": nbytes, "crc": crc,
-               "dur": round(duration, 6), "t": round(time.time(), 3)}
-        if path is not None:
-            rec["path"] = path
-        self.write(rec)
+    # -- the records ----------------------------------------------------------------------
+
+    def start(self, **info: Any) -> None:
+        self._write({"ev": "start", "time": round(now(), 3), **info})
+
+    def done(self, ready: list[tuple[Any, dict[str, Any]]]) -> None:
+        """A batch of results that the sink made durable, as one record."""
+        if not ready:
+            return
+        metas = [m for _, m in ready]
+        rec: dict[str, Any] = {
+            "ev": "done", "t": round(now(), 3), "id": [t for t, _ in ready],
+            "seq": [m.get("seq", -1) for m in metas], "h": [m.get("hash", 0) for m in metas],
+            "att": [m.get("attempt", 1) for m in metas], "rank": [m.get("rank", 0) for m in metas],
+            "bytes": [m.get("bytes", 0) for m in metas], "crc": [m.get("crc32c") or 0 for m in metas],
+            "dur": [round(m.get("duration") or 0.0, 6) for m in metas],
+        }
+        if any("path" in m for m in metas):
+            rec["path"] = [m.get("path") for m in metas]
+        self._write(rec)
+
+    def failed(self, tid: Any, attempt: int, rank: int, error: str | None, *, final: bool) -> None:
+        self._write({"ev": "failed", "id": tid, "att": attempt, "rank": rank, "error": error, "final": final})
+
+    def workers(self, table: dict[int, dict[str, Any]], running: int, queued: int, done: int,
+                failed: int) -> None:
+        """The master's heartbeat; flushed to the file system (not fsynced) so that status sees it."""
+        self._write({"ev": "workers", "time": round(now(), 3), "running": running, "queued": queued,
+                     "done": done, "failed": failed, "table": table})
+        self._f.flush()
+
+    def reset(self, reason: str) -> None:
+        self._write({"ev": "reset", "time": round(now(), 3), "reason": reason})
+
+    def stats(self, rank: int, stats: dict[str, Any]) -> None:
+        self._write({"ev": "stats", "rank": rank, **stats})
+
+    def end(self, **info: Any) -> None:
+        self._write({"ev": "end", "time": round(now(), 3), **info})
+
+    # -- durability -----------------------------------------------------------------------
 
     def commit(self) -> bool:
         """Make every record written so far durable. Returns False when there was nothing to do."""
@@ -63,8 +115,10 @@ class Journal:
 
     def close(self) -> None:
         if not self._f.closed:
-            self.commit()
-            self._f.close()
+            try:
+                self.commit()
+            finally:
+                self._f.close()
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -91,79 +145,178 @@ def _cut_torn_tail(path: Path) -> None:
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every complete record of a journal; a torn or corrupt last line is skipped."""
+    """Every complete record of a journal, streamed; a torn or corrupt last line is skipped."""
     with open(path, "rb") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines):
-        if not line.endswith(b"\n"):
-            break  # torn tail
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"journal {path}, line {i + 1}: corrupt record") from None
-        yield rec
+        lineno = 0
+        pending: bytes | None = None  # a corrupt line is an error only if another follows it
+        for line in f:
+            lineno += 1
+            if pending is not None:
+                raise ValueError(f"journal {path}, line {lineno - 1}: corrupt record")
+            if not line.endswith(b"\n"):
+                return  # torn tail
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                pending = line
+                continue
+            yield rec
+
+
+def _as_list(x: Any) -> list[Any]:
+    return x if isinstance(x, list) else [x]
+
+
+def done_columns(rec: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """(id, seq, hash, attempt, rank, bytes, crc, duration, path) for each task of a done record
+    (also the one-task records of older journals)."""
+    ids = _as_list(rec["id"])
+    n = len(ids)
+
+    def col(key: str, default: Any) -> list[Any]:
+        v = rec.get(key)
+        return [default] * n if v is None else _as_list(v)
+
+    return zip(ids, col("seq", -1), col("h", 0), col("att", 1), col("rank", 0), col("bytes", 0), col("crc", 0),
+               col("dur", 0.0), col("path", None))
+
+
+def id_key(tid: Any) -> int:
+    """A stable 64-bit key of a task id (ids of any length, ten million of them in 80 MB)."""
+    raw = (b"i" + str(tid).encode()) if type(tid) is int else (b"s" + str(tid).encode("utf-8", "surrogatepass"))
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
+
+
+def _array(values: Iterable[int], dtype: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values.astype(dtype, copy=False)
+    return np.fromiter(values, dtype=dtype)
+
+
+class DoneSet:
+    """The tasks a journal calls done, as sorted 64-bit id keys with their parameter hashes:
+    12 bytes a task, whatever the ids look like."""
+
+    def __init__(self, keys: Iterable[int] = (), hashes: Iterable[int] = ()) -> None:
+        k = _array(keys, np.int64)
+        h = _array(hashes, np.uint32)
+        order = np.argsort(k, kind="stable")
+        k, h = k[order], h[order]
+        if len(k) > 1:  # a task done twice keeps its last record
+            last = np.ones(len(k), dtype=bool)
+            last[:-1] = k[1:] != k[:-1]
+            k, h = k[last], h[last]
+        self._keys, self._hashes = k, h
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def lookup(self, tid: Any) -> int | None:
+        """The parameter hash recorded for ``tid``, or None if it is not done."""
+        if not len(self._keys):
+            return None
+        k = id_key(tid)
+        i = int(np.searchsorted(self._keys, k))
+        if i < len(self._keys) and self._keys[i] == k:
+            return int(self._hashes[i])
+        return None
+
+    def __contains__(self, tid: Any) -> bool:
+        return self.lookup(tid) is not None
+
+
+@dataclass
+class RunRecord:
+    """One run of a journal (a start record to the next)."""
+
+    start: dict[str, Any]
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    end: dict[str, Any] | None = None
+    done: int = 0
+    failed: int = 0
 
 
 @dataclass
 class State:
-    """What a journal says about a run: the basis of ``--resume`` and ``status``."""
+    """What a journal says about a run: the basis of ``--resume``, ``status`` and ``report``."""
 
-    start: dict[str, Any] = field(default_factory=dict)
-    done: dict[Any, dict[str, Any]] = field(default_factory=dict)
-    failed: dict[Any, dict[str, Any]] = field(default_factory=dict)
-    running: dict[Any, int] = field(default_factory=dict)  # id -> rank
-    ends: list[dict[str, Any]] = field(default_factory=list)
-    stats: list[dict[str, Any]] = field(default_factory=list)
-    workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # rank -> state, seen_ago, task
-    workers_time: float | None = None
-    first_time: float | None = None
-    done_times: list[float] = field(default_factory=list)
+    start: dict[str, Any] = field(default_factory=dict)  # of the last run
+    n_done: int = 0  # done records since the last reset (distinct when ``done_set`` was built)
+    done_set: DoneSet | None = None  # with ``want_done``
+    failed: dict[Any, dict[str, Any]] = field(default_factory=dict)  # final failures not done since
+    last_record_time: float | None = None
+    heartbeat: dict[str, Any] | None = None  # the last ``workers`` record of the last run
+    runs: list[RunRecord] = field(default_factory=list)
     bytes_done: int = 0
-    runs: int = 0
+    done_in_run: int = 0  # done by the last run
+    first_done_in_run: float | None = None
+    last_done_time: float | None = None
 
     @property
     def total(self) -> int | None:
         return self.start.get("total")
 
+    @property
+    def ends(self) -> list[dict[str, Any]]:
+        return [r.end for r in self.runs if r.end is not None]
 
-def load_state(path: str | os.PathLike[str]) -> State:
+    @property
+    def last_run(self) -> RunRecord | None:
+        return self.runs[-1] if self.runs else None
+
+
+def load_state(path: str | os.PathLike[str], *, want_done: bool = False) -> State:
+    """Read a whole journal, streamed. ``want_done`` also builds the set of done ids (for a resume)."""
     st = State()
+    keys: array.array[int] = array.array("q")
+    hashes: array.array[int] = array.array("I")
     for rec in read_records(path):
         ev = rec.get("ev")
-        if ev == "start":
-            st.runs += 1
+        t = rec.get("time") or rec.get("t")
+        if t is not None:
+            st.last_record_time = t
+        if ev == "done":
+            n = 0
+            for tid, _seq, h, _att, _rank, nbytes, _crc, _dur, _path in done_columns(rec):
+                n += 1
+                st.bytes_done += nbytes or 0
+                if want_done:
+                    keys.append(id_key(tid))
+                    hashes.append(int(h) & 0xFFFFFFFF)
+                if st.failed:
+                    st.failed.pop(tid, None)  # failed in an earlier run, done since
+            st.n_done += n
+            st.done_in_run += n
+            if st.runs:
+                st.runs[-1].done += n
+            if t is not None:
+                st.first_done_in_run = st.first_done_in_run or t
+                st.last_done_time = t
+        elif ev == "start":
             st.start = rec
-            st.running.clear()  # whatever ran before a restart did not finish
-            st.first_time = st.first_time or rec.get("time")
-        elif ev == "dispatch":
-            for tid in rec["ids"]:
-                if tid not in st.done:
-                    st.running[tid] = rec["rank"]
-        elif ev == "done":
-            tid = rec["id"]
-            if tid not in st.done:
-                st.bytes_done += rec.get("bytes", 0)
-                if "t" in rec:
-                    st.done_times.append(rec["t"])
-            st.done[tid] = rec
-            st.failed.pop(tid, None)
-            st.running.pop(tid, None)
+            st.failed.clear()  # a resumed run tries them again
+            st.runs.append(RunRecord(rec))
+            st.heartbeat = None
+            st.done_in_run = 0
+            st.first_done_in_run = None
         elif ev == "failed":
-            tid = rec["id"]
-            st.running.pop(tid, None)
-            if rec.get("final", True) and tid not in st.done:
-                st.failed[tid] = rec
-        elif ev == "end":
-            st.ends.append(rec)
-            st.running.clear()
-        elif ev == "stats":
-            st.stats.append(rec)
+            if rec.get("final", True):
+                st.failed[rec["id"]] = rec
+                if st.runs:
+                    st.runs[-1].failed += 1
         elif ev == "workers":
-            st.workers, st.workers_time = rec["table"], rec["time"]
+            st.heartbeat = rec
+        elif ev == "reset":
+            st.n_done = 0
+            st.bytes_done = 0
+            keys, hashes = array.array("q"), array.array("I")
+        elif ev == "end":
+            if st.runs:
+                st.runs[-1].end = rec
+        elif ev == "stats":
+            if st.runs:
+                st.runs[-1].stats[str(rec["rank"])] = {k: v for k, v in rec.items() if k != "ev"}
+    if want_done:
+        st.done_set = DoneSet(np.frombuffer(keys, dtype=np.int64), np.frombuffer(hashes, dtype=np.uint32))
+        st.n_done = len(st.done_set)
     return st
-
-
-def now() -> float:
-    return time.time()

@@ -1,9 +1,16 @@
-"""Reading results back, the same way for every sink and mode, and verifying their checksums."""
+"""Reading results back, the same way for every sink and mode, and verifying their checksums.
+
+``load(out)`` is a read-only mapping of task id (as str) to the value its task returned, in
+task order (numeric ids numerically, other ids in the order of the task list). Like
+``numpy.load``, it refuses to unpickle (pickles run code from the file) unless the caller
+passes ``allow_pickle=True``; arrays, dicts and plain values load as they are.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,26 +18,26 @@ from typing import Any
 import numpy as np
 
 from . import results as R
-from .journal import journal_path, load_state
-from .sinks import is_hdf5_path
+from .errors import UsageError
+from .journal import done_columns, journal_path, read_records
+from .sinks import layout as L
+from .sinks.npy import read_rows
+
+_BLOCK = 64 << 20
 
 
-def _h5_value(obj: Any) -> Any:
-    import h5py
+def _pickle_refused(what: str) -> ValueError:
+    return ValueError(f"{what} holds a pickled Python object, and unpickling runs code from the file;"
+                      " pass allow_pickle=True if you trust it")
 
-    kind = obj.attrs.get("kind", "array")
-    if isinstance(kind, bytes):
-        kind = kind.decode()
-    if kind == "none":
-        return None
-    if isinstance(obj, h5py.Group):
-        return {k: _h5_array(obj[k]) for k in obj}
-    arr = _h5_array(obj)
-    return arr.tobytes() if kind == "bytes" else arr
+
+def _kind(obj: Any) -> str | None:
+    k = obj.attrs.get(L.ATTR_KIND)
+    return k.decode() if isinstance(k, bytes) else k
 
 
 def _h5_array(ds: Any) -> np.ndarray:
-    descr = ds.attrs.get("mpigather_dtype")
+    descr = ds.attrs.get(L.ATTR_DTYPE)
     arr = ds[()]
     if descr is None:
         return np.asarray(arr)
@@ -39,26 +46,99 @@ def _h5_array(ds: Any) -> np.ndarray:
         d = [tuple(x) if isinstance(x, list) else x for x in d] if isinstance(d, list) else d
     except ValueError:
         d = descr
-    raw_shape = ds.attrs["mpigather_shape"]
-    if isinstance(raw_shape, (str, bytes)):
-        shape = tuple(json.loads(raw_shape))
-    else:
-        shape = tuple(int(x) for x in raw_shape)
+    raw_shape = ds.attrs[L.ATTR_SHAPE]
+    shape = tuple(json.loads(raw_shape)) if isinstance(raw_shape, (str, bytes)) else tuple(int(x) for x in raw_shape)
     return R.from_raw(R.PartSpec(None, d, shape, arr.nbytes), np.asarray(arr))
+
+
+def _h5_object_parts(obj: Any) -> list[np.ndarray]:
+    import h5py
+
+    if isinstance(obj, h5py.Group):
+        n = len(obj) - 1
+        return [np.asarray(obj[L.PICKLE][()])] + [np.asarray(obj[str(i)][()]) for i in range(n)]
+    return [np.asarray(obj[()])]
+
+
+def _h5_value(obj: Any, allow_pickle: bool, name: str) -> Any:
+    import h5py
+
+    kind = _kind(obj)
+    if kind == "none":
+        return None
+    if kind == "object":
+        if not allow_pickle:
+            raise _pickle_refused(f"result {name!r}")
+        parts = _h5_object_parts(obj)
+        return pickle.loads(parts[0].tobytes(), buffers=parts[1:])
+    if isinstance(obj, h5py.Group):  # a dict (kind "dict", or no kind in older files)
+        return {k: _h5_value(obj[k], allow_pickle, name) for k in obj}
+    if kind == "bytes":
+        return np.asarray(obj[()]).tobytes()
+    if kind == "str":
+        v = obj[()]
+        return v.decode() if isinstance(v, bytes) else str(v)
+    if kind == "int":
+        return int(obj[()])
+    if kind == "float":
+        return float(obj[()])
+    if kind == "bool":
+        return bool(obj[()])
+    if kind == "generic":
+        return _h5_array(obj)[()]
+    return _h5_array(obj)
+
+
+def _npy_value(p: Path, allow_pickle: bool, name: str) -> Any:
+    n = p.name
+    if n.endswith(".npy"):
+        return np.load(p)
+    if n.endswith(".bytes"):
+        return p.read_bytes()
+    if n.endswith(".none"):
+        return None
+    if n.endswith(".pkl"):
+        if not allow_pickle:
+            raise _pickle_refused(f"result {name!r}")
+        if p.is_dir():
+            bufs = [np.fromfile(p / str(i), dtype=np.uint8) for i in range(len(list(p.iterdir())) - 1)]
+            return pickle.loads((p / L.PICKLE).read_bytes(), buffers=bufs)
+        return pickle.loads(p.read_bytes())
+    if p.is_dir():
+        return {L.strip_ext(q.name): _npy_value(q, allow_pickle, name) for q in sorted(p.iterdir())}
+    raise KeyError(name)
 
 
 class Results(Mapping[str, Any]):
     """Read-only mapping of task id (as str) to the value its task returned, loaded on access."""
 
-    def __init__(self, out: str | os.PathLike[str]) -> None:
+    def __init__(self, out: str | os.PathLike[str], *, allow_pickle: bool = False) -> None:
         self.path = Path(out)
-        self._h5 = is_hdf5_path(out)
+        self.allow_pickle = allow_pickle
+        self._h5 = L.is_hdf5_path(out)
         if not self.path.exists():
-            raise FileNotFoundError(f"no results at {self.path}")
+            self._missing()
         if self._h5:
             import h5py
 
             self._f: Any = h5py.File(self.path, "r")
+        self._order: list[str] | None = None
+        self._rows: dict[str, dict[str, Any]] | None = None
+
+    def _missing(self) -> None:
+        partial = self.path.with_name(self.path.name + L.PARTIAL)
+        if self._h5 and partial.exists():
+            from .lock import probe
+
+            live, holder = probe(self.path)
+            if live:
+                raise UsageError(f"{self.path} is still being written (pid {holder.get('pid', '?')} on"
+                                 f" {holder.get('host', '?')}); HDF5 cannot be read while it is written: wait for"
+                                 f" the run to end (`mpigather status {self.path} --wait`), or use a directory"
+                                 " output (--out DIR), whose finished results can be read during the run")
+            raise UsageError(f"{self.path} was not completed: its run stopped early. Resume it (--resume) to"
+                             f" finish the file, or read what it holds with mpigather.load({str(partial)!r})")
+        raise FileNotFoundError(f"no results at {self.path}")
 
     def close(self) -> None:
         if self._h5:
@@ -70,20 +150,46 @@ class Results(Mapping[str, Any]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _names(self) -> list[str]:
+    # -- the task table -------------------------------------------------------------------
+
+    def _table(self) -> list[dict[str, Any]]:
         if self._h5:
-            return list(self._f["results"])
+            if L.TASKS not in self._f:
+                return []
+            t = self._f[L.TASKS][()]
+            return [{k: (t[k][i].decode() if isinstance(t[k][i], bytes) else t[k][i].item()) for k in t.dtype.names}
+                    for i in range(len(t))]
+        return read_rows(self.path / L.TASKS_JSONL)
+
+    def _index(self) -> dict[str, dict[str, Any]]:
+        if self._rows is None:
+            self._rows = {str(r["id"]): r for r in self._table()}
+        return self._rows
+
+    def _names(self) -> list[str]:
+        if self._order is None:
+            rows = list(self._index().values())
+            if rows:
+                if all(r.get("int_id", type(r["id"]) is int) for r in rows):
+                    rows.sort(key=lambda r: int(r["id"]))
+                else:
+                    rows.sort(key=lambda r: r.get("seq", 0))
+                names = [str(r["id"]) for r in rows]
+                present = set(self._listing())
+                self._order = [n for n in names if n in present]
+            else:  # an output written before the task table existed
+                self._order = sorted(self._listing(), key=lambda n: (not n.lstrip("-").isdigit(), _num(n), n))
+        return self._order
+
+    def _listing(self) -> list[str]:
+        if self._h5:
+            return list(self._f[L.RESULTS]) if L.RESULTS in self._f else []
         names = []
         for p in self.path.iterdir():
             n = p.name
-            if n.startswith((".", "_mpigather")):
+            if n.startswith((".", "_mpigather", "_tasks")):
                 continue
-            if p.is_dir():
-                names.append(n)
-            else:
-                for ext in (".npy", ".bytes", ".none"):
-                    if n.endswith(ext):
-                        names.append(n[: -len(ext)])
+            names.append(L.strip_ext(n))
         return names
 
     def __iter__(self) -> Iterator[str]:
@@ -92,56 +198,56 @@ class Results(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._names())
 
-    def __getitem__(self, tid: Any) -> Any:
-        name = str(tid)
-        if self._h5:
-            try:
-                obj = self._f["results"][name]
-            except KeyError:
-                raise KeyError(tid) from None
-            return _h5_value(obj)
-        base = self.path / name
-        if base.is_dir():
-            return {p.name[:-4]: np.load(p) for p in sorted(base.iterdir()) if p.name.endswith(".npy")}
-        for ext in (".npy", ".bytes", ".none"):
-            p = self.path / f"{name}{ext}"
-            if p.exists():
-                if ext == ".npy":
-                    return np.load(p)
-                return p.read_bytes() if ext == ".bytes" else None
-        raise KeyError(tid)
+    def __contains__(self, tid: object) -> bool:
+        return self._locate(tid) is not None
 
-    def checksum(self, tid: Any) -> int:
-        """crc32c of a stored result's bytes, streamed from the file."""
+    def _locate(self, tid: Any) -> Any:
         name = str(tid)
         if self._h5:
-            obj = self._f["results"][name]
-            kind = obj.attrs.get("kind", "array")
-            return 0 if kind in ("none", b"none") else _h5_checksum(obj)
-        for ext in (".npy", ".bytes", ".none", ""):
+            res = self._f.get(L.RESULTS)
+            return None if res is None or name not in res else res[name]
+        for ext in (".npy", ".pkl", ".bytes", ".none", ""):
             p = self.path / f"{name}{ext}"
             if p.exists() and (ext or p.is_dir()):
-                return 0 if ext == ".none" else _npy_checksum(p)
-        raise KeyError(tid)
+                return p
+        return None
+
+    def __getitem__(self, tid: Any) -> Any:
+        where = self._locate(tid)
+        if where is None:
+            raise KeyError(tid)
+        if self._h5:
+            return _h5_value(where, self.allow_pickle, str(tid))
+        return _npy_value(where, self.allow_pickle, str(tid))
 
     def attrs(self, tid: Any) -> dict[str, Any]:
-        """Per-task metadata (rank, attempt, duration, bytes, crc32c); HDF5 only."""
-        if not self._h5:
-            return {}
-        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._f["results"][str(tid)].attrs.items()}
+        """Per-task record: its parameters, rank, attempt, duration, bytes, crc32c, kind, position."""
+        row = dict(self._index().get(str(tid), {}))
+        if isinstance(row.get("params"), str):
+            try:
+                row["params"] = json.loads(row["params"])
+            except ValueError:
+                pass
+        return row
+
+    def checksum(self, tid: Any) -> int:
+        """crc32c of a stored result's bytes, in the order the worker summed them, streamed from the file."""
+        where = self._locate(tid)
+        if where is None:
+            raise KeyError(tid)
+        return _h5_crc(where, 0) if self._h5 else _npy_crc(where, 0)
 
 
-def load(out: str | os.PathLike[str]) -> Results:
+def _num(n: str) -> int:
+    try:
+        return int(n)
+    except ValueError:
+        return 0
+
+
+def load(out: str | os.PathLike[str], *, allow_pickle: bool = False) -> Results:
     """Open the results of a run for reading: ``load("out.h5")["3"]`` is what task 3 returned."""
-    return Results(out)
-
-
-def value_checksum(value: Any) -> int:
-    _, parts = R.split(value)
-    return R.checksum(R.raw(a) for _, a in parts)
-
-
-_BLOCK = 64 << 20
+    return Results(out, allow_pickle=allow_pickle)
 
 
 def _dataset_crc(ds: Any, crc: int) -> int:
@@ -154,34 +260,77 @@ def _dataset_crc(ds: Any, crc: int) -> int:
     return crc
 
 
-def _h5_checksum(obj: Any) -> int:
+def _h5_crc(obj: Any, crc: int) -> int:
     import h5py
 
+    kind = _kind(obj)
+    if kind in ("none", *R.SCALARS):
+        return crc
+    if kind == "object" and isinstance(obj, h5py.Group):
+        crc = _dataset_crc(obj[L.PICKLE], crc)
+        for i in range(len(obj) - 1):
+            crc = _dataset_crc(obj[str(i)], crc)
+        return crc
     if isinstance(obj, h5py.Group):
-        crc = 0
         for key in sorted(obj):
-            crc = _dataset_crc(obj[key], crc)
+            crc = _h5_crc(obj[key], crc)
         return crc
-    return _dataset_crc(obj, 0)
+    return _dataset_crc(obj, crc)
 
 
-def _npy_checksum(path: Path) -> int:
-    if path.is_dir():
-        crc = 0
-        for p in sorted(path.iterdir(), key=lambda q: q.name[:-4]):  # key order, as the worker summed it
-            if p.name.endswith(".npy"):
-                crc = _npy_file_crc(p, crc)
+def _npy_crc(p: Path, crc: int) -> int:
+    n = p.name
+    if n.endswith(".none"):
         return crc
-    if path.name.endswith(".npy"):
-        return _npy_file_crc(path, 0)
-    return R.crc_update(0, np.fromfile(path, dtype=np.uint8))
+    if n.endswith(".pkl"):
+        if p.is_dir():
+            crc = _file_crc(p / L.PICKLE, crc)
+            for i in range(len(list(p.iterdir())) - 1):
+                crc = _file_crc(p / str(i), crc)
+            return crc
+        return crc if _is_scalar_pickle(p) else _file_crc(p, crc)
+    if p.is_dir():
+        for q in sorted(p.iterdir(), key=lambda q: L.strip_ext(q.name)):  # key order, as the worker summed it
+            crc = _npy_crc(q, crc)
+        return crc
+    if n.endswith(".npy"):
+        arr = np.load(p, mmap_mode="r")
+        flat = R.raw(arr) if arr.size else np.empty(0, np.uint8)
+        for start in range(0, flat.size, _BLOCK):
+            crc = R.crc_update(crc, np.asarray(flat[start : start + _BLOCK]))
+        return crc
+    return _file_crc(p, crc)
 
 
-def _npy_file_crc(p: Path, crc: int) -> int:
-    arr = np.load(p, mmap_mode="r")
-    flat = R.raw(arr) if arr.size else np.empty(0, np.uint8)
-    for start in range(0, flat.size, _BLOCK):
-        crc = R.crc_update(crc, np.asarray(flat[start : start + _BLOCK]))
+def _is_scalar_pickle(p: Path) -> bool:
+    """A str/int/float/bool stored as a pickle: its value rode in the header, not in a checksummed part."""
+    if p.stat().st_size > 4096:
+        return False
+    data = p.read_bytes()
+    if not _safe_scalar(data):
+        return False
+    try:
+        v = pickle.loads(data)
+    except Exception:
+        return False
+    return R._Encoder().node(v, None)[0] in R.SCALARS
+
+
+def _safe_scalar(data: bytes) -> bool:
+    """Only pickles of plain scalars (no GLOBAL/REDUCE opcodes) are looked into."""
+    import pickletools
+
+    try:
+        return all(op.name not in ("GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX",
+                                   "BUILD") for op, _, _ in pickletools.genops(data))
+    except Exception:
+        return False
+
+
+def _file_crc(p: Path, crc: int) -> int:
+    with open(p, "rb") as f:
+        while block := f.read(_BLOCK):
+            crc = R.crc_update(crc, block)
     return crc
 
 
@@ -193,19 +342,23 @@ def verify(out: str | os.PathLike[str]) -> tuple[int, list[str], list[str]]:
     jp = journal_path(out)
     if not jp.exists():
         raise FileNotFoundError(f"no journal {jp} beside {out}")
-    st = load_state(jp)
+    want: dict[str, int] = {}
+    for rec in read_records(jp):
+        if rec.get("ev") == "done":
+            for tid, _seq, _h, _att, _rank, _bytes, crc, _dur, _path in done_columns(rec):
+                want[str(tid)] = crc
+        elif rec.get("ev") == "reset":
+            want.clear()
     bad, missing = [], []
     n = 0
     with load(out) as res:
-        names = set(res)
-        for tid, rec in st.done.items():
-            name = str(tid)
-            if name not in names:
+        for name, crc in want.items():
+            if name not in res:
                 missing.append(name)
                 continue
             n += 1
             try:
-                ok = res.checksum(name) == rec["crc"]
+                ok = res.checksum(name) == crc
             except Exception:  # unreadable counts as a mismatch
                 ok = False
             if not ok:

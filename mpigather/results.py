@@ -1,14 +1,23 @@
 """What a task may return, and how it travels: a small header plus raw byte parts.
 
-A result is split into *parts*, each a C-contiguous numpy array sent as raw bytes.
-The header (kind, dtype descriptors, shapes, sizes, checksum) is small and pickled;
-the array data never is. Imports no MPI.
+A task may return anything picklable. The value becomes a tree of *nodes*:
+
+- ``array`` (a numpy array), ``generic`` (a numpy scalar) and ``bytes``: one raw *part* each;
+- ``str``, ``int``, ``float``, ``bool`` and ``none``: their value rides in the header;
+- ``dict`` (a plain dict whose keys can name files and datasets): a node per key;
+- ``object``: anything else, pickled with protocol 5; its large buffers (the arrays inside a
+  list, a dataclass, a DataFrame...) go *out of band* as parts of their own, so they travel
+  and are stored as raw bytes, exactly like an array, and are never copied into the pickle.
+
+Each part is a C-contiguous buffer sent as raw bytes; the header (kinds, dtypes, shapes,
+sizes, checksum, and the small values) is small and pickled. Imports no MPI.
 """
 
 from __future__ import annotations
 
 import pickle
 import warnings
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -17,11 +26,14 @@ from crc32c import crc32c as _crc32c
 
 from .errors import UnsupportedResultError
 
-SUPPORTED = "a numpy array (or numpy scalar), bytes, a dict of str to arrays, or None"
+OOB_MIN = 64 << 10  # buffers inside a pickled object at least this large travel out of band
+SCALARS = ("str", "int", "float", "bool")
+# dict keys with these endings would collide with the .npy directory's file names
+RESERVED_SUFFIXES = (".npy", ".pkl", ".bytes", ".none")
 
 
 class PartSpec(NamedTuple):
-    """One array of a result: its key (None for a plain array), dtype descriptor and shape.
+    """One raw buffer of a result: its path inside the result, dtype descriptor and shape.
 
     Named tuples, not dataclasses: thousands of these are pickled per second for tiny tasks.
     """
@@ -37,12 +49,19 @@ class PartSpec(NamedTuple):
 
 
 class Header(NamedTuple):
-    """Everything the master needs to place a result before its bytes arrive."""
+    """Everything the master needs to place a result before its bytes arrive.
+
+    ``tree`` is the root node's reference: a part index (array, generic, bytes), the value
+    itself (str, int, float, bool), ``(first part, number of parts)`` (object: the pickle,
+    then its out-of-band buffers), a tuple of ``(key, kind, reference)`` in key order (dict),
+    or None.
+    """
 
     kind: str
     parts: tuple[PartSpec, ...]
     nbytes: int
     crc: int | None  # None in a streamed header: the crc follows the chunks, in a trailer
+    tree: Any = None
 
 
 def dtype_to_descr(dt: np.dtype) -> Any:
@@ -74,48 +93,89 @@ def _dtype_cached(descr: str) -> np.dtype:
     return np.lib.format.descr_to_dtype(descr)  # type: ignore[arg-type]  # a str descr is valid
 
 
-def _as_part(key: str | None, value: Any, where: str) -> np.ndarray:
-    if isinstance(value, np.generic):
-        value = np.asarray(value)
-    if not isinstance(value, np.ndarray):
-        raise UnsupportedResultError(
-            f"{where} is of unsupported type {type(value).__module__}.{type(value).__qualname__};"
-            f" return {SUPPORTED}"
-        )
-    if value.dtype.hasobject:
-        raise UnsupportedResultError(
-            f"{where} has dtype {value.dtype} holding Python objects, which cannot be sent as raw bytes;"
-            f" return {SUPPORTED} with a fixed-size dtype"
-        )
-    # not np.ascontiguousarray: it turns a 0-d array into a 1-d one
-    return value if value.flags.c_contiguous else value.copy(order="C")
+_U8 = "|u1"
 
 
-def split(result: Any) -> tuple[str, list[tuple[PartSpec, np.ndarray]]]:
-    """Split a task's return value into its kind and its (spec, contiguous array) parts."""
-    if result is None:
-        return "none", []
-    if isinstance(result, (bytes, bytearray, memoryview)):
-        arr = np.frombuffer(bytes(result) if isinstance(result, memoryview) else result, dtype=np.uint8)
-        return "bytes", [(_spec(None, arr), arr)]
-    if isinstance(result, dict):
-        # parts in sorted key order: the order a reader of the files sees, so checksums agree
-        parts = []
-        for key in sorted(result, key=lambda k: (not isinstance(k, str), str(k))):
-            value = result[key]
-            if not isinstance(key, str) or not key or "/" in key or key.startswith("."):
-                raise UnsupportedResultError(
-                    f"result dict has key {key!r}: keys must be non-empty str without '/' and not start with '.'"
-                )
-            arr = _as_part(key, value, f"result dict value for key {key!r}")
-            parts.append((_spec(key, arr), arr))
-        return "dict", parts
-    arr = _as_part(None, result, "result")
-    return "array", [(_spec(None, arr), arr)]
+def valid_key(key: Any) -> bool:
+    """Can this dict key name a dataset and a file?"""
+    return (isinstance(key, str) and key != "" and "/" not in key and "\0" not in key
+            and not key.startswith(".") and not key.endswith(RESERVED_SUFFIXES) and _utf8(key))
 
 
-def _spec(key: str | None, arr: np.ndarray) -> PartSpec:
-    return PartSpec(key, dtype_to_descr(arr.dtype), tuple(arr.shape), int(arr.nbytes))
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.specs: list[PartSpec] = []
+        self.bufs: list[Any] = []
+
+    def part(self, key: str | None, descr: Any, shape: tuple[int, ...], nbytes: int, buf: Any) -> int:
+        self.specs.append(PartSpec(key, descr, shape, nbytes))
+        self.bufs.append(buf)
+        return len(self.specs) - 1
+
+    def node(self, value: Any, path: str | None) -> tuple[str, Any]:
+        t = type(value)
+        if value is None:
+            return "none", None
+        if t is bool:
+            return "bool", value
+        if t is int and -(1 << 63) <= value < (1 << 63):
+            return "int", value
+        if t is float:
+            return "float", value
+        if t is str and "\0" not in value and _utf8(value):
+            return "str", value
+        if t is bytes:
+            arr = np.frombuffer(value, dtype=np.uint8)
+            return "bytes", self.part(path, _U8, (len(value),), len(value), arr)
+        if t is np.ndarray and not value.dtype.hasobject:
+            # not np.ascontiguousarray: it turns a 0-d array into a 1-d one
+            arr = value if value.flags.c_contiguous else value.copy(order="C")
+            return "array", self.part(path, dtype_to_descr(arr.dtype), tuple(arr.shape), int(arr.nbytes), raw(arr))
+        if isinstance(value, np.generic) and not value.dtype.hasobject:
+            arr = np.asarray(value)
+            return "generic", self.part(path, dtype_to_descr(arr.dtype), (), int(arr.nbytes), raw(arr))
+        if t is dict and all(valid_key(k) for k in value):
+            entries = []
+            for key in sorted(value):
+                kind, ref = self.node(value[key], key if path is None else f"{path}/{key}")
+                entries.append((key, kind, ref))
+            return "dict", tuple(entries)
+        return "object", self.pickled(value, path)
+
+    def pickled(self, value: Any, path: str | None) -> tuple[int, int]:
+        oob: list[pickle.PickleBuffer] = []
+
+        def keep(buf: pickle.PickleBuffer) -> bool:
+            if buf.raw().nbytes >= OOB_MIN:
+                oob.append(buf)
+                return False  # out of band
+            return True  # small: inside the pickle
+
+        try:
+            data = pickle.dumps(value, protocol=5, buffer_callback=keep)
+        except Exception as e:
+            what = f"{type(value).__module__}.{type(value).__qualname__}"
+            where = "the result" if path is None else f"the value at key {path!r} of the result"
+            raise UnsupportedResultError(
+                f"{where} is of type {what}, which cannot be pickled ({type(e).__name__}: {e});"
+                " return numpy arrays, dicts or other picklable objects"
+            ) from None
+        skel = np.frombuffer(data, dtype=np.uint8)
+        if not oob:
+            return self.part(path, _U8, (len(data),), len(data), skel), 1
+        first = self.part(None if path is None else path, _U8, (len(data),), len(data), skel)
+        for i, pb in enumerate(oob):
+            m = pb.raw()
+            self.part(f"{path or ''}#{i}", _U8, (m.nbytes,), m.nbytes, np.frombuffer(m, dtype=np.uint8))
+        return first, 1 + len(oob)
 
 
 def raw(arr: np.ndarray) -> np.ndarray:
@@ -136,29 +196,16 @@ def crc_update(value: int, buf: Any) -> int:
 
 
 def encode(result: Any, with_crc: bool = True) -> tuple[Header, list[np.ndarray]]:
-    """Header and flat uint8 buffers of a return value; raises UnsupportedResultError.
+    """Header and flat uint8 buffers of a return value. Raises UnsupportedResultError when
+    the value (or a part of it) cannot be pickled.
 
     ``with_crc=False`` leaves ``crc`` None, for a sender that checksums chunk by chunk.
     """
-    kind, parts = split(result)
-    bufs = [raw(a) for _, a in parts]
-    specs = tuple(s for s, _ in parts)
-    return Header(kind, specs, sum(s.nbytes for s in specs), checksum(bufs) if with_crc else None), bufs
-
-
-def encode_any(result: Any, with_crc: bool = True) -> tuple[Header, list[np.ndarray]]:
-    """Like ``encode``, but any other picklable value travels pickled (kind "object").
-
-    Used by the executor, whose users return arbitrary objects as with mpi4py.futures.
-    """
-    if type(result) in (np.ndarray, bytes, dict) or result is None:
-        try:
-            return encode(result, with_crc)
-        except UnsupportedResultError:
-            pass
-    arr = np.frombuffer(pickle.dumps(result, protocol=5), dtype=np.uint8)
-    spec = _spec(None, arr)
-    return Header("object", (spec,), spec.nbytes, checksum([arr]) if with_crc else None), [arr]
+    enc = _Encoder()
+    kind, tree = enc.node(result, None)
+    specs = tuple(enc.specs)
+    return (Header(kind, specs, sum(s.nbytes for s in specs), checksum(enc.bufs) if with_crc else None, tree),
+            enc.bufs)
 
 
 def chunk_plan(header: Header, chunk_size: int) -> list[tuple[int, int, int]]:
@@ -173,22 +220,48 @@ def chunk_plan(header: Header, chunk_size: int) -> list[tuple[int, int, int]]:
     return plan
 
 
-def assemble(header: Header, arrays: list[np.ndarray]) -> Any:
-    """Rebuild the value a task returned from its header and part arrays."""
-    if header.kind == "none":
-        return None
-    if header.kind == "bytes":
-        return arrays[0].tobytes()
-    if header.kind == "object":
-        return pickle.loads(arrays[0].tobytes())
-    if header.kind == "array":
-        return arrays[0]
-    return {spec.key: arr for spec, arr in zip(header.parts, arrays)}
-
-
 def from_raw(spec: PartSpec, buf: np.ndarray) -> np.ndarray:
     """View a flat uint8 buffer as the part's array."""
     dt = spec.dtype
     if dt.itemsize == 0 or buf.size == 0:
         return np.empty(spec.shape, dtype=dt)
     return buf.view(dt).reshape(spec.shape)
+
+
+def assemble(header: Header, raws: list[np.ndarray]) -> Any:
+    """Rebuild the value a task returned from its header and the raw uint8 buffer of each part.
+
+    Arrays are views of those buffers (no copy). Raises whatever unpickling an object raises.
+    """
+    return _build(header, raws, header.kind, header.tree)
+
+
+def _build(header: Header, raws: list[np.ndarray], kind: str, ref: Any) -> Any:
+    if kind in SCALARS:
+        return ref
+    if kind == "none":
+        return None
+    if kind == "array":
+        return from_raw(header.parts[ref], raws[ref])
+    if kind == "generic":
+        return from_raw(header.parts[ref], raws[ref])[()]
+    if kind == "bytes":
+        return raws[ref].tobytes()
+    if kind == "dict":
+        return {key: _build(header, raws, k, r) for key, k, r in ref}
+    if kind == "object":
+        first, n = ref
+        return pickle.loads(raws[first], buffers=raws[first + 1 : first + n])
+    raise ValueError(f"unknown result kind {kind!r}")
+
+
+def walk(header: Header) -> Iterator[tuple[tuple[str, ...], str, Any]]:
+    """Every node of a result, parents before children, dict keys in order: (path, kind, reference)."""
+
+    def visit(path: tuple[str, ...], kind: str, ref: Any) -> Iterator[tuple[tuple[str, ...], str, Any]]:
+        yield path, kind, ref
+        if kind == "dict":
+            for key, k, r in ref:
+                yield from visit((*path, key), k, r)
+
+    return visit((), header.kind, header.tree)

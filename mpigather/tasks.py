@@ -1,20 +1,46 @@
 """Task sources, read lazily: a JSONL file, a range, or any iterable.
 
-Each yields ``(task_id, payload)``. In a JSONL file, a line's ``id`` key is its id, else
-its 0-based line number. From an iterable, a dict payload's ``id`` key is its id, else
+Each yields ``(task_id, payload, position)``. In a JSONL file, a line's ``id`` key is its id,
+else its 0-based line number. From an iterable, a dict payload's ``id`` key is its id, else
 its 0-based position. A file is checked in one streaming pass before the run (JSON, ids,
-duplicates) so that bad input fails at once, holding only the ids in memory.
+duplicates), holding 8 bytes per task, so that bad input fails at once.
+
+A task's parameters are described once, for the output's task table and the journal: as
+canonical JSON where they are JSON, else by their ``repr``; their hash (of the JSON, or of
+the pickle) lets a resume check that each done task still has the parameters it had.
 """
 
 from __future__ import annotations
 
+import array
 import json
 import os
+import pickle
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
+from crc32c import crc32c
+
 from .errors import UsageError
-from .sinks import check_id
+from .journal import DoneSet, id_key
+from .sinks.layout import check_id
+
+PARAMS_MAX = 10_000  # characters of a non-JSON task's repr kept in the task table
+_CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def describe(payload: Any) -> tuple[str, int]:
+    """(parameters as text, their 32-bit hash)."""
+    try:
+        text = _CANON(payload)
+    except (TypeError, ValueError):
+        try:
+            h = crc32c(pickle.dumps(payload, protocol=4))
+        except Exception:
+            h = 0
+        return repr(payload)[:PARAMS_MAX], h
+    return text, crc32c(text.encode("utf-8", "surrogatepass"))
 
 
 def _task_id(payload: Any, default: int) -> Any:
@@ -23,17 +49,47 @@ def _task_id(payload: Any, default: int) -> Any:
     return default
 
 
-def scan_jsonl(path: str | os.PathLike[str]) -> int:
-    """Validate a task file without keeping it in memory. Returns the number of tasks."""
-    seen: set[str] = set()
-    n = 0
+def scan_jsonl(path: str | os.PathLike[str], done: DoneSet | None = None) -> int:
+    """Validate a task file without keeping it in memory. Returns the number of tasks.
+
+    Duplicate ids are found from 64-bit keys (8 bytes a task), confirmed by a second pass.
+    With ``done`` (a resume), every done task must still have the parameters it had.
+    """
+    keys: array.array[int] = array.array("q")
+    for lineno, tid, obj in _iter_jsonl(path):
+        check_id(tid)
+        keys.append(id_key(tid))
+        if done is not None:
+            check_unchanged(done, tid, obj, f"task file {path}, line {lineno}")
+    k = np.frombuffer(keys, dtype=np.int64)
+    if len(k) > 1:
+        s = np.sort(k)
+        dup = s[1:][s[1:] == s[:-1]]
+        if len(dup):
+            _report_duplicate(path, set(int(x) for x in dup))
+    return len(k)
+
+
+def _report_duplicate(path: str | os.PathLike[str], suspects: set[int]) -> None:
+    seen: dict[str, int] = {}
     for lineno, tid, _ in _iter_jsonl(path):
-        name = check_id(tid)
-        if name in seen:
-            raise UsageError(f"task file {path}, line {lineno}: duplicate task id {tid!r}")
-        seen.add(name)
-        n += 1
-    return n
+        if id_key(tid) in suspects:
+            name = check_id(tid)
+            if name in seen:
+                raise UsageError(f"task file {path}, line {lineno}: duplicate task id {tid!r}"
+                                 f" (also on line {seen[name]})")
+            seen[name] = lineno
+
+
+def check_unchanged(done: DoneSet, tid: Any, payload: Any, where: str) -> bool:
+    """True if ``tid`` is done; raises UsageError if it was done with other parameters."""
+    h = done.lookup(tid)
+    if h is None:
+        return False
+    if h and describe(payload)[1] != h:
+        raise UsageError(f"{where}: task {tid!r} has other parameters than when it was done; the task list"
+                         " changed since that run: restore it, or start a new output")
+    return True
 
 
 def _iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any, Any]]:
@@ -57,33 +113,34 @@ def _iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any, Any]]:
             yield i + 1, _task_id(obj, i), obj
 
 
-def jsonl_tasks(path: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
-    for _, tid, obj in _iter_jsonl(path):
-        yield tid, obj
+def jsonl_tasks(path: str | os.PathLike[str]) -> Iterator[tuple[Any, Any, int]]:
+    for n, (_, tid, obj) in enumerate(_iter_jsonl(path)):
+        yield tid, obj, n
 
 
-def range_tasks(n: int) -> Iterator[tuple[int, int]]:
+def range_tasks(n: int) -> Iterator[tuple[int, int, int]]:
     if n < 0:
         raise UsageError(f"--range must be 0 or more, not {n}")
-    return ((i, i) for i in range(n))
+    return ((i, i, i) for i in range(n))
 
 
-def iterable_tasks(items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-    """Ids for a user's iterable; duplicates are caught as they appear."""
+def iterable_tasks(items: Iterable[Any]) -> Iterator[tuple[Any, Any, int]]:
+    """Ids for a user's iterable (or a dict of id -> task); duplicates are caught as they appear."""
     seen: set[str] = set()
-    for i, payload in enumerate(items):
-        tid = _task_id(payload, i)
+    pairs = items.items() if isinstance(items, dict) else ((_task_id(p, i), p) for i, p in enumerate(items))
+    for i, (tid, payload) in enumerate(pairs):
         name = check_id(tid)
         if name in seen:
             raise UsageError(f"task {i}: duplicate task id {tid!r}")
         seen.add(name)
-        yield tid, payload
+        yield tid, payload, i
 
 
-def skip_done(tasks: Iterable[tuple[Any, Any]], done: set[Any]) -> Iterator[tuple[Any, Any]]:
-    for tid, payload in tasks:
-        if tid not in done:
-            yield tid, payload
+def skip_done(tasks: Iterable[tuple[Any, Any, int]], done: DoneSet) -> Iterator[tuple[Any, Any, int]]:
+    """The tasks not yet done; a done task whose parameters changed stops the run (UsageError)."""
+    for tid, payload, seq in tasks:
+        if not check_unchanged(done, tid, payload, f"task {seq}"):
+            yield tid, payload, seq
 
 
 def timeout_of(payload: Any) -> float | None:

@@ -1,0 +1,369 @@
+"""HDF5: one file written by the master, or part files written by workers (direct mode).
+
+Stream mode writes ``OUT.partial`` and renames it to ``OUT`` when the run ends. A result's
+datasets are created contiguous with their space allocated at once, so chunks are written
+with ``pwrite`` at the dataset's file offset, straight from the receive buffer, without going
+through HDF5 per chunk. A streamed result is built under ``/_staging`` and moved to
+``/results/<id>`` when complete; a small one is written in place at once. Each finished
+result adds a row to ``/tasks`` (its id, parameters and metadata), appended in batches;
+``make_durable`` flushes HDF5's metadata and fsyncs the file before the journal calls the
+batch done, so a resume finds a commit cut short as rows past the journal's count.
+
+Direct mode: each worker writes its results into part files ``OUT.parts/r<rank>-<pid>-<n>.h5``,
+one per batch (written under a temporary name, closed, fsynced, renamed), and the master's
+file holds an external link at ``/results/<id>``, so readers use the same paths in both modes.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .. import results as R
+from ..errors import UsageError
+from . import layout as L
+from .base import Meta, Sink, Target, fsync_dir, pwrite_all, remove_quietly
+
+log = logging.getLogger("mpigather")
+
+_STR = h5py.string_dtype()
+ROW = np.dtype([("seq", "<i8"), ("id", _STR), ("int_id", "?"), ("params", _STR), ("rank", "<i4"),
+                ("attempt", "<i4"), ("duration", "<f8"), ("bytes", "<i8"), ("crc32c", "<u4"), ("kind", _STR),
+                ("path", _STR)])
+ROWS_CHUNK = 4096
+
+
+def _h5_storable(dt: np.dtype) -> bool:
+    try:
+        h5py.h5t.py_create(dt, logical=True)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _dcpl() -> h5py.h5p.PropDCID:
+    """Contiguous, allocated at creation, never filled: the bytes go straight to a known offset."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+@functools.lru_cache(maxsize=64)
+def _attr_type(dt: np.dtype) -> Any:
+    if dt.kind == "O":
+        return h5py.h5t.py_create(h5py.string_dtype(), logical=True)
+    return h5py.h5t.py_create(dt)
+
+
+def _set_attrs(oid: Any, attrs: dict[str, Any]) -> None:
+    """Attributes through h5py's low-level API: about 3x faster than ``obj.attrs[k] = v``.
+    Strings are UTF-8 like h5py's."""
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    for k, v in attrs.items():  # scalars only: numbers and strings
+        arr = np.array(v, dtype=object) if isinstance(v, str) else np.asarray(v)
+        a = h5py.h5a.create(oid, k.encode(), _attr_type(arr.dtype), space)
+        a.write(arr)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_type(dt: np.dtype) -> Any:
+    return h5py.h5t.py_create(dt, logical=True)
+
+
+_SCALAR_DTYPE = {"int": np.dtype("<i8"), "float": np.dtype("<f8"), "bool": np.dtype("?")}
+
+
+def create_result(gid: Any, name: str, header: R.Header) -> list[Any]:
+    """Create every node of one result as ``name`` under the group ``gid``; returns where each
+    part's bytes go (a file offset, or the dataset when it has none)."""
+    places: list[Any] = [None] * len(header.parts)
+    groups: dict[tuple[str, ...], Any] = {(): None}
+    for path, kind, ref in R.walk(header):
+        parent = gid if not path else groups[path[:-1]]
+        here = (name if not path else path[-1]).encode()
+        if kind in ("dict", "none") or (kind == "object" and ref[1] > 1):
+            g = h5py.h5g.create(parent, here)
+            _set_attrs(g, {L.ATTR_KIND: kind})
+            groups[path] = g
+            if kind == "object":
+                first, n = ref
+                for i in range(n):
+                    places[first + i] = _part_dataset(g, L.PICKLE if i == 0 else str(i - 1), header.parts[first + i])
+        elif kind in R.SCALARS:
+            _scalar_dataset(parent, here, kind, ref)
+        else:
+            part = ref[0] if kind == "object" else ref
+            places[part] = _part_dataset(parent, here, header.parts[part], None if kind == "array" else kind)
+    return places
+
+
+def _scalar_dataset(gid: Any, name: bytes, kind: str, value: Any) -> None:
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    if kind == "str":
+        arr = np.array(value, dtype=object)
+        ds = h5py.h5d.create(gid, name, _attr_type(arr.dtype), space)
+        ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array([value], dtype=_STR).reshape(()), mtype=ds.get_type())
+    else:
+        arr = np.array(value, dtype=_SCALAR_DTYPE[kind])
+        ds = h5py.h5d.create(gid, name, _file_type(arr.dtype), space)
+        ds.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
+    _set_attrs(ds, {L.ATTR_KIND: kind})
+
+
+def _part_dataset(gid: Any, name: str | bytes, spec: R.PartSpec, kind: str | None = None) -> Any:
+    """A contiguous dataset allocated at creation. Returns its file offset, or its id when it has none."""
+    dt = spec.dtype
+    attrs: dict[str, Any] = {L.ATTR_KIND: kind} if kind else {}
+    if kind in ("bytes", "object") or _h5_storable(dt):
+        shape, store_dt = spec.shape, dt
+    else:  # datetime, unicode...: raw bytes, with what it takes to rebuild it
+        shape, store_dt = (spec.nbytes,), np.dtype(np.uint8)
+        attrs[L.ATTR_DTYPE] = json.dumps(spec.descr) if not isinstance(spec.descr, str) else spec.descr
+        attrs[L.ATTR_SHAPE] = json.dumps(list(spec.shape))
+    space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
+    dcpl = _dcpl() if spec.nbytes else None
+    dsid = h5py.h5d.create(gid, name.encode() if isinstance(name, str) else name, _file_type(store_dt), space,
+                           dcpl=dcpl)
+    if attrs:
+        _set_attrs(dsid, attrs)
+    if not spec.nbytes:
+        return None
+    off = dsid.get_offset()
+    return dsid if off is None else int(off)  # scalar datasets have no offset: written through HDF5
+
+
+def _write_part(fd: int, place: Any, offset: int, buf: Any) -> None:
+    """Write a chunk of a part: pwrite at its file offset, or through HDF5 for a dataset with none."""
+    if isinstance(place, int):
+        pwrite_all(fd, buf, place + offset)
+        return
+    dsid = place
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    if offset != 0 or raw.nbytes != dsid.get_storage_size():
+        raise RuntimeError("an HDF5 dataset with no file offset cannot be written in chunks")
+    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, raw, mtype=dsid.get_type())
+
+
+def _exists(group: h5py.Group, name: str) -> bool:
+    return bool(group.id.links.exists(name.encode()))
+
+
+class _H5Target(Target):
+    def __init__(self, sink: Hdf5Sink, tid: Any, header: R.Header, meta: Meta) -> None:
+        self.sink, self.tid, self.header, self.meta = sink, tid, header, meta
+        self.name = L.check_id(tid)
+        self.stage = f"{self.name}.r{meta.get('rank', 0)}.a{meta.get('attempt', 1)}"
+        if _exists(sink.staging, self.stage):
+            del sink.staging[self.stage]
+        self.places = create_result(sink.staging.id, self.stage, header)
+
+    def write(self, part: int, offset: int, buf: Any) -> None:
+        _write_part(self.sink.fd, self.places[part], offset, buf)
+
+    def finish(self) -> None:
+        s = self.sink
+        if _exists(s.results, self.name):  # left by an earlier attempt that never reached the journal
+            del s.results[self.name]
+        s.f.move(f"{L.STAGING}/{self.stage}", f"{L.RESULTS}/{self.name}")
+        s._done(self.tid, self.meta)
+
+    def discard(self) -> None:
+        if _exists(self.sink.staging, self.stage):
+            del self.sink.staging[self.stage]
+
+
+def _open_file(path: Path, mode: str) -> h5py.File:
+    return h5py.File(path, mode, track_order=False)
+
+
+def _lock_refused(e: OSError) -> bool:
+    return e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES) or "lock" in str(e).lower()
+
+
+class Hdf5Sink(Sink):
+    """The master's HDF5 file: results streamed into it, or links to workers' part files."""
+
+    kind = "hdf5"
+
+    def __init__(self, out: str | os.PathLike[str], *, resume: bool = False) -> None:
+        self.path: Path = Path(out)
+        self.partial = self.path.with_name(self.path.name + L.PARTIAL)
+        self.parts_dir = self.path.with_name(self.path.name + L.PARTS)
+        self.set_aside: Path | None = None
+        if resume and self.path.exists() and not self.partial.exists():
+            os.replace(self.path, self.partial)  # reopen a finished run to retry its failures
+        self.f = self._open(resume)
+        self.results = self.f.require_group(L.RESULTS)
+        if L.STAGING in self.f:
+            del self.f[L.STAGING]
+        self.staging = self.f.create_group(L.STAGING)
+        if L.TASKS not in self.f:
+            self.f.create_dataset(L.TASKS, shape=(0,), maxshape=(None,), dtype=ROW, chunks=(ROWS_CHUNK,))
+        self.tasks = self.f[L.TASKS]
+        self.f.flush()
+        self.fd = os.open(self.partial, os.O_RDWR)
+        self._ready: list[tuple[Any, Meta]] = []
+
+    def _open(self, resume: bool) -> h5py.File:
+        try:
+            return _open_file(self.partial, "a" if resume else "w")
+        except OSError as e:
+            if _lock_refused(e):
+                raise UsageError(f"{self.partial} is open in another program, which holds HDF5's lock on it"
+                                 f" ({e}); close it (an h5py reader, HDFView...) and run again") from None
+            if not (resume and self.partial.exists()):
+                raise UsageError(f"cannot write HDF5 output {self.partial}: {e}") from None
+            # we hold the output's lock, and HDF5 could lock the file: it is damaged, not in use
+            aside = self.partial.with_name(self.partial.name + f".unreadable-{os.getpid()}")
+            os.replace(self.partial, aside)
+            self.set_aside = aside
+            log.error("%s is damaged and cannot be opened (%s); moved it to %s; its results run again",
+                      self.partial, e, aside)
+            return _open_file(self.partial, "w")
+
+    def open(self, tid: Any, header: R.Header, meta: Meta) -> Target:
+        return _H5Target(self, tid, header, meta)
+
+    def put(self, tid: Any, header: R.Header, bufs: list[Any], meta: Meta) -> None:
+        # a whole small result in one call: written in place (a resume removes it again if the
+        # journal never called it done)
+        name = L.check_id(tid)
+        if _exists(self.results, name):
+            del self.results[name]
+        places = create_result(self.results.id, name, header)
+        for place, buf in zip(places, bufs):
+            if len(buf):
+                _write_part(self.fd, place, 0, buf)
+        self._done(tid, meta)
+
+    def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
+        name = L.check_id(tid)
+        if _exists(self.results, name):
+            del self.results[name]
+        rel = os.path.relpath(path, self.path.parent)
+        self.results[name] = h5py.ExternalLink(rel, f"/{L.RESULTS}/{name}")
+        self._done(tid, {**meta, "path": rel})
+
+    def _done(self, tid: Any, meta: Meta) -> None:
+        self._ready.append((tid, meta))
+
+    def take_ready(self) -> Any:
+        if not self._ready:
+            return None
+        ready, self._ready = self._ready, []
+        rows = np.empty(len(ready), dtype=ROW)
+        for i, (tid, m) in enumerate(ready):
+            rows[i] = (m.get("seq", -1), str(tid), type(tid) is int, m.get("params") or "", m.get("rank", 0),
+                       m.get("attempt", 1), m.get("duration") or 0.0, m.get("bytes", 0), m.get("crc32c") or 0,
+                       m.get("kind") or "", m.get("path") or "")
+        n = self.tasks.shape[0]
+        self.tasks.resize((n + len(rows),))
+        self.tasks[n:] = rows
+        return ready
+
+    def make_durable(self, batch: Any) -> list[tuple[Any, Meta]]:
+        self.f.flush()  # HDF5's metadata (h5py serializes this with the master's own HDF5 calls)
+        os.fsync(self.fd)
+        return list(batch)
+
+    def reconcile(self, n_done: int) -> int:
+        n_rows = self.tasks.shape[0]
+        if n_rows > n_done:  # a commit cut short: undo what the journal never called done
+            for tid in self.tasks.fields("id")[n_done:]:
+                name = tid.decode() if isinstance(tid, bytes) else str(tid)
+                if _exists(self.results, name):
+                    del self.results[name]
+            self.tasks.resize((n_done,))
+        if self.parts_dir.is_dir():
+            linked = self._linked_parts(min(n_rows, n_done))
+            for p in self.parts_dir.iterdir():
+                if p.name not in linked:
+                    remove_quietly(p)
+        self.f.flush()
+        os.fsync(self.fd)
+        return min(n_rows, n_done)
+
+    def _linked_parts(self, n: int) -> set[str]:
+        linked: set[str] = set()
+        for start in range(0, n, 1 << 20):
+            for p in self.tasks.fields("path")[start : min(n, start + (1 << 20))]:
+                if p:
+                    linked.add(os.path.basename(p.decode() if isinstance(p, bytes) else p))
+        return linked
+
+    def done_ids(self) -> list[Any]:
+        ids = self.tasks.fields("id")[:]
+        ints = self.tasks.fields("int_id")[:]
+        return [int(t) if i else (t.decode() if isinstance(t, bytes) else t) for t, i in zip(ids, ints)]
+
+    def set_run_info(self, info: dict[str, Any]) -> None:
+        self.f.attrs[L.ATTR_RUN] = json.dumps(info, default=str)
+
+    def close(self, complete: bool) -> None:
+        if not self.f.id.valid:
+            return
+        if L.STAGING in self.f and len(self.f[L.STAGING]) == 0:
+            del self.f[L.STAGING]
+        self.f.flush()
+        self.f.close()
+        os.fsync(self.fd)
+        os.close(self.fd)
+        if complete:
+            os.replace(self.partial, self.path)
+            fsync_dir(self.path.parent)
+
+
+class Hdf5PartWriter:
+    """Direct mode, on a worker: results go into a part file of the current batch; ``flush``
+    closes, fsyncs and renames it, after which the paths handed out by ``write`` are valid."""
+
+    def __init__(self, out: str | os.PathLike[str], rank: int) -> None:
+        self.out = Path(out)
+        self.dir = self.out.with_name(self.out.name + L.PARTS)
+        self.dir.mkdir(exist_ok=True)
+        self.rank = rank
+        self._n = 0
+        self._f: h5py.File | None = None
+        self._fd = -1
+        self._tmp = self._final = Path()
+
+    def write(self, tid: Any, header: R.Header, bufs: list[Any], meta: Meta) -> str:
+        if self._f is None:
+            self._n += 1
+            stem = f"r{self.rank}-{os.getpid()}-{self._n}.h5"
+            self._tmp, self._final = self.dir / f"{L.TMP}{stem}", self.dir / stem
+            self._f = _open_file(self._tmp, "w")
+            self._f.require_group(L.RESULTS)
+            self._fd = os.open(self._tmp, os.O_RDWR)
+        results = self._f[L.RESULTS]
+        name = L.check_id(tid)
+        if _exists(results, name):
+            del results[name]
+        places = create_result(results.id, name, header)
+        for place, buf in zip(places, bufs):
+            if len(buf):
+                _write_part(self._fd, place, 0, buf)
+        return str(self._final)
+
+    def flush(self) -> None:
+        if self._f is None:
+            return
+        self._f.close()
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._f = None
+        os.replace(self._tmp, self._final)
+        fsync_dir(self.dir)
+
+    def close(self) -> None:
+        self.flush()
