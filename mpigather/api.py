@@ -1,4 +1,11 @@
-"""``mpigather.run``: the same job as the command line, from inside a user's MPI program."""
+"""``mpigather.run``: the same job as the command line, from inside a user's MPI program.
+
+Every rank calls it. Rank 0 of ``comm`` becomes the master and the others workers, on a
+private duplicate of ``comm``: the program's own messages, and its previous or next run, can
+never meet this run's. With one rank, the same master and worker loops run in one process,
+joined by a loopback link: the task function runs in the calling thread, the master in a
+helper thread.
+"""
 
 from __future__ import annotations
 
@@ -7,48 +14,51 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from . import results as R
+from . import messages as M
+from . import signals
 from .config import Options, make_options
-from .errors import MasterFailed, UnsupportedResultError, UsageError
-from .journal import Journal, journal_path, load_state, now
-from .master import Master, Summary, record_done, release_workers
+from .errors import MasterFailed, MPIGatherError, UsageError
+from .journal import DoneSet, Journal, id_key, journal_path, load_state
+from .lock import OutputLock
+from .master import Master, release_workers
 from .progress import Progress
 from .scheduler import Scheduler
-from .sinks import MemorySink, Sink, is_hdf5_path, open_sink
-from .tasks import iterable_tasks, skip_done, timeout_of
+from .sinks import Sink, is_hdf5_path, open_sink
+from .sinks import layout as L
+from .summary import Summary
+from .tasks import check_unchanged, iterable_tasks, skip_done, timeout_of
+from .worker import Worker
 
 log = logging.getLogger("mpigather")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _output_paths(out: Path) -> list[Path]:
-    from .h5sink import PARTIAL, PARTS
-
     paths = [out, journal_path(out)]
     if is_hdf5_path(out):
-        paths += [out.with_name(out.name + PARTIAL), out.with_name(out.name + PARTS)]
+        paths += [out.with_name(out.name + L.PARTIAL), out.with_name(out.name + L.PARTS)]
     return paths
 
 
-def check_output(out: str | os.PathLike[str] | None, opts: Options) -> None:
-    """Refuse an output that exists (unless resuming or overwriting) or cannot be written."""
+def check_output(out: str | os.PathLike[str] | None, opts: Options, exists: bool = True) -> None:
+    """Refuse an output that cannot be written, or (``exists``) that exists, unless resuming or overwriting."""
     if out is None:
         if opts.mode == "direct":
-            raise UsageError("--mode direct needs a file output (--out x.h5 or --out DIR)")
+            where = "--out x.h5 or --out DIR" if opts.interface == "cli" else "out='x.h5' or out='DIR'"
+            raise UsageError(f"mode 'direct' needs a file output ({where})")
         return
     p = Path(out)
-    existing = [q for q in _output_paths(p) if q.exists()]
+    existing = [q for q in _output_paths(p) if q.exists()] if exists else []
     if existing and not (opts.resume or opts.overwrite):
-        raise UsageError(
-            f"output {p} already exists ({existing[0]}); pass --resume to continue that run"
-            " or --overwrite to replace it"
-        )
+        raise UsageError(f"output {p} already exists ({existing[0]}); pass {opts.flag('resume')} to continue that"
+                         f" run or {opts.flag('overwrite')} to replace it")
     parent = p.absolute().parent
     if not parent.is_dir():
         raise UsageError(f"cannot write output {p}: directory {parent} does not exist")
@@ -61,11 +71,17 @@ def check_output(out: str | os.PathLike[str] | None, opts: Options) -> None:
 
 
 def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | None,
-                argv: list[str] | None = None) -> tuple[Sink, Journal | None, set[Any]]:
-    """Create or reopen the sink and journal. Returns them and the ids already done."""
+                argv: list[str] | None = None, prepare: Callable[[DoneSet | None], int | None] | None = None,
+                ) -> tuple[Sink, Journal | None, DoneSet | None, int | None]:
+    """Create or reopen the sink and journal (the caller holds the output's lock).
+
+    ``prepare(done)`` checks the task list against what is done (a changed task raises
+    UsageError) and returns how many tasks there are. Returns the sink, the journal, the
+    tasks already done (None when starting afresh) and the total.
+    """
     check_output(out, opts)
     if out is None:
-        return MemorySink(), None, set()
+        return open_sink(None), None, None, prepare(None) if prepare else total
     p = Path(out)
     if opts.overwrite:
         for q in _output_paths(p):
@@ -74,26 +90,35 @@ def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | 
             elif q.exists():
                 q.unlink()
     jp = journal_path(p)
-    done: set[Any] = set()
+    done: DoneSet | None = None
     if opts.resume and jp.exists():
-        done = set(load_state(jp).done)
+        done = load_state(jp, want_done=True).done_set
+    if prepare is not None:
+        total = prepare(done)
     try:
         sink = open_sink(p, resume=opts.resume)
     except OSError as e:
         raise UsageError(f"cannot write output {p}: {e.strerror or e}") from None
-    if opts.resume:
-        present = sink.reconcile(done)
-        if present != done:
-            log.warning("%d result(s) the journal calls done are missing from %s; they run again",
-                        len(done - present), p)
-        done = present
     journal = Journal(jp, resume=opts.resume)
-    journal.write({"ev": "start", "time": now(), "total": total, "already_done": len(done),
-                   "argv": argv or sys.argv, "pid": os.getpid(), "host": socket.gethostname(), "out": str(p),
-                   "mode": opts.mode,
-                   "chunk_size": opts.chunk_size})
+    if done is not None:
+        done = _reconcile(sink, journal, done, p)
+    journal.start(total=total, already_done=len(done) if done else 0, argv=argv or sys.argv, pid=os.getpid(),
+                  host=socket.gethostname(), out=str(p), mode=opts.mode, chunk_size=opts.chunk_size)
     journal.commit()
-    return sink, journal, done
+    return sink, journal, done, total
+
+
+def _reconcile(sink: Sink, journal: Journal, done: DoneSet, out: Path) -> DoneSet:
+    """On resume: the output must hold exactly what the journal calls done."""
+    present = sink.reconcile(len(done))
+    if present == len(done) and getattr(sink, "set_aside", None) is None:
+        return done
+    ids = [] if getattr(sink, "set_aside", None) is not None else (sink.done_ids() or [])
+    kept = [(t, done.lookup(t)) for t in ids if t in done]
+    log.warning("%d result(s) the journal calls done are missing from %s; they run again", len(done) - len(kept), out)
+    journal.reset(f"{len(done) - len(kept)} done result(s) missing from the output")
+    journal.done([(t, {"hash": h}) for t, h in kept])
+    return DoneSet([id_key(t) for t, _ in kept], [h or 0 for _, h in kept])
 
 
 def run(
@@ -106,21 +131,31 @@ def run(
     """Run ``func`` on every task over the ranks of ``comm`` (default COMM_WORLD).
 
     On the master (rank 0) it returns a ``Summary``; with ``out=None`` the values are in
-    ``summary.results[task_id]``. On workers it returns None once they are released. Every
-    rank of ``comm`` must call it. ``tasks`` is only read on the master.
+    ``summary.results[task_id]``, in task order. On workers it returns None once they are
+    released. Every rank of ``comm`` must call it; ``tasks`` is only read on the master (a
+    list, any iterable, or a dict of task id to task).
     """
-    from .transport import Link
+    from .launch import check as check_launch
+    from .transport import MPILink
 
     opts = make_options(**options)
-    link = Link(comm)
-    source = _as_source(tasks) if link.rank == 0 else None
-    return run_on(link, func, source, out, opts, total=_len_or_none(tasks) if link.rank == 0 else None)
-
-
-def _as_source(tasks: Any) -> Iterable[tuple[Any, Any]]:
-    if isinstance(tasks, dict):
-        return iter(tasks.items())
-    return iterable_tasks(tasks)
+    signals.reset()
+    link = MPILink(comm)
+    try:
+        if comm is None:
+            check_launch(link.size)
+        if link.rank != 0:
+            return run_on(link, func, None, out, opts)
+        prepare = None
+        if isinstance(tasks, (list, tuple, dict, range)):
+            def prepare(done: DoneSet | None) -> int:  # a changed task is refused before any work
+                if done:
+                    for tid, payload, seq in iterable_tasks(tasks):
+                        check_unchanged(done, tid, payload, f"task {seq}")
+                return len(tasks)
+        return run_on(link, func, iterable_tasks(tasks), out, opts, total=_len_or_none(tasks), prepare=prepare)
+    finally:
+        link.close()
 
 
 def _len_or_none(tasks: Any) -> int | None:
@@ -130,71 +165,137 @@ def _len_or_none(tasks: Any) -> int | None:
         return None
 
 
-def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, Any]] | None,
+def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, Any, int]] | None,
            out: str | os.PathLike[str] | None, opts: Options, *, total: int | None = None,
-           argv: list[str] | None = None, allow_object: bool = False, hooks: dict[str, Any] | None = None,
-           ) -> Summary | None:
-    """Run with an existing link. Rank 0 is the master; with one rank, tasks run inline."""
-    if link.rank != 0:
-        from .worker import Worker, quiet_signals
+           argv: list[str] | None = None, hooks: dict[str, Any] | None = None,
+           worker_args: dict[str, Any] | None = None,
+           prepare: Callable[[DoneSet | None], int | None] | None = None) -> Summary | None:
+    """Run with an existing link. Rank 0 is the master; with one rank, master and worker share it.
 
-        quiet_signals()
-        Worker(link, func, opts, None if out is None else str(out), allow_object=allow_object).run()
+    ``hooks`` (the executor's): ``on_done``, ``on_failed``, ``master``. ``worker_args``: extra
+    arguments of ``Worker`` (``send_exceptions``, ``initializer``, ``initargs``).
+    """
+    wargs = worker_args or {}
+    if link.rank != 0:
+        old = signals.install(master=False)  # workers leave SIGTERM/SIGUSR1 to the master
+        try:
+            Worker(link, func, opts, None if out is None else str(out), **wargs).run()
+        finally:
+            signals.restore(old)
         return None
     assert source is not None
+    kw: dict[str, Any] = {"total": total, "argv": argv, "hooks": hooks, "prepare": prepare}
+    if link.size > 1:
+        return master_run(link, source, out, opts, **kw)
+    return _one_rank(func, source, out, opts, kw, wargs)
+
+
+def _one_rank(func: Callable[[Any], Any], source: Iterable[tuple[Any, Any, int]],
+              out: str | os.PathLike[str] | None, opts: Options, kw: dict[str, Any],
+              wargs: dict[str, Any]) -> Summary | None:
+    """One rank: the master in a helper thread, the worker (the task function) in this thread."""
+    from .loopback import LoopbackHub
+
+    mlink, wlink = LoopbackHub(2).links()
+    box: dict[str, Any] = {}
+
+    def master() -> None:
+        try:
+            box["summary"] = master_run(mlink, source, out, opts, **kw)
+        except BaseException as e:  # noqa: BLE001 - raised again in the calling thread
+            box["error"] = e
+
+    t = threading.Thread(target=master, name="mpigather-master", daemon=True)
+    old = signals.install(master=True)
+    t.start()
     try:
-        sink, journal, done = open_output(out, opts, total, argv)
-    except UsageError as e:
+        Worker(wlink, func, opts, None if out is None else str(out), **wargs).run()
+    except MasterFailed:
+        pass  # the master's own error is raised below
+    except BaseException as e:
+        if t.is_alive():  # a real Ctrl-C in a task: let the master end in order, then go
+            wlink.send(M.Crash(f"interrupted: {type(e).__name__}"), 0, M.CTRL)
+            wlink.send(M.Bye({}), 0, M.CTRL)
+            t.join(timeout=60)
+        raise
+    finally:
+        signals.restore(old)
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["summary"]  # type: ignore[no-any-return]
+
+
+def master_run(link: Any, source: Iterable[tuple[Any, Any, int]], out: str | os.PathLike[str] | None,
+               opts: Options, *, total: int | None = None, argv: list[str] | None = None,
+               hooks: dict[str, Any] | None = None,
+               prepare: Callable[[DoneSet | None], int | None] | None = None) -> Summary:
+    """The master's whole run: lock and open the output, run the loop, close and report."""
+    lock = OutputLock(out) if out is not None and opts.lock else None
+    try:
+        if lock is not None:
+            check_output(out, opts, exists=False)  # where it goes must exist before its lock file can
+            lock.acquire(argv or sys.argv)
+        sink, journal, done, total = open_output(out, opts, total, argv, prepare)
+    except BaseException as e:
+        if lock is not None:
+            lock.release()
         _release_workers(link, str(e))
         raise
     hooks = hooks or {}
-    summary: Summary
     try:
-        tasks = skip_done(source, done) if done else source
-        if link.size == 1:
-            summary = _run_inline(func, tasks, sink, journal, opts, allow_object, hooks)
-        else:
-            sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
-                              retries=opts.retries, timeout=opts.timeout,
-                              timeout_of=timeout_of, batch_window=opts.batch_window)
-            progress = Progress.make(opts.progress, total, done_before=len(done))
-            master = Master(link, sched, sink, journal, opts, progress=progress,
-                            on_done=hooks.get("on_done"), on_failed=hooks.get("on_failed"))
-            if "master" in hooks:
-                hooks["master"](master)
-            try:
-                summary = master.run()
-            except BaseException as exc:
-                # release the workers before the error goes up, so that no rank is left waiting
-                log.error("master failed: %s: %s; stopping all workers", type(exc).__name__, exc)
-                try:
-                    master.abort(f"master failed: {type(exc).__name__}: {exc}")
-                except Exception as again:  # the link itself is broken: end the job
-                    log.error("could not release the workers (%s: %s); ending the job", type(again).__name__, again)
-                    link.abort(3)
-                raise
-            finally:
-                if master.progress is not None:
-                    master.progress.close()
-            summary.stuck = sched.stuck_workers()
-            summary.lost = sched.lost_workers()
-        summary.skipped = len(done)
-        if total is not None:
-            summary.total = total
-            summary.not_run = max(0, total - summary.done - len(summary.failed) - len(done))
-            if summary.interrupted and summary.not_run == 0:
-                summary.interrupted = False  # the signal came as the last tasks ended: nothing to resume
-        summary.out = None if out is None else str(out)
-        if isinstance(sink, MemorySink):
-            summary.results = sink.results
-        _finish(sink, journal, summary)
-    except BaseException:
-        sink.close(complete=False)
-        if journal is not None:
-            journal.close()
+        return _drive(link, source, sink, journal, done, out, opts, total, hooks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _drive(link: Any, source: Iterable[tuple[Any, Any, int]], sink: Sink, journal: Journal | None,
+           done: DoneSet | None, out: Any, opts: Options, total: int | None, hooks: dict[str, Any]) -> Summary:
+    n_done_before = len(done) if done else 0
+    tasks = skip_done(source, done) if done else source
+    sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
+                      retries=opts.retries, timeout=opts.timeout, timeout_of=timeout_of,
+                      batch_window=opts.batch_window)
+    progress = Progress.make(opts.progress, total, done_before=n_done_before)
+    master = Master(link, sched, sink, journal, opts, progress=progress,
+                    on_done=hooks.get("on_done"), on_failed=hooks.get("on_failed"))
+    if "master" in hooks:
+        hooks["master"](master)
+    try:
+        try:
+            summary = master.run()
+        finally:
+            if progress is not None:
+                progress.close()
+    except BaseException as exc:
+        # release the workers before the error goes up, so that no rank is left waiting
+        if not isinstance(exc, UsageError):
+            log.error("master failed: %s: %s; stopping all workers", type(exc).__name__, exc)
+        try:
+            master.abort(f"master failed: {type(exc).__name__}: {exc}")
+        except Exception as again:  # the link itself is broken: end the job
+            log.error("could not release the workers (%s: %s); ending the job", type(again).__name__, again)
+            link.abort(3)
+        _close_failed(sink, journal, 2 if isinstance(exc, UsageError) else 3, f"{type(exc).__name__}: {exc}")
         raise
-    if summary.usage_error:
-        raise UsageError(summary.usage_error)
+    summary.skipped = n_done_before
+    if total is not None:
+        summary.total = total
+        summary.not_run = max(0, total - summary.done - len(summary.failed) - n_done_before)
+        if summary.interrupted and summary.not_run == 0:
+            summary.interrupted = False  # the signal came as the last tasks ended: nothing to resume
+    summary.out = None if out is None else str(out)
+    if sink.in_memory:
+        summary.results = sink.in_task_order()  # type: ignore[attr-defined]
+    try:
+        _finish(sink, journal, summary)
+    except BaseException as exc:
+        _close_failed(sink, journal, 3, f"{type(exc).__name__}: {exc}")
+        raise
+    if summary.crash:
+        raise MPIGatherError(f"the run failed: {summary.crash}; every result the journal calls done is safe,"
+                             f" and {opts.flag('resume')} continues the run")
     return summary
 
 
@@ -203,16 +304,29 @@ def _finish(sink: Sink, journal: Journal | None, summary: Summary) -> None:
             "bytes": summary.bytes, "wall": summary.wall, "master": summary.master,
             "workers": {str(r): {k: v for k, v in w.items() if k != "spans"} for r, w in summary.workers.items()},
             "interrupted": summary.interrupted}
-    complete = not summary.interrupted and not summary.usage_error
+    complete = not summary.interrupted and not summary.crash
     sink.set_run_info(info)
     sink.close(complete=complete)
     if journal is not None:
         for rank, w in summary.workers.items():
-            journal.write({"ev": "stats", "rank": rank, **w})
-        journal.write({"ev": "end", "time": now(), "done": summary.done, "failed": len(summary.failed),
-                       "interrupted": summary.interrupted, "exit": summary.exit_code, "wall": summary.wall,
-                       "master": summary.master})
+            journal.stats(rank, w)
+        journal.end(done=summary.done, failed=len(summary.failed), interrupted=summary.interrupted,
+                    exit=summary.exit_code, wall=summary.wall, master=summary.master)
         journal.close()
+
+
+def _close_failed(sink: Sink, journal: Journal | None, code: int, error: str) -> None:
+    """A failed run: keep what is durable, and say so in the journal if it can still be written."""
+    try:
+        sink.close(complete=False)
+    except Exception:  # the output itself may be what failed
+        pass
+    if journal is not None:
+        try:
+            journal.end(exit=code, error=error, interrupted=False)
+            journal.close()
+        except Exception:
+            pass
 
 
 def _release_workers(link: Any, reason: str) -> None:
@@ -221,52 +335,4 @@ def _release_workers(link: Any, reason: str) -> None:
         release_workers(link, reason, set(range(1, link.size)))
 
 
-def _run_inline(func: Callable[[Any], Any], tasks: Iterable[tuple[Any, Any]], sink: Sink,
-                journal: Journal | None, opts: Options, allow_object: bool, hooks: dict[str, Any]) -> Summary:
-    """One rank: run every task here, with the same sinks, journal and retries (no leases)."""
-    import socket
-
-    from .worker import format_exc
-
-    host = socket.gethostname()
-    summary = Summary()
-    t_start = time.monotonic()
-    last_commit = t_start
-    on_done, on_failed = hooks.get("on_done"), hooks.get("on_failed")
-
-    def commit() -> None:
-        record_done(sink.commit(), journal, summary, on_done)
-
-    for tid, payload in tasks:
-        for attempt in range(1, opts.retries + 2):
-            t0 = time.perf_counter()
-            try:
-                value = func(payload)
-            except (Exception, SystemExit) as exc:
-                err = format_exc(tid, attempt, 0, host, exc)
-                if journal is not None:
-                    journal.write({"ev": "failed", "id": tid, "att": attempt, "rank": 0, "error": err,
-                                   "final": attempt > opts.retries})
-                if attempt > opts.retries:
-                    summary.failed[tid] = err
-                    if on_failed is not None:
-                        on_failed(tid, err, None)
-                continue
-            dt = time.perf_counter() - t0
-            try:
-                header, bufs = R.encode_any(value) if allow_object else R.encode(value)
-            except UnsupportedResultError as e:
-                summary.usage_error = f"task {tid!r}: {e}"
-                return summary
-            meta = {"rank": 0, "attempt": attempt, "duration": dt, "bytes": header.nbytes, "crc32c": header.crc}
-            sink.put(tid, header, [bytearray(b) for b in bufs] if isinstance(sink, MemorySink) else bufs, meta)
-            break
-        if time.monotonic() - last_commit > 0.05:
-            commit()
-            last_commit = time.monotonic()
-    commit()
-    summary.wall = time.monotonic() - t_start
-    return summary
-
-
-__all__ = ["MasterFailed", "check_output", "open_output", "run", "run_on"]
+__all__ = ["check_output", "master_run", "open_output", "run", "run_on"]

@@ -7,6 +7,7 @@ every rank leaves together, so nothing hangs.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import json
@@ -66,13 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = r.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run")
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+    r.add_argument("--no-lock", action="store_true", help="do not lock the output (a file system without"
+                   " working locks; then start only one run on it)")
     r.add_argument("--quiet", action="store_true", help="no progress and no summary")
     r.add_argument("--progress", choices=("auto", "bar", "log", "off"), help="progress display (default auto)")
     r.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
 
     s = sub.add_parser("status", help="progress of a run, live or finished")
     s.add_argument("path", help="the run's --out")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--json", action="store_true", help="machine-readable output (schema in docs/status.md)")
+    s.add_argument("--wait", action="store_true", help="wait until the run is no longer live; exit with its status")
+    s.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 124)")
     v = sub.add_parser("verify", help="recompute every stored result's checksum")
     v.add_argument("path")
     v.add_argument("--json", action="store_true")
@@ -139,18 +144,28 @@ def _options(a: argparse.Namespace) -> Any:
     progress = "off" if a.quiet else a.progress
     return make_options(chunk_size=a.chunk_size, prefetch=a.prefetch, mode=a.mode, timeout=a.timeout,
                         retries=a.retries, heartbeat=a.heartbeat, grace=a.grace, resume=a.resume,
-                        overwrite=a.overwrite, progress=progress)
+                        overwrite=a.overwrite, progress=progress, lock=False if a.no_lock else None,
+                        interface="cli")
 
 
 def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
-    from .api import check_output, run_on
-    from .master import install_stop_handlers
-    from .tasks import jsonl_tasks, range_tasks, scan_jsonl
-    from .transport import Link
+    from . import signals
+    from .transport import MPILink
 
     # before MPI starts: a wall-time signal during start-up or shutdown must not kill rank 0
-    install_stop_handlers(master=_rank_from_env() == 0)
-    link = Link()
+    signals.install(master=_rank_from_env() == 0)
+    link = MPILink()
+    try:
+        return _run(a, argv, link)
+    finally:
+        link.close()
+
+
+def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
+    from .api import run_on
+    from .launch import check as check_launch
+    from .tasks import jsonl_tasks, range_tasks, scan_jsonl
+
     # every rank checks what it can; rank 0 speaks for all, once
     func: Any = None
     err: str | None = None
@@ -160,35 +175,31 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         finally:
             if not log.handlers:
                 setup_logging("INFO", link.rank)
+        check_launch(link.size)
         opts = _options(a)
         func = load_func(a.func)
+        if a.range is not None:
+            range_tasks(a.range)
     except UsageError as e:
         err = str(e)
-    errs: list[str | None] = link.comm.gather(err, root=0) or []
-    msg: str | None = None
-    total = None
-    if link.rank == 0:
-        msg = next((e for e in errs if e), None)
-        if msg is None:
-            try:
-                if a.tasks is not None:
-                    total = scan_jsonl(a.tasks)
-                else:
-                    range_tasks(a.range)
-                    total = a.range
-                check_output(a.out, opts)
-            except UsageError as e:
-                msg = str(e)
-    msg = link.comm.bcast(msg, root=0)
+    if link.size == 1 and err is not None and _rank_from_env() != 0:
+        return 2  # one of several one-rank jobs: the first reports
+    errs = link.gather(err) or []
+    msg = link.bcast(next((e for e in errs if e), None))
     if msg is not None:
         if link.rank == 0:
             print(f"mpigather: error: {msg}", file=sys.stderr)
         return 2
-    source = None
+    source = prepare = None
+    total = None
     if link.rank == 0:
-        source = jsonl_tasks(a.tasks) if a.tasks is not None else range_tasks(a.range)
+        if a.tasks is not None:
+            source = jsonl_tasks(a.tasks)
+            prepare = functools.partial(scan_jsonl, a.tasks)  # after the lock: checks done tasks too
+        else:
+            source, total = range_tasks(a.range), a.range
     try:
-        summary = run_on(link, func, source, a.out, opts, total=total, argv=argv)
+        summary = run_on(link, func, source, a.out, opts, total=total, argv=argv, prepare=prepare)
     except UsageError as e:
         if link.rank == 0:
             print(f"mpigather: error: {e}", file=sys.stderr)
@@ -196,9 +207,10 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     except MasterFailed:
         return 0  # rank 0 reports and sets the status (hydra ORs the ranks' exit codes together)
     except Exception as e:  # a failure of the master itself: the workers were released before this
-        traceback.print_exc()
-        print(f"mpigather: error: the master failed ({type(e).__name__}: {e}); every result the journal"
-              " calls done is safe, and --resume continues the run", file=sys.stderr)
+        if link.rank == 0:
+            traceback.print_exc()
+            print(f"mpigather: error: the master failed ({type(e).__name__}: {e}); every result the journal"
+                  " calls done is safe, and --resume continues the run", file=sys.stderr)
         return FAILED
     if summary is None:
         return 0
@@ -216,7 +228,7 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
 def cmd_status(a: argparse.Namespace) -> int:
     from .status import status
 
-    return status(a.path, as_json=a.json)
+    return status(a.path, as_json=a.json, wait=a.wait, timeout=a.timeout)
 
 
 def cmd_verify(a: argparse.Namespace) -> int:

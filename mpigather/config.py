@@ -48,6 +48,8 @@ class Options:
     overwrite: bool = False
     progress: str = "auto"  # auto | bar | log | off
     abort_stuck: bool = True  # end workers stuck in a task at the end of the run (MPI_Abort)
+    lock: bool = True  # hold an exclusive lock on the output (off: a file system without locks)
+    interface: str = "library"  # cli | library: how errors name the options (--resume or resume=True)
 
     def __post_init__(self) -> None:
         self.chunk_size = parse_size(self.chunk_size, "chunk size")
@@ -64,10 +66,17 @@ class Options:
         if float(self.heartbeat) <= 0:
             raise UsageError(f"heartbeat must be greater than 0 seconds, not {self.heartbeat}")
         if self.resume and self.overwrite:
-            raise UsageError("choose one of --resume and --overwrite")
+            raise UsageError(f"choose one of {self.flag('resume')} and {self.flag('overwrite')}")
         if self.progress not in ("auto", "bar", "log", "off"):
             raise UsageError(f"progress must be auto, bar, log or off, not {self.progress!r}")
         self.prefetch, self.retries = int(self.prefetch), int(self.retries)
+
+    def flag(self, name: str) -> str:
+        """How the user spells an option: ``--resume`` on the command line, ``resume=True`` in Python."""
+        if self.interface == "cli":
+            return "--" + name.replace("_", "-")
+        default = next(f.default for f in fields(self) if f.name == name)
+        return f"{name}={not default!r}" if isinstance(default, bool) else f"{name}=..."
 
 
 def _convert(name: str, default: Any, raw: str) -> Any:

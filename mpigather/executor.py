@@ -4,19 +4,24 @@
         if ex is not None:                      # only on the root
             squares = list(ex.map(pow, range(100), [2] * 100))
 
-On the root it yields an object with ``submit`` and ``map``; on the workers it serves tasks
-and then yields ``None``. With one rank, tasks run inline. Unlike ``run``, values of any
-picklable type come back (arrays, bytes and dicts still travel as raw buffers).
+Every rank enters it. On the root it yields a ``GatherExecutor`` (``submit``, ``map``,
+``starmap``, ``shutdown``...); the workers serve tasks until the root's executor shuts down,
+then get ``None``. Each executor works on its own duplicate of the communicator. Values of
+any picklable type come back; arrays inside them travel as raw buffers, never pickled. A task
+that raises, an argument that cannot be pickled, or a result that cannot be rebuilt fails its
+own future only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import queue
+import pickle
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, TimeoutError
 from typing import Any
 
 from .config import make_options
@@ -29,8 +34,6 @@ class RemoteTaskError(MPIGatherError):
 
 def _remote_exception(text: str, exc: bytes | None) -> BaseException:
     """The task's own exception, as mpi4py.futures gives it, with the worker's traceback as its cause."""
-    import pickle
-
     remote = RemoteTaskError(text)
     if exc is None:
         return remote
@@ -38,30 +41,37 @@ def _remote_exception(text: str, exc: bytes | None) -> BaseException:
         err = pickle.loads(exc)
     except Exception:
         return remote
+    if not isinstance(err, BaseException):
+        return remote
     err.__cause__ = remote
     return err
 
 
-def _call(payload: tuple[Callable[..., Any], tuple, dict]) -> Any:
-    fn, args, kwargs = payload
+def _call(payload: bytes) -> Any:
+    """Worker side: the pickled (function, args, kwargs) of one submission."""
+    fn, args, kwargs = pickle.loads(payload)
     return fn(*args, **kwargs)
 
 
-class GatherExecutor:
-    """Root side. ``submit`` and ``map`` may be called from any thread; shutdown is idempotent."""
+def _call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in chunk]
 
-    def __init__(self, link: Any, opts: Any) -> None:
+
+class GatherExecutor:
+    """Root side. ``submit`` and ``map`` may be called from any thread; ``shutdown`` is idempotent."""
+
+    def __init__(self, link: Any, opts: Any, worker_args: dict[str, Any] | None = None) -> None:
         self._link, self._opts = link, opts
-        self._q: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._q: deque[tuple[int, bytes, Future]] = deque()
         self._futures: dict[int, Future] = {}
         self._ids = itertools.count()
-        self._closed = False
         self._lock = threading.Lock()
+        self._closed = False
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if link.size > 1:
-            self._thread = threading.Thread(target=self._serve, name="mpigather-master", daemon=True)
-            self._thread.start()
+        self.num_workers = max(1, link.size - 1)
+        self._thread = threading.Thread(target=self._serve, args=(worker_args or {},), name="mpigather-executor",
+                                        daemon=True)
+        self._thread.start()
 
     # -- the master thread ----------------------------------------------------------------
 
@@ -69,101 +79,219 @@ class GatherExecutor:
         from .scheduler import WAIT
 
         while True:
-            closed = self._closed
-            try:
-                yield self._q.get_nowait()
-            except queue.Empty:
+            with self._lock:
+                item = self._q.popleft() if self._q else None
+                closed = self._closed
+            if item is None:
                 if closed:
                     return
                 yield WAIT
+                continue
+            tid, payload, fut = item
+            if fut.set_running_or_notify_cancel():  # False: cancelled while it waited
+                yield tid, payload, tid
+            else:
+                self._futures.pop(tid, None)
 
-    def _serve(self) -> None:
-        from .api import run_on
+    def _serve(self, worker_args: dict[str, Any]) -> None:
+        from .api import master_run, run_on
+        from .sinks.memory import MemorySink
 
-        sink_holder: dict[str, Any] = {}
+        sink_of: dict[str, MemorySink] = {}
 
         def on_done(tid: int, meta: dict[str, Any]) -> None:
-            value = sink_holder["sink"].results.pop(tid)
-            fut = self._futures.pop(tid)
-            fut.set_result(value)
+            value = sink_of["sink"].results.pop(tid)
+            sink_of["sink"].meta.pop(tid, None)
+            fut = self._futures.pop(tid, None)
+            if fut is not None:
+                fut.set_result(value)
 
         def on_failed(tid: int, err: str, exc: bytes | None) -> None:
-            fut = self._futures.pop(tid)
-            fut.set_exception(_remote_exception(err, exc))
+            fut = self._futures.pop(tid, None)
+            if fut is not None:
+                fut.set_exception(_remote_exception(err, exc))
 
         def grab(master: Any) -> None:
-            sink_holder["sink"] = master.sink
+            sink_of["sink"] = master.sink
 
+        hooks = {"on_done": on_done, "on_failed": on_failed, "master": grab}
+        wargs = {"send_exceptions": True, **worker_args}
         try:
-            run_on(self._link, _call, self._source(), None, self._opts, allow_object=True,
-                   hooks={"on_done": on_done, "on_failed": on_failed, "master": grab})
+            if self._link.size > 1:
+                master_run(self._link, self._source(), None, self._opts, hooks=hooks)
+            else:
+                self._one_rank(hooks, wargs, run_on)
         except BaseException as e:  # noqa: BLE001 - handed to every waiting future
             self._error = e
-            for fut in list(self._futures.values()):
-                fut.set_exception(e)
-            self._futures.clear()
+        finally:
+            with self._lock:
+                self._closed = True
+                left = [f for _, _, f in self._q] + list(self._futures.values())
+                self._q.clear()
+                self._futures.clear()
+            err = self._error or RuntimeError("the executor shut down before this task ran")
+            for fut in left:
+                if not fut.done():
+                    if fut.running() or fut.set_running_or_notify_cancel():
+                        fut.set_exception(err)
+
+    def _one_rank(self, hooks: dict[str, Any], wargs: dict[str, Any], run_on: Any) -> None:
+        """One rank: a worker thread beside this master thread, joined by a loopback link."""
+        from .api import master_run
+        from .loopback import LoopbackHub
+        from .worker import Worker
+
+        mlink, wlink = LoopbackHub(2).links()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                Worker(wlink, _call, self._opts, None, **wargs).run()
+            except BaseException as e:  # noqa: BLE001
+                failure.append(e)
+
+        t = threading.Thread(target=work, name="mpigather-executor-worker", daemon=True)
+        t.start()
+        try:
+            master_run(mlink, self._source(), None, self._opts, hooks=hooks)
+        finally:
+            t.join()
 
     # -- public -------------------------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("cannot submit after shutdown")
-            if self._error is not None:
-                raise RuntimeError(f"the executor failed: {self._error}")
-            fut: Future = Future()
-            tid = next(self._ids)
-            if self._thread is None:  # one rank: run inline
-                try:
-                    fut.set_result(fn(*args, **kwargs))
-                except Exception as e:
-                    fut.set_exception(e)
-                return fut
-            self._futures[tid] = fut
-            self._q.put((tid, (fn, args, kwargs)))
+        """Schedule ``fn(*args, **kwargs)``; an argument that cannot be pickled fails this future only."""
+        fut: Future = Future()
+        try:
+            payload = pickle.dumps((fn, args, kwargs), protocol=5)
+        except Exception as e:
+            with self._lock:
+                self._check_open()
+            fut.set_running_or_notify_cancel()
+            fut.set_exception(TypeError(f"cannot send this task to a worker: {type(e).__name__}: {e}"))
             return fut
+        with self._lock:
+            self._check_open()
+            tid = next(self._ids)
+            self._futures[tid] = fut
+            self._q.append((tid, payload, fut))
+        return fut
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the executor failed: {type(self._error).__name__}: {self._error}")
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1, unordered: bool = False) -> Iterator[Any]:
-        """Like ``Executor.map``; ``chunksize`` is accepted for compatibility (batching is automatic)."""
-        futs = [self.submit(fn, *args) for args in zip(*iterables)]
+            chunksize: int = 1, buffersize: int | None = None, unordered: bool = False) -> Iterator[Any]:
+        """Like ``Executor.map``: ``fn`` over the zipped iterables, results in order (or as they
+        come with ``unordered``). ``chunksize`` sends that many calls as one task; ``buffersize``
+        keeps at most that many tasks submitted ahead of the consumer."""
+        return self.starmap(fn, zip(*iterables), timeout=timeout, chunksize=chunksize, buffersize=buffersize,
+                            unordered=unordered)
 
-        def results() -> Iterator[Any]:
-            if unordered:
-                from concurrent.futures import as_completed
+    def starmap(self, fn: Callable[..., Any], iterable: Iterable[tuple[Any, ...]], *, timeout: float | None = None,
+                chunksize: int = 1, buffersize: int | None = None, unordered: bool = False) -> Iterator[Any]:
+        """Like ``map``, with each item of ``iterable`` the argument tuple of one call."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError("buffersize must be None or an integer > 0")
+        end = None if timeout is None else time.monotonic() + timeout
+        args = iter(iterable)
+        if chunksize > 1:
+            chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
+            submit_one = (lambda chunk: self.submit(_call_chunk, fn, chunk))  # noqa: E731
+            source: Iterator[Any] = chunks
+        else:
+            submit_one = (lambda a: self.submit(fn, *a))  # noqa: E731
+            source = args
+        limit = buffersize
+        futs: deque[Future] = deque(submit_one(a) for a in (itertools.islice(source, limit) if limit else source))
+        return self._results(futs, source if limit else iter(()), submit_one, end, chunksize > 1, unordered)
 
-                for f in as_completed(futs, timeout=timeout):
-                    yield f.result()
-            else:
-                for f in futs:
-                    yield f.result(timeout=timeout)
+    def _results(self, futs: deque[Future], more: Iterator[Any], submit_one: Callable[[Any], Future],
+                 end: float | None, chunked: bool, unordered: bool) -> Iterator[Any]:
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-        return results()
+        try:
+            while futs:
+                if unordered:
+                    left = None if end is None else end - time.monotonic()
+                    ready, _ = wait(futs, timeout=left, return_when=FIRST_COMPLETED)
+                    if not ready:
+                        raise TimeoutError()
+                    fut = next(f for f in futs if f in ready)
+                    futs.remove(fut)
+                else:
+                    fut = futs.popleft()
+                for a in itertools.islice(more, 1):
+                    futs.append(submit_one(a))
+                value = fut.result(None if end is None else max(0.0, end - time.monotonic()))
+                if chunked:
+                    yield from value
+                else:
+                    yield value
+        finally:
+            for f in futs:
+                f.cancel()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new tasks; with ``cancel_futures``, drop those not yet started. ``wait``: until all ran."""
         with self._lock:
             self._closed = True
-        if wait and self._thread is not None:
+            if cancel_futures:
+                dropped = [f for _, _, f in self._q]
+                for tid, _, _ in self._q:
+                    self._futures.pop(tid, None)
+                self._q.clear()
+            else:
+                dropped = []
+        for fut in dropped:
+            fut.cancel()
+        if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
+
+    def __enter__(self) -> GatherExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(wait=True)
 
 
 @contextlib.contextmanager
-def executor(comm: Any = None, root: int = 0, **options: Any) -> Iterator[GatherExecutor | None]:
-    """Yield an executor on ``root`` and None on the other ranks (after serving tasks)."""
-    from .transport import Link
+def executor(comm: Any = None, root: int = 0, *, initializer: Callable[..., Any] | None = None,
+             initargs: tuple[Any, ...] = (), **options: Any) -> Iterator[GatherExecutor | None]:
+    """Yield an executor on ``root`` and None on the other ranks (after serving tasks).
+
+    ``initializer(*initargs)`` runs on each worker before its first task; if it raises, the
+    executor fails and every pending future gets the error.
+    """
+    from .transport import MPILink
 
     if root != 0:
         raise ValueError("root must be 0: the master is rank 0 of comm")
     opts = make_options(**options)
-    link = Link(comm)
-    if link.rank != 0:
-        from .api import run_on
-
-        run_on(link, _call, None, None, opts, allow_object=True)
-        yield None
-        return
-    ex = GatherExecutor(link, opts)
+    link = MPILink(comm)
     try:
-        yield ex
+        if link.rank != 0:
+            from .api import run_on
+
+            run_on(link, _call, None, None, opts,
+                   worker_args={"send_exceptions": True, "initializer": initializer, "initargs": initargs})
+            yield None
+            return
+        if link.size > 1 and not link.threads_ok:
+            from .transport import thread_level_name
+
+            raise MPIGatherError(f"the executor's master runs in a thread, which {thread_level_name(link.thread_level)}"
+                                 " does not allow: initialize MPI with MPI_THREAD_SERIALIZED or better"
+                                 " (mpi4py.rc.thread_level = 'serialized' or 'multiple')")
+        ex = GatherExecutor(link, opts, {"initializer": initializer, "initargs": initargs})
+        try:
+            yield ex
+        finally:
+            ex.shutdown(wait=True)
     finally:
-        ex.shutdown(wait=True)
+        link.close()

@@ -2,15 +2,15 @@
 
 It never blocks on one worker: each chunk is a separate message, matched by probe from
 whichever worker sent it and received straight into that worker's open result. Between
-messages it commits (sink fsync, then journal fsync: group commit), expires leases,
-dispatches, reports progress, and sleeps with a capped backoff when nothing arrives.
+messages it commits (sink fsync on a helper thread, then journal fsync: group commit), ticks
+the scheduler (leases, grace, patience), dispatches, reports progress, and sleeps with a
+capped backoff when nothing arrives. Every decision comes from the scheduler; this loop only
+carries them out.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,37 +19,20 @@ from typing import Any
 
 from . import messages as M
 from . import results as R
+from . import signals
 from .errors import ChecksumError, ProtocolError
 from .journal import Journal
-from .journal import now as wall_now
+from .link import LOST, Backoff
 from .pipeline import ChunkPipeline
-from .scheduler import Ended, Expired, Notice, Revoke, Scheduler, Send, Stop
-from .sinks import MemorySink, Sink, Target
-from .summary import INTERRUPTED, Summary
-from .transport import Backoff
+from .scheduler import Decision, Ended, Expired, Notice, Revoke, Scheduler, Send, Stop, WorkerState
+from .sinks import Meta, Sink, Target
+from .summary import Summary
+from .tasks import describe
 
 log = logging.getLogger("mpigather")
 
-class _StopRequest:
-    """A process-wide record of SIGTERM/SIGUSR1, set by handlers the CLI installs at start-up,
-    so that a signal arriving before or after the master's loop is not lost or fatal."""
-
-    signum: int | None = None
-    installed = False
-
-
-STOP = _StopRequest()
-
-
-def install_stop_handlers(master: bool) -> None:
-    """CLI start-up: the master records the signal (its loop then drains); workers ignore it."""
-    def handler(signum: int, _frame: Any) -> None:
-        if master:
-            STOP.signum = signum
-
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, handler)
-    STOP.installed = True
+HOUSEKEEPING_EVERY = 0.005  # seconds between housekeeping passes while messages flow
+HEARTBEAT_MAX = 5.0  # seconds between the master's heartbeat records in the journal
 
 
 @dataclass
@@ -59,7 +42,7 @@ class _Stream:
     header: R.Header
     target: Target | None  # None: a late duplicate, received and dropped
     plan: list[tuple[int, int, int]]
-    meta: dict[str, Any]
+    meta: Meta
     index: int = 0
     crc: int = 0
     job: Any = None  # the pipeline's last job for this result
@@ -75,19 +58,19 @@ class Master:
         opts: Any,
         *,
         progress: Any = None,
-        on_done: Callable[[Any, dict[str, Any]], None] | None = None,
+        on_done: Callable[[Any, Meta], None] | None = None,
         on_failed: Callable[[Any, str, bytes | None], None] | None = None,
     ) -> None:
         self.link, self.sched, self.sink, self.journal, self.opts = link, scheduler, sink, journal, opts
         self.progress = progress
         self.on_done, self.on_failed = on_done, on_failed
         self.summary = Summary()
+        self._describe = journal is not None or not sink.in_memory  # task parameters go with the result
         self._streams: dict[int, _Stream] = {}
         self._pipe = ChunkPipeline(opts.chunk_size)
         self._settling: list[tuple[int, _Stream]] = []  # received, last chunk still being checksummed
         self._committer: ThreadPoolExecutor | None = None
         self._commit_job: Future | None = None
-        self._info: dict[int, tuple[str, int]] = {}
         self._byes: set[int] = set()
         self._signal: int | None = None
         self._t = {"recv": 0.0, "write": 0.0, "wait": 0.0}
@@ -97,14 +80,13 @@ class Master:
 
     # -- public -------------------------------------------------------------------------
 
-    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+    def request_stop(self, signum: int) -> None:
         """Stop handing out work; let running tasks finish within the grace period."""
         self._signal = signum
 
     def run(self) -> Summary:
         t0 = time.monotonic()
         cpu0 = time.process_time()
-        old = self._install_signals()
         try:
             self._loop()
         finally:
@@ -112,11 +94,12 @@ class Master:
                 self._committer.shutdown(wait=True)  # a failed run: durable but not journaled, redone on resume
             self._pipe.close()
             self._t["write_thread"] = self._pipe.busy
-            self._restore_signals(old)
             self.summary.wall = time.monotonic() - t0
             cpu = time.process_time() - cpu0  # all threads of the master's process
             self.summary.master = dict(self._t, peak_rss_mib=_peak_rss_mib(), cpu=cpu,
                                        cpu_pct=round(100 * cpu / max(self.summary.wall, 1e-9), 1))
+            self.summary.stuck = self.sched.stuck_workers()
+            self.summary.lost = self.sched.lost_workers()
         return self.summary
 
     # -- the loop -----------------------------------------------------------------------
@@ -130,15 +113,17 @@ class Master:
             if inc is not None:
                 back.reset()
                 self._on_message(inc, now)
-                if now - last_house < 0.005:
+                if now - last_house < HOUSEKEEPING_EVERY:
                     continue
             self._housekeeping(now)
             last_house = time.monotonic()  # from the end of the pass: a long pass must not run back to back
-            if self.summary.usage_error is not None:
-                self.abort(self.summary.usage_error)
+            if self.summary.crash is not None:
+                self.abort(self.summary.crash)
                 return
             if self.sched.over:
                 self._commit(wait=True)
+                for rank in self.sched.stuck_workers():  # should it ever come back, it finds its stop
+                    self.link.post(M.Stop(), rank, M.TASK)
                 return
             if inc is None:
                 t = time.perf_counter()
@@ -148,24 +133,25 @@ class Master:
     def _housekeeping(self, now: float) -> None:
         self._complete_settled(now)
         self._commit()
-        if self._signal is None and STOP.signum is not None:
-            self._signal = STOP.signum
+        if self._signal is None:
+            self._signal = signals.stop_requested()
         if self._signal is not None and not self.sched.draining:
             log.warning("signal %d: no new tasks; running ones get %.0f s to finish", self._signal, self.opts.grace)
             self.summary.interrupted = True
             self._decide_all(self.sched.drain(now, self.opts.grace), now)
         self._decide_all(self.sched.tick(now), now)
         self._decide_all(self.sched.dispatch(now), now)
-        if self.journal is not None and now - self._last_hb_write >= min(self.opts.heartbeat, 5.0):
+        if self.journal is not None and now - self._last_hb_write >= min(self.opts.heartbeat, HEARTBEAT_MAX):
             self._last_hb_write = now
-            self.journal.write({"ev": "workers", "time": round(wall_now(), 3), "table": self.worker_table(now)})
+            self._heartbeat(now)
         self.link.progress()
         if self.progress is not None:
             self.progress.update(self.sched, self.summary, now)
 
-    def _decide_all(self, decisions: list, now: float) -> None:
-        for d in decisions:
-            self._decide(d, now)
+    def _heartbeat(self, now: float) -> None:
+        table, running, queued = self.worker_table(now)
+        assert self.journal is not None
+        self.journal.workers(table, running, queued, self.summary.done, len(self.summary.failed))
 
     def _commit(self, wait: bool = False) -> None:
         """Group commit: make the finished results durable, then journal them as done.
@@ -179,48 +165,51 @@ class Master:
             if not job.done() and not wait:
                 return
             self._commit_job = None
-            self._journal_done(job.result())
+            self._record_done(job.result())
         batch = self.sink.take_ready()
         if batch is not None:
-            if wait or isinstance(self.sink, MemorySink):
-                self._journal_done(self.sink.make_durable(batch))
+            if wait or self.sink.in_memory:
+                self._record_done(self.sink.make_durable(batch))
             else:
                 if self._committer is None:
                     self._committer = ThreadPoolExecutor(1, thread_name_prefix="mpigather-commit")
                 self._commit_job = self._committer.submit(self.sink.make_durable, batch)
         self._t["write"] += time.perf_counter() - t
 
-    def _journal_done(self, ready: list[tuple[Any, dict[str, Any]]]) -> None:
+    def _record_done(self, ready: list[tuple[Any, Meta]]) -> None:
         record_done(ready, self.journal, self.summary, self.on_done)
 
-    def _decide(self, d: Any, now: float) -> None:
-        if isinstance(d, Send):
-            self.link.post((M.TASKS, d.tasks), d.rank)
-            if self.journal is not None:
-                self.journal.write({"ev": "dispatch", "rank": d.rank, "ids": [t[0] for t in d.tasks]})
-        elif isinstance(d, Revoke):
-            self.link.post((M.REVOKE, d.tids, d.expect_ack), d.rank)
-        elif isinstance(d, Stop):
-            self.link.post((M.STOP,), d.rank)
-        elif isinstance(d, Ended):
-            if not d.ok:
-                self.summary.failed[d.tid] = d.error or "failed"
+    def _decide_all(self, decisions: list[Decision], now: float) -> None:
+        for d in decisions:
+            self._decide(d, now)
+
+    def _decide(self, d: Decision, now: float) -> None:
+        match d:
+            case Send(rank, tasks):
+                self.link.post(M.Tasks(tasks), rank, M.TASK)
+            case Revoke(rank, tids, expect_ack):
+                self.link.post(M.Revoke(tids, expect_ack), rank, M.TASK)
+            case Stop(rank):
+                self.link.post(M.Stop(), rank, M.TASK)
+            case Ended(tid, attempt, rank, ok, error):
+                if ok:
+                    self._exc.pop(tid, None)
+                    return
+                self.summary.failed[tid] = error or "failed"
                 if self.journal is not None:
-                    self.journal.write({"ev": "failed", "id": d.tid, "att": d.attempt, "rank": d.rank,
-                                        "error": d.error, "final": True})
-                exc = self._exc.pop(d.tid, None)
+                    self.journal.failed(tid, attempt, rank, error, final=True)
+                exc = self._exc.pop(tid, None)
                 if self.on_failed is not None:
-                    self.on_failed(d.tid, d.error or "failed", exc)
-            else:
-                self._exc.pop(d.tid, None)
-        elif isinstance(d, Notice):
-            (log.error if d.level == "error" else log.warning)("%s", d.text)
-        elif isinstance(d, Expired):
-            log.warning("task %r: lease expired on worker %d (attempt %d); %s", d.tid, d.rank, d.attempt,
-                        "requeued" if d.requeued else "no retries left")
-            if self.journal is not None:
-                self.journal.write({"ev": "failed", "id": d.tid, "att": d.attempt, "rank": d.rank,
-                                    "error": "lease expired", "final": False})
+                    self.on_failed(tid, error or "failed", exc)
+            case Expired(rank, tid, attempt, requeued):
+                log.warning("task %r: lease expired on worker %d (attempt %d); %s", tid, rank, attempt,
+                            "requeued" if requeued else "no retries left")
+                if self.journal is not None:
+                    self.journal.failed(tid, attempt, rank, "lease expired", final=False)
+            case Notice(level, text):
+                (log.error if level == "error" else log.warning)("%s", text)
+            case _:
+                raise ProtocolError(f"unknown decision {d!r}")
 
     # -- messages -----------------------------------------------------------------------
 
@@ -229,55 +218,67 @@ class Master:
         if inc.tag == M.DATA:
             self._on_chunk(inc, now)
             return
+        if inc.tag == LOST:
+            self._on_lost(inc.obj(), now)
+            return
         if inc.tag != M.CTRL:
             raise ProtocolError(f"unexpected tag {inc.tag} from rank {src}")
-        msg = inc.obj()
-        kind = msg[0]
-        if kind == M.RESULTS:
-            for item in msg[1]:
-                self._on_result(src, item, now)
-        elif kind == M.FAILED:
-            _, tid, attempt, text, cause, _dt, exc = msg
-            if cause == "unsupported":
-                self.summary.usage_error = text
-                return
-            if exc is not None:
-                self._exc[tid] = exc
-            if self.journal is not None:
-                self.journal.write({"ev": "failed", "id": tid, "att": attempt, "rank": src, "error": text,
-                                    "final": False})
-            for d in self.sched.task_failed(src, tid, attempt, text, now):
-                self._decide(d, now)
-        elif kind == M.TRAILER:
-            stream = self._streams.get(src)
-            if stream is None or stream.tid != msg[1] or stream.index != len(stream.plan):
-                raise ProtocolError(f"rank {src}: trailer of {msg[1]!r} without its complete result")
-            stream.header = stream.header._replace(crc=msg[2])
-            stream.meta["crc32c"] = msg[2]
-            self._end_stream(src, stream, now)
-        elif kind == M.HEARTBEAT:
-            self.sched.seen(src, now)
-            self._hb_task[src] = msg[1]
-        elif kind == M.HELLO:
-            self._info[src] = (msg[1], msg[2])
-            self._decide_all(self.sched.worker_ready(src, now), now)
-        elif kind == M.REVOKED:
-            self.sched.revoked(src, msg[1], now)
-        elif kind == M.LOG:
-            log.log(msg[1], "[rank %d] %s", src, msg[2])
-        elif kind == M.BYE:
-            self._byes.add(src)
-            self.summary.workers[src] = msg[1]
-            self.sched.worker_stopped(src)
-        else:
-            raise ProtocolError(f"unknown message {kind!r} from rank {src}")
+        match inc.obj():
+            case M.Results(items):
+                for item in items:
+                    self._on_result(src, item, now)
+            case M.Failed(tid, attempt, text, _dt, exc):
+                self._hb_task.pop(src, None)
+                if exc is not None:
+                    self._exc[tid] = exc
+                self._task_failed(src, tid, attempt, text, now)
+            case M.Trailer(tid, crc):
+                stream = self._streams.get(src)
+                if stream is None or stream.tid != tid or stream.index != len(stream.plan):
+                    raise ProtocolError(f"rank {src}: trailer of {tid!r} without its complete result")
+                stream.header = stream.header._replace(crc=crc)
+                stream.meta["crc32c"] = crc
+                self._end_stream(src, stream, now)
+            case M.Heartbeat(tid, _seconds):
+                self.sched.seen(src, now)
+                self._hb_task[src] = tid
+            case M.Hello(_host, _pid, kinds):
+                self._decide_all(self.sched.worker_ready(src, now, kinds), now)
+            case M.Revoked(tids):
+                self._decide_all(self.sched.revoked(src, tids, now), now)
+            case M.Log(level, text):
+                log.log(level, "[rank %d] %s", src, text)
+            case M.Crash(text):
+                log.error("%s", text.rstrip())
+                self.summary.crash = text.strip().splitlines()[-1] if text.strip() else "a worker failed"
+            case M.Bye(stats):
+                self._byes.add(src)
+                self.summary.workers[src] = stats
+                self._decide_all(self.sched.worker_stopped(src), now)
+            case msg:
+                raise ProtocolError(f"unknown message {msg!r} from rank {src}")
 
-    def _on_result(self, src: int, item: tuple, now: float) -> None:
+    def _task_failed(self, src: int, tid: Any, attempt: int, text: str, now: float) -> None:
+        if self.journal is not None and self.sched.is_active(tid):
+            self.journal.failed(tid, attempt, src, text, final=False)
+        self._decide_all(self.sched.task_failed(src, tid, attempt, text, now), now)
+
+    def _meta(self, src: int, tid: Any, attempt: int, header: R.Header, duration: float) -> Meta:
+        meta: Meta = {"rank": src, "attempt": attempt, "duration": duration, "bytes": header.nbytes,
+                      "crc32c": header.crc, "kind": header.kind}
+        rec = self.sched.task(tid)
+        if rec is not None:
+            meta["seq"] = rec.seq
+            if self._describe:
+                meta["params"], meta["hash"] = describe(rec.payload)
+        return meta
+
+    def _on_result(self, src: int, item: M.Item, now: float) -> None:
         tid, attempt, header, duration, inline, path = item
         self._hb_task.pop(src, None)
-        meta = {"rank": src, "attempt": attempt, "duration": duration, "bytes": header.nbytes, "crc32c": header.crc}
         if inline is None and path is None:  # chunks follow
             accept = self.sched.result_begin(src, tid, attempt, now)
+            meta = self._meta(src, tid, attempt, header, duration)
             target = self.sink.open(tid, header, meta) if accept else None
             stream = _Stream(tid, attempt, header, target, R.chunk_plan(header, self.opts.chunk_size), meta)
             self._streams[src] = stream
@@ -285,23 +286,30 @@ class Master:
                 self._end_stream(src, stream, now)
             return
         if not self.sched.is_active(tid):  # a late duplicate: the task ended already
-            self.sched.discarded(src, tid, now)
+            self._decide_all(self.sched.discarded(src, tid, now), now)
             if path is not None:
-                _remove_quietly(path)
+                from .sinks.base import remove_quietly
+
+                remove_quietly(path)
             return
-        if path is not None:
-            meta["path"] = path
-            self.sink.adopt(tid, header, path, meta)
-        else:
-            crc = R.checksum(inline)
-            if crc != header.crc:
-                self._bad_checksum(src, tid, attempt, header.crc, crc, now)
-                return
-            t = time.perf_counter()
-            self.sink.put(tid, header, inline, meta)
+        meta = self._meta(src, tid, attempt, header, duration)
+        t = time.perf_counter()
+        try:
+            if path is not None:
+                self.sink.adopt(tid, header, path, meta)
+            else:
+                bufs = inline or []
+                crc = R.checksum(bufs)
+                if crc != header.crc:
+                    self._bad_checksum(src, tid, attempt, header.crc or 0, crc, now)
+                    return
+                self.sink.put(tid, header, bufs, meta)
+        except _ValueErrors as e:  # the value cannot be rebuilt here (memory sink): that task fails
+            self._task_failed(src, tid, attempt, _value_error(tid, src, e), now)
+            return
+        finally:
             self._t["write"] += time.perf_counter() - t
-        for d in self.sched.task_done(src, tid, attempt, now, duration):
-            self._decide(d, now)
+        self._decide_all(self.sched.task_done(src, tid, attempt, now, duration), now)
 
     def _on_chunk(self, inc: Any, now: float) -> None:
         src = inc.source
@@ -364,21 +372,40 @@ class Master:
             target.discard()
             self._bad_checksum(src, stream.tid, stream.attempt, want, stream.crc, now)
             return
-        target.finish()
-        for d in self.sched.task_done(src, stream.tid, stream.attempt, now, stream.meta["duration"]):
-            self._decide(d, now)
+        try:
+            target.finish()
+        except _ValueErrors as e:
+            target.discard()
+            self._task_failed(src, stream.tid, stream.attempt, _value_error(stream.tid, src, e), now)
+            return
+        self._decide_all(self.sched.task_done(src, stream.tid, stream.attempt, now, stream.meta["duration"]), now)
 
     def _bad_checksum(self, src: int, tid: Any, attempt: int, want: int, got: int, now: float) -> None:
         err = str(ChecksumError(f"task {tid!r} from rank {src}: checksum {got:#010x} != sent {want:#010x}"))
         log.error(err)
-        for d in self.sched.task_failed(src, tid, attempt, err, now):
-            self._decide(d, now)
+        self._task_failed(src, tid, attempt, err, now)
+
+    def _on_lost(self, ranks: list[int], now: float) -> None:
+        """The MPI library reports dead processes: what they held goes to the others."""
+        for rank in ranks:
+            w = self.sched.workers().get(rank)
+            if w is None or w.state is WorkerState.LOST:
+                continue
+            log.error("worker %d is lost (its process died); its tasks go to the other workers", rank)
+            stream = self._streams.pop(rank, None)
+            if stream is not None and stream.target is not None:
+                self._pipe.settle(stream)
+                stream.target.discard()
+            self._settling = [(s, st) for s, st in self._settling if s != rank]
+            self._hb_task.pop(rank, None)
+            self._decide_all(self.sched.worker_lost(rank, now), now)
 
     # -- ending -------------------------------------------------------------------------
 
     def abort(self, reason: str) -> None:
         """Release every worker now (they raise MasterFailed) and drop the results in transfer."""
-        release_workers(self.link, reason, set(range(1, self.link.size)) - self._byes, self._pipe)
+        release_workers(self.link, reason, set(range(1, self.link.size)) - self._byes
+                        - set(self.sched.lost_workers()), self._pipe)
         self.sink_discard_open()
 
     def sink_discard_open(self) -> None:
@@ -392,44 +419,43 @@ class Master:
         self._streams.clear()
         self._settling.clear()
 
-    def _install_signals(self) -> dict[int, Any]:
-        old: dict[int, Any] = {}
-        if STOP.installed or threading.current_thread() is not threading.main_thread():
-            return old
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                old[sig] = signal.signal(sig, lambda s, _f: self.request_stop(s))
-            except (ValueError, OSError):
-                pass
-        return old
-
-    @staticmethod
-    def _restore_signals(old: dict[int, Any]) -> None:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-    def worker_table(self, now: float) -> dict[int, dict[str, Any]]:
-        """Each worker's state, queue length and last-seen age, for status records."""
+    def worker_table(self, now: float) -> tuple[dict[int, dict[str, Any]], int, int]:
+        """Each worker's state, queue length and last-seen age; and how many tasks run and wait."""
         out = {}
+        running = queued = 0
         for rank, w in self.sched.workers().items():
-            out[rank] = {"state": w.state, "queued": len(w.queue), "seen_ago": round(now - w.last_seen, 3),
-                         "task": self._hb_task.get(rank)}
-        return out
+            held = len(w.queue)
+            if held and w.state is WorkerState.OK:
+                running += 1
+                queued += held - 1
+            elif w.state is WorkerState.SUSPECT and w.stuck is not None:
+                running += 1
+            out[rank] = {"state": str(w.state), "queued": max(held - 1, 0), "seen_ago": round(now - w.last_seen, 3),
+                         "task": self._hb_task.get(rank, next(iter(w.queue), None) if held else None)}
+        return out, running, queued
 
 
-def record_done(ready: list[tuple[Any, dict[str, Any]]], journal: Journal | None, summary: Summary,
-                on_done: Callable[[Any, dict[str, Any]], None] | None) -> None:
-    """Results that ``sink.commit`` made durable: journal them as done (one fsync), count them."""
+_ValueErrors = (Exception,)  # what rebuilding or storing one value may raise without the run failing
+
+
+def _value_error(tid: Any, src: int, e: BaseException) -> str:
+    return (f"task {tid!r} (from rank {src}): its result could not be rebuilt on the master:"
+            f" {type(e).__name__}: {e}")
+
+
+def record_done(ready: list[tuple[Any, Meta]], journal: Journal | None, summary: Summary,
+                on_done: Callable[[Any, Meta], None] | None) -> None:
+    """Results that the sink made durable: journal them as done (one record, one fsync), count them."""
+    if not ready:
+        return
+    if journal is not None:
+        journal.done(ready)
+        journal.commit()
     for tid, meta in ready:
-        if journal is not None:
-            journal.done(tid, meta["attempt"], meta["rank"], meta["bytes"], meta["crc32c"], meta["duration"],
-                         meta.get("path"))
         summary.done += 1
         summary.bytes += meta["bytes"]
         if on_done is not None:
             on_done(tid, meta)
-    if journal is not None:
-        journal.commit()
 
 
 def release_workers(link: Any, reason: str, ranks: set[int], pipe: ChunkPipeline | None = None,
@@ -437,7 +463,7 @@ def release_workers(link: Any, reason: str, ranks: set[int], pipe: ChunkPipeline
     """Tell these workers to stop at once, and drain whatever they still send until each says
     goodbye, so that no rank is left blocked in a send. False if some did not answer in time."""
     for rank in ranks:
-        link.post((M.ABORT, reason), rank)
+        link.post(M.Abort(reason), rank, M.TASK)
     pipe = pipe or ChunkPipeline(1 << 20)
     left = set(ranks)
     end = time.monotonic() + timeout
@@ -451,8 +477,11 @@ def release_workers(link: Any, reason: str, ranks: set[int], pipe: ChunkPipeline
         back.reset()
         if inc.tag == M.DATA:
             inc.into(pipe.scratch(inc.count)[0])
-        elif inc.obj()[0] == M.BYE:
+        elif inc.tag == LOST:
+            left -= set(inc.obj())
+        elif isinstance(inc.obj(), M.Bye):
             left.discard(inc.source)
+    link.flush(timeout=max(0.0, end - time.monotonic()))
     return not left
 
 
@@ -462,17 +491,4 @@ def _peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def _remove_quietly(path: str) -> None:
-    import os
-    import shutil
-
-    try:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except OSError:
-        pass
-
-
-__all__ = ["INTERRUPTED", "Master", "Summary", "release_workers"]
+__all__ = ["Master", "record_done", "release_workers"]

@@ -12,44 +12,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .journal import journal_path, read_records
-
-
-def _runs(jp: Path) -> list[dict[str, Any]]:
-    """The journal cut into runs: each {"start", "stats": {rank: rec}, "end", "done"}."""
-    runs: list[dict[str, Any]] = []
-    cur: dict[str, Any] | None = None
-    for rec in read_records(jp):
-        ev = rec.get("ev")
-        if ev == "start" or cur is None:
-            cur = {"start": rec if ev == "start" else {}, "stats": {}, "end": None, "done": 0, "failed": 0}
-            runs.append(cur)
-            if ev == "start":
-                continue
-        if ev == "stats":
-            cur["stats"][str(rec["rank"])] = {k: v for k, v in rec.items() if k != "ev"}
-        elif ev == "end":
-            cur["end"] = rec
-        elif ev == "done":
-            cur["done"] += 1
-        elif ev == "failed" and rec.get("final", True):
-            cur["failed"] += 1
-    return runs
+from .journal import journal_path, load_state
 
 
 def collect(out: str) -> dict[str, Any]:
     jp = journal_path(Path(out))
     if not jp.exists():
         raise FileNotFoundError(f"no journal {jp}: is {out} the --out of a run?")
-    runs = _runs(jp)
+    runs = load_state(jp).runs
     if not runs:
         return {"out": str(out), "workers": {}, "master": {}, "wall": None, "runs": 0, "run": 0,
                 "done": 0, "failed": 0, "interrupted": False, "exit": None, "totals": {}}
-    idx = max((i for i, r in enumerate(runs) if r["stats"] or r["end"]), default=len(runs) - 1)
+    idx = max((i for i, r in enumerate(runs) if r.stats or r.end), default=len(runs) - 1)
     run = runs[idx]
-    end = run["end"] or {}
+    end = run.end or {}
     workers: dict[str, Any] = {}
-    for rank, w in sorted(run["stats"].items(), key=lambda kv: int(kv[0])):
+    for rank, w in sorted(run.stats.items(), key=lambda kv: int(kv[0])):
         w = dict(w)
         wall = float(w.get("wall") or 0.0)
         acc = sum(float(w.get(k) or 0.0) for k in ("compute", "send", "idle"))
@@ -62,7 +40,7 @@ def collect(out: str) -> dict[str, Any]:
     totals["failed"] = sum(int(w.get("failed") or 0) for w in workers.values())
     totals["bytes"] = sum(int(w.get("bytes") or 0) for w in workers.values())
     return {"out": str(out), "workers": workers, "master": end.get("master", {}), "wall": end.get("wall"),
-            "runs": len(runs), "run": idx + 1, "done": run["done"], "failed": run["failed"],
+            "runs": len(runs), "run": idx + 1, "done": run.done, "failed": run.failed,
             "interrupted": bool(end.get("interrupted")), "exit": end.get("exit"), "totals": totals}
 
 

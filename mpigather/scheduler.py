@@ -187,7 +187,7 @@ class Scheduler:
 
     def __init__(
         self,
-        tasks: Iterable[tuple[TaskId, Any]],
+        tasks: Iterable[tuple[Any, ...]],
         *,
         expect: Iterable[int] = (),
         prefetch: int = 2,
@@ -204,7 +204,7 @@ class Scheduler:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         if retries < 0:
             raise ValueError(f"retries must be at least 0, not {retries}")
-        self._source: Iterator[tuple[TaskId, Any]] | None = iter(tasks)
+        self._source: Iterator[tuple[Any, ...]] | None = iter(tasks)
         self._seq_next = 0
         self.prefetch = prefetch
         self.retries = retries

@@ -1,4 +1,11 @@
-"""``mpigather status PATH``: how far a run is, read from its journal (live or finished)."""
+"""``mpigather status PATH``: how far a run is, live or not, read from its lock and journal.
+
+A run is live exactly while its master holds the output's lock (the kernel drops it when the
+process dies, however it dies), so a dead run is never called running. The counts always
+add up: done + failed + running + queued + pending = total, where running tasks are being
+computed now and queued ones wait at a worker. ``--json`` prints the schema documented in
+docs/status.md. Reading takes no lock the master needs and costs the master nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,60 +16,97 @@ from pathlib import Path
 from typing import Any
 
 from .journal import journal_path, load_state
+from .lock import probe
+
+SCHEMA = 1
+WAIT_POLL = 0.2  # seconds between two looks at the lock while waiting for a run to end
+EXIT_TIMEOUT = 124  # --wait --timeout ran out while the run was still live (as timeout(1))
+EXIT_KILLED = 75  # a run that died without an end record: resumable
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
+
+
+def _ago(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
 
 
 def collect(out: str) -> dict[str, Any]:
     jp = journal_path(Path(out))
     if not jp.exists():
         raise FileNotFoundError(f"no journal {jp}: is {out} the --out of a run?")
+    live, holder = probe(out)
     st = load_state(jp)
+    if live is None:  # no lock file: an output of an older version; look for its pid on this host
+        live = _pid_alive(st.start)
+    run = st.last_run
+    end = run.end if run is not None else None
     total = st.total
-    done, failed, running = len(st.done), len(st.failed), len(st.running)
-    pending = None if total is None else max(total - done - failed - running, 0)
-    now = time.time()
-    start = st.start.get("time")
+    done, failed = st.n_done, len(st.failed)
+    hb = st.heartbeat or {}
+    running = int(hb.get("running", 0)) if live else 0
+    queued = int(hb.get("queued", 0)) if live else 0
+    if total is not None:
+        # a heartbeat is a few seconds old: never let the parts add up to more than the whole
+        running = min(running, max(total - done - failed, 0))
+        queued = min(queued, max(total - done - failed - running, 0))
+    pending = None if total is None else max(total - done - failed - running - queued, 0)
+    nowt = time.time()
+    start_t = st.start.get("time")
     rate = None
-    if start and st.done_times:
-        recent = [t for t in st.done_times if t >= start]
-        span = (max(recent) if recent else now) - start
-        rate = len(recent) / span if span > 0 and recent else None
-    ended = bool(st.ends) and st.ends[-1].get("time", 0) >= (start or 0)
-    end = st.ends[-1] if ended else {}
-    if ended:
-        state = "interrupted (resumable with --resume)" if end.get("interrupted") else "finished"
-    elif _alive(st.start):
-        state = "running"
+    if st.done_in_run and start_t and st.last_done_time and st.last_done_time > start_t:
+        rate = st.done_in_run / (st.last_done_time - start_t)
+    exit_code = end.get("exit") if end else None
+    if live:
+        state, detail = "running", f"running since {_when(start_t)}, pid {holder.get('pid', st.start.get('pid'))}" \
+                                   f" on {holder.get('host', st.start.get('host'))}"
+    elif end is not None and end.get("interrupted"):
+        state, detail = "interrupted", "interrupted by a signal; resumable with --resume"
+    elif end is not None and exit_code in (0, 1):
+        state, detail = "finished", "finished" + (f", {failed} task(s) failed" if failed else "")
+    elif end is not None:
+        state, detail = "failed", f"failed (exit {exit_code}: {end.get('error', 'see the log')}); " \
+                                  "resumable with --resume"
+    elif st.runs:
+        last = st.last_record_time
+        state = "dead"
+        detail = (f"not running since {_when(last)} (no heartbeat for {_ago(nowt - last)})" if last else
+                  "not running") + "; it ended without an end record (killed?); resumable with --resume"
+        exit_code = EXIT_KILLED
     else:
-        state = "stopped without an end record (killed?); --resume continues it"
+        state, detail = "not started", "no run has started yet"
     eta = None
-    if rate and pending is not None and state == "running":
-        eta = (pending + running) / rate
+    if live and rate and pending is not None:
+        eta = (pending + queued + running) / rate
     workers = {}
-    if st.workers_time is not None and not ended:
-        lag = (now if state == "running" else st.workers_time) - st.workers_time
-        for rank, w in st.workers.items():
+    if live and hb:
+        lag = nowt - hb.get("time", nowt)
+        for rank, w in (hb.get("table") or {}).items():
             workers[str(rank)] = {"state": w.get("state"), "last_seen_s": round(w.get("seen_ago", 0) + lag, 1),
                                   "queued": w.get("queued"), "task": w.get("task")}
-    if state != "running":
-        running = 0
     return {
-        "out": str(out), "state": state, "total": total, "done": done, "failed": failed, "running": running,
-        "pending": pending, "bytes": st.bytes_done, "rate_per_s": rate, "eta_s": eta, "finished": ended,
-        "exit": end.get("exit"), "runs": st.runs, "workers": workers,
+        "schema": SCHEMA, "out": str(out), "state": state, "detail": detail, "live": bool(live), "exit": exit_code,
+        "total": total, "done": done, "failed": failed, "running": running, "queued": queued, "pending": pending,
+        "bytes": st.bytes_done, "rate_per_s": rate, "eta_s": eta, "runs": len(st.runs), "started": start_t,
+        "last_heartbeat": hb.get("time") if hb else None, "last_record": st.last_record_time,
+        "holder": holder if live else None, "workers": workers, "finished": state == "finished",
         "failures": {str(k): (v.get("error") or "").strip().splitlines()[-1:] for k, v in st.failed.items()},
     }
 
 
-def _alive(start: dict[str, Any]) -> bool:
+def _pid_alive(start: dict[str, Any]) -> bool:
     """Is the master that wrote this journal still running (same host only)?"""
     import os
     import socket
 
     pid, host = start.get("pid"), start.get("host")
-    if not pid:
+    if not pid or (host and host != socket.gethostname()):
         return False
-    if host and host != socket.gethostname():
-        return True  # another host's processes cannot be checked from here
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -72,27 +116,45 @@ def _alive(start: dict[str, Any]) -> bool:
     return True
 
 
-def status(out: str, *, as_json: bool = False) -> int:
+def text(info: dict[str, Any]) -> str:
+    tot = info["total"] if info["total"] is not None else "?"
+    lines = [f"{info['out']}: {info['state']} ({info['detail']})",
+             f"  {info['done']}/{tot} done, {info['failed']} failed, {info['running']} running,"
+             f" {info['queued']} queued, {info['pending'] if info['pending'] is not None else '?'} pending;"
+             f" {info['bytes'] / (1 << 30):.3f} GiB"]
+    if info["rate_per_s"]:
+        eta = f", ETA {info['eta_s']:.0f} s" if info["eta_s"] is not None else ""
+        lines.append(f"  rate {info['rate_per_s']:.2f} tasks/s{eta}")
+    for rank, w in sorted(info["workers"].items(), key=lambda kv: int(kv[0])):
+        task = f", task {w['task']!r}" if w.get("task") is not None else ""
+        lines.append(f"  worker {rank}: {w['state']}, last seen {w['last_seen_s']:.1f} s ago,"
+                     f" {w['queued']} queued{task}")
+    for tid, err in list(info["failures"].items())[:50]:
+        lines.append(f"  FAILED {tid}: {err[0] if err else ''}")
+    return "\n".join(lines)
+
+
+def status(out: str, *, as_json: bool = False, wait: bool = False, timeout: float | None = None) -> int:
+    """Print the state of a run. With ``wait``, first wait until it is no longer live and
+    return its exit status (0, 1, 75 or 3; 124 if ``timeout`` ran out first)."""
     try:
         info = collect(out)
+        if wait:
+            end = None if timeout is None else time.monotonic() + timeout
+            while info["live"]:
+                if end is not None and time.monotonic() > end:
+                    break
+                time.sleep(WAIT_POLL)
+                if probe(out)[0]:
+                    continue
+                info = collect(out)
     except FileNotFoundError as e:
         print(f"mpigather: error: {e}", file=sys.stderr)
         return 2
-    if as_json:
-        print(json.dumps(info, default=str))
+    print(json.dumps(info, default=str) if as_json else text(info), flush=True)
+    if not wait:
         return 0
-    state = info["state"]
-    tot = info["total"] if info["total"] is not None else "?"
-    print(f"{info['out']}: {state}")
-    print(f"  {info['done']}/{tot} done, {info['failed']} failed, {info['running']} running,"
-          f" {info['pending'] if info['pending'] is not None else '?'} pending;"
-          f" {info['bytes'] / (1 << 30):.3f} GiB")
-    if info["rate_per_s"]:
-        eta = f", ETA {info['eta_s']:.0f} s" if info["eta_s"] is not None else ""
-        print(f"  rate {info['rate_per_s']:.2f} tasks/s{eta}")
-    for rank, w in sorted(info["workers"].items(), key=lambda kv: int(kv[0])):
-        task = f", task {w['task']!r}" if w.get("task") is not None else ""
-        print(f"  worker {rank}: {w['state']}, last seen {w['last_seen_s']:.1f} s ago, {w['queued']} queued{task}")
-    for tid, err in info["failures"].items():
-        print(f"  FAILED {tid}: {err[0] if err else ''}")
-    return 0
+    if info["live"]:
+        return EXIT_TIMEOUT
+    code = info["exit"]
+    return int(code) if code is not None else 0

@@ -20,7 +20,7 @@ class Summary:
     bytes: int = 0
     wall: float = 0.0
     interrupted: bool = False
-    usage_error: str | None = None
+    crash: str | None = None  # a worker failed outside any task: the run could not go on
     stuck: dict[int, Any] = field(default_factory=dict)
     lost: list[int] = field(default_factory=list)
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -30,8 +30,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        if self.usage_error:
-            return 2
+        if self.crash:
+            return 3
         if self.interrupted:
             return INTERRUPTED
         return 1 if self.failed or self.not_run else 0

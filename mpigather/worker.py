@@ -2,32 +2,60 @@
 
 ``recv -> call -> send``, with a local FIFO of prefetched tasks so that the next task is
 already here when one ends. Small results are batched into one message; large ones go as
-a header followed by raw chunks. An exception in the task never escapes: it goes back to
-the master with the rank, host and traceback. A helper thread sends heartbeats while a
-task runs and flushes batched results that would otherwise wait behind a long task.
+a header followed by raw chunks. An exception in the task (any ``BaseException``) never
+escapes: it goes back to the master with the rank, host and traceback.
+
+Two threads share the work. The main thread runs tasks and sends their results. A helper
+thread owns receiving: it queues new tasks, answers the master's revokes at once (so a task
+queued here moves to an idle worker even while this one computes), sends heartbeats during
+long tasks, and flushes batched results that would otherwise wait behind a long task. Where
+the MPI library allows no second thread (below ``MPI_THREAD_SERIALIZED``), the main thread
+does the receiving between tasks instead, and the worker says what is lost.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import messages as M
 from . import results as R
+from . import signals
 from .config import Options
 from .errors import MasterFailed, UnsupportedResultError
-from .transport import Backoff
+from .link import Backoff
 
 log = logging.getLogger("mpigather")
 
-_FLUSH_BYTES = 1 << 20
+FLUSH_BYTES = 1 << 20  # a batch of small results is sent once it holds this many bytes
+ABORT_WAIT = 30.0  # seconds a crashed worker waits for the master to let it go
+SPANS_KEPT = 5000  # per-task spans sent to the master for the timeline
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Where the current task runs: ``mpigather.current_worker()`` inside a task."""
+
+    rank: int  # in the run's communicator (0 is the master)
+    size: int
+    host: str
+    pid: int
+    kinds: tuple[str, ...] = ()
+
+
+_current: WorkerInfo | None = None
+
+
+def current_worker() -> WorkerInfo | None:
+    """The worker running the current task (None outside a task function)."""
+    return _current
 
 
 class _LogForwarder(logging.Handler):
@@ -39,71 +67,76 @@ class _LogForwarder(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._send((M.LOG, record.levelno, self.format(record)))
+            self._send(M.Log(record.levelno, self.format(record)))
         except Exception:  # never let logging break the worker
             pass
 
 
 class Worker:
-    def __init__(self, link: Any, func: Callable[[Any], Any], opts: Options, out: str | None,
-                 allow_object: bool = False) -> None:
+    def __init__(self, link: Any, func: Callable[[Any], Any], opts: Options, out: str | None, *,
+                 send_exceptions: bool = False, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = (), kinds: tuple[str, ...] = ()) -> None:
         self.link, self.func, self.opts = link, func, opts
-        self.allow_object = allow_object
         self.out = out
-        self.sink: Any = None  # direct mode: opened at the first result, after the master set up the output
+        self.send_exceptions = send_exceptions  # the executor re-raises the task's own exception
+        self.initializer, self.initargs, self.kinds = initializer, initargs, kinds
+        self.writer: Any = None  # direct mode: opened at the first result
         self.queue: deque[tuple[Any, int, Any]] = deque()
         self.stopping = False
         self.aborted: str | None = None
-        self._lock = threading.Lock()
-        self._pending: list[tuple] = []
+        self._cond = threading.Condition()  # guards queue, stopping, aborted
+        self._send_lock = threading.Lock()  # one sender at a time, so results precede revoke acks
+        self._pending: list[M.Item] = []
         self._pending_bytes = 0
         self._pending_since = 0.0
         # completed small results wait at most this long, so the master refills the queue in time
         self._flush_age = opts.batch_window / 4
         self._current: tuple[Any, float] | None = None
         self._done = threading.Event()
+        self._threaded = bool(getattr(link, "threads_ok", True))
         self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
-        self._spans: list[tuple[Any, float, float, str]] = []
+        self._spans: deque[tuple[Any, float, float, str]] = deque(maxlen=SPANS_KEPT)
 
     # -- sending ------------------------------------------------------------------------
 
-    def _send_ctrl(self, obj: Any) -> None:
-        with self._lock:
-            self.link.send(obj, 0, M.CTRL)
+    def _send(self, msg: Any) -> None:
+        with self._send_lock:
+            self.link.send(msg, 0, M.CTRL)
 
     def _flush_locked(self) -> None:
         if self._pending:
+            if self.writer is not None:
+                self.writer.flush()  # direct mode: durable before the master hears of it
             items, self._pending, self._pending_bytes = self._pending, [], 0
-            self.link.send((M.RESULTS, items), 0, M.CTRL)
+            self.link.send(M.Results(items), 0, M.CTRL)
 
     def flush(self) -> None:
-        with self._lock:
+        with self._send_lock:
             self._flush_locked()
 
-    def _deliver(self, tid: Any, attempt: int, header: R.Header, bufs: list, duration: float) -> None:
+    def _deliver(self, tid: Any, attempt: int, header: R.Header, bufs: list[Any], duration: float) -> None:
         """Queue or send one result; large ones stream their chunks right away."""
         t0 = time.perf_counter()
         path = None
         direct = self.opts.mode == "direct" and self.out is not None
         if direct or header.nbytes <= self.opts.inline_max:
             header = header._replace(crc=R.checksum(bufs))
-        if direct:
-            from .sinks import open_sink, write_direct
+        if direct and self.out is not None:
+            if self.writer is None:
+                from .sinks import open_writer
 
-            if self.sink is None:
-                self.sink = open_sink(self.out, worker=True)
-
-            meta = {"rank": self.link.rank, "attempt": attempt, "duration": duration,
-                    "bytes": header.nbytes, "crc32c": header.crc}
-            path = write_direct(self.sink, tid, header, bufs, meta)
+                self.writer = open_writer(self.out, self.link.rank)
+            meta = {"rank": self.link.rank, "attempt": attempt}
+            with self._send_lock:  # the helper thread flushes (closes) the writer's file under this lock
+                path = self.writer.write(tid, header, bufs, meta)
         inline = path is None and header.nbytes <= self.opts.inline_max
         # bytearray: unpickled on the master as a writable buffer that its arrays can view
-        item = (tid, attempt, header, duration, [bytearray(b) for b in bufs] if inline else None, path)
-        with self._lock:
+        item = M.Item(tid, attempt, header, duration, [bytearray(b) for b in bufs] if inline else None, path)
+        with self._send_lock:
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append(item)
-            self._pending_bytes += header.nbytes if inline else 0
+            self._pending_bytes += header.nbytes if inline or path else 0
             if path is None and not inline:
                 self._flush_locked()
                 plan = R.chunk_plan(header, self.opts.chunk_size)
@@ -115,50 +148,53 @@ class Worker:
                     crc = R.crc_update(crc, buf)
 
                 self.link.send_bufs((bufs[part][off : off + n] for part, off, n in plan), on_posted=checksum_posted)
-                self.link.send((M.TRAILER, tid, crc), 0, M.CTRL)
-            elif (not self.queue or duration > self._flush_age or self._pending_bytes > _FLUSH_BYTES
+                self.link.send(M.Trailer(tid, crc), 0, M.CTRL)
+            elif (not self.queue or duration > self._flush_age or self._pending_bytes > FLUSH_BYTES
                   or time.monotonic() - self._pending_since > self._flush_age):
                 self._flush_locked()
         self.stats["send"] += time.perf_counter() - t0
         self.stats["bytes"] += header.nbytes
 
-    # -- the helper thread --------------------------------------------------------------
-
-    def _helper(self) -> None:
-        last_hb = time.monotonic()
-        period = min(self._flush_age, self.opts.heartbeat)
-        while not self._done.wait(period):
-            now = time.monotonic()
-            with self._lock:
-                if self._pending and now - self._pending_since > self._flush_age:
-                    self._flush_locked()
-                cur = self._current
-                if cur is not None and now - last_hb >= self.opts.heartbeat:
-                    last_hb = now
-                    self.link.send((M.HEARTBEAT, cur[0], now - cur[1]), 0, M.CTRL)
+    def _fail(self, tid: Any, attempt: int, text: str, dt: float, exc: BaseException | None = None) -> None:
+        t0 = time.perf_counter()
+        data = _pickled(exc) if self.send_exceptions and exc is not None else None
+        with self._send_lock:
+            self._flush_locked()
+            self.link.send(M.Failed(tid, attempt, text, dt, data), 0, M.CTRL)
+        self.stats["send"] += time.perf_counter() - t0
 
     # -- receiving ----------------------------------------------------------------------
 
-    def _handle(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == M.TASKS:
-            self.queue.extend(msg[1])
-        elif kind == M.REVOKE:
-            drop = set(msg[1])
-            dropped = [t[0] for t in self.queue if t[0] in drop]
-            if dropped:
-                self.queue = deque(t for t in self.queue if t[0] not in drop)
-            if msg[2]:
-                self.flush()  # results first: the master must see them before the ack
-                self._send_ctrl((M.REVOKED, dropped))
-        elif kind == M.STOP:
-            self.stopping = True
-        elif kind == M.ABORT:
-            self.aborted = msg[1]
-            self.queue.clear()
-            self.stopping = True
+    def _handle(self, msg: Any) -> None:
+        match msg:
+            case M.Tasks(tasks):
+                with self._cond:
+                    self.queue.extend(tasks)
+                    self._cond.notify()
+            case M.Revoke(tids, ack):
+                drop = set(tids)
+                with self._cond:
+                    dropped = [t[0] for t in self.queue if t[0] in drop]
+                    if dropped:
+                        self.queue = deque(t for t in self.queue if t[0] not in drop)
+                if ack:
+                    with self._send_lock:
+                        self._flush_locked()  # results first: the master must see them before the ack
+                        self.link.send(M.Revoked(dropped), 0, M.CTRL)
+            case M.Stop():
+                with self._cond:
+                    self.stopping = True
+                    self._cond.notify()
+            case M.Abort(reason):
+                with self._cond:
+                    self.aborted = reason
+                    self.queue.clear()
+                    self.stopping = True
+                    self._cond.notify()
+            case _:
+                raise TypeError(f"unexpected message from the master: {msg!r}")
 
-    def _drain(self) -> bool:
+    def _receive_all(self) -> bool:
         got = False
         while True:
             inc = self.link.poll(0)
@@ -167,82 +203,162 @@ class Worker:
             self._handle(inc.obj())
             got = True
 
-    def _wait(self) -> None:
-        back = Backoff()
-        t0 = time.perf_counter()
-        while not self._drain():
-            back.sleep()
-        self.stats["idle"] += time.perf_counter() - t0
+    def _helper(self) -> None:
+        """Receive, heartbeat and flush while the main thread runs tasks."""
+        back = Backoff(cap=min(2e-3, self._flush_age))
+        last_hb = time.monotonic()
+        try:
+            while not self._done.is_set():
+                if self._threaded and self._receive_all():
+                    back.reset()
+                    continue
+                now = time.monotonic()
+                if self._pending and now - self._pending_since > self._flush_age:
+                    with self._send_lock:
+                        if self._pending and now - self._pending_since > self._flush_age:
+                            self._flush_locked()
+                cur = self._current
+                if cur is not None and now - last_hb >= self.opts.heartbeat:
+                    last_hb = now
+                    self._send(M.Heartbeat(cur[0], now - cur[1]))
+                back.sleep()
+        except BaseException as e:  # the link broke: let the main thread see it
+            self._helper_error = e
+            with self._cond:
+                self.stopping = True
+                self._cond.notify()
 
-    # -- the loop -----------------------------------------------------------------------
+    _helper_error: BaseException | None = None
+
+    def _next_task(self) -> tuple[Any, int, Any] | None:
+        """The next task to run, waiting for one; None once stopped and the queue is empty."""
+        t0 = time.perf_counter()
+        back = Backoff()
+        try:
+            while True:
+                with self._cond:
+                    if self.queue:
+                        return self.queue.popleft()
+                    if self.stopping:
+                        return None
+                    if self._threaded:
+                        self._cond.wait(0.05)
+                        continue
+                if self._pending:
+                    self.flush()
+                if not self._receive_all():
+                    back.sleep()
+        finally:
+            self.stats["idle"] += time.perf_counter() - t0
+
+    # -- running tasks ------------------------------------------------------------------
 
     def _run_one(self, tid: Any, attempt: int, payload: Any) -> None:
         t0 = time.perf_counter()
         self._current = (tid, time.monotonic())
         try:
             value = self.func(payload)
-        except (Exception, SystemExit) as exc:  # anything the task raises goes back to the master
+        except BaseException as exc:  # anything the task raises goes back to the master
+            if isinstance(exc, KeyboardInterrupt) and signals.sigint_seen():
+                raise  # a real Ctrl-C: the program stops
             self._current = None
             dt = time.perf_counter() - t0
             self.stats["compute"] += dt
             self._spans.append((tid, t0, dt, "failed"))
-            text = format_exc(tid, attempt, self.link.rank, self.link.host, exc)
-            self._fail(tid, attempt, text, "error", dt, _pickled(exc) if self.allow_object else None)
+            self._fail(tid, attempt, format_exc(tid, attempt, self.link.rank, self.link.host, exc), dt, exc)
             return
         self._current = None
         dt = time.perf_counter() - t0
         self.stats["compute"] += dt
         t1 = time.perf_counter()
         try:
-            encode = R.encode_any if self.allow_object else R.encode
-            header, bufs = encode(value, with_crc=False)  # a streamed result is checksummed as it goes
+            header, bufs = R.encode(value, with_crc=False)  # a streamed result is checksummed as it goes
         except UnsupportedResultError as exc:
             self.stats["send"] += time.perf_counter() - t1
             self._spans.append((tid, t0, dt, "failed"))
-            self._fail(tid, attempt, f"task {tid!r}: {exc}", "unsupported", dt)
+            self._fail(tid, attempt, f"task {tid!r} failed on rank {self.link.rank} (host {self.link.host}),"
+                                    f" attempt {attempt}: {exc}", dt, exc)
             return
         self.stats["send"] += time.perf_counter() - t1
         self._spans.append((tid, t0, dt, "done"))
         self.stats["tasks"] += 1
         self._deliver(tid, attempt, header, bufs, dt)
 
-    def _fail(self, tid: Any, attempt: int, text: str, cause: str, dt: float, exc: bytes | None = None) -> None:
-        t0 = time.perf_counter()
-        with self._lock:
-            self._flush_locked()
-            self.link.send((M.FAILED, tid, attempt, text, cause, dt, exc), 0, M.CTRL)
-        self.stats["send"] += time.perf_counter() - t0
-
     def run(self) -> None:
+        """Serve tasks until the master says stop (or abort, which raises MasterFailed)."""
+        global _current
         start = time.perf_counter()
-        self._start = start
-        self._send_ctrl((M.HELLO, self.link.host, os.getpid()))
-        helper = threading.Thread(target=self._helper, name="mpigather-heartbeat", daemon=True)
-        helper.start()
-        forward = _LogForwarder(self._send_ctrl)
-        log.addHandler(forward)
+        _current = WorkerInfo(self.link.rank, self.link.size, self.link.host, os.getpid(), self.kinds)
+        self._send(M.Hello(self.link.host, os.getpid(), self.kinds))
+        forward = None if getattr(self.link, "in_process", False) else _LogForwarder(self._send)
+        if forward is not None:
+            log.addHandler(forward)
+        helper = None
+        if self._threaded:
+            helper = threading.Thread(target=self._helper, name="mpigather-worker-helper", daemon=True)
+            helper.start()
+        elif self.link.rank == 1:
+            from .transport import thread_level_name
+
+            log.warning("the MPI library gives %s: heartbeats, and moving queued tasks to idle workers, happen"
+                        " only between tasks", thread_level_name(self.link.thread_level))
         try:
-            while True:
-                self._drain()
-                if self.queue:
-                    self._run_one(*self.queue.popleft())
-                    continue
-                self.flush()
-                if self.stopping:
-                    break
-                self._wait()
+            try:
+                if self.initializer is not None:
+                    self.initializer(*self.initargs)
+                while (task := self._next_task()) is not None:
+                    self._run_one(*task)
+                if self._helper_error is not None:
+                    raise self._helper_error
+            except BaseException as e:
+                self._stop_helper(helper)
+                if not (isinstance(e, KeyboardInterrupt) and signals.sigint_seen()):
+                    self._crash(e)
+                raise
         finally:
-            self._done.set()
-            helper.join()
-            log.removeHandler(forward)
+            self._stop_helper(helper)
+            if forward is not None:
+                log.removeHandler(forward)
+            _current = None
         self.flush()
+        self._bye(start)
+        if self.aborted is not None:
+            raise MasterFailed(f"the master aborted the run: {self.aborted}")
+
+    def _stop_helper(self, helper: threading.Thread | None) -> None:
+        self._done.set()
+        if helper is not None and helper.is_alive():
+            helper.join()
+
+    def _bye(self, start: float) -> None:
         wall = time.perf_counter() - start
         self.stats["wall"] = wall
         self.stats["host"] = self.link.host
-        self.stats["spans"] = [(str(t), a - start, d, s) for t, a, d, s in self._spans[-5000:]]
-        self._send_ctrl((M.BYE, self.stats))
-        if self.aborted is not None:
-            raise MasterFailed(f"the master aborted the run: {self.aborted}")
+        self.stats["spans"] = [(str(t), a - start, d, s) for t, a, d, s in self._spans]
+        self._send(M.Bye(self.stats))
+
+    def _crash(self, exc: BaseException) -> None:
+        """An error outside any task (the initializer, the link, a bug): tell the master, which
+        ends the run, and wait until it lets this worker go, so no rank is left hanging."""
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            self._send(M.Crash(f"worker {self.link.rank} (host {self.link.host}, pid {os.getpid()}) failed:\n{text}"))
+            if self.stopping:  # told to stop or abort already: the master waits for the goodbye
+                self._send(M.Bye(self.stats))
+                return
+            end = time.monotonic() + ABORT_WAIT
+            back = Backoff()
+            while time.monotonic() < end:
+                inc = self.link.poll(0)
+                if inc is None:
+                    back.sleep()
+                    continue
+                msg = inc.obj()
+                if isinstance(msg, (M.Abort, M.Stop)):
+                    self._send(M.Bye(self.stats))
+                    return
+        except Exception:  # the link is broken too: the caller's error goes up as it is
+            pass
 
 
 def _pickled(exc: BaseException) -> bytes | None:
@@ -261,12 +377,3 @@ def format_exc(tid: Any, attempt: int, rank: int, host: str, exc: BaseException)
     """The error text that goes back to the master: where it happened, then the traceback."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return f"task {tid!r} failed on rank {rank} (host {host}, pid {os.getpid()}), attempt {attempt}:\n{tb}"
-
-
-def quiet_signals() -> None:
-    """Workers leave SIGTERM/SIGUSR1 to the master, which drains the run in order."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        try:
-            signal.signal(sig, lambda *_: None)
-        except (ValueError, OSError):  # not the main thread
-            pass

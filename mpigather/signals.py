@@ -1,0 +1,84 @@
+"""Stop requests and interrupts, recorded in one place.
+
+SIGTERM and SIGUSR1 ask a run to stop in order: the master stops handing out work, lets
+running tasks finish within the grace period, makes every finished result durable and ends
+with status 75. Workers leave those signals to the master. The handlers only record the
+signal; the master's loop acts on it, so a signal during start-up or shutdown is neither lost
+nor fatal.
+
+SIGINT (Ctrl-C) is recorded too, then raises KeyboardInterrupt as usual: a task that raises
+KeyboardInterrupt by itself fails like any other exception, while a real Ctrl-C ends the
+program.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+_stop: int | None = None
+_sigint = False
+_installed_by: str | None = None
+
+
+def stop_requested() -> int | None:
+    """The stop signal received so far, or None."""
+    return _stop
+
+
+def request_stop(signum: int = signal.SIGTERM) -> None:
+    global _stop
+    _stop = signum
+
+
+def sigint_seen() -> bool:
+    return _sigint
+
+
+def reset() -> None:
+    """Forget earlier requests (a new run in the same process)."""
+    global _stop, _sigint
+    _stop, _sigint = None, False
+
+
+def _on_stop(signum: int, _frame: Any) -> None:
+    request_stop(signum)
+
+
+def _ignore(signum: int, _frame: Any) -> None:
+    pass
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    global _sigint
+    _sigint = True
+    signal.default_int_handler(signum, frame)
+
+
+def install(master: bool) -> dict[int, Any]:
+    """Install the handlers (main thread only; elsewhere nothing happens). Returns the old ones,
+    for ``restore``. The master records stop signals; a worker ignores them."""
+    global _installed_by
+    old: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return old
+    for sig in STOP_SIGNALS:
+        try:
+            old[sig] = signal.signal(sig, _on_stop if master else _ignore)
+        except (ValueError, OSError):
+            pass
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigint)
+    _installed_by = "master" if master else "worker"
+    return old
+
+
+def restore(old: dict[int, Any]) -> None:
+    for sig, h in old.items():
+        try:
+            signal.signal(sig, h)
+        except (ValueError, OSError):
+            pass
