@@ -56,3 +56,22 @@ def gather(n: int, func: str, out: Path, *extra: str, timeout: float = 120,
 
 def show(p: subprocess.CompletedProcess[str]) -> str:
     return f"exit {p.returncode}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}"
+
+
+def journal_records(out: Path) -> list[dict]:
+    """The complete records of a run's journal (``OUT.journal``)."""
+    import json
+
+    jp = Path(str(out).rstrip("/") + ".journal")
+    if not jp.exists():
+        return []
+    return [json.loads(line) for line in jp.read_text().splitlines() if line.endswith("}")]
+
+
+def done_ids(out: Path, records: list[dict] | None = None) -> list:
+    """Every task id the journal calls done, in order (done records hold a batch of ids each)."""
+    ids: list = []
+    for r in journal_records(out) if records is None else records:
+        if r.get("ev") == "done":
+            ids.extend(r["id"] if isinstance(r["id"], list) else [r["id"]])
+    return ids

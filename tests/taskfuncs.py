@@ -80,7 +80,10 @@ def by_payload(task: dict):
 
 
 def unsupported(i: int):
-    return [1, 2, 3]
+    """Task 3 returns what cannot be pickled; the others a list (any picklable value is fine)."""
+    import threading
+
+    return threading.Lock() if i == 3 else [i, "x"]
 
 
 def raise_on_odd(i: int):

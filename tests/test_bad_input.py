@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import gather, show
 
+import mpigather
+
 pytestmark = pytest.mark.mpi
 
 ERR = "mpigather: error:"
@@ -76,9 +78,13 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3])
-def test_unsupported_result_type(tmp_path, ranks):
-    p = gather(ranks, "taskfuncs:unsupported", tmp_path / "o.h5", "--range", "6", timeout=60)
-    one_error(p, "builtins.list")
+def test_an_unpicklable_result_fails_its_task_only(tmp_path, ranks):
+    out = tmp_path / "o.h5"
+    p = gather(ranks, "taskfuncs:unsupported", out, "--range", "6", timeout=60)
+    assert p.returncode == 1, show(p)
+    assert "5 done, 1 failed" in p.stdout and "FAILED 3" in p.stdout and "_thread.lock" in p.stdout, show(p)
+    with mpigather.load(out, allow_pickle=True) as res:
+        assert [res[str(i)] for i in (0, 1, 2, 4, 5)] == [[i, "x"] for i in (0, 1, 2, 4, 5)]
 
 
 def test_usage_error_from_argparse(tmp_path):

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from batchfuncs import value
 from compare import same
-from helpers import ROOT, env, mpiexec_path
+from helpers import ROOT, done_ids, env, mpiexec_path
 
 import mpigather
 
@@ -134,7 +134,7 @@ def journal(out: Path) -> list[dict[str, Any]]:
 
 
 def n_done(out: Path) -> int:
-    return sum(1 for r in journal(out) if r.get("ev") == "done")
+    return len(done_ids(out))
 
 
 def runs(out: Path) -> list[list[dict[str, Any]]]:
@@ -199,8 +199,8 @@ def test_slurm_warning_stops_resubmits_and_two_allocations_finish_the_run(tmp_pa
     end1 = next(r for r in r1 if r["ev"] == "end")
     end2 = next(r for r in r2 if r["ev"] == "end")
     assert end1["interrupted"] and end1["exit"] == 75 and end2["exit"] == 0
-    done1 = [r["id"] for r in r1 if r["ev"] == "done"]
-    done2 = [r["id"] for r in r2 if r["ev"] == "done"]
+    done1 = done_ids(out, r1)
+    done2 = done_ids(out, r2)
     # each task ran to completion once: the first allocation finished what was running (grace)
     assert sorted(done1 + done2) == list(range(N)), (done1, done2)
     assert r2[0]["already_done"] == len(done1)
@@ -272,6 +272,6 @@ def test_pbs_timer_warning_resubmits_and_the_chain_finishes(tmp_path):
     with mpigather.load(out) as res:
         assert sorted(res, key=int) == [str(i) for i in range(n)]
         assert [i for i in range(n) if not same(res[str(i)], value(i))] == []
-    done = [r["id"] for r in journal(out) if r["ev"] == "done"]
+    done = done_ids(out)
     assert sorted(done) == list(range(n))
     assert all("--resume" in r[0]["argv"] for r in runs(out)[1:])

@@ -9,8 +9,8 @@ import mpigather
 
 PUBLIC = {
     "INTERRUPTED", "ChecksumError", "GatherExecutor", "MPIGatherError", "MasterFailed", "RemoteTaskError",
-    "Results", "Summary", "UnsupportedResultError", "UsageError", "__version__", "executor", "load", "run",
-    "verify",
+    "Results", "Summary", "UnsupportedResultError", "UsageError", "WorkerInfo", "__version__", "current_worker",
+    "executor", "load", "run", "verify",
 }
 
 
@@ -30,6 +30,6 @@ def test_only_the_transport_imports_mpi4py():
     from pathlib import Path
 
     pkg = Path(mpigather.__file__).parent
-    users = sorted(p.name for p in pkg.glob("*.py")
+    users = sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
                    if "from mpi4py" in p.read_text() or "import mpi4py" in p.read_text())
     assert users == ["transport.py"], users

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from compare import check_all
 from faultfuncs import expected
-from helpers import env, gather, mpiexec_path, show
+from helpers import done_ids, env, gather, mpiexec_path, show
 
 import mpigather
 
@@ -124,7 +124,7 @@ def test_killed_worker_ends_the_job_promptly_and_resume_completes(tmp_path):
     p, dt = run_timed(tmp_path, 3, "faultfuncs:die_once", out, "--range", "12", timeout=90)
     assert p.returncode != 0, show(p)
     assert dt < 30, f"took {dt:.1f} s"
-    before = {r["id"] for r in journal(out) if r["ev"] == "done"}
+    before = set(done_ids(out))
     p2, dt2 = run_timed(tmp_path, 3, "faultfuncs:die_once", out, "--range", "12", "--resume")
     assert p2.returncode == 0, show(p2)
     with mpigather.load(out) as res:
@@ -145,10 +145,7 @@ def _start(tmp_path, func, out, n, *extra):
 
 
 def _done_count(out: Path) -> int:
-    j = Path(str(out) + ".journal")
-    if not j.exists():
-        return 0
-    return j.read_bytes().count(b'"ev":"done"')
+    return len(done_ids(out))
 
 
 def test_sigterm_exits_resumable_then_resume_completes(tmp_path):
@@ -168,7 +165,7 @@ def test_sigterm_exits_resumable_then_resume_completes(tmp_path):
     dt = time.monotonic() - t0
     assert proc.returncode == mpigather.INTERRUPTED, f"{stdout}\n{stderr}"
     assert dt < grace + 5, f"took {dt:.1f} s to stop"
-    done_before = {r["id"] for r in journal(out) if r["ev"] == "done"}
+    done_before = set(done_ids(out))
     assert 10 <= len(done_before) < n
     p2 = gather(3, "faultfuncs:slow", out, "--range", str(n), "--resume", extra_env=fenv(tmp_path))
     assert p2.returncode == 0, show(p2)
@@ -215,7 +212,7 @@ def test_sigkill_anywhere_then_resume_is_exact(tmp_path, point):
     finally:
         _kill_tree(proc)
     assert proc.returncode != 0, "the job finished before it could be killed"
-    done_before = {r["id"] for r in journal(out) if r["ev"] == "done"}
+    done_before = set(done_ids(out))
     runs_before = sum(executions(tmp_path).values())
     p2 = gather(3, "faultfuncs:slow_big", out, "--range", str(n), "--resume", "--chunk-size", "64KiB",
                 extra_env=fenv(tmp_path), timeout=120)

@@ -1,4 +1,5 @@
-"""The journal without MPI: group commit, torn last lines, and the state a resume reads."""
+"""The journal without MPI: group commit, torn last lines, batched done records, and the state
+a resume and a status read."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import json
 
 import pytest
 
-from mpigather.journal import Journal, journal_path, load_state, read_records
+from mpigather.journal import DoneSet, Journal, id_key, journal_path, load_state, read_records
+
+
+def meta(i, **kw):
+    return {"seq": i, "hash": 1000 + i, "attempt": 1, "rank": 1, "bytes": 8, "crc32c": 123, "duration": 0.001, **kw}
 
 
 def test_journal_path_sits_next_to_the_output(tmp_path):
@@ -22,31 +27,40 @@ def test_group_commit_fsyncs_once_per_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
     j = Journal(tmp_path / "j")
     for i in range(100):
-        j.done(i, 1, 1, 8, 123, 0.001, None)
+        j.done([(i, meta(i))])
     assert calls == []  # nothing durable yet: buffered
     assert j.commit() is True and len(calls) == 1  # one fsync covers all 100
     assert j.commit() is False and len(calls) == 1  # nothing new: no fsync
     j.close()
-    st = load_state(tmp_path / "j")
-    assert sorted(st.done) == list(range(100))
+    st = load_state(tmp_path / "j", want_done=True)
+    assert st.n_done == 100 and all(i in st.done_set for i in range(100)) and 100 not in st.done_set
+
+
+def test_a_batch_is_one_record_of_columns(tmp_path):
+    j = Journal(tmp_path / "j")
+    j.done([(i, meta(i)) for i in range(1000)])
+    j.close()
+    (rec,) = list(read_records(tmp_path / "j"))
+    assert rec["ev"] == "done" and rec["id"] == list(range(1000)) and rec["h"][7] == 1007
+    per_task = (tmp_path / "j").stat().st_size / 1000
+    assert per_task < 60, per_task  # bytes per task in the journal
 
 
 def test_torn_last_line_is_ignored_and_cut_before_appending(tmp_path):
     p = tmp_path / "j"
     j = Journal(p)
-    j.write({"ev": "start", "time": 1.0, "total": 3})
-    j.done(0, 1, 1, 8, 1, 0.1, None)
-    j.done(1, 1, 2, 8, 2, 0.1, None)
+    j.start(total=3)
+    j.done([(0, meta(0))])
+    j.done([(1, meta(1))])
     j.close()
     whole = p.read_bytes()
-    p.write_bytes(whole + b'{"ev":"done","id":2,"att')  # killed mid-write
-    st = load_state(p)
-    assert sorted(st.done) == [0, 1]
+    p.write_bytes(whole + b'{"ev":"done","id":[2],"att')  # killed mid-write
+    assert load_state(p).n_done == 2
     j = Journal(p, resume=True)  # cuts the torn tail
     assert p.read_bytes() == whole
-    j.done(2, 1, 1, 8, 3, 0.1, None)
+    j.done([(2, meta(2))])
     j.close()
-    assert sorted(load_state(p).done) == [0, 1, 2]
+    assert load_state(p).n_done == 3
     assert all(isinstance(r, dict) for r in read_records(p))
 
 
@@ -61,20 +75,57 @@ def test_state_after_a_restart(tmp_path):
     p = tmp_path / "j"
     lines = [
         {"ev": "start", "time": 1.0, "total": 4},
-        {"ev": "dispatch", "rank": 1, "ids": [0, 1]},
-        {"ev": "dispatch", "rank": 2, "ids": [2, 3]},
-        {"ev": "done", "id": 0, "att": 1, "rank": 1, "bytes": 10, "crc": 5, "dur": 0.1, "t": 2.0},
+        {"ev": "done", "id": [0], "seq": [0], "h": [5], "att": [1], "rank": [1], "bytes": [10], "crc": [5],
+         "dur": [0.1], "t": 2.0},
         {"ev": "failed", "id": 2, "att": 1, "rank": 2, "error": "boom", "final": False},
         {"ev": "failed", "id": 2, "att": 2, "rank": 1, "error": "boom again", "final": True},
+        {"ev": "workers", "time": 3.0, "running": 1, "queued": 0, "done": 1, "failed": 1, "table": {}},
         # the job was killed here; the next run starts
         {"ev": "start", "time": 5.0, "total": 4},
-        {"ev": "dispatch", "rank": 1, "ids": [1, 2]},
+        # a record of an older version: one task, plain values
         {"ev": "done", "id": 2, "att": 3, "rank": 1, "bytes": 10, "crc": 6, "dur": 0.1, "t": 6.0},
     ]
     p.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    st = load_state(p)
-    assert st.runs == 2
-    assert sorted(st.done) == [0, 2]
+    st = load_state(p, want_done=True)
+    assert len(st.runs) == 2 and st.runs[0].done == 1 and st.runs[1].done == 1
+    assert 0 in st.done_set and 2 in st.done_set and 1 not in st.done_set
     assert st.failed == {}  # 2 failed in the first run, then succeeded
-    assert st.running == {1: 1}  # dispatched in the second run and not ended
-    assert st.bytes_done == 20 and st.total == 4
+    assert st.heartbeat is None  # the last run wrote none
+    assert st.bytes_done == 20 and st.total == 4 and st.last_record_time == 6.0
+
+
+def test_failures_of_an_earlier_run_are_pending_again_in_a_resumed_one(tmp_path):
+    p = tmp_path / "j"
+    j = Journal(p)
+    j.start(total=2)
+    j.failed("a", 1, 1, "boom", final=True)
+    j.end(exit=1)
+    j.close()
+    assert list(load_state(p).failed) == ["a"]
+    j = Journal(p, resume=True)
+    j.start(total=2)
+    j.close()
+    assert load_state(p).failed == {}
+
+
+def test_reset_forgets_earlier_done_records(tmp_path):
+    p = tmp_path / "j"
+    j = Journal(p)
+    j.done([(i, meta(i)) for i in range(5)])
+    j.reset("output damaged")
+    j.done([(9, meta(9))])
+    j.close()
+    st = load_state(p, want_done=True)
+    assert st.n_done == 1 and 9 in st.done_set and 0 not in st.done_set
+
+
+def test_done_set_keeps_the_last_hash_and_holds_12_bytes_a_task():
+    ids = [f"run-{i}" for i in range(1000)] + ["run-5"]
+    ds = DoneSet([id_key(t) for t in ids], list(range(1000)) + [77])
+    assert len(ds) == 1000
+    assert ds.lookup("run-5") == 77 and ds.lookup("run-6") == 6 and ds.lookup("nope") is None
+    assert ds._keys.nbytes + ds._hashes.nbytes == 12 * 1000
+
+
+def test_int_and_str_ids_never_share_a_key():
+    assert id_key(17) != id_key("17")

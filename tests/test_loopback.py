@@ -1,0 +1,223 @@
+"""The real master and real workers in one process, joined by the loopback link: streams,
+trailers, checksums, leases, stealing, drains and failures, in milliseconds, without MPI."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mpigather import messages as M
+from mpigather import results as R
+from mpigather import signals
+from mpigather.api import master_run
+from mpigather.config import make_options
+from mpigather.errors import MPIGatherError
+from mpigather.loopback import LoopbackHub
+from mpigather.tasks import iterable_tasks
+from mpigather.worker import Worker
+
+
+@pytest.fixture(autouse=True)
+def _no_stop_request():
+    signals.reset()
+    yield
+    signals.reset()
+
+
+def run_loopback(func, tasks, n_workers=2, out=None, worker_kw=None, **opts: Any):
+    """Master and ``n_workers`` workers, each in a thread. Returns (summary, worker errors)."""
+    o = make_options(progress="off", **opts)
+    links = LoopbackHub(n_workers + 1).links()
+    errors: list[BaseException] = []
+
+    def serve(link):
+        try:
+            Worker(link, func, o, None if out is None else str(out), **(worker_kw or {})).run()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=serve, args=(links[r],), daemon=True) for r in range(1, n_workers + 1)]
+    for t in threads:
+        t.start()
+    try:
+        summary = master_run(links[0], iterable_tasks(tasks), out, o, total=len(tasks))
+    finally:
+        for t in threads:
+            t.join(10)
+    return summary, errors
+
+
+def square(x):
+    return np.full(1000, x, dtype=np.int64) ** 2
+
+
+def test_streamed_results_are_assembled_and_checked():
+    s, errors = run_loopback(square, list(range(10)), chunk_size=1000, inline_max=100)
+    assert not errors and s.done == 10 and not s.failed
+    for i in range(10):
+        assert np.array_equal(s.results[i], square(i))
+    assert list(s.results) == list(range(10))  # task order
+
+
+class ScriptedWorker:
+    """Plays one worker's messages by hand, to send what a real worker never would."""
+
+    def __init__(self, link):
+        self.link = link
+
+    def play(self, value, crc_delta=0, chunk=1000):
+        self.link.send(M.Hello("host", 1), 0, M.CTRL)
+        while (inc := self.link.poll(0)) is None:
+            time.sleep(0.001)
+        (tid, attempt, _), *_ = inc.obj().tasks
+        header, bufs = R.encode(value, with_crc=False)
+        self.link.send(M.Results([M.Item(tid, attempt, header, 0.1, None, None)]), 0, M.CTRL)
+        self.link.send_bufs(bufs[p][o : o + n] for p, o, n in R.chunk_plan(header, chunk))
+        self.link.send(M.Trailer(tid, R.checksum(bufs) + crc_delta), 0, M.CTRL)
+        while not isinstance(self._next(), (M.Stop, M.Abort)):
+            pass
+        self.link.send(M.Bye({}), 0, M.CTRL)
+
+    def _next(self):
+        while (inc := self.link.poll(0)) is None:
+            time.sleep(0.001)
+        return inc.obj()
+
+
+def test_a_wrong_checksum_fails_the_task():
+    links = LoopbackHub(2).links()
+    t = threading.Thread(target=ScriptedWorker(links[1]).play, args=(np.arange(1234.0), 1), daemon=True)
+    t.start()
+    s = master_run(links[0], iterable_tasks([0]), None, make_options(progress="off", chunk_size=1000,
+                                                                     inline_max=100))
+    t.join(5)
+    assert s.done == 0 and "checksum" in s.failed[0]
+
+
+def test_any_picklable_value_comes_back_equal_and_arrays_travel_out_of_band():
+    big = np.arange(200_000, dtype=np.float64)
+    values = [1.5, 7, "text", True, None, [1, 2], (3, "a"), {"field": big, "energy": 1.5, "meta": {"n": 1}},
+              [big, big * 2], np.float32(2.5), b"bytes", {1: "int keys"}, {"bad/key": 1}]
+    s, errors = run_loopback(lambda i: values[i], list(range(len(values))), chunk_size=64 << 10)
+    assert not errors and s.done == len(values), s.failed
+    for i, v in enumerate(values):
+        got = s.results[i]
+        if isinstance(v, dict) and "field" in v:
+            assert np.array_equal(got["field"], big) and got["energy"] == 1.5 and got["meta"] == {"n": 1}
+        elif isinstance(v, list) and isinstance(v[0], np.ndarray):
+            assert all(np.array_equal(a, b) for a, b in zip(got, v))
+        else:
+            assert got == v and type(got) is type(v), (i, got, v)
+
+
+def test_an_unpicklable_result_fails_that_task_only_and_names_the_type():
+    def f(i):
+        return threading.Lock() if i == 2 else i
+
+    s, errors = run_loopback(f, list(range(5)))
+    assert not errors and s.done == 4 and list(s.failed) == [2]
+    assert "_thread.lock" in s.failed[2] and "cannot be pickled" in s.failed[2]
+    assert s.exit_code == 1
+
+
+class Unloadable:
+    def __reduce__(self):
+        return (_boom, ())
+
+
+def _boom():
+    raise RuntimeError("cannot rebuild me")
+
+
+def test_a_result_that_fails_to_unpickle_on_the_master_fails_that_task_only():
+    s, errors = run_loopback(lambda i: Unloadable() if i == 1 else i, list(range(3)))
+    assert not errors and sorted(s.results) == [0, 2] and "cannot rebuild me" in s.failed[1]
+
+
+def test_exceptions_are_retried_then_reported_with_rank_and_traceback():
+    seen: dict[int, int] = {}
+
+    def flaky(i):
+        seen[i] = seen.get(i, 0) + 1
+        if i == 3 and seen[i] == 1:
+            raise ValueError("first time")
+        if i == 4:
+            raise KeyboardInterrupt("raised by the task itself")
+        return i
+
+    s, errors = run_loopback(flaky, list(range(6)), retries=1)
+    assert not errors and s.done == 5 and list(s.failed) == [4]
+    assert "KeyboardInterrupt" in s.failed[4] and "failed on rank" in s.failed[4]
+
+
+def test_a_task_past_its_lease_runs_elsewhere_and_the_late_result_is_dropped():
+    ran: list[int] = []
+
+    def slow_first(i):
+        ran.append(i)
+        if i == 0 and ran.count(0) == 1:
+            time.sleep(1.0)
+        return i
+
+    t0 = time.monotonic()
+    s, errors = run_loopback(slow_first, list(range(4)), timeout=0.3, prefetch=1, retries=1)
+    assert not errors and s.done == 4 and not s.failed
+    assert ran.count(0) == 2 and time.monotonic() - t0 < 5
+
+
+def test_a_queued_task_moves_to_an_idle_worker_while_its_holder_computes():
+    """Three equal tasks on three workers take one task's time, not two: the first worker to
+    say hello does not keep the others' tasks."""
+    def wait(i):
+        time.sleep(0.3)
+        return i
+
+    t0 = time.monotonic()
+    s, errors = run_loopback(wait, list(range(3)), n_workers=3, prefetch=2)
+    dt = time.monotonic() - t0
+    assert not errors and s.done == 3
+    assert dt < 0.55, f"{dt:.2f} s: a task waited behind another"
+    assert sorted(w["tasks"] for w in s.workers.values()) == [1, 1, 1]
+
+
+def test_a_stop_request_drains_and_leaves_the_rest_for_a_resume():
+    def slow(i):
+        if i == 2:
+            signals.request_stop()
+        time.sleep(0.05)
+        return i
+
+    s, errors = run_loopback(slow, list(range(50)), grace=5)
+    assert not errors and s.interrupted and s.exit_code == 75
+    assert 0 < s.done < 50 and not s.failed
+
+
+def test_an_initializer_that_raises_ends_the_run_with_its_error():
+    def init():
+        raise RuntimeError("no licence server")
+
+    with pytest.raises(MPIGatherError, match="no licence server"):
+        run_loopback(square, list(range(4)), worker_kw={"initializer": init})
+
+
+def test_file_outputs_in_both_modes(tmp_path):
+    import mpigather
+
+    values = [np.arange(i + 1.0) for i in range(6)] + [{"a": np.ones(3), "b": 2.5}, [1, "x"], 3.25]
+    for mode in ("stream", "direct"):
+        for out in (tmp_path / f"{mode}.h5", tmp_path / f"{mode}_dir"):
+            s, errors = run_loopback(lambda i: values[i], list(range(len(values))), out=out, mode=mode,
+                                     chunk_size=16, inline_max=8)
+            assert not errors and s.done == len(values), s.failed
+            with mpigather.load(out, allow_pickle=True) as res:
+                assert list(res) == [str(i) for i in range(len(values))]
+                for i in range(6):
+                    assert np.array_equal(res[str(i)], values[i])
+                assert res["6"]["b"] == 2.5 and np.array_equal(res["6"]["a"], np.ones(3))
+                assert res["7"] == [1, "x"] and res["8"] == 3.25
+                assert res.attrs("3")["params"] == 3
+            assert mpigather.verify(out) == (len(values), [], [])
