@@ -1225,6 +1225,7 @@ def main_mpi(backend: str, names: list[str]) -> int:
         WATCHDOG.arm(c.budget if rank == 0 else c.budget + 30)
         ctl.Barrier()
         ctx = Ctx(backend, world, rank, size, tmp)
+        STATE.phase = "running the contract"
         t0 = time.monotonic()
         try:
             c.run(ctx)
@@ -1236,7 +1237,7 @@ def main_mpi(backend: str, names: list[str]) -> int:
             mine = classify(e)
             if mine[0] != "fail":
                 sys.stderr.write(f"[{name} rank {rank}] {traceback.format_exc()}")
-            if STATE.phase not in ("starting", "checks on the root"):
+            if STATE.phase not in ("running the contract", "checks on the root"):
                 mine = (mine[0], f"{STATE.phase}: {mine[1]}")
             if STATE.outcome is not None and STATE.outcome[0] != "pass":
                 mine = (STATE.outcome[0], f"{STATE.outcome[1]}; then {mine[0]} {mine[1]}")
