@@ -14,14 +14,13 @@ own future only.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import pickle
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, TimeoutError
+from concurrent.futures import BrokenExecutor, Executor, Future, TimeoutError
 from typing import Any
 
 from .config import make_options
@@ -57,7 +56,7 @@ def _call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[An
     return [fn(*args) for args in chunk]
 
 
-class GatherExecutor:
+class GatherExecutor(Executor):
     """Root side. ``submit`` and ``map`` may be called from any thread; ``shutdown`` is idempotent."""
 
     def __init__(self, link: Any, opts: Any, worker_args: dict[str, Any] | None = None) -> None:
@@ -122,18 +121,18 @@ class GatherExecutor:
             else:
                 self._one_rank(hooks, wargs, run_on)
         except BaseException as e:  # noqa: BLE001 - handed to every waiting future
-            self._error = e
+            broken = BrokenExecutor(f"the executor failed: {type(e).__name__}: {e}")
+            broken.__cause__ = e
+            self._error = broken
         finally:
             with self._lock:
                 self._closed = True
                 left = [f for _, _, f in self._q] + list(self._futures.values())
                 self._q.clear()
                 self._futures.clear()
-            err = self._error or RuntimeError("the executor shut down before this task ran")
             for fut in left:
-                if not fut.done():
-                    if fut.running() or fut.set_running_or_notify_cancel():
-                        fut.set_exception(err)
+                if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
+                    fut.set_exception(self._error or BrokenExecutor("the executor ended before this task ran"))
 
     def _one_rank(self, hooks: dict[str, Any], wargs: dict[str, Any], run_on: Any) -> None:
         """One rank: a worker thread beside this master thread, joined by a loopback link."""
@@ -179,9 +178,15 @@ class GatherExecutor:
 
     def _check_open(self) -> None:
         if self._error is not None:
-            raise RuntimeError(f"the executor failed: {type(self._error).__name__}: {self._error}")
+            raise self._error
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def bootup(self, wait: bool = True) -> GatherExecutor:
+        """For mpi4py compatibility: the workers are up once the executor is entered. Returns it."""
+        with self._lock:
+            self._check_open()
+        return self
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None, unordered: bool = False) -> Iterator[Any]:
@@ -196,8 +201,13 @@ class GatherExecutor:
         """Like ``map``, with each item of ``iterable`` the argument tuple of one call."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
-            raise ValueError("buffersize must be None or an integer > 0")
+        if buffersize is not None:
+            if not isinstance(buffersize, int) or isinstance(buffersize, bool):
+                raise TypeError(f"buffersize must be an integer or None, not {type(buffersize).__name__}")
+            if buffersize < 1:
+                raise ValueError(f"buffersize must be None or > 0, not {buffersize}")
+            if unordered:
+                raise ValueError("buffersize cannot be combined with unordered")
         end = None if timeout is None else time.monotonic() + timeout
         args = iter(iterable)
         if chunksize > 1:
@@ -253,45 +263,68 @@ class GatherExecutor:
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
 
-    def __enter__(self) -> GatherExecutor:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown(wait=True)
-
-
-@contextlib.contextmanager
-def executor(comm: Any = None, root: int = 0, *, initializer: Callable[..., Any] | None = None,
-             initargs: tuple[Any, ...] = (), **options: Any) -> Iterator[GatherExecutor | None]:
-    """Yield an executor on ``root`` and None on the other ranks (after serving tasks).
+class executor:  # noqa: N801 - a function to its users: ``with mpigather.executor() as ex:``
+    """``with mpigather.executor(comm) as ex:``: a ``GatherExecutor`` on ``root``, None on the other
+    ranks (after they served tasks until the root's executor shut down). Every rank enters it.
 
     ``initializer(*initargs)`` runs on each worker before its first task; if it raises, the
-    executor fails and every pending future gets the error.
+    executor is broken: pending and later futures fail with ``BrokenExecutor``. The same object
+    may be entered again after it was left; entering it while in use raises RuntimeError.
     """
-    from .transport import MPILink
 
-    if root != 0:
-        raise ValueError("root must be 0: the master is rank 0 of comm")
-    opts = make_options(**options)
-    link = MPILink(comm)
-    try:
-        if link.rank != 0:
-            from .api import run_on
+    def __init__(self, comm: Any = None, root: int = 0, *, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = (), **options: Any) -> None:
+        self.comm, self.root = comm, root
+        self.initializer, self.initargs = initializer, initargs
+        self.opts = make_options(**options)
+        self._link: Any = None
+        self._ex: GatherExecutor | None = None
 
-            run_on(link, _call, None, None, opts,
-                   worker_args={"send_exceptions": True, "initializer": initializer, "initargs": initargs})
-            yield None
-            return
-        if link.size > 1 and not link.threads_ok:
-            from .transport import thread_level_name
+    def __enter__(self) -> GatherExecutor | None:
+        from .transport import MPILink
 
-            raise MPIGatherError(f"the executor's master runs in a thread, which {thread_level_name(link.thread_level)}"
-                                 " does not allow: initialize MPI with MPI_THREAD_SERIALIZED or better"
-                                 " (mpi4py.rc.thread_level = 'serialized' or 'multiple')")
-        ex = GatherExecutor(link, opts, {"initializer": initializer, "initargs": initargs})
+        if self._link is not None:
+            raise RuntimeError("this executor is already in use: leave it before entering it again")
+        from .transport import comm_size
+
+        size = comm_size(self.comm)
+        if not 0 <= self.root < size:
+            raise ValueError(f"root must be a rank of the communicator (0 to {size - 1}), not {self.root}")
+        link = self._link = MPILink(self.comm, root=self.root)
+        wargs = {"send_exceptions": True, "initializer": self.initializer, "initargs": self.initargs}
         try:
-            yield ex
+            if link.rank != 0:
+                from .api import run_on
+
+                try:
+                    run_on(link, _call, None, None, self.opts, worker_args=wargs)
+                except Exception:  # the initializer failed here: the root's futures say so (BrokenExecutor)
+                    pass
+                return None
+            if link.size > 1 and not link.threads_ok:
+                from .master import release_workers
+                from .transport import thread_level_name
+
+                reason = (f"the executor's master runs in a thread, which {thread_level_name(link.thread_level)}"
+                          " does not allow: initialize MPI with MPI_THREAD_SERIALIZED or better"
+                          " (mpi4py.rc.thread_level = 'serialized' or 'multiple')")
+                release_workers(link, reason, set(range(1, link.size)))
+                raise MPIGatherError(reason)
+            self._ex = GatherExecutor(link, self.opts, wargs)
+            return self._ex
+        except BaseException:
+            self._close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._ex is not None:
+                self._ex.shutdown(wait=True)
         finally:
-            ex.shutdown(wait=True)
-    finally:
-        link.close()
+            self._close()
+
+    def _close(self) -> None:
+        link, self._link, self._ex = self._link, None, None
+        if link is not None:
+            link.close()

@@ -305,7 +305,7 @@ class Master:
                     return
                 self.sink.put(tid, header, bufs, meta)
         except _ValueErrors as e:  # the value cannot be rebuilt here (memory sink): that task fails
-            self._task_failed(src, tid, attempt, _value_error(tid, src, e), now)
+            self._rebuild_failed(src, tid, attempt, e, now)
             return
         finally:
             self._t["write"] += time.perf_counter() - t
@@ -376,9 +376,18 @@ class Master:
             target.finish()
         except _ValueErrors as e:
             target.discard()
-            self._task_failed(src, stream.tid, stream.attempt, _value_error(stream.tid, src, e), now)
+            self._rebuild_failed(src, stream.tid, stream.attempt, e, now)
             return
         self._decide_all(self.sched.task_done(src, stream.tid, stream.attempt, now, stream.meta["duration"]), now)
+
+    def _rebuild_failed(self, src: int, tid: Any, attempt: int, e: BaseException, now: float) -> None:
+        from .worker import _pickled
+
+        if self.on_failed is not None:  # the executor hands the error itself to the future
+            data = _pickled(e)
+            if data is not None:
+                self._exc[tid] = data
+        self._task_failed(src, tid, attempt, _value_error(tid, src, e), now)
 
     def _bad_checksum(self, src: int, tid: Any, attempt: int, want: int, got: int, now: float) -> None:
         err = str(ChecksumError(f"task {tid!r} from rank {src}: checksum {got:#010x} != sent {want:#010x}"))

@@ -167,7 +167,7 @@ class _Encoder:
             raise UnsupportedResultError(
                 f"{where} is of type {what}, which cannot be pickled ({type(e).__name__}: {e});"
                 " return numpy arrays, dicts or other picklable objects"
-            ) from None
+            ) from e
         skel = np.frombuffer(data, dtype=np.uint8)
         if not oob:
             return self.part(path, _U8, (len(data),), len(data), skel), 1

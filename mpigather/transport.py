@@ -65,16 +65,20 @@ def thread_level_name(level: int) -> str:
 class MPILink:
     """MPI endpoint of one rank, over a private duplicate of ``comm`` (default COMM_WORLD).
 
-    Creating it is collective over ``comm`` (``MPI_Comm_dup``), and so is ``close``.
+    Creating it is collective over ``comm`` (``MPI_Comm_dup``), and so is ``close``. With
+    ``root``, that rank of ``comm`` becomes rank 0 of the duplicate.
     """
 
-    def __init__(self, comm: Any = None, *, dup: bool = True) -> None:
+    def __init__(self, comm: Any = None, *, dup: bool = True, root: int = 0) -> None:
         from mpi4py import MPI
 
         self._MPI = MPI
         base = comm if comm is not None else MPI.COMM_WORLD
-        self.comm = base.Dup() if dup else base
-        self._owned = dup
+        if root:  # the same group, reordered so that ``root`` is rank 0: the master
+            self.comm = base.Split(0, 0 if base.Get_rank() == root else base.Get_rank() + 1)
+        else:
+            self.comm = base.Dup() if dup else base
+        self._owned = dup or bool(root)
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.host = socket.gethostname()
@@ -179,6 +183,13 @@ class MPILink:
         if self._owned and self.comm != self._MPI.COMM_NULL:
             with self._lock:
                 self.comm.Free()
+
+
+def comm_size(comm: Any = None) -> int:
+    """The size of ``comm`` (default COMM_WORLD; starts MPI)."""
+    from mpi4py import MPI
+
+    return int((comm if comm is not None else MPI.COMM_WORLD).Get_size())
 
 
 def world_size_and_rank() -> tuple[int, int]:

@@ -277,7 +277,7 @@ class Worker:
             self.stats["send"] += time.perf_counter() - t1
             self._spans.append((tid, t0, dt, "failed"))
             self._fail(tid, attempt, f"task {tid!r} failed on rank {self.link.rank} (host {self.link.host}),"
-                                    f" attempt {attempt}: {exc}", dt, exc)
+                                    f" attempt {attempt}: {exc}", dt, exc.__cause__ or exc)
             return
         self.stats["send"] += time.perf_counter() - t1
         self._spans.append((tid, t0, dt, "done"))
