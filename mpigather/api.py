@@ -140,7 +140,7 @@ def run(
 
     opts = make_options(**options)
     signals.reset()
-    link = MPILink(comm)
+    link = MPILink(comm, patience=opts.hello_patience)
     try:
         if comm is None:
             check_launch(link.size)
@@ -256,7 +256,7 @@ def _drive(link: Any, source: Iterable[tuple[Any, Any, int]], sink: Sink, journa
     tasks = skip_done(source, done) if done else source
     sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
                       retries=opts.retries, timeout=opts.timeout, timeout_of=timeout_of,
-                      batch_window=opts.batch_window)
+                      batch_window=opts.batch_window, hello_patience=opts.hello_patience)
     progress = Progress.make(opts.progress, total, done_before=n_done_before)
     master = Master(link, sched, sink, journal, opts, progress=progress,
                     on_done=hooks.get("on_done"), on_failed=hooks.get("on_failed"))

@@ -49,6 +49,7 @@ class Options:
     progress: str = "auto"  # auto | bar | log | off
     abort_stuck: bool = True  # end workers stuck in a task at the end of the run (MPI_Abort)
     lock: bool = True  # hold an exclusive lock on the output (off: a file system without locks)
+    hello_patience: float = 10.0  # seconds before the master warns that workers have not checked in
     interface: str = "library"  # cli | library: how errors name the options (--resume or resume=True)
 
     def __post_init__(self) -> None:

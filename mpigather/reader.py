@@ -26,6 +26,14 @@ from .sinks.npy import read_rows
 _BLOCK = 64 << 20
 
 
+def _unpickle(data: bytes, buffers: list[Any], allow_pickle: bool, name: str) -> Any:
+    """Unpickle a stored object; without ``allow_pickle`` only a pickle of plain values (no
+    class or function is named in it, so nothing can run) is read."""
+    if not allow_pickle and not _plain_pickle(data):
+        raise _pickle_refused(f"result {name!r}")
+    return pickle.loads(data, buffers=buffers)
+
+
 def _pickle_refused(what: str) -> ValueError:
     return ValueError(f"{what} holds a pickled Python object, and unpickling runs code from the file;"
                       " pass allow_pickle=True if you trust it")
@@ -67,10 +75,8 @@ def _h5_value(obj: Any, allow_pickle: bool, name: str) -> Any:
     if kind == "none":
         return None
     if kind == "object":
-        if not allow_pickle:
-            raise _pickle_refused(f"result {name!r}")
         parts = _h5_object_parts(obj)
-        return pickle.loads(parts[0].tobytes(), buffers=parts[1:])
+        return _unpickle(parts[0].tobytes(), parts[1:], allow_pickle, name)
     if isinstance(obj, h5py.Group):  # a dict (kind "dict", or no kind in older files)
         return {k: _h5_value(obj[k], allow_pickle, name) for k in obj}
     if kind == "bytes":
@@ -98,12 +104,10 @@ def _npy_value(p: Path, allow_pickle: bool, name: str) -> Any:
     if n.endswith(".none"):
         return None
     if n.endswith(".pkl"):
-        if not allow_pickle:
-            raise _pickle_refused(f"result {name!r}")
         if p.is_dir():
             bufs = [np.fromfile(p / str(i), dtype=np.uint8) for i in range(len(list(p.iterdir())) - 1)]
-            return pickle.loads((p / L.PICKLE).read_bytes(), buffers=bufs)
-        return pickle.loads(p.read_bytes())
+            return _unpickle((p / L.PICKLE).read_bytes(), bufs, allow_pickle, name)
+        return _unpickle(p.read_bytes(), [], allow_pickle, name)
     if p.is_dir():
         return {L.strip_ext(q.name): _npy_value(q, allow_pickle, name) for q in sorted(p.iterdir())}
     raise KeyError(name)
@@ -307,7 +311,7 @@ def _is_scalar_pickle(p: Path) -> bool:
     if p.stat().st_size > 4096:
         return False
     data = p.read_bytes()
-    if not _safe_scalar(data):
+    if not _plain_pickle(data):
         return False
     try:
         v = pickle.loads(data)
@@ -316,8 +320,9 @@ def _is_scalar_pickle(p: Path) -> bool:
     return R._Encoder().node(v, None)[0] in R.SCALARS
 
 
-def _safe_scalar(data: bytes) -> bool:
-    """Only pickles of plain scalars (no GLOBAL/REDUCE opcodes) are looked into."""
+def _plain_pickle(data: bytes) -> bool:
+    """A pickle that names no class or function (no GLOBAL, REDUCE, BUILD...) builds only plain
+    values: str, numbers, bytes, None, and lists, tuples, sets and dicts of them."""
     import pickletools
 
     try:

@@ -12,6 +12,7 @@ from MPI (``threads_ok`` is False) and the worker says what it loses.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -19,6 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .link import LOST, Backoff, wait_until
+
+log = logging.getLogger("mpigather")
 
 
 class Incoming:
@@ -62,6 +65,26 @@ def thread_level_name(level: int) -> str:
             MPI.THREAD_MULTIPLE: "MPI_THREAD_MULTIPLE"}.get(level, str(level))
 
 
+JOIN_PATIENCE = 10.0  # seconds a rank waits for the others to join a run before it says so
+
+
+def _idup(base: Any, patience: float) -> Any:
+    """``MPI_Comm_idup``, waited for politely: a rank whose partners never call in (only the
+    master called ``mpigather.run``, say) says why it waits instead of spinning in silence."""
+    comm, req = base.Idup()
+    start = time.monotonic()
+    back = Backoff()
+    warned = False
+    while not req.Test():
+        if not warned and time.monotonic() - start > patience:
+            warned = True
+            log.warning("rank %d of %d has waited %.0f s for the other ranks to join: every rank of the"
+                        " communicator must call mpigather.run (or enter mpigather.executor) together",
+                        base.Get_rank(), base.Get_size(), patience)
+        back.sleep()
+    return comm
+
+
 class MPILink:
     """MPI endpoint of one rank, over a private duplicate of ``comm`` (default COMM_WORLD).
 
@@ -69,15 +92,18 @@ class MPILink:
     ``root``, that rank of ``comm`` becomes rank 0 of the duplicate.
     """
 
-    def __init__(self, comm: Any = None, *, dup: bool = True, root: int = 0) -> None:
+    def __init__(self, comm: Any = None, *, dup: bool = True, root: int = 0,
+                 patience: float = JOIN_PATIENCE) -> None:
         from mpi4py import MPI
 
         self._MPI = MPI
         base = comm if comm is not None else MPI.COMM_WORLD
         if root:  # the same group, reordered so that ``root`` is rank 0: the master
             self.comm = base.Split(0, 0 if base.Get_rank() == root else base.Get_rank() + 1)
+        elif dup:
+            self.comm = _idup(base, patience)
         else:
-            self.comm = base.Dup() if dup else base
+            self.comm = base
         self._owned = dup or bool(root)
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()

@@ -110,9 +110,8 @@ def create_result(gid: Any, name: str, header: R.Header) -> list[Any]:
 def _scalar_dataset(gid: Any, name: bytes, kind: str, value: Any) -> None:
     space = h5py.h5s.create(h5py.h5s.SCALAR)
     if kind == "str":
-        arr = np.array(value, dtype=object)
-        ds = h5py.h5d.create(gid, name, _attr_type(arr.dtype), space)
-        ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array([value], dtype=_STR).reshape(()), mtype=ds.get_type())
+        ds = h5py.h5d.create(gid, name, _attr_type(np.dtype(object)), space)
+        ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(value, dtype=_STR))
     else:
         arr = np.array(value, dtype=_SCALAR_DTYPE[kind])
         ds = h5py.h5d.create(gid, name, _file_type(arr.dtype), space)
