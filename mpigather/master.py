@@ -32,7 +32,7 @@ from .tasks import describe
 log = logging.getLogger("mpigather")
 
 HOUSEKEEPING_EVERY = 0.005  # seconds between housekeeping passes while messages flow
-HEARTBEAT_MAX = 5.0  # seconds between the master's heartbeat records in the journal
+HEARTBEAT_MAX = 1.0  # seconds between the master's heartbeat records in the journal (status reads them)
 
 
 @dataclass

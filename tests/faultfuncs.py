@@ -100,11 +100,25 @@ def expected(i: int, func: str = "slow"):
 
 
 def sabotage_output(i: int):
-    """Task 3 deletes the run's output directory under the master's feet (a master-side failure)."""
+    """Task 3 removes the run's output directory under the master's feet (a master-side failure):
+    renamed away first, so that it is gone at once even while the master writes into it."""
     import shutil
 
     _log(i)
     time.sleep(0.05)
     if i == 3:
-        shutil.rmtree(os.environ["MPIGATHER_TEST_OUT"], ignore_errors=True)
+        out = os.environ["MPIGATHER_TEST_OUT"]
+        os.rename(out, out + ".gone")
+        shutil.rmtree(out + ".gone", ignore_errors=True)
+    return result(i)
+
+
+def abort_at_5(i: int):
+    """Task 5 ends the whole job with MPI_Abort, as a crashing library would."""
+    _log(i)
+    time.sleep(0.05)
+    if i == 5:
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(5)
     return result(i)
