@@ -3,6 +3,7 @@ trailers, checksums, leases, stealing, drains and failures, in milliseconds, wit
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from mpigather import results as R
 from mpigather import signals
 from mpigather.api import master_run
 from mpigather.config import make_options
-from mpigather.errors import MPIGatherError
+from mpigather.errors import MPIGatherError, UsageError
 from mpigather.loopback import LoopbackHub
 from mpigather.tasks import iterable_tasks
 from mpigather.worker import Worker
@@ -221,3 +222,51 @@ def test_file_outputs_in_both_modes(tmp_path):
                 assert res["7"] == [1, "x"] and res["8"] == 3.25
                 assert res.attrs("3")["params"] == 3
             assert mpigather.verify(out) == (len(values), [], [])
+
+
+def fail_odd_first_time(task):
+    if task["x"] % 2 and not task.get("again"):
+        raise ValueError("odd")
+    return task["x"] * 10
+
+
+def test_resume_reruns_only_what_is_not_done_and_refuses_a_changed_task(tmp_path):
+    out = tmp_path / "o.h5"
+    tasks = [{"id": f"t{i}", "x": i} for i in range(6)]
+    s, _ = run_loopback(fail_odd_first_time, tasks, out=out)
+    assert s.done == 3 and sorted(s.failed) == ["t1", "t3", "t5"]
+    changed = [dict(t, x=99) if t["id"] == "t2" else t for t in tasks]  # t2 was done with x=2
+    with pytest.raises(UsageError, match=r"task 't2' has other parameters"):
+        run_loopback(fail_odd_first_time, changed, out=out, resume=True)
+    again = [dict(t, again=True) if t["x"] % 2 else t for t in tasks]  # only undone tasks changed
+    s, _ = run_loopback(fail_odd_first_time, again, out=out, resume=True)
+    assert s.done == 3 and s.skipped == 3 and not s.failed
+    import mpigather
+
+    with mpigather.load(out) as res:
+        assert [res[f"t{i}"] for i in range(6)] == [10 * i for i in range(6)]
+
+
+def test_positional_ids_with_a_changed_list_are_refused(tmp_path):
+    out = tmp_path / "odir"
+    s, _ = run_loopback(lambda x: x, [10, 20, 31], out=out, retries=0)
+    assert s.done == 3
+    with pytest.raises(UsageError, match=r"task 1 has other parameters"):
+        run_loopback(lambda x: x, [10, 99, 31, 40], out=out, resume=True)
+
+
+def test_loading_a_live_hdf5_run_says_how_to_read_it(tmp_path):
+    import mpigather
+    from mpigather.lock import OutputLock
+
+    out = tmp_path / "o.h5"
+    s, _ = run_loopback(lambda x: x, [1, 2], out=out)
+    os.replace(out, str(out) + ".partial")  # as while a run is live
+    with OutputLock(out) as lock:
+        lock.acquire()
+        with pytest.raises(UsageError, match=r"still being written .* status .* --wait"):
+            mpigather.load(out)
+    with pytest.raises(UsageError, match=r"was not completed.*--resume.*partial"):
+        mpigather.load(out)
+    with mpigather.load(str(out) + ".partial") as res:
+        assert res["1"] == 2

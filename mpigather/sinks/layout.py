@@ -75,7 +75,11 @@ def check_id(tid: Any) -> str:
 
 
 def is_hdf5_path(out: str | os.PathLike[str]) -> bool:
-    return str(out).lower().endswith((".h5", ".hdf5"))
+    """An HDF5 output (or the ``.partial`` file of one, which ``load`` reads too)."""
+    name = str(out).lower()
+    if name.endswith(PARTIAL):
+        name = name[: -len(PARTIAL)]
+    return name.endswith((".h5", ".hdf5"))
 
 
 def strip_ext(name: str) -> str:

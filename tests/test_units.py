@@ -1,0 +1,256 @@
+"""In-process unit tests of the pieces under the loops: results, config, tasks, sinks, the
+pipeline, the reader, the lock and the launch check. No MPI."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpigather import results as R
+from mpigather.config import make_options, parse_size
+from mpigather.errors import UnsupportedResultError, UsageError
+from mpigather.journal import DoneSet, id_key
+from mpigather.launch import check as check_launch
+from mpigather.lock import OutputLock, probe
+from mpigather.pipeline import ChunkPipeline
+from mpigather.reader import load
+from mpigather.sinks import layout as L
+from mpigather.sinks import open_sink, open_writer
+from mpigather.tasks import describe, iterable_tasks, scan_jsonl
+
+# -- results ----------------------------------------------------------------------------------
+
+
+def roundtrip(value):
+    header, bufs = R.encode(value)
+    raws = [np.frombuffer(bytearray(b), dtype=np.uint8) for b in bufs]
+    assert R.checksum(raws) == header.crc
+    return R.assemble(header, raws), header
+
+
+def test_python_values_ride_in_the_header_without_parts():
+    for v in (1.5, -7, "é", True, None):
+        got, h = roundtrip(v)
+        assert got == v and type(got) is type(v) and h.parts == () and h.nbytes == 0
+
+
+def test_big_ints_and_odd_strings_are_pickled():
+    for v in (1 << 70, "nul\0inside"):
+        got, h = roundtrip(v)
+        assert got == v and h.kind == "object"
+
+
+def test_arrays_inside_an_object_travel_out_of_band_not_in_the_pickle():
+    big = np.arange(100_000.0)
+    got, h = roundtrip([big, "x", big * 2])
+    assert h.kind == "object" and len(h.parts) == 3  # the pickle, then two raw buffers
+    assert h.parts[0].nbytes < 1000  # the pickle itself is small: the arrays are not in it
+    assert np.array_equal(got[0], big) and got[1] == "x" and np.array_equal(got[2], big * 2)
+
+
+def test_dicts_nest_and_keep_their_values_kinds():
+    v = {"field": np.ones((3, 4)), "energy": 1.5, "sub": {"n": 3, "b": b"x", "s": np.float32(1)}}
+    got, h = roundtrip(v)
+    assert h.kind == "dict" and [k for k, _, _ in h.tree] == ["energy", "field", "sub"]
+    assert got["energy"] == 1.5 and np.array_equal(got["field"], np.ones((3, 4)))
+    assert got["sub"]["b"] == b"x" and type(got["sub"]["s"]) is np.float32
+
+
+def test_a_dict_whose_keys_cannot_name_files_is_pickled_whole():
+    for v in ({1: 2}, {"a/b": 1}, {".hidden": 1}, {"x.npy": 1}, {"": 1}):
+        got, h = roundtrip(v)
+        assert h.kind == "object" and got == v
+
+
+def test_an_unpicklable_value_names_its_type_and_where_it_sits():
+    with pytest.raises(UnsupportedResultError, match=r"key 'lock'.*_thread.lock"):
+        R.encode({"lock": threading.Lock()})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(), st.binary()),
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(min_size=1, max_size=5), kids,
+                                                                      max_size=4)),
+    max_leaves=20))
+def test_any_plain_value_comes_back_equal(value):
+    got, _ = roundtrip(value)
+    assert got == value
+
+
+def test_chunks_never_span_parts():
+    h, _ = R.encode({"a": np.zeros(10, np.uint8), "b": np.zeros(25, np.uint8)})
+    assert R.chunk_plan(h, 8) == [(0, 0, 8), (0, 8, 2), (1, 0, 8), (1, 8, 8), (1, 16, 8), (1, 24, 1)]
+
+
+# -- config, tasks, launch ---------------------------------------------------------------------
+
+
+def test_sizes_and_option_precedence(monkeypatch):
+    assert parse_size("64MiB") == 64 << 20 and parse_size("1.5k") == 1536
+    with pytest.raises(UsageError, match="'lots' is not a size"):
+        parse_size("lots")
+    monkeypatch.setenv("MPIGATHER_PREFETCH", "5")
+    assert make_options().prefetch == 5 and make_options(prefetch=3).prefetch == 3
+
+
+def test_errors_name_options_as_the_user_wrote_them():
+    with pytest.raises(UsageError, match=r"resume=True and overwrite=True"):
+        make_options(resume=True, overwrite=True)
+    with pytest.raises(UsageError, match=r"--resume and --overwrite"):
+        make_options(resume=True, overwrite=True, interface="cli")
+
+
+def test_task_file_scan_finds_duplicates_with_their_lines(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text("".join(json.dumps({"id": f"r{i % 7 if i == 9 else i}"}) + "\n" for i in range(10)))
+    with pytest.raises(UsageError, match=r"line 10: duplicate task id 'r2' \(also on line 3\)"):
+        scan_jsonl(p)
+
+
+def test_task_file_scan_refuses_a_done_task_whose_parameters_changed(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"id": "a", "x": 1}\n{"id": "b", "x": 2}\n')
+    done = DoneSet([id_key("a")], [describe({"id": "a", "x": 1})[1]])
+    assert scan_jsonl(p, done) == 2
+    p.write_text('{"id": "a", "x": 5}\n{"id": "b", "x": 2}\n')
+    with pytest.raises(UsageError, match=r"line 1: task 'a' has other parameters"):
+        scan_jsonl(p, done)
+
+
+def test_parameters_are_described_canonically():
+    assert describe({"b": 1, "a": [1, 2]}) == describe({"a": [1, 2], "b": 1})
+    text, h = describe(object)
+    assert text.startswith("<class") and isinstance(h, int)
+
+
+def test_iterable_tasks_from_a_dict_and_duplicates():
+    assert list(iterable_tasks({"x": 1, "y": 2})) == [("x", 1, 0), ("y", 2, 1)]
+    with pytest.raises(UsageError, match="duplicate task id 'a'"):
+        list(iterable_tasks([{"id": "a"}, {"id": "a"}]))
+
+
+def test_the_launch_check_knows_the_launchers():
+    check_launch(1, {})
+    check_launch(3, {"SLURM_STEP_NUM_TASKS": "3"})
+    check_launch(1, {"SLURM_NTASKS": "64"})  # a batch script's own variable, not an srun step
+    for env in ({"SLURM_STEP_NUM_TASKS": "3"}, {"SLURM_NTASKS": "3", "SLURM_STEP_ID": "0"},
+                {"OMPI_COMM_WORLD_SIZE": "4"}, {"PMI_SIZE": "2"}):
+        with pytest.raises(UsageError, match="srun --mpi=pmi2"):
+            check_launch(1, env)
+    check_launch(1, {"PMI_SIZE": "2", "MPIGATHER_CHECK_LAUNCH": "0"})
+
+
+def test_ids_that_cannot_name_files_are_refused():
+    for bad in ("", "a/b", ".x", "r.npy", 1.5, True, None):
+        with pytest.raises(UsageError):
+            L.check_id(bad)
+    assert L.check_id(7) == "7" and L.check_id("run-7") == "run-7"
+
+
+# -- sinks ------------------------------------------------------------------------------------
+
+
+def meta(i, **kw):
+    return {"seq": i, "rank": 1, "attempt": 1, "duration": 0.1, "bytes": 0, "crc32c": 0, "params": str(i),
+            "kind": "array", **kw}
+
+
+@pytest.mark.parametrize("name", ["o.h5", "odir"])
+def test_a_streamed_result_finished_after_a_take_is_in_the_next_batch(tmp_path, name):
+    """(A target opened before a take_ready and finished after it must not be lost.)"""
+    sink = open_sink(tmp_path / name)
+    h, bufs = R.encode(np.arange(100.0))
+    t = sink.open(0, h, meta(0))
+    sink.put(1, *R.encode(np.arange(3.0)), meta(1))
+    first = sink.make_durable(sink.take_ready())
+    t.write(0, 0, bufs[0])
+    t.finish()
+    second = sink.make_durable(sink.take_ready())
+    assert [tid for tid, _ in first] == [1] and [tid for tid, _ in second] == [0]
+    sink.close(complete=True)
+    with load(tmp_path / name) as res:
+        assert np.array_equal(res["0"], np.arange(100.0)) and list(res) == ["0", "1"]
+
+
+@pytest.mark.parametrize("name", ["o.h5", "odir"])
+def test_resume_undoes_a_commit_the_journal_never_recorded(tmp_path, name):
+    out = tmp_path / name
+    sink = open_sink(out)
+    for i in range(4):
+        sink.put(i, *R.encode(np.full(3, i)), meta(i))
+    sink.make_durable(sink.take_ready())
+    sink.close(complete=False)
+    sink = open_sink(out, resume=True)
+    assert sink.reconcile(2) == 2  # the journal holds only the first two
+    sink.put(2, *R.encode(np.full(3, 20)), meta(2))
+    sink.make_durable(sink.take_ready())
+    sink.close(complete=True)
+    with load(out) as res:
+        assert list(res) == ["0", "1", "2"] and res["2"][0] == 20 and "3" not in res
+
+
+@pytest.mark.parametrize("name", ["o.h5", "odir"])
+def test_direct_mode_writers_and_adoption(tmp_path, name):
+    out = tmp_path / name
+    sink = open_sink(out)
+    w = open_writer(out, rank=1)
+    paths = [w.write(i, *R.encode({"a": np.full(2, i), "b": "s"}), {"rank": 1, "attempt": 1}) for i in range(3)]
+    w.flush()
+    for i, p in enumerate(paths):
+        sink.adopt(i, R.encode({"a": np.full(2, i), "b": "s"})[0], p, meta(i, kind="dict"))
+    sink.make_durable(sink.take_ready())
+    sink.close(complete=True)
+    with load(out) as res:
+        assert [res[str(i)]["a"][0] for i in range(3)] == [0, 1, 2] and res["1"]["b"] == "s"
+
+
+def test_small_npy_results_leave_no_descriptor_open(tmp_path):
+    sink = open_sink(tmp_path / "odir")
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(500):
+        sink.put(i, *R.encode(np.float64(i)), meta(i))
+    assert len(os.listdir("/proc/self/fd")) - before <= 2
+    sink.make_durable(sink.take_ready())
+    sink.close(complete=True)
+
+
+def test_the_memory_sink_hands_out_results_in_task_order():
+    sink = open_sink(None)
+    for i in (3, 1, 2):
+        sink.put(i, *R.encode(i * 1.0), meta(i))
+    sink.make_durable(sink.take_ready())
+    assert list(sink.in_task_order()) == [1, 2, 3]
+
+
+# -- pipeline, lock -------------------------------------------------------------------------
+
+
+def test_the_pipeline_reuses_two_scratch_buffers():
+    pipe = ChunkPipeline(1 << 10)
+    a, sa = pipe.scratch(100)
+    b, sb = pipe.scratch(100)
+    c, sc = pipe.scratch(100)
+    assert (sa, sb, sc) == (0, 1, 0) and np.shares_memory(a, c) and not np.shares_memory(a, b)
+    pipe.close()
+
+
+def test_the_lock_names_its_holder_and_status_can_tell_live_from_dead(tmp_path):
+    out = tmp_path / "o.h5"
+    assert probe(out) == (None, {})
+    with OutputLock(out) as lock:
+        lock.acquire(["mpigather", "run"])
+        live, holder = probe(out)
+        assert live and holder["pid"] == os.getpid()
+        with pytest.raises(UsageError, match=rf"is being written by pid {os.getpid()} on .* wait for it or stop it"):
+            OutputLock(out).acquire()
+    assert probe(out)[0] is False
+    again = OutputLock(out)
+    again.acquire()  # free again
+    again.release()
