@@ -9,7 +9,6 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from helpers import env, mpiexec_path
