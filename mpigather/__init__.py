@@ -22,6 +22,7 @@ from .errors import (
 )
 from .executor import GatherExecutor, RemoteTaskError, executor
 from .reader import Results, load, verify
+from .steps import NextStep, next_step
 from .summary import INTERRUPTED, Summary
 from .worker import WorkerInfo, current_worker
 
@@ -31,6 +32,7 @@ __all__ = [
     "GatherExecutor",
     "MPIGatherError",
     "MasterFailed",
+    "NextStep",
     "RemoteTaskError",
     "Results",
     "Summary",
@@ -41,6 +43,7 @@ __all__ = [
     "current_worker",
     "executor",
     "load",
+    "next_step",
     "run",
     "verify",
 ]

@@ -40,8 +40,14 @@ log = logging.getLogger("mpigather")
 __version__ = "0.2.0"
 
 
+def steps_path(out: str | os.PathLike[str]) -> Path:
+    """Where a run keeps its tasks' step outputs: beside the output."""
+    p = Path(out)
+    return p.with_name(p.name.rstrip("/") + ".steps")
+
+
 def _output_paths(out: Path) -> list[Path]:
-    paths = [out, journal_path(out)]
+    paths = [out, journal_path(out), steps_path(out)]
     if is_hdf5_path(out):
         paths += [out.with_name(out.name + L.PARTIAL), out.with_name(out.name + L.PARTS)]
     return paths
@@ -92,7 +98,10 @@ def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | 
     jp = journal_path(p)
     done: DoneSet | None = None
     if opts.resume and jp.exists():
-        done = load_state(jp, want_done=True).done_set
+        st = load_state(jp, want_done=True)
+        done = st.done_set
+        if done is not None:
+            done.steps = st.steps
     if prepare is not None:
         total = prepare(done)
     try:
@@ -253,13 +262,14 @@ def master_run(link: Any, source: Iterable[tuple[Any, Any, int]], out: str | os.
 def _drive(link: Any, source: Iterable[tuple[Any, Any, int]], sink: Sink, journal: Journal | None,
            done: DoneSet | None, out: Any, opts: Options, total: int | None, hooks: dict[str, Any]) -> Summary:
     n_done_before = len(done) if done else 0
-    tasks = skip_done(source, done) if done else source
+    tasks = skip_done(source, done, getattr(done, "steps", None)) if done else source
     sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
                       retries=opts.retries, timeout=opts.timeout, timeout_of=timeout_of,
                       batch_window=opts.batch_window, hello_patience=opts.hello_patience)
     progress = Progress.make(opts.progress, total, done_before=n_done_before)
-    master = Master(link, sched, sink, journal, opts, progress=progress,
-                    on_done=hooks.get("on_done"), on_failed=hooks.get("on_failed"))
+    master = Master(link, sched, sink, journal, opts, progress=progress, on_done=hooks.get("on_done"),
+                    on_failed=hooks.get("on_failed"), steps_dir=None if out is None else str(steps_path(out)),
+                    done=done)
     if "master" in hooks:
         hooks["master"](master)
     try:
@@ -281,7 +291,7 @@ def _drive(link: Any, source: Iterable[tuple[Any, Any, int]], sink: Sink, journa
         raise
     summary.skipped = n_done_before
     if total is not None:
-        summary.total = total
+        summary.total += total
         summary.not_run = max(0, total - summary.done - len(summary.failed) - n_done_before)
         if summary.interrupted and summary.not_run == 0:
             summary.interrupted = False  # the signal came as the last tasks ended: nothing to resume
@@ -289,6 +299,7 @@ def _drive(link: Any, source: Iterable[tuple[Any, Any, int]], sink: Sink, journa
     if sink.in_memory:
         summary.results = sink.in_task_order()  # type: ignore[attr-defined]
     try:
+        master.finish_steps(complete=not summary.interrupted and not summary.crash)
         _finish(sink, journal, summary)
     except BaseException as exc:
         _close_failed(sink, journal, 3, f"{type(exc).__name__}: {exc}")

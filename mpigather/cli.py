@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = r.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run")
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+    r.add_argument("--checkpoint", choices=("every", "none"), help="multi-step tasks: store each step's output"
+                   " before the step counts as done (every, the default), or keep it in the worker's memory (none)")
+    r.add_argument("--keep-steps", action="store_true", default=None, help="keep every step's output in the output")
+    r.add_argument("--no-affinity", action="store_true", help="multi-step tasks: hand every next step to the"
+                   " scheduler instead of running it on the worker that finished the previous one")
+    r.add_argument("--kinds", help="what this process's workers are, e.g. gpu,bigmem (or MPIGATHER_KINDS);"
+                   " steps with needs= run only on workers of that kind")
     r.add_argument("--no-lock", action="store_true", help="do not lock the output (a file system without"
                    " working locks; then start only one run on it)")
     r.add_argument("--quiet", action="store_true", help="no progress and no summary")
@@ -145,7 +152,8 @@ def _options(a: argparse.Namespace) -> Any:
     return make_options(chunk_size=a.chunk_size, prefetch=a.prefetch, mode=a.mode, timeout=a.timeout,
                         retries=a.retries, heartbeat=a.heartbeat, grace=a.grace, resume=a.resume,
                         overwrite=a.overwrite, progress=progress, lock=False if a.no_lock else None,
-                        interface="cli")
+                        checkpoint=a.checkpoint, keep_steps=a.keep_steps, affinity=False if a.no_affinity else None,
+                        kinds=a.kinds, interface="cli")
 
 
 def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:

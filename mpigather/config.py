@@ -50,6 +50,10 @@ class Options:
     abort_stuck: bool = True  # end workers stuck in a task at the end of the run (MPI_Abort)
     lock: bool = True  # hold an exclusive lock on the output (off: a file system without locks)
     hello_patience: float = 10.0  # seconds before the master warns that workers have not checked in
+    checkpoint: str = "every"  # every | none: store each step's output before the step counts as done
+    affinity: bool = True  # the worker that finished a step runs the next one itself when it can
+    keep_steps: bool = False  # keep every step's output in the output (/steps/<id>/<n>-<step>)
+    kinds: str = ""  # what this worker is, comma-separated (gpu,bigmem): steps with needs= go to such workers
     interface: str = "library"  # cli | library: how errors name the options (--resume or resume=True)
 
     def __post_init__(self) -> None:
@@ -68,6 +72,8 @@ class Options:
             raise UsageError(f"heartbeat must be greater than 0 seconds, not {self.heartbeat}")
         if self.resume and self.overwrite:
             raise UsageError(f"choose one of {self.flag('resume')} and {self.flag('overwrite')}")
+        if self.checkpoint not in ("every", "none"):
+            raise UsageError(f"checkpoint must be 'every' or 'none', not {self.checkpoint!r}")
         if self.progress not in ("auto", "bar", "log", "off"):
             raise UsageError(f"progress must be auto, bar, log or off, not {self.progress!r}")
         self.prefetch, self.retries = int(self.prefetch), int(self.retries)

@@ -80,17 +80,39 @@ class Journal:
         }
         if any("path" in m for m in metas):
             rec["path"] = [m.get("path") for m in metas]
+        if any("ran" in m for m in metas):  # multi-step tasks: the step whose output is the result
+            rec["ran"] = [m.get("ran") for m in metas]
         self._write(rec)
 
     def failed(self, tid: Any, attempt: int, rank: int, error: str | None, *, final: bool) -> None:
         self._write({"ev": "failed", "id": tid, "att": attempt, "rank": rank, "error": error, "final": final})
 
     def workers(self, table: dict[int, dict[str, Any]], running: int, queued: int, done: int,
-                failed: int) -> None:
+                failed: int, by_step: dict[str, list[int]] | None = None) -> None:
         """The master's heartbeat; flushed to the file system (not fsynced) so that status sees it."""
-        self._write({"ev": "workers", "time": round(now(), 3), "running": running, "queued": queued,
-                     "done": done, "failed": failed, "table": table})
+        rec = {"ev": "workers", "time": round(now(), 3), "running": running, "queued": queued,
+               "done": done, "failed": failed, "table": table}
+        if by_step:
+            rec["steps"] = by_step
+        self._write(rec)
         self._f.flush()
+
+    def step(self, tid: Any, n: int, func: str, needs: str | None, timeout: float | None, path: str,
+             h: int, *, parent: Any = None, ran: str = "") -> None:
+        """The input of step ``n`` of a task is stored at ``path``: a resume starts the task there."""
+        rec: dict[str, Any] = {"ev": "step", "id": tid, "n": n, "next": func, "path": path, "h": h, "ran": ran,
+                               "t": round(now(), 3)}
+        if needs is not None:
+            rec["needs"] = needs
+        if timeout is not None:
+            rec["timeout"] = timeout
+        if parent is not None:
+            rec["parent"] = parent
+        self._write(rec)
+
+    def fanout(self, tid: Any, children: list[Any]) -> None:
+        """A step split a task into these child tasks."""
+        self._write({"ev": "fanout", "id": tid, "children": children, "t": round(now(), 3)})
 
     def reset(self, reason: str) -> None:
         self._write({"ev": "reset", "time": round(now(), 3), "reason": reason})
@@ -197,6 +219,8 @@ class DoneSet:
     """The tasks a journal calls done, as sorted 64-bit id keys with their parameter hashes:
     12 bytes a task, whatever the ids look like."""
 
+    steps: dict[Any, dict[str, Any]] | None = None  # on resume: unfinished tasks' last stored steps
+
     def __init__(self, keys: Iterable[int] = (), hashes: Iterable[int] = ()) -> None:
         k = _array(keys, np.int64)
         h = _array(hashes, np.uint32)
@@ -251,6 +275,10 @@ class State:
     done_in_run: int = 0  # done by the last run
     first_done_in_run: float | None = None
     last_done_time: float | None = None
+    steps: dict[Any, dict[str, Any]] = field(default_factory=dict)  # unfinished tasks: their last stored step
+    step_counts: dict[str, int] = field(default_factory=dict)  # steps done, by the name of the step
+    children: int = 0  # tasks made by fan-outs
+    _fanned: set[Any] = field(default_factory=set)
 
     @property
     def total(self) -> int | None:
@@ -285,8 +313,13 @@ def load_state(path: str | os.PathLike[str], *, want_done: bool = False) -> Stat
                     hashes.append(int(h) & 0xFFFFFFFF)
                 if st.failed:
                     st.failed.pop(tid, None)  # failed in an earlier run, done since
+                if st.steps:
+                    st.steps.pop(tid, None)
             st.n_done += n
             st.done_in_run += n
+            for name in rec.get("ran") or ():
+                if name:
+                    st.step_counts[name] = st.step_counts.get(name, 0) + 1
             if st.runs:
                 st.runs[-1].done += n
             if t is not None:
@@ -306,7 +339,16 @@ def load_state(path: str | os.PathLike[str], *, want_done: bool = False) -> Stat
                     st.runs[-1].failed += 1
         elif ev == "workers":
             st.heartbeat = rec
+        elif ev == "fanout":
+            if rec["id"] not in st._fanned:  # a resumed run may fan the same task out again
+                st._fanned.add(rec["id"])
+                st.children += len(rec.get("children") or ())
+        elif ev == "step":
+            st.steps[rec["id"]] = rec
+            name = rec.get("ran") or "?"
+            st.step_counts[name] = st.step_counts.get(name, 0) + 1
         elif ev == "reset":
+            st.steps.clear()
             st.n_done = 0
             st.bytes_done = 0
             keys, hashes = array.array("q"), array.array("I")

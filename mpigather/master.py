@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import messages as M
@@ -25,7 +26,9 @@ from .journal import Journal
 from .link import LOST, Backoff
 from .pipeline import ChunkPipeline
 from .scheduler import Decision, Ended, Expired, Notice, Revoke, Scheduler, Send, Stop, WorkerState
-from .sinks import Meta, Sink, Target
+from .sinks import Meta, Sink, Target, check_id
+from .sinks.layout import EXT
+from .steps import step_name
 from .summary import Summary
 from .tasks import describe
 
@@ -43,6 +46,7 @@ class _Stream:
     target: Target | None  # None: a late duplicate, received and dropped
     plan: list[tuple[int, int, int]]
     meta: Meta
+    step: Any = None  # steps.StepInfo when this is a step's output or a multi-step task's result
     index: int = 0
     crc: int = 0
     job: Any = None  # the pipeline's last job for this result
@@ -60,6 +64,8 @@ class Master:
         progress: Any = None,
         on_done: Callable[[Any, Meta], None] | None = None,
         on_failed: Callable[[Any, str, bytes | None], None] | None = None,
+        steps_dir: str | None = None,
+        done: Any = None,
     ) -> None:
         self.link, self.sched, self.sink, self.journal, self.opts = link, scheduler, sink, journal, opts
         self.progress = progress
@@ -77,6 +83,16 @@ class Master:
         self._last_hb_write = 0.0
         self._hb_task: dict[int, Any] = {}
         self._exc: dict[Any, bytes] = {}  # executor: the pickled exception of a task's last failure
+        # multi-step tasks
+        self.steps_dir = steps_dir  # where step outputs are stored (None: in memory)
+        self.done = done  # on resume: the tasks an earlier run finished (fan-out children among them)
+        self._steps_sink: Sink | None = None
+        self._fan: dict[Any, dict[int, Any]] = {}  # fan-out inputs received so far, per parent
+        self._parents: set[Any] = set()  # fanned-out tasks waiting for their children
+        self._fan_children: dict[Any, tuple[Meta, list[str]]] = {}
+        self._early_calls: dict[Any, Any] = {}  # children's stored inputs, before their fan-out is complete
+        self._ckpts: dict[Any, list[str]] = {}  # stored step outputs of each unfinished task
+        self._multistep = False  # a step message was seen: status shows tasks by step
 
     # -- public -------------------------------------------------------------------------
 
@@ -149,9 +165,9 @@ class Master:
             self.progress.update(self.sched, self.summary, now)
 
     def _heartbeat(self, now: float) -> None:
-        table, running, queued = self.worker_table(now)
+        table, running, queued, by_step = self.worker_table(now)
         assert self.journal is not None
-        self.journal.workers(table, running, queued, self.summary.done, len(self.summary.failed))
+        self.journal.workers(table, running, queued, self.summary.done, len(self.summary.failed), by_step)
 
     def _commit(self, wait: bool = False) -> None:
         """Group commit: make the finished results durable, then journal them as done.
@@ -165,19 +181,38 @@ class Master:
             if not job.done() and not wait:
                 return
             self._commit_job = None
-            self._record_done(job.result())
+            self._record(*job.result())
         batch = self.sink.take_ready()
-        if batch is not None:
+        steps = self._steps_sink.take_ready() if self._steps_sink is not None else None
+        if batch is not None or steps is not None:
             if wait or self.sink.in_memory:
-                self._record_done(self.sink.make_durable(batch))
+                self._record(*self._make_durable(batch, steps))
             else:
                 if self._committer is None:
                     self._committer = ThreadPoolExecutor(1, thread_name_prefix="mpigather-commit")
-                self._commit_job = self._committer.submit(self.sink.make_durable, batch)
+                self._commit_job = self._committer.submit(self._make_durable, batch, steps)
         self._t["write"] += time.perf_counter() - t
+
+    def _make_durable(self, batch: Any, steps: Any) -> tuple[list[tuple[Any, Meta]], list[tuple[Any, Meta]]]:
+        """(On the committer thread.) Step outputs first: a result never becomes durable before
+        the outputs that led to it."""
+        stored = self._steps_sink.make_durable(steps) if steps is not None else []  # type: ignore[union-attr]
+        return (self.sink.make_durable(batch) if batch is not None else []), stored
+
+    def _record(self, ready: list[tuple[Any, Meta]], steps: list[tuple[Any, Meta]]) -> None:
+        if steps:
+            self._steps_stored(steps)
+        if ready:
+            self._record_done(ready)
 
     def _record_done(self, ready: list[tuple[Any, Meta]]) -> None:
         record_done(ready, self.journal, self.summary, self.on_done)
+        if self._ckpts and not self.opts.keep_steps:
+            from .sinks.base import remove_quietly
+
+            for tid, _ in ready:  # done and journaled: its step outputs are no longer needed
+                for path in self._ckpts.pop(tid, ()):
+                    remove_quietly(path)
 
     def _decide_all(self, decisions: list[Decision], now: float) -> None:
         for d in decisions:
@@ -192,9 +227,18 @@ class Master:
             case Stop(rank):
                 self.link.post(M.Stop(), rank, M.TASK)
             case Ended(tid, attempt, rank, ok, error):
+                if ok and tid in self._parents:  # every child is done: the parent's result lists them
+                    self._parents.discard(tid)
+                    meta, kids = self._fan_children.pop(tid)
+                    header, bufs = R.encode(kids)
+                    self.sink.put(tid, header, bufs, {**meta, "rank": rank, "attempt": attempt, "duration": 0.0,
+                                                      "bytes": header.nbytes, "crc32c": header.crc,
+                                                      "kind": header.kind})
+                    return
                 if ok:
                     self._exc.pop(tid, None)
                     return
+                self._parents.discard(tid)
                 self.summary.failed[tid] = error or "failed"
                 if self.journal is not None:
                     self.journal.failed(tid, attempt, rank, error, final=True)
@@ -223,11 +267,13 @@ class Master:
             return
         if inc.tag != M.CTRL:
             raise ProtocolError(f"unexpected tag {inc.tag} from rank {src}")
+        if self._settling:
+            self._settle_from(src, now)
         match inc.obj():
             case M.Results(items):
                 for item in items:
                     self._on_result(src, item, now)
-            case M.Failed(tid, attempt, text, _dt, exc):
+            case M.Failed(tid, attempt, text, _dt, exc, _step):
                 self._hb_task.pop(src, None)
                 if exc is not None:
                     self._exc[tid] = exc
@@ -239,6 +285,8 @@ class Master:
                 stream.header = stream.header._replace(crc=crc)
                 stream.meta["crc32c"] = crc
                 self._end_stream(src, stream, now)
+            case M.Step(tid, attempt, info, duration):
+                self._on_step(src, tid, attempt, info, duration, now)
             case M.Heartbeat(tid, _seconds):
                 self.sched.seen(src, now)
                 self._hb_task[src] = tid
@@ -263,7 +311,7 @@ class Master:
             self.journal.failed(tid, attempt, src, text, final=False)
         self._decide_all(self.sched.task_failed(src, tid, attempt, text, now), now)
 
-    def _meta(self, src: int, tid: Any, attempt: int, header: R.Header, duration: float) -> Meta:
+    def _meta(self, src: int, tid: Any, attempt: int, header: R.Header, duration: float, step: Any = None) -> Meta:
         meta: Meta = {"rank": src, "attempt": attempt, "duration": duration, "bytes": header.nbytes,
                       "crc32c": header.crc, "kind": header.kind}
         rec = self.sched.task(tid)
@@ -271,45 +319,130 @@ class Master:
             meta["seq"] = rec.seq
             if self._describe:
                 meta["params"], meta["hash"] = describe(rec.payload)
+        if step is not None:
+            meta["step"], meta["tid"], meta["ran"] = step, tid, step.ran
         return meta
 
     def _on_result(self, src: int, item: M.Item, now: float) -> None:
-        tid, attempt, header, duration, inline, path = item
+        tid, attempt, header, duration, inline, path, step = item
         self._hb_task.pop(src, None)
-        if inline is None and path is None:  # chunks follow
+        if step is not None:  # a step of a multi-step task: its output, or the task's result
+            self._multistep = True
+            accept = self.sched.step_begin(src, tid, attempt, step.n, now, streamed=inline is None and path is None)
+        elif inline is None and path is None:
             accept = self.sched.result_begin(src, tid, attempt, now)
-            meta = self._meta(src, tid, attempt, header, duration)
-            target = self.sink.open(tid, header, meta) if accept else None
-            stream = _Stream(tid, attempt, header, target, R.chunk_plan(header, self.opts.chunk_size), meta)
+        else:
+            accept = self.sched.is_active(tid)
+        checkpoint = step is not None and step.next is not None
+        sink = self._steps() if checkpoint else self.sink
+        key = self._ckpt_key(tid, step) if checkpoint else tid
+        meta = self._meta(src, tid, attempt, header, duration, step) if accept else {}
+        if inline is None and path is None:  # chunks follow
+            target = sink.open(key, header, meta) if accept else None
+            stream = _Stream(tid, attempt, header, target, R.chunk_plan(header, self.opts.chunk_size), meta, step)
             self._streams[src] = stream
             if not stream.plan:
                 self._end_stream(src, stream, now)
             return
-        if not self.sched.is_active(tid):  # a late duplicate: the task ended already
+        if not accept:  # a late duplicate: the task ended already, or that lease is over
             self._decide_all(self.sched.discarded(src, tid, now), now)
             if path is not None:
                 from .sinks.base import remove_quietly
 
                 remove_quietly(path)
             return
-        meta = self._meta(src, tid, attempt, header, duration)
         t = time.perf_counter()
         try:
             if path is not None:
-                self.sink.adopt(tid, header, path, meta)
+                sink.adopt(key, header, path, meta)
             else:
                 bufs = inline or []
                 crc = R.checksum(bufs)
                 if crc != header.crc:
                     self._bad_checksum(src, tid, attempt, header.crc or 0, crc, now)
                     return
-                self.sink.put(tid, header, bufs, meta)
+                sink.put(key, header, bufs, meta)
         except _ValueErrors as e:  # the value cannot be rebuilt here (memory sink): that task fails
             self._rebuild_failed(src, tid, attempt, e, now)
             return
         finally:
             self._t["write"] += time.perf_counter() - t
-        self._decide_all(self.sched.task_done(src, tid, attempt, now, duration), now)
+        self._stored(src, tid, attempt, duration, step, now)
+
+    def _stored(self, src: int, tid: Any, attempt: int, duration: float, step: Any, now: float) -> None:
+        """Every byte of a result, or of a step's output, is in the sink (not yet durable)."""
+        if step is None or step.next is None:
+            self._decide_all(self.sched.task_done(src, tid, attempt, now, duration), now)
+        elif step.child is None:
+            self._decide_all(self.sched.step_done(src, tid, step.n, step.n + 1, step.needs, step.timeout,
+                                                  step.continuing, now), now)
+        else:  # one input of a fan-out; the children start once all are in
+            got = self._fan.setdefault(tid, {})
+            got[step.child] = step
+            if len(got) == step.of:
+                del self._fan[tid]
+                self._parents.add(tid)
+                children = [(child_id(tid, k), s.n + 1, s.needs, s.timeout) for k, s in sorted(got.items())]
+                rec = self.sched.task(tid)
+                meta: Meta = {"seq": rec.seq if rec else -1}
+                if self._describe and rec is not None:
+                    meta["params"], meta["hash"] = describe(rec.payload)
+                self._fan_children[tid] = (meta, [c for c, *_ in children])
+                if self.journal is not None:
+                    self.journal.fanout(tid, [c for c, *_ in children])
+                self.summary.total += len(children)
+                if self.done:  # a resumed run re-ran the fan-out: children done before stay done
+                    before = len(children)
+                    children = [c for c in children if c[0] not in self.done]
+                    self.summary.skipped += before - len(children)
+                self._decide_all(self.sched.fanout(src, tid, step.n, children, now), now)
+                for cid, *_ in children:  # inputs stored before the last one arrived
+                    call = self._early_calls.pop(cid, None)
+                    if call is not None:
+                        self._decide_all(self.sched.step_stored(cid, call), now)
+
+    def _on_step(self, src: int, tid: Any, attempt: int, step: Any, duration: float, now: float) -> None:
+        """checkpoint="none": the worker goes on with the next step; only the lease moves."""
+        if self.sched.step_begin(src, tid, attempt, step.n, now):
+            self._decide_all(self.sched.step_done(src, tid, step.n, step.n + 1, step.needs, step.timeout, True,
+                                                  now, stored=False), now)
+
+    def _steps(self) -> Sink:
+        """Where step outputs are stored: beside the output (workers read their inputs there), or in memory."""
+        if self._steps_sink is None:
+            from .sinks import open_sink
+
+            self._steps_sink = open_sink(self.steps_dir)
+        return self._steps_sink
+
+    @staticmethod
+    def _ckpt_key(tid: Any, step: Any) -> str:
+        base = check_id(tid) if step.child is None else child_id(tid, step.child)
+        return f"{base}.s{step.n + 1}"
+
+    def _steps_stored(self, ready: list[tuple[Any, Meta]]) -> None:
+        """Step outputs are durable: journal them, and let their next steps run anywhere."""
+        from .steps import StepCall
+
+        sink = self._steps()
+        for key, meta in ready:
+            step, tid = meta["step"], meta["tid"]
+            target = tid if step.child is None else child_id(tid, step.child)
+            if sink.in_memory:
+                value = sink.results.pop(key)  # type: ignore[attr-defined]
+                call = StepCall(step.n + 1, step.next, step.needs, step.timeout, None, value, True)
+            else:
+                path = str(sink.path / (key + EXT[meta["kind"]]))  # type: ignore[operator]
+                call = StepCall(step.n + 1, step.next, step.needs, step.timeout, path)
+                self._ckpts.setdefault(tid, []).append(path)
+                if self.journal is not None:
+                    self.journal.step(target, step.n + 1, step.next, step.needs, step.timeout, path,
+                                      meta.get("hash", 0), parent=tid if step.child is not None else None,
+                                      ran=step.ran)
+            if step.child is not None and tid in self._fan:  # the fan-out is not complete: keep it for then
+                self._early_calls[target] = call
+                continue
+            self._decide_all(self.sched.step_stored(target, call), time.monotonic())
 
     def _on_chunk(self, inc: Any, now: float) -> None:
         src = inc.source
@@ -351,6 +484,15 @@ class Master:
             return
         self._complete(src, stream, now)
 
+    def _settle_from(self, src: int, now: float) -> None:
+        """Finish ``src``'s results still being checksummed before its next message is handled, so
+        that what a worker sends is handled in order (a step's output before the next step's)."""
+        mine = [(s, st) for s, st in self._settling if s == src]
+        if mine:
+            self._settling = [(s, st) for s, st in self._settling if s != src]
+            for s, st in mine:
+                self._complete(s, st, now)
+
     def _complete_settled(self, now: float) -> None:
         if self._settling:
             waiting = []
@@ -378,7 +520,7 @@ class Master:
             target.discard()
             self._rebuild_failed(src, stream.tid, stream.attempt, e, now)
             return
-        self._decide_all(self.sched.task_done(src, stream.tid, stream.attempt, now, stream.meta["duration"]), now)
+        self._stored(src, stream.tid, stream.attempt, stream.meta["duration"], stream.step, now)
 
     def _rebuild_failed(self, src: int, tid: Any, attempt: int, e: BaseException, now: float) -> None:
         from .worker import _pickled
@@ -409,6 +551,22 @@ class Master:
             self._hb_task.pop(rank, None)
             self._decide_all(self.sched.worker_lost(rank, now), now)
 
+    def finish_steps(self, complete: bool) -> None:
+        """The run ended: keep every step's output in the output (``keep_steps``) or remove the
+        folder of step outputs once no unfinished task needs it."""
+        import shutil
+
+        if self._steps_sink is None or self._steps_sink.in_memory:
+            return
+        self._steps_sink.close(complete=True)
+        root = Path(self.steps_dir or "")
+        if self.opts.keep_steps and complete:
+            from .sinks.keep import keep_steps
+
+            keep_steps(self.sink, root, None if self.journal is None else self.journal.path)
+        if complete:
+            shutil.rmtree(root, ignore_errors=True)
+
     # -- ending -------------------------------------------------------------------------
 
     def abort(self, reason: str) -> None:
@@ -428,20 +586,32 @@ class Master:
         self._streams.clear()
         self._settling.clear()
 
-    def worker_table(self, now: float) -> tuple[dict[int, dict[str, Any]], int, int]:
-        """Each worker's state, queue length and last-seen age; and how many tasks run and wait."""
+    def worker_table(self, now: float) -> tuple[dict[int, dict[str, Any]], int, int, dict[str, list[int]]]:
+        """Each worker's state, queue length and last-seen age; how many tasks run and wait; and
+        for multi-step tasks, how many run and wait at each step ({step: [running, queued]})."""
         out = {}
         running = queued = 0
+        by_step: dict[str, list[int]] = {}
         for rank, w in self.sched.workers().items():
             held = len(w.queue)
             if held and w.state is WorkerState.OK:
                 running += 1
                 queued += held - 1
+                if self._multistep:
+                    for i, tid in enumerate(w.queue):
+                        rec = self.sched.task(tid)
+                        name = step_name(rec.call.func) if rec is not None and rec.call is not None else "task"
+                        by_step.setdefault(name, [0, 0])[0 if i == 0 else 1] += 1
             elif w.state is WorkerState.SUSPECT and w.stuck is not None:
                 running += 1
             out[rank] = {"state": str(w.state), "queued": max(held - 1, 0), "seen_ago": round(now - w.last_seen, 3),
                          "task": self._hb_task.get(rank, next(iter(w.queue), None) if held else None)}
-        return out, running, queued
+        return out, running, queued, by_step
+
+
+def child_id(tid: Any, k: int) -> str:
+    """The id of child ``k`` of a fanned-out task."""
+    return f"{tid}.{k}"
 
 
 _ValueErrors = (Exception,)  # what rebuilding or storing one value may raise without the run failing

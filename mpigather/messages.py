@@ -38,6 +38,7 @@ class Item(NamedTuple):
     duration: float
     inline: list[bytearray] | None
     path: str | None
+    step: Any = None  # steps.StepInfo of a multi-step task: which step this is the output of
 
 
 class Results(NamedTuple):
@@ -54,6 +55,17 @@ class Failed(NamedTuple):
     text: str
     duration: float
     exc: bytes | None = None
+    step: int = 0  # the step that failed
+
+
+class Step(NamedTuple):
+    """A step finished and the worker goes on with the next itself, keeping its output in
+    memory (``checkpoint="none"``): no data follows."""
+
+    tid: Any
+    attempt: int
+    info: Any  # steps.StepInfo
+    duration: float
 
 
 class Heartbeat(NamedTuple):
@@ -121,5 +133,5 @@ class Abort(NamedTuple):
     reason: str
 
 
-TO_MASTER = (Hello, Results, Failed, Heartbeat, Revoked, Trailer, Log, Crash, Bye)
+TO_MASTER = (Hello, Results, Failed, Step, Heartbeat, Revoked, Trailer, Log, Crash, Bye)
 TO_WORKER = (Tasks, Revoke, Stop, Abort)

@@ -176,8 +176,8 @@ class Results(Mapping[str, Any]):
             if rows:
                 if all(r.get("int_id", type(r["id"]) is int) for r in rows):
                     rows.sort(key=lambda r: int(r["id"]))
-                else:
-                    rows.sort(key=lambda r: r.get("seq", 0))
+                else:  # task order; a fanned-out task's children (<id>.<k>) after it, by k
+                    rows.sort(key=lambda r: (r.get("seq", 0), _child_key(str(r["id"]))))
                 names = [str(r["id"]) for r in rows]
                 present = set(self._listing())
                 self._order = [n for n in names if n in present]
@@ -242,11 +242,23 @@ class Results(Mapping[str, Any]):
         return _h5_crc(where, 0) if self._h5 else _npy_crc(where, 0)
 
 
+def _child_key(name: str) -> tuple[int, ...]:
+    """(0,) for a task; (1, k) for child k: children follow their parent, in order."""
+    head, _, k = name.rpartition(".")
+    return (1, int(k)) if head and k.isdigit() else (0,)
+
+
 def _num(n: str) -> int:
     try:
         return int(n)
     except ValueError:
         return 0
+
+
+def load_entry(path: str | os.PathLike[str]) -> Any:
+    """One value stored in a ``.npy`` directory (a step's input, stored by this run itself)."""
+    p = Path(path)
+    return _npy_value(p, True, p.name)
 
 
 def load(out: str | os.PathLike[str], *, allow_pickle: bool = False) -> Results:

@@ -101,6 +101,15 @@ class TaskRec:
     last_error: str | None = None
     rank: int | None = None  # holder of the live lease, None while queued
     ended: bool = False
+    # multi-step tasks (see steps.py)
+    step: int = 0  # the step running, or to run next (0: the task function)
+    call: Any = None  # what a worker gets to run ``step`` (a steps.StepCall); None: the task itself
+    needs: str | None = None  # the kind of worker ``step`` needs
+    waiting: bool = False  # its next step's input is not stored yet: not dispatchable
+    input_coming: bool = False  # the input of ``step`` was received and is being stored
+    parent: TaskId | None = None  # a child of a fan-out
+    children_left: int = 0  # a parent waits for this many children
+    child_failed: str | None = None
 
 
 @dataclass
@@ -113,7 +122,7 @@ class WorkerRec:
     streaming: TaskId | None = None  # task whose result is being received
     revoking: bool = False  # a steal request is on its way
     stuck: TaskId | None = None  # task it was running when its lease expired
-    kinds: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset()  # what the worker said it is (gpu, bigmem...)
 
 
 # Decisions -----------------------------------------------------------------------------
@@ -130,7 +139,7 @@ class Send(Decision):
     """Send these (task id, attempt, payload) assignments to the worker."""
 
     rank: int
-    tasks: list[tuple[TaskId, int, Any]]
+    tasks: list[tuple[Any, ...]]  # (id, attempt, payload), or (id, attempt, payload, steps.StepCall)
 
 
 @dataclass(frozen=True)
@@ -231,6 +240,8 @@ class Scheduler:
         self._hungry: set[int] = set()  # healthy workers whose queue shrank since dispatch last filled it
         self._multi: set[int] = set()  # healthy workers holding more than one task (steal donors)
         self._avg_duration: float | None = None
+        self._kinds: dict[str, int] = {}  # live workers of each kind
+        self._needs_check = False  # a requeued task needs a kind of worker: can anyone run it?
         self.n_done = 0
         self.n_failed = 0
         for rank in expect:
@@ -300,6 +311,8 @@ class Scheduler:
         self._transition(w, "hello")
         w.last_seen = w.head_since = now
         w.kinds = frozenset(kinds)
+        for k in w.kinds:
+            self._kinds[k] = self._kinds.get(k, 0) + 1
         return []
 
     def transfer_done(self, rank: int, tid: TaskId) -> list[Decision]:
@@ -401,6 +414,10 @@ class Scheduler:
         must end); the tasks queued behind it go back as they were.
         """
         w = self._worker(rank)
+        if w.state is not W.LOST:
+            for k in w.kinds:
+                self._kinds[k] -= 1
+            self._needs_check = bool(w.kinds)
         self._transition(w, "lost")
         w.streaming = None
         w.revoking = False
@@ -426,6 +443,102 @@ class Scheduler:
         self._transition(self._worker(rank), "bye")
         return []
 
+    # -- multi-step tasks ------------------------------------------------------------------
+
+    def step_begin(self, rank: int, tid: TaskId, attempt: int, n: int, now: float, streamed: bool = False) -> bool:
+        """A message about step ``n`` of ``tid`` arrived (``streamed``: its output follows in
+        chunks). False: drop it, it belongs to a lease that is no longer live."""
+        w = self._worker(rank)
+        w.last_seen = now
+        rec = self._active.get(tid)
+        if rec is None or rec.rank != rank or rec.attempts != attempt or rec.step != n:
+            if rec is None:
+                self._report_in(w, tid, now)
+            return False
+        if streamed:
+            if w.streaming is not None:
+                raise ProtocolError(f"worker {rank} began step {n} of {tid!r} while result {w.streaming!r} is open")
+            w.streaming = tid  # a transfer in progress suspends the lease of that worker
+        return True
+
+    def step_done(self, rank: int, tid: TaskId, n: int, next_step: int, needs: str | None,
+                  timeout: float | None, continuing: bool, now: float, stored: bool = True) -> list[Decision]:
+        """Step ``n`` finished; step ``next_step`` (n + 1) runs on ``rank`` (``continuing``) or, once
+        its input is stored (``step_stored``), on any worker of the kind it ``needs``. ``stored``:
+        its input is on its way to storage (else it lives only in the worker's memory)."""
+        w = self._worker(rank)
+        if w.streaming == tid:
+            w.streaming = None
+        rec = self._active[tid]
+        rec.step, rec.needs, rec.failures = next_step, needs, 0
+        rec.input_coming = stored
+        rec.timeout = timeout if timeout is not None else self.timeout
+        if continuing:
+            if tid in w.queue and next(iter(w.queue)) == tid:
+                w.head_since = now
+                self._arm(w, rec)  # the step's own lease, from now
+            return []
+        rec.waiting = True  # the worker left it: it waits for its input to be stored
+        self._leave_queue(w, tid, now)
+        rec.rank = None
+        return []
+
+    def step_stored(self, tid: TaskId, call: Any) -> list[Decision]:
+        """The input of step ``call.n`` is durable: a failure from here on re-runs that step."""
+        rec = self._active.get(tid)
+        if rec is None or (rec.call is not None and rec.call.n >= call.n):
+            return []
+        rec.call = call
+        if rec.step == call.n:
+            rec.input_coming = False
+            if rec.waiting:
+                rec.waiting = False
+                self._requeue(rec)
+        return []
+
+    def fanout(self, rank: int, tid: TaskId, n: int, children: list[tuple[Any, int, Any, Any]],
+               now: float) -> list[Decision]:
+        """Step ``n`` of ``tid`` split it into ``children`` (id, step, needs, timeout): each a task of
+        its own, run once its input is stored; ``tid`` ends when they all have."""
+        w = self._worker(rank)
+        if w.streaming == tid:
+            w.streaming = None
+        rec = self._active[tid]
+        self._leave_queue(w, tid, now)
+        rec.rank, rec.step, rec.children_left = None, n + 1, len(children)
+        if not children:  # (a resumed run: every child was done before)
+            return self._end(rec, rank, rec.attempts, ok=True, error=None)
+        for cid, step, needs, timeout in children:
+            if cid in self._active:
+                raise ProtocolError(f"task id {cid!r} of a fan-out of {tid!r} is already a task")
+            self._active[cid] = TaskRec(cid, None, timeout if timeout is not None else self.timeout, seq=rec.seq,
+                                        step=step, needs=needs, waiting=True, parent=tid)
+        return []
+
+    def _child_ended(self, child: TaskRec, ok: bool, error: str | None) -> list[Decision]:
+        parent = self._active.get(child.parent)
+        if parent is None:
+            return []
+        parent.children_left -= 1
+        if not ok and parent.child_failed is None:
+            parent.child_failed = f"child {child.tid!r} failed: {error}"
+        if parent.children_left:
+            return []
+        return self._end(parent, -1, parent.attempts, ok=parent.child_failed is None, error=parent.child_failed)
+
+    def _fail_unrunnable(self) -> list[Decision]:
+        """Steps that need a kind of worker none of the workers is: they fail at once, not hang."""
+        self._needs_check = False
+        out: list[Decision] = []
+        for rec in [r for r in self._requeued if r.needs is not None and not self._kinds.get(r.needs)]:
+            self._requeued.remove(rec)
+            kinds = sorted(k for k, n in self._kinds.items() if n) or ["none"]
+            out.extend(self._end(rec, -1, rec.attempts, ok=False,
+                                 error=f"step {rec.step} needs a worker of kind {rec.needs!r}, and no worker is"
+                                       f" (the workers' kinds: {', '.join(kinds)}; declare them with"
+                                       " MPIGATHER_KINDS or --kinds)"))
+        return out
+
     def drain(self, now: float = 0.0, grace: float | None = None) -> list[Decision]:
         """Stop handing out work (a signal asked us to stop): revoke everything not yet started.
 
@@ -449,6 +562,8 @@ class Scheduler:
         for rec in self._requeued:
             self._active.pop(rec.tid, None)
         self._requeued.clear()
+        for rec in [r for r in self._active.values() if r.rank is None]:  # waiting for a step's input or children
+            del self._active[rec.tid]
         # a suspect worker's task will never come back in time: forget it, it is not done
         for w in self._workers.values():
             if w.state in (W.SUSPECT, W.LOST):
@@ -490,6 +605,8 @@ class Scheduler:
             left = self.abandon_running()
             out.append(Notice("warning", f"grace period over: {len(left)} running task(s) left for a resume"))
         out.extend(self._check_workers(now))
+        if self._needs_check and not self._count[W.NEW]:
+            out.extend(self._fail_unrunnable())
         return out
 
     def dispatch(self, now: float) -> list[Decision]:
@@ -526,7 +643,8 @@ class Scheduler:
                 if was_idle:
                     w.head_since = now
                     self._arm(w, self._active[batch[0].tid])
-                out.append(Send(w.rank, [(r.tid, r.attempts, r.payload) for r in batch]))
+                out.append(Send(w.rank, [(r.tid, r.attempts, r.payload) if r.call is None
+                                         else (r.tid, r.attempts, r.payload, r.call) for r in batch]))
                 self._queue_changed(w)
             if len(w.queue) >= target:
                 self._hungry.discard(rank)
@@ -595,10 +713,22 @@ class Scheduler:
             self._multi.discard(w.rank)
 
     def _requeue(self, rec: TaskRec, front: bool = True) -> None:
-        """Put a task back for another worker; while draining, forget it instead (it is not done)."""
+        """Put a task back for another worker; while draining, forget it instead (it is not done).
+
+        A multi-step task goes back to the last step whose input is stored (the task itself
+        when none is), so a failure re-runs one step, never a step's successor without its input.
+        """
         if self._draining:
             self._active.pop(rec.tid, None)
-        elif front:
+            return
+        if rec.input_coming:  # the failed step's input is being stored: run it again from there
+            rec.waiting = True
+            return
+        rec.step = rec.call.n if rec.call is not None else 0
+        rec.needs = rec.call.needs if rec.call is not None else None
+        if rec.needs is not None:
+            self._needs_check = True
+        if front:
             self._requeued.appendleft(rec)
         else:
             self._requeued.append(rec)
@@ -612,6 +742,8 @@ class Scheduler:
             self.n_failed += 1
         rec.ended = True
         del self._active[rec.tid]
+        if rec.parent is not None:
+            out.extend(self._child_ended(rec, ok, error))
         holder, rec.rank = rec.rank, None
         if holder is not None and holder != rank:
             # another worker holds a newer lease on the task that just ended
@@ -646,6 +778,8 @@ class Scheduler:
                     break
                 if rec.ended:
                     continue
+                if rec.needs is not None and rec.needs not in self._workers[rank].kinds:
+                    continue  # a step for another kind of worker
                 # prefer a worker that has not tried it, unless every healthy one has
                 if rank not in rec.tried or sum(1 for r in rec.tried if r in self._ok) >= len(self._ok):
                     del self._requeued[i]
@@ -665,14 +799,20 @@ class Scheduler:
             self._starved = True
             return None
         self._starved = False
-        pos: list[int]
-        tid, payload, *pos = item  # (id, payload) or (id, payload, position in the source)
+        pos: list[Any]
+        tid, payload, *pos = item  # (id, payload), (id, payload, position) or (..., the step to resume at)
         if tid in self._active:
             raise ProtocolError(f"task id {tid!r} appears twice in the task source")
         timeout = self._timeout_of(payload) if self._timeout_of else None
         seq = pos[0] if pos else self._seq_next
         self._seq_next = seq + 1
         rec = TaskRec(tid, payload, timeout if timeout is not None else self.timeout, seq=seq)
+        if len(pos) > 1 and pos[1] is not None:  # a resumed multi-step task: its next step
+            rec.call, rec.step, rec.needs = pos[1], pos[1].n, pos[1].needs
+            if rec.needs is not None and rec.needs not in self._workers[rank].kinds:
+                self._active[tid] = rec
+                self._requeue(rec, front=False)  # for a worker of its kind
+                return None
         self._active[tid] = rec
         return rec
 

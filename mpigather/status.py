@@ -46,7 +46,7 @@ def collect(out: str) -> dict[str, Any]:
         live = _pid_alive(st.start)
     run = st.last_run
     end = run.end if run is not None else None
-    total = st.total
+    total = None if st.total is None else st.total + st.children  # fanned-out tasks' children count too
     done, failed = st.n_done, len(st.failed)
     hb = st.heartbeat or {}
     running = int(hb.get("running", 0)) if live else 0
@@ -89,6 +89,11 @@ def collect(out: str) -> dict[str, Any]:
         for rank, w in (hb.get("table") or {}).items():
             workers[str(rank)] = {"state": w.get("state"), "last_seen_s": round(w.get("seen_ago", 0) + lag, 1),
                                   "queued": w.get("queued"), "task": w.get("task")}
+    steps: dict[str, dict[str, int]] = {name: {"done": n, "running": 0, "queued": 0}
+                                        for name, n in st.step_counts.items()}
+    if live:
+        for name, (r, q) in (hb.get("steps") or {}).items():
+            steps.setdefault(name, {"done": 0, "running": 0, "queued": 0}).update(running=r, queued=q)
     return {
         "schema": SCHEMA, "out": str(out), "state": state, "detail": detail, "live": bool(live), "exit": exit_code,
         "total": total, "done": done, "failed": failed, "running": running, "queued": queued, "pending": pending,
@@ -96,6 +101,7 @@ def collect(out: str) -> dict[str, Any]:
         "last_heartbeat": hb.get("time") if hb else None, "last_record": st.last_record_time,
         "holder": holder if live else None, "workers": workers, "finished": state == "finished",
         "failures": {str(k): (v.get("error") or "").strip().splitlines()[-1:] for k, v in st.failed.items()},
+        "steps": steps,
     }
 
 
@@ -122,6 +128,12 @@ def text(info: dict[str, Any]) -> str:
              f"  {info['done']}/{tot} done, {info['failed']} failed, {info['running']} running,"
              f" {info['queued']} queued, {info['pending'] if info['pending'] is not None else '?'} pending;"
              f" {info['bytes'] / (1 << 30):.3f} GiB"]
+    if info.get("steps"):
+        parts = []
+        for name, c in info["steps"].items():
+            bits = [f"{c[k]} {k}" for k in ("done", "running", "queued") if c.get(k)]
+            parts.append(f"{name} {', '.join(bits) or '0 done'}")
+        lines.append("  steps: " + " · ".join(parts))
     if info["rate_per_s"]:
         eta = f", ETA {info['eta_s']:.0f} s" if info["eta_s"] is not None else ""
         lines.append(f"  rate {info['rate_per_s']:.2f} tasks/s{eta}")

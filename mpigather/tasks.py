@@ -136,11 +136,26 @@ def iterable_tasks(items: Iterable[Any]) -> Iterator[tuple[Any, Any, int]]:
         yield tid, payload, i
 
 
-def skip_done(tasks: Iterable[tuple[Any, Any, int]], done: DoneSet) -> Iterator[tuple[Any, Any, int]]:
-    """The tasks not yet done; a done task whose parameters changed stops the run (UsageError)."""
+def skip_done(tasks: Iterable[tuple[Any, Any, int]], done: DoneSet,
+              steps: dict[Any, dict[str, Any]] | None = None) -> Iterator[tuple[Any, ...]]:
+    """The tasks not yet done; a done task whose parameters changed stops the run (UsageError).
+
+    A multi-step task with a stored step (``steps``: the journal's last step record of each
+    unfinished task) resumes at that step: it comes with the ``StepCall`` that runs it.
+    """
+    from .steps import StepCall
+
     for tid, payload, seq in tasks:
-        if not check_unchanged(done, tid, payload, f"task {seq}"):
+        if check_unchanged(done, tid, payload, f"task {seq}"):
+            continue
+        rec = steps.get(tid) if steps else None
+        if rec is None or rec.get("parent") is not None or not os.path.exists(rec["path"]):
             yield tid, payload, seq
+            continue
+        if rec.get("h") and describe(payload)[1] != rec["h"]:
+            raise UsageError(f"task {seq}: task {tid!r} has other parameters than when its step {rec['n']} began;"
+                             " the task list changed since that run: restore it, or start a new output")
+        yield tid, payload, seq, StepCall(rec["n"], rec["next"], rec.get("needs"), rec.get("timeout"), rec["path"])
 
 
 def timeout_of(payload: Any) -> float | None:

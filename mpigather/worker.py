@@ -27,7 +27,7 @@ from typing import Any
 
 from . import messages as M
 from . import results as R
-from . import signals
+from . import signals, steps
 from .config import Options
 from .errors import MasterFailed, UnsupportedResultError
 from .link import Backoff
@@ -79,7 +79,8 @@ class Worker:
         self.link, self.func, self.opts = link, func, opts
         self.out = out
         self.send_exceptions = send_exceptions  # the executor re-raises the task's own exception
-        self.initializer, self.initargs, self.kinds = initializer, initargs, kinds
+        self.initializer, self.initargs = initializer, initargs
+        self.kinds = kinds or tuple(k.strip() for k in opts.kinds.split(",") if k.strip())
         self.writer: Any = None  # direct mode: opened at the first result
         self.queue: deque[tuple[Any, int, Any]] = deque()
         self.stopping = False
@@ -93,9 +94,10 @@ class Worker:
         self._flush_age = opts.batch_window / 4
         self._current: tuple[Any, float] | None = None
         self._done = threading.Event()
+        self._task_name = steps.step_name(steps.func_ref(func)) if _named(func) else "task"
         self._threaded = bool(getattr(link, "threads_ok", True))
         self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
-        self._spans: deque[tuple[Any, float, float, str]] = deque(maxlen=SPANS_KEPT)
+        self._spans: deque[tuple[Any, float, float, str, str]] = deque(maxlen=SPANS_KEPT)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -114,11 +116,13 @@ class Worker:
         with self._send_lock:
             self._flush_locked()
 
-    def _deliver(self, tid: Any, attempt: int, header: R.Header, bufs: list[Any], duration: float) -> None:
-        """Queue or send one result; large ones stream their chunks right away."""
+    def _deliver(self, tid: Any, attempt: int, header: R.Header, bufs: list[Any], duration: float,
+                 step: Any = None) -> None:
+        """Queue or send one result (or a step's output); large ones stream their chunks right away."""
         t0 = time.perf_counter()
         path = None
-        direct = self.opts.mode == "direct" and self.out is not None
+        checkpoint = step is not None and step.next is not None  # goes to the master, whatever the mode
+        direct = self.opts.mode == "direct" and self.out is not None and not checkpoint
         if direct or header.nbytes <= self.opts.inline_max:
             header = header._replace(crc=R.checksum(bufs))
         if direct and self.out is not None:
@@ -131,7 +135,7 @@ class Worker:
                 path = self.writer.write(tid, header, bufs, meta)
         inline = path is None and header.nbytes <= self.opts.inline_max
         # bytearray: unpickled on the master as a writable buffer that its arrays can view
-        item = M.Item(tid, attempt, header, duration, [bytearray(b) for b in bufs] if inline else None, path)
+        item = M.Item(tid, attempt, header, duration, [bytearray(b) for b in bufs] if inline else None, path, step)
         with self._send_lock:
             if not self._pending:
                 self._pending_since = time.monotonic()
@@ -149,18 +153,21 @@ class Worker:
 
                 self.link.send_bufs((bufs[part][off : off + n] for part, off, n in plan), on_posted=checksum_posted)
                 self.link.send(M.Trailer(tid, crc), 0, M.CTRL)
-            elif (not self.queue or duration > self._flush_age or self._pending_bytes > FLUSH_BYTES
+            elif (checkpoint or not self.queue or duration > self._flush_age or self._pending_bytes > FLUSH_BYTES
                   or time.monotonic() - self._pending_since > self._flush_age):
+                # a step's output goes at once: the next step may hang holding the GIL, and then
+                # no helper thread could send it
                 self._flush_locked()
         self.stats["send"] += time.perf_counter() - t0
         self.stats["bytes"] += header.nbytes
 
-    def _fail(self, tid: Any, attempt: int, text: str, dt: float, exc: BaseException | None = None) -> None:
+    def _fail(self, tid: Any, attempt: int, text: str, dt: float, exc: BaseException | None = None,
+              step: int = 0) -> None:
         t0 = time.perf_counter()
         data = _pickled(exc) if self.send_exceptions and exc is not None else None
         with self._send_lock:
             self._flush_locked()
-            self.link.send(M.Failed(tid, attempt, text, dt, data), 0, M.CTRL)
+            self.link.send(M.Failed(tid, attempt, text, dt, data, step), 0, M.CTRL)
         self.stats["send"] += time.perf_counter() - t0
 
     # -- receiving ----------------------------------------------------------------------
@@ -253,36 +260,93 @@ class Worker:
 
     # -- running tasks ------------------------------------------------------------------
 
-    def _run_one(self, tid: Any, attempt: int, payload: Any) -> None:
-        t0 = time.perf_counter()
-        self._current = (tid, time.monotonic())
-        try:
-            value = self.func(payload)
-        except BaseException as exc:  # anything the task raises goes back to the master
-            if isinstance(exc, KeyboardInterrupt) and signals.sigint_seen():
-                raise  # a real Ctrl-C: the program stops
+    def _run_one(self, tid: Any, attempt: int, payload: Any, call: Any = None) -> None:
+        """Run a task, or (``call``) one of its later steps, and every step after it that this
+        worker may run itself; send each step's output as the run's options say."""
+        n, func, arg, name = 0, self.func, payload, self._task_name
+        if call is not None:
+            n, name = call.n, steps.step_name(call.func)
+            try:
+                func = steps.resolve(call.func)
+                arg = call.value if call.inline else _load_input(call.path)
+            except BaseException as exc:
+                self._task_failed(tid, attempt, n, name, exc, time.perf_counter(), 0.0)
+                return
+        while True:
+            t0 = time.perf_counter()
+            self._current = (tid, time.monotonic())
+            try:
+                value = func(arg)
+            except BaseException as exc:  # anything the task raises goes back to the master
+                if isinstance(exc, KeyboardInterrupt) and signals.sigint_seen():
+                    raise  # a real Ctrl-C: the program stops
+                self._current = None
+                self._task_failed(tid, attempt, n, name, exc, t0, time.perf_counter() - t0)
+                return
             self._current = None
             dt = time.perf_counter() - t0
             self.stats["compute"] += dt
-            self._spans.append((tid, t0, dt, "failed"))
-            self._fail(tid, attempt, format_exc(tid, attempt, self.link.rank, self.link.host, exc), dt, exc)
-            return
-        self._current = None
-        dt = time.perf_counter() - t0
+            if not steps.is_next(value):
+                self._result(tid, attempt, n, name, value, t0, dt)
+                return
+            nxt = self._next(tid, attempt, n, name, value, t0, dt)
+            if nxt is None:
+                return
+            n, func, arg, name = n + 1, nxt.func, nxt.value, steps.step_name(steps.func_ref(nxt.func))
+
+    def _task_failed(self, tid: Any, attempt: int, n: int, name: str, exc: BaseException, t0: float,
+                     dt: float) -> None:
         self.stats["compute"] += dt
+        self._spans.append((tid, t0, dt, "failed", name))
+        step = f"step {n + 1} ({name})" if n else None
+        self._fail(tid, attempt, format_exc(tid, attempt, self.link.rank, self.link.host, exc, step), dt, exc, n)
+
+    def _encode(self, tid: Any, attempt: int, n: int, name: str, value: Any, t0: float,
+                dt: float) -> tuple[R.Header, list[Any]] | None:
         t1 = time.perf_counter()
         try:
-            header, bufs = R.encode(value, with_crc=False)  # a streamed result is checksummed as it goes
+            return R.encode(value, with_crc=False)  # a streamed result is checksummed as it goes
         except UnsupportedResultError as exc:
-            self.stats["send"] += time.perf_counter() - t1
-            self._spans.append((tid, t0, dt, "failed"))
+            self._spans.append((tid, t0, dt, "failed", name))
             self._fail(tid, attempt, f"task {tid!r} failed on rank {self.link.rank} (host {self.link.host}),"
-                                    f" attempt {attempt}: {exc}", dt, exc.__cause__ or exc)
+                                    f" attempt {attempt}: {exc}", dt, exc.__cause__ or exc, n)
+            return None
+        finally:
+            self.stats["send"] += time.perf_counter() - t1
+
+    def _result(self, tid: Any, attempt: int, n: int, name: str, value: Any, t0: float, dt: float) -> None:
+        enc = self._encode(tid, attempt, n, name, value, t0, dt)
+        if enc is None:
             return
-        self.stats["send"] += time.perf_counter() - t1
-        self._spans.append((tid, t0, dt, "done"))
+        self._spans.append((tid, t0, dt, "done", name))
         self.stats["tasks"] += 1
-        self._deliver(tid, attempt, header, bufs, dt)
+        self._deliver(tid, attempt, enc[0], enc[1], dt, steps.StepInfo(n, name, None) if n else None)
+
+    def _next(self, tid: Any, attempt: int, n: int, name: str, value: Any, t0: float,
+              dt: float) -> steps.NextStep | None:
+        """A step returned what runs next: send its output (or say it goes on here); the next
+        step to run here, or None when it is handed to other workers."""
+        self._spans.append((tid, t0, dt, "step", name))
+        if type(value) is list:  # fan-out: each a child task, run wherever
+            for k, child in enumerate(value):
+                enc = self._encode(tid, attempt, n, name, child.value, t0, dt)
+                if enc is None:
+                    return None
+                info = steps.StepInfo(n, name, steps.func_ref(child.func), child.needs, child.timeout, False,
+                                      k, len(value))
+                self._deliver(tid, attempt, enc[0], enc[1], dt, info)
+            return None
+        nxt: steps.NextStep = value
+        go_on = self.opts.affinity and (nxt.needs is None or nxt.needs in self.kinds)
+        info = steps.StepInfo(n, name, steps.func_ref(nxt.func), nxt.needs, nxt.timeout, go_on)
+        if self.opts.checkpoint == "every" or not go_on:
+            enc = self._encode(tid, attempt, n, name, nxt.value, t0, dt)
+            if enc is None:
+                return None
+            self._deliver(tid, attempt, enc[0], enc[1], dt, info)
+        else:
+            self._send(M.Step(tid, attempt, info, dt))
+        return nxt if go_on else None
 
     def run(self) -> None:
         """Serve tasks until the master says stop (or abort, which raises MasterFailed)."""
@@ -334,7 +398,7 @@ class Worker:
         wall = time.perf_counter() - start
         self.stats["wall"] = wall
         self.stats["host"] = self.link.host
-        self.stats["spans"] = [(str(t), a - start, d, s) for t, a, d, s in self._spans]
+        self.stats["spans"] = [(str(t), a - start, d, s, n) for t, a, d, s, n in self._spans]
         self._send(M.Bye(self.stats))
 
     def _crash(self, exc: BaseException) -> None:
@@ -361,6 +425,23 @@ class Worker:
             pass
 
 
+def _named(func: Any) -> bool:
+    try:
+        steps.func_ref(func)
+    except ValueError:
+        return False
+    return True
+
+
+def _load_input(path: str | None) -> Any:
+    """A step's input, stored by the master as a result of its own (a file of the output's steps)."""
+    from .reader import load_entry
+
+    if path is None:
+        raise ValueError("the step's input was not stored")
+    return load_entry(path)
+
+
 def _pickled(exc: BaseException) -> bytes | None:
     """The exception itself, for the executor to re-raise on the root (None if it won't pickle)."""
     import pickle
@@ -373,7 +454,8 @@ def _pickled(exc: BaseException) -> bytes | None:
         return None
 
 
-def format_exc(tid: Any, attempt: int, rank: int, host: str, exc: BaseException) -> str:
+def format_exc(tid: Any, attempt: int, rank: int, host: str, exc: BaseException, step: str | None = None) -> str:
     """The error text that goes back to the master: where it happened, then the traceback."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return f"task {tid!r} failed on rank {rank} (host {host}, pid {os.getpid()}), attempt {attempt}:\n{tb}"
+    where = f" in {step}" if step else ""
+    return f"task {tid!r} failed{where} on rank {rank} (host {host}, pid {os.getpid()}), attempt {attempt}:\n{tb}"

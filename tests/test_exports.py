@@ -10,7 +10,7 @@ import mpigather
 PUBLIC = {
     "INTERRUPTED", "ChecksumError", "GatherExecutor", "MPIGatherError", "MasterFailed", "RemoteTaskError",
     "Results", "Summary", "UnsupportedResultError", "UsageError", "WorkerInfo", "__version__", "current_worker",
-    "executor", "load", "run", "verify",
+    "executor", "load", "run", "verify", "NextStep", "next_step",
 }
 
 
