@@ -106,5 +106,9 @@ def sabotage_output(i: int):
     _log(i)
     time.sleep(0.05)
     if i == 3:
-        shutil.rmtree(os.environ["MPIGATHER_TEST_OUT"], ignore_errors=True)
+        # rename first, in one step: an rmtree alone races with the master creating its next file
+        # in the directory (then it fails to remove it, and the run goes on in what is left)
+        out = os.environ["MPIGATHER_TEST_OUT"]
+        os.rename(out, out + ".gone")
+        shutil.rmtree(out + ".gone", ignore_errors=True)
     return result(i)
