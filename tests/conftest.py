@@ -26,6 +26,5 @@ def pytest_report_header(config):
 
         raise pytest.UsageError(f"MPIGATHER_TEST_MPI={s.name} expects {s.library}, but {s.python} loads: "
                                 f"{lib.splitlines()[0] if lib else '?'}")
-    extra = " ".join([*s.args, *(f"{k}={v}" for k, v in s.env.items() if k != "PATH")])
-    return [f"MPI stack {s.name}: {s.mpiexec} {extra}".rstrip(),
+    return [f"MPI stack {s.name}: {s.mpiexec} {s.describe()}".rstrip(),
             f"  python {s.python}; {lib.splitlines()[0][:80]}"]

