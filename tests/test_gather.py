@@ -12,7 +12,7 @@ from taskfuncs import KINDS, every_type, out_of_order, sized, value
 
 import mpigather
 
-pytestmark = pytest.mark.mpi
+pytestmark = [pytest.mark.mpi, pytest.mark.matrix]
 
 N = 2 * len(KINDS)
 

@@ -8,13 +8,12 @@ plus a byte comparison of each result's first and last MiB.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import numpy as np
 import psutil
 import pytest
-from helpers import env, mpiexec_path
+from helpers import env, mpi_cmd
 from taskfuncs import big_result
 
 import mpigather
@@ -28,7 +27,8 @@ GiB = 1 << 30
 def _rank0(proc: psutil.Process) -> psutil.Process | None:
     for child in proc.children(recursive=True):
         try:
-            if child.environ().get("PMI_RANK") == "0" and "python" in child.name():
+            e = child.environ()
+            if "0" in (e.get("PMI_RANK"), e.get("OMPI_COMM_WORLD_RANK")) and "python" in child.name():
                 return child
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -40,8 +40,8 @@ def _rank0(proc: psutil.Process) -> psutil.Process | None:
 def test_three_gib_with_a_result_over_2gib(tmp_path, out_name):
     out = tmp_path / out_name
     n = 4  # task 0: 2.29 GiB; tasks 1-3: 256 MiB each -> 3.04 GiB
-    cmd = [mpiexec_path(), "-n", "3", sys.executable, "-m", "mpigather", "run", "taskfuncs:big_result",
-           "--range", str(n), "--out", str(out), "--progress", "off"]
+    cmd = mpi_cmd(3, ["-m", "mpigather", "run", "taskfuncs:big_result", "--range", str(n), "--out", str(out),
+                      "--progress", "off"])
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     ps = psutil.Process(proc.pid)

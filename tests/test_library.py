@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import mpirun, show
 
-pytestmark = pytest.mark.mpi
+pytestmark = [pytest.mark.mpi, pytest.mark.matrix]
 
 SCRIPT = str(Path(__file__).with_name("lib_run.py"))
 SCENARIOS = str(Path(__file__).with_name("lib_scenarios.py"))
