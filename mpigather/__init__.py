@@ -12,38 +12,49 @@ Layers, bottom up (importing this package does not start MPI):
 See docs/architecture.md.
 """
 
-from .api import __version__, run
-from .errors import (
-    ChecksumError,
-    MasterFailed,
-    MPIGatherError,
-    UnsupportedResultError,
-    UsageError,
-)
-from .executor import GatherExecutor, RemoteTaskError, executor
-from .reader import Results, load, verify
-from .steps import NextStep, next_step
-from .summary import INTERRUPTED, Summary
-from .worker import WorkerInfo, current_worker
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. They are imported on first use (PEP 562), so that importing
+# mpigather is quick: ``python -m mpigather`` installs its signal handlers before the heavy
+# imports (numpy, h5py, mpi4py), and a wall-time signal in the first second is not fatal.
+_WHERE = {
+    "run": "api", "__version__": "api",
+    "ChecksumError": "errors", "MasterFailed": "errors", "MPIGatherError": "errors",
+    "UnsupportedResultError": "errors", "UsageError": "errors",
+    "GatherExecutor": "executor", "RemoteTaskError": "executor", "executor": "executor",
+    "Results": "reader", "load": "reader", "verify": "reader",
+    "NextStep": "steps", "next_step": "steps",
+    "INTERRUPTED": "summary", "Summary": "summary",
+    "WorkerInfo": "worker", "current_worker": "worker",
+}
 
 __all__ = [
-    "INTERRUPTED",
-    "ChecksumError",
-    "GatherExecutor",
-    "MPIGatherError",
-    "MasterFailed",
-    "NextStep",
-    "RemoteTaskError",
-    "Results",
-    "Summary",
-    "UnsupportedResultError",
-    "UsageError",
-    "WorkerInfo",
-    "__version__",
-    "current_worker",
-    "executor",
-    "load",
-    "next_step",
-    "run",
-    "verify",
+    "INTERRUPTED", "ChecksumError", "GatherExecutor", "MPIGatherError", "MasterFailed", "NextStep",
+    "RemoteTaskError", "Results", "Summary", "UnsupportedResultError", "UsageError", "WorkerInfo",
+    "__version__", "current_worker", "executor", "load", "next_step", "run", "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'mpigather' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .api import __version__, run
+    from .errors import ChecksumError, MasterFailed, MPIGatherError, UnsupportedResultError, UsageError
+    from .executor import GatherExecutor, RemoteTaskError, executor
+    from .reader import Results, load, verify
+    from .steps import NextStep, next_step
+    from .summary import INTERRUPTED, Summary
+    from .worker import WorkerInfo, current_worker

@@ -25,6 +25,7 @@ from .errors import MasterFailed, UsageError
 log = logging.getLogger("mpigather")
 
 FAILED = 3  # exit status: the master itself failed (a bug, or its output became unwritable)
+_RELEASED = -1  # (a worker let go by a failed master)
 
 
 def _rank_from_env() -> int:
@@ -164,9 +165,24 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     signals.install(master=_rank_from_env() == 0)
     link = MPILink()
     try:
-        return _run(a, argv, link)
+        code = _run(a, argv, link)
+        if code == FAILED or code == _RELEASED:
+            link.farewell()
     finally:
+        signals.ignore_stop()
         link.close()
+    if code == _RELEASED:
+        return 0  # rank 0 reports and sets the status (hydra ORs the ranks' exit codes together)
+    if code == FAILED and link.rank == 0:
+        # the output may be broken (a full disk in the middle of HDF5's metadata): leave without
+        # letting the interpreter's clean-up touch it again, which can crash the HDF5 library
+        from .transport import finalize
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        finalize()
+        os._exit(FAILED)
+    return code
 
 
 def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
@@ -213,7 +229,7 @@ def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
             print(f"mpigather: error: {e}", file=sys.stderr)
         return 2
     except MasterFailed:
-        return 0  # rank 0 reports and sets the status (hydra ORs the ranks' exit codes together)
+        return _RELEASED
     except Exception as e:  # a failure of the master itself: the workers were released before this
         if link.rank == 0:
             traceback.print_exc()

@@ -21,7 +21,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 _stop: int | None = None
 _sigint = False
-_installed_by: str | None = None
 
 
 def stop_requested() -> int | None:
@@ -61,7 +60,6 @@ def _on_sigint(signum: int, frame: Any) -> None:
 def install(master: bool) -> dict[int, Any]:
     """Install the handlers (main thread only; elsewhere nothing happens). Returns the old ones,
     for ``restore``. The master records stop signals; a worker ignores them."""
-    global _installed_by
     old: dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():
         return old
@@ -72,8 +70,15 @@ def install(master: bool) -> dict[int, Any]:
             pass
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         old[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigint)
-    _installed_by = "master" if master else "worker"
     return old
+
+
+def ignore_stop() -> None:
+    """A process on its way out ignores stop signals: Python puts back the default handlers
+    (which end the process) while it shuts down, and a run that finished must not die then."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def restore(old: dict[int, Any]) -> None:

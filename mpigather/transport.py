@@ -198,6 +198,20 @@ class MPILink:
         with self._lock:
             return self.comm.bcast(obj, root=0)
 
+    def farewell(self, timeout: float = 10.0) -> bool:
+        """Wait (politely, at most ``timeout`` s) until every rank got here: a failed run's ranks
+        leave together, so the exit status the launcher reports is rank 0's."""
+        with self._lock:
+            req = self.comm.Ibarrier()
+        end = time.monotonic() + timeout
+
+        def done() -> bool:
+            with self._lock:
+                return bool(req.Test()) or time.monotonic() > end
+
+        wait_until(done)
+        return time.monotonic() <= end
+
     def abort(self, code: int) -> None:
         """End the whole job. On COMM_WORLD, not on our duplicate: MPICH reports an abort on
         another communicator as a kill (exit 9) instead of ``code``."""
@@ -209,6 +223,14 @@ class MPILink:
         if self._owned and self.comm != self._MPI.COMM_NULL:
             with self._lock:
                 self.comm.Free()
+
+
+def finalize() -> None:
+    """MPI_Finalize now, if MPI is up (before a process leaves with ``os._exit``)."""
+    from mpi4py import MPI
+
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
 
 
 def comm_size(comm: Any = None) -> int:

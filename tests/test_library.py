@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import mpirun, show
 
-pytestmark = [pytest.mark.mpi, pytest.mark.matrix]
+pytestmark = pytest.mark.mpi  # (the core cases also run under the other MPI stacks: matrix)
 
 SCRIPT = str(Path(__file__).with_name("lib_run.py"))
 SCENARIOS = str(Path(__file__).with_name("lib_scenarios.py"))
@@ -23,6 +23,7 @@ def scenario(ranks: int, *args: str, timeout: float = 120, ok: int = 1):
     return p
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 def test_run_in_memory(ranks):
     p = mpirun(ranks, [SCRIPT, "memory"], timeout=90)
@@ -31,6 +32,7 @@ def test_run_in_memory(ranks):
     assert p.stdout.count("WORKER released") == ranks - 1, show(p)
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_run_reports_failures(ranks):
     p = mpirun(ranks, [SCRIPT, "failures"], timeout=90)
@@ -38,6 +40,7 @@ def test_run_reports_failures(ranks):
     assert "RESULT OK" in p.stdout, show(p)
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 def test_executor(ranks):
     p = mpirun(ranks, [SCRIPT, "executor"], timeout=90)
@@ -52,15 +55,18 @@ def test_bad_output_releases_workers():
     assert p.stdout.count("USAGE") == 1 and p.stdout.count("RELEASED") == 2, show(p)
 
 
+@pytest.mark.matrix
 def test_a_hundred_runs_back_to_back_without_a_barrier():
     p = scenario(4, "back_to_back", "100", timeout=240)
     assert "RESULT OK 100 runs" in p.stdout
 
 
+@pytest.mark.matrix
 def test_the_users_own_messages_during_a_run_are_untouched():
     scenario(3, "p2p")
 
 
+@pytest.mark.matrix
 def test_two_masters_on_the_two_halves_of_a_split():
     scenario(4, "split", ok=2)
 
@@ -103,10 +109,12 @@ def test_a_funneled_mpi_still_runs_and_the_executor_says_what_it_needs():
     assert "MPI_THREAD_FUNNELED" in p.stdout + p.stderr, show(p)
 
 
+@pytest.mark.matrix
 def test_a_keyboard_interrupt_raised_by_a_task_fails_that_task_only():
     scenario(3, "interrupt")
 
 
+@pytest.mark.matrix
 def test_an_internal_error_on_a_worker_ends_the_run_promptly_with_the_error():
     p = scenario(4, "worker_bug", timeout=60)
     took = float(p.stdout.split("RESULT OK after ")[1].split()[0])

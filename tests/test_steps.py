@@ -42,6 +42,7 @@ def fenv(tmp_path: Path, **kw: str) -> dict[str, str]:
     return {"MPIGATHER_TEST_DIR": str(tmp_path), **kw}
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize("ranks", [1, 3])
 @pytest.mark.parametrize("checkpoint", ["every", "none"])
 @pytest.mark.parametrize("sink", ["h5", "dir"])

@@ -254,3 +254,22 @@ def test_the_lock_names_its_holder_and_status_can_tell_live_from_dead(tmp_path):
     again = OutputLock(out)
     again.acquire()  # free again
     again.release()
+
+
+def test_a_damaged_hdf5_output_is_salvaged_into_a_fresh_file(tmp_path):
+    """What a resume does when the killed run's leftovers cannot be removed: the journaled
+    results (and their rows) are copied into a fresh file, the rest runs again."""
+    out = tmp_path / "o.h5"
+    sink = open_sink(out)
+    for i in range(5):
+        sink.put(i, *R.encode({"a": np.full(3, i), "s": "x"}), meta(i))
+    sink.make_durable(sink.take_ready())
+    sink.close(complete=False)
+    sink = open_sink(out, resume=True)
+    sink._damage = RuntimeError("as if /_staging could not be removed")
+    assert sink.reconcile(3) == 3
+    sink.put(3, *R.encode({"a": np.full(3, 30), "s": "y"}), meta(3))
+    sink.make_durable(sink.take_ready())
+    sink.close(complete=True)
+    with load(out) as res:
+        assert list(res) == ["0", "1", "2", "3"] and res["3"]["a"][0] == 30 and res["1"]["s"] == "x"

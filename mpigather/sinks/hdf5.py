@@ -170,11 +170,7 @@ class _H5Target(Target):
         _write_part(self.sink.fd, self.places[part], offset, buf)
 
     def finish(self) -> None:
-        s = self.sink
-        if _exists(s.results, self.name):  # left by an earlier attempt that never reached the journal
-            del s.results[self.name]
-        s.f.move(f"{L.STAGING}/{self.stage}", f"{L.RESULTS}/{self.name}")
-        s._done(self.tid, self.meta)
+        self.sink._done(self.tid, self.meta, self.stage)
 
     def discard(self) -> None:
         if _exists(self.sink.staging, self.stage):
@@ -203,15 +199,19 @@ class Hdf5Sink(Sink):
             os.replace(self.path, self.partial)  # reopen a finished run to retry its failures
         self.f = self._open(resume)
         self.results = self.f.require_group(L.RESULTS)
-        if L.STAGING in self.f:
-            del self.f[L.STAGING]
-        self.staging = self.f.create_group(L.STAGING)
+        self._damage: BaseException | None = None
+        try:
+            if L.STAGING in self.f:  # what a killed run left unfinished
+                del self.f[L.STAGING]
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            self._damage = e  # reconcile copies what was committed into a fresh file
+        self.staging: Any = self.f.require_group(L.STAGING) if self._damage is None else None
         if L.TASKS not in self.f:
             self.f.create_dataset(L.TASKS, shape=(0,), maxshape=(None,), dtype=ROW, chunks=(ROWS_CHUNK,))
         self.tasks = self.f[L.TASKS]
         self.f.flush()
         self.fd = os.open(self.partial, os.O_RDWR)
-        self._ready: list[tuple[Any, Meta]] = []
+        self._ready: list[tuple[Any, Meta, str | None]] = []
 
     def _open(self, resume: bool) -> h5py.File:
         try:
@@ -234,16 +234,16 @@ class Hdf5Sink(Sink):
         return _H5Target(self, tid, header, meta)
 
     def put(self, tid: Any, header: R.Header, bufs: list[Any], meta: Meta) -> None:
-        # a whole small result in one call: written in place (a resume removes it again if the
-        # journal never called it done)
-        name = L.check_id(tid)
-        if _exists(self.results, name):
-            del self.results[name]
-        places = create_result(self.results.id, name, header)
+        # a whole small result in one call, staged like a streamed one: only take_ready links
+        # results into /results, so a killed run leaves its unfinished ones in /_staging alone
+        stage = f"{L.check_id(tid)}.r{meta.get('rank', 0)}.a{meta.get('attempt', 1)}"
+        if _exists(self.staging, stage):
+            del self.staging[stage]
+        places = create_result(self.staging.id, stage, header)
         for place, buf in zip(places, bufs):
             if len(buf):
                 _write_part(self.fd, place, 0, buf)
-        self._done(tid, meta)
+        self._done(tid, meta, stage)
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
         name = L.check_id(tid)
@@ -253,13 +253,20 @@ class Hdf5Sink(Sink):
         self.results[name] = h5py.ExternalLink(rel, f"/{L.RESULTS}/{name}")
         self._done(tid, {**meta, "path": rel})
 
-    def _done(self, tid: Any, meta: Meta) -> None:
-        self._ready.append((tid, meta))
+    def _done(self, tid: Any, meta: Meta, stage: str | None = None) -> None:
+        self._ready.append((tid, meta, stage))
 
     def take_ready(self) -> Any:
         if not self._ready:
             return None
-        ready, self._ready = self._ready, []
+        staged, self._ready = self._ready, []
+        for tid, _, stage in staged:  # link the batch's results into place, then its rows
+            if stage is not None:
+                name = L.check_id(tid)
+                if _exists(self.results, name):  # left by an earlier attempt that never reached the journal
+                    del self.results[name]
+                self.f.move(f"{L.STAGING}/{stage}", f"{L.RESULTS}/{name}")
+        ready = [(tid, m) for tid, m, _ in staged]
         rows = np.empty(len(ready), dtype=ROW)
         for i, (tid, m) in enumerate(ready):
             rows[i] = (m.get("seq", -1), str(tid), type(tid) is int, m.get("params") or "", m.get("rank", 0),
@@ -276,21 +283,68 @@ class Hdf5Sink(Sink):
         return list(batch)
 
     def reconcile(self, n_done: int) -> int:
-        n_rows = self.tasks.shape[0]
-        if n_rows > n_done:  # a commit cut short: undo what the journal never called done
-            for tid in self.tasks.fields("id")[n_done:]:
-                name = tid.decode() if isinstance(tid, bytes) else str(tid)
-                if _exists(self.results, name):
-                    del self.results[name]
-            self.tasks.resize((n_done,))
+        try:
+            if self._damage is not None:
+                raise self._damage
+            n_rows = self.tasks.shape[0]
+            if n_rows > n_done:  # a commit cut short: undo what the journal never called done
+                for tid in self.tasks.fields("id")[n_done:]:
+                    name = tid.decode() if isinstance(tid, bytes) else str(tid)
+                    if _exists(self.results, name):
+                        del self.results[name]
+                self.tasks.resize((n_done,))
+            self.f.flush()
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            # what the killed run was writing left HDF5's metadata damaged: keep what was committed
+            n_rows = self._salvage(n_done, e)
         if self.parts_dir.is_dir():
             linked = self._linked_parts(min(n_rows, n_done))
             for p in self.parts_dir.iterdir():
                 if p.name not in linked:
                     remove_quietly(p)
-        self.f.flush()
         os.fsync(self.fd)
         return min(n_rows, n_done)
+
+    def _salvage(self, n_done: int, why: BaseException) -> int:
+        """Copy the journaled results (and their rows) into a fresh file, which replaces the
+        damaged one. Returns how many were saved; a result that cannot be read runs again."""
+        fresh = self.partial.with_name(self.partial.name + ".salvage")
+        saved = 0
+        with h5py.File(fresh, "w", track_order=False) as out:
+            res = out.create_group(L.RESULTS)
+            out.create_group(L.STAGING)
+            rows: list[Any] = []
+            try:
+                old_rows = self.tasks[:n_done]
+            except Exception:  # the task table itself is lost: nothing can be vouched for
+                old_rows = np.empty(0, dtype=ROW)
+            for row in old_rows:
+                name = row["id"].decode() if isinstance(row["id"], bytes) else str(row["id"])
+                try:
+                    link = self.results.get(name, getlink=True)
+                    if isinstance(link, h5py.ExternalLink):
+                        res[name] = h5py.ExternalLink(link.filename, link.path)
+                    else:
+                        self.f.copy(self.results[name], res, name)
+                except Exception:
+                    continue
+                rows.append(row)
+                saved += 1
+            out.create_dataset(L.TASKS, data=np.array(rows, dtype=ROW), maxshape=(None,), chunks=(ROWS_CHUNK,))
+            out.flush()
+        try:
+            self.f.close()
+        except Exception:
+            pass
+        os.close(self.fd)
+        os.replace(fresh, self.partial)
+        log.warning("%s was damaged by the run that was killed (%s); its %d journaled result(s) were copied to a"
+                    " fresh file%s", self.partial, why, saved,
+                    f", {n_done - saved} that could not be read run again" if saved < n_done else "")
+        self.f = _open_file(self.partial, "a")
+        self.results, self.staging, self.tasks = self.f[L.RESULTS], self.f[L.STAGING], self.f[L.TASKS]
+        self.fd = os.open(self.partial, os.O_RDWR)
+        return saved
 
     def _linked_parts(self, n: int) -> set[str]:
         linked: set[str] = set()
@@ -310,6 +364,12 @@ class Hdf5Sink(Sink):
 
     def close(self, complete: bool) -> None:
         if not self.f.id.valid:
+            return
+        if not complete:  # a failed run: what is durable is journaled; a flush may fail again (disk full)
+            try:
+                self.f.close()
+            finally:
+                os.close(self.fd)
             return
         if L.STAGING in self.f and len(self.f[L.STAGING]) == 0:
             del self.f[L.STAGING]
