@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,23 @@ def gather(n: int, func: str, out: Path, *extra: str, timeout: float = 120,
 
 def show(p: subprocess.CompletedProcess[str]) -> str:
     return f"exit {p.returncode}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}"
+
+
+def edit(template: Path, values: dict[str, str], directives: dict[str, str]) -> str:
+    """A batch template with its EDIT lines changed, as a user would: ``NAME=...`` lines, and
+    ``#SBATCH``/``#PBS`` options (each ``old`` text must appear in the template)."""
+    text = template.read_text()
+    for name, val in values.items():
+        text, n = re.subn(rf"(?m)^{name}=.*$", lambda _m, name=name, val=val: f"{name}={val}  # edited by the test",
+                          text)
+        assert n == 1, f"{template.name} has no line {name}=..."
+    for old, new in directives.items():
+        assert old in text, f"{template.name} has no {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+def executions(test_dir: Path) -> Counter[int]:
+    """How many times each task started, from the executions.log that tests/batchfuncs.py writes."""
+    log = test_dir / "executions.log"
+    return Counter(int(x) for x in log.read_text().split()) if log.exists() else Counter()
