@@ -330,17 +330,22 @@ def test_slurm_follow_up_of_a_finished_run_exits_at_once(tmp_path):
     assert c.ctl.queued() == []
 
 
+def pbs_script(n: int = N, out: str = "out.h5", walltime: str = "04:00:00", warn_s: int = 120,
+               grace: int = 20) -> str:
+    return edit(PBS, {
+        "FUNC": "batchfuncs:slow", "TASKS": f"(--range {n})", "OUT": out,
+        "OPTIONS": f"(--grace {grace} --prefetch 1 --progress log)", "MAX_RESUBMITS": "3",
+        "MPIGATHER": f"({sys.executable} -m mpigather)", "WARN_S": str(warn_s),
+    }, {"#PBS -l select=2:ncpus=32:mpiprocs=32": "#PBS -l select=1:ncpus=3:mpiprocs=3",
+        "#PBS -l walltime=04:00:00": f"#PBS -l walltime={walltime}"})
+
+
 def test_pbs_timer_warning_resubmits_and_the_chain_finishes(tmp_path):
     """No test signal here: the script's own timer sends the warning WARN_S before the wall time."""
     c = Cluster(tmp_path)
     out = c.work / "out"  # a directory of .npy files this time
     n = 36  # 5.4 s of work: the warning, 5 s in, comes before the end
-    text = edit(PBS, {
-        "FUNC": "batchfuncs:slow", "TASKS": f"(--range {n})", "OUT": "out",
-        "OPTIONS": "(--grace 20 --prefetch 1 --progress log)", "MAX_RESUBMITS": "3",
-        "MPIGATHER": f"({sys.executable} -m mpigather)", "WARN_S": "120",
-    }, {"#PBS -l select=2:ncpus=32:mpiprocs=32": "#PBS -l select=1:ncpus=3:mpiprocs=3",
-        "#PBS -l walltime=04:00:00": "#PBS -l walltime=00:02:05"})  # the warning comes 5 s in
+    text = pbs_script(n, out="out", walltime="00:02:05")  # the warning comes 5 s in
     jid = c.submit("pbs.sh", text, cmd="qsub")
     assert jid.endswith(".fakepbs")
 
@@ -368,3 +373,29 @@ def test_pbs_timer_warning_resubmits_and_the_chain_finishes(tmp_path):
     assert sorted(done) == list(range(n))
     assert all("--resume" in r[0]["argv"] for r in runs(out)[1:])
 
+
+def test_pbs_qdel_ends_the_chain(tmp_path):
+    c = Cluster(tmp_path)
+    out = c.work / "out.h5"
+    c.submit("pbs.sh", pbs_script(), cmd="qsub")
+    job, rc, sent = c.allocation(stop_when=lambda: n_done(out) >= 4,
+                                 then=lambda job: c.command("qdel", f"{job['id']}.fakepbs"))
+    log = c.text()
+    assert sent is not None and job["state"] == "CANCELLED" and "got SIGTERM (qdel)" in log, log
+    assert rc == 75, f"tasks of 0.3 s fit in the kill delay: mpigather should have stopped in order\n{log}"
+    assert c.ctl.queued() == [] and c.ctl.job(job["id"] + 1)["state"] == "CANCELLED", log
+
+
+def test_pbs_wall_time_kill_continues_the_chain(tmp_path):
+    c = Cluster(tmp_path)
+    c.env.update(MPIGATHER_TEST_STUCK="0,1", MPIGATHER_TEST_STUCK_S="300")
+    c.submit("pbs.sh", pbs_script(walltime="00:00:06", warn_s=3, grace=300), cmd="qsub")
+    job, _rc, _ = c.allocation()
+    log = c.text()
+    assert job["state"] == "TIMEOUT" and "got SIGTERM at the wall time" in log, log
+    assert len(c.ctl.queued()) == 1, f"the chain must continue after a wall-time kill\n{log}"
+    _job, rc, _ = c.allocation()
+    assert rc == 0, c.text()
+    check_results(c.work / "out.h5")
+    counts = executions(c.work)
+    assert counts[0] == counts[1] == 2 and {counts[i] for i in range(2, N)} == {1}, counts
