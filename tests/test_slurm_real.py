@@ -73,6 +73,7 @@ class Chain:
     act: tuple[str, ...] = ()  # a command the user runs on the running job once `act_after` tasks are done
     act_after: int = 6
     again: bool = False  # submit the template again once the chain has ended (the user continues the run)
+    readme: bool = False  # the README's short Slurm example instead of the template
     # filled in by run()
     dir: Path = field(default=Path())
     seconds: float = 0.0
@@ -84,6 +85,8 @@ class Chain:
         return self.dir / "out.h5"
 
     def script(self) -> str:
+        if self.readme:
+            return self.readme_script()
         directives = {"#SBATCH --job-name=mpigather ": f"#SBATCH --job-name={self.name} ",
                       "#SBATCH --ntasks=64 ": "#SBATCH --ntasks=3 ", "#SBATCH --nodes=2 ": "#SBATCH --nodes=1 ",
                       "#SBATCH --time=04:00:00 ": f"#SBATCH --time={self.time_limit} ",
@@ -95,6 +98,18 @@ class Chain:
             "OPTIONS": f"(--grace {self.grace} --prefetch 1 --progress log)", "MAX_RESUBMITS": "6",
             "RESUBMIT": self.resubmit, "MPIGATHER": f"({sys.executable} -m mpigather)",
         }, directives)
+
+    def readme_script(self) -> str:
+        """The README's Slurm example, with this test's function, tasks, size and times."""
+        readme = (ROOT / "README.md").read_text()
+        text = re.search(r"### 3\. A Slurm batch job\n\n```sh\n(.*?)```", readme, re.S).group(1)
+        for old, new in {"--ntasks=65 --time=12:00:00": f"--ntasks=3 --time={self.time_limit} -J {self.name}",
+                         "B:USR1@120": f"B:USR1@{self.warn}", "srun --mpi=pmi2 mpigather":
+                         f"srun --mpi=pmi2 {sys.executable} -m mpigather", "mysim:simulate": "batchfuncs:slow",
+                         "--tasks tasks.jsonl": f"--range {self.n}", "results.h5": "out.h5"}.items():
+            assert old in text, f"the README's Slurm example has no {old!r}"
+            text = text.replace(old, new)
+        return text.replace("#!/bin/bash\n", "#!/bin/bash\n#SBATCH --output=mpigather-%j.log\n", 1)
 
     def run(self, cluster: SlurmCluster, root: Path, timeout: float = 240) -> None:
         self.dir = root / self.name
@@ -184,6 +199,7 @@ CHAINS = [
     # the warning (--time=1, B:USR1@20: it comes 20-50 s before the end), 45 tasks of 2 s on 2 workers
     Chain("warn-sbatch", n=45, task_s=2, time_limit="1", warn=WARN),
     Chain("warn-requeue", resubmit="requeue", n=45, task_s=2, time_limit="1", warn=WARN),
+    Chain("readme", n=45, task_s=2, time_limit="1", warn=WARN, readme=True),
     # the user's scancel, then a new submission later
     Chain("cancel-sbatch", act=("scancel",), again=True),
     Chain("cancel-requeue", resubmit="requeue", act=("scancel",), again=True),
@@ -260,6 +276,17 @@ def test_warning_sbatch_chain_stops_in_order_and_finishes(slurm, chains):
     assert len(never_ran) == 1, f"the last job cancels the follow-up it queued: {states}"
     leads = c.lead_times(slurm, "got SIGUSR1")
     assert len(leads) == len(ran) - 1 and all(WARN - 2 <= x <= WARN + 31 for x in leads), leads
+    assert "CANCELLED AT" not in c.log(), "a stop in order leaves no CANCELLED line in the log"
+
+
+def test_readme_example_continues_after_the_warning_and_cancels_its_last_follow_up(slurm, chains):
+    c = chains["readme"]
+    c.check_results()
+    _assert_once_each(c)
+    states = _states(c, slurm)
+    ran = [s for s in states if s[1] != "CANCELLED"]
+    assert len(ran) >= 2 and all(s[1:] == ("FAILED", "75:0") for s in ran[:-1]), states
+    assert ran[-1][1:] == ("COMPLETED", "0:0") and len(states) == len(ran) + 1, states  # + the cancelled last
 
 
 def test_warning_requeue_chain_stops_in_order_and_finishes(slurm, chains):
@@ -275,6 +302,8 @@ def test_warning_requeue_chain_stops_in_order_and_finishes(slurm, chains):
     waits = c.requeue_waits(slurm)
     assert len(waits) == len(recs) - 1 and all(CRED_EXPIRE <= x <= CRED_EXPIRE + 2 for x in waits), waits
     assert len(c.said("requeueing job")) == len(recs) - 1
+    # (and slurmstepd may print "*** JOB ... CANCELLED AT ... DUE TO JOB REQUEUE ***": when the script is
+    # still there to be ended; it mostly has left already)
     leads = c.lead_times(slurm, "got SIGUSR1")
     assert len(leads) == len(recs) - 1 and all(WARN - 2 <= x <= WARN + 31 for x in leads), leads
 
@@ -286,7 +315,7 @@ def test_scancel_ends_the_chain_and_a_new_submission_finishes(slurm, chains, nam
     states = _states(c, slurm)
     cancelled = [s for s in states if s[0] == c.acted_on]
     assert [s[1] for s in cancelled] == ["CANCELLED"], f"cancelled once, never requeued: {states}\n{c.log()}"
-    assert "got SIGTERM (scancel)" in c.log()
+    assert "got SIGTERM (scancel)" in c.log() and re.search(r"\*\*\* JOB \d+ ON \S+ CANCELLED AT \S+ \*\*\*", c.log())
     if c.resubmit == "sbatch":  # its follow-up, queued at its start, was cancelled by it, or saw the cancel
         follow = [s for s in states if int(s[0]) > int(c.acted_on)][0]
         assert (follow[1] == "CANCELLED" and not c.ran(follow[0])) or (
@@ -316,6 +345,7 @@ def test_wall_time_kill_still_finishes_the_run(slurm, chains, name):
         assert len({s[0] for s in states}) == 1, states
         waits = c.requeue_waits(slurm)
         assert len(waits) == 1 and CRED_EXPIRE <= waits[0] <= CRED_EXPIRE + 2, waits
+    assert "DUE TO TIME LIMIT" in c.log()
     kills = c.lead_times(slurm, "got SIGTERM at the wall time")
     assert len(kills) == 1 and -32 <= kills[0] <= 1, kills  # Slurm kills 0-30 s after the time limit
     ex = executions(c.dir)
