@@ -5,7 +5,8 @@ key, so it shares nothing with a Slurm or munge the machine may already run.
 ``SlurmCluster.start(folder)`` returns a running cluster or raises ``Unavailable`` with the reason;
 ``stop()`` cancels what is left of its jobs and ends the three daemons by their pids.
 ``ensure_installed()`` installs slurm-wlm and munge with apt-get when they are missing and this is
-root on Debian (tests and CI run as root); ``MPIGATHER_REAL_SLURM=off`` skips all that.
+root on Debian (tests and CI run as root). ``MPIGATHER_REAL_SLURM``: ``off`` skips all that,
+``noinstall`` never runs apt-get, ``require`` makes the tests fail where they would skip.
 
 The configuration is the one the batch template meets on most clusters (MpiDefault=none,
 select/cons_tres, proctrack/linuxproc, JobRequeue=1), with short timers so that tests stay short:
@@ -55,11 +56,12 @@ def missing() -> list[str]:
 
 def ensure_installed() -> None:
     """Raise Unavailable unless slurm-wlm and munge are installed, installing them when we can."""
-    if os.environ.get("MPIGATHER_REAL_SLURM", "auto") == "off":
+    mode = os.environ.get("MPIGATHER_REAL_SLURM", "auto")
+    if mode == "off":
         raise Unavailable("MPIGATHER_REAL_SLURM=off")
     if not missing():
         return
-    if os.geteuid() != 0 or _which("apt-get") is None:
+    if mode == "noinstall" or os.geteuid() != 0 or _which("apt-get") is None:
         raise Unavailable(f"{', '.join(missing())} not installed (as root on Debian: apt-get install slurm-wlm munge)")
     print("\ninstalling slurm-wlm and munge with apt-get for the real-Slurm tests (MPIGATHER_REAL_SLURM=off skips)",
           flush=True)
