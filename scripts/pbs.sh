@@ -67,6 +67,10 @@ else
     NP=${NP:-2}
 fi
 
+run_finished() {                        # does OUT's journal say that the run ended (not interrupted)?
+    "${MPIGATHER[@]}" status --json "$OUT" 2>/dev/null | grep -q '"state": "finished"'
+}
+
 # ---- a follow-up first checks that the chain should go on ----
 # (PBS releases an afterany dependent only once its predecessor has exited, so a qdel'ed job always
 # deletes its follow-up before the follow-up could start)
@@ -75,7 +79,7 @@ if [ "$CHAIN" -gt 0 ]; then
         say "$STOP_FILE exists: the chain ends here; remove it and submit this script again to continue"
         exit 0
     fi
-    if "${MPIGATHER[@]}" status --json "$OUT" 2>/dev/null | grep -q '"state": "finished"'; then
+    if run_finished; then
         say "$OUT is finished already: nothing to do"
         exit 0
     fi
@@ -191,6 +195,11 @@ case "$STOP" in
     *)
         # a stop signal that came while mpigather was starting or leaving can end it with another
         # status; every finished result is in the journal all the same, so resuming is safe
+        if [ "$RC" -ne 75 ] && run_finished; then
+            say "mpigather ended by the stop signal (status $RC) as it was leaving a finished run: all done"
+            cancel_next
+            exit 0
+        fi
         [ "$RC" -eq 75 ] || say "mpigather ended by the stop signal (status $RC), not in order; resuming is safe all the same" ;;
 esac
 if [ -e "$STOP_FILE" ]; then

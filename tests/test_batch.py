@@ -302,6 +302,21 @@ def test_slurm_wall_time_kill_continues_the_chain(tmp_path, resubmit):
     assert counts[0] == counts[1] == 2 and {counts[i] for i in range(2, N)} == {1}, counts
 
 
+def test_slurm_warning_as_mpigather_leaves_a_finished_run_ends_the_chain(tmp_path):
+    """A warning that meets the run's very end can kill ranks as they exit (status 138 from srun):
+    the run is finished all the same, so the job exits 0 and cancels its follow-up."""
+    c = Cluster(tmp_path)
+    c.env["MPIGATHER_TEST_TASK_S"] = "0"
+    late = f"(bash -c 'trap \"\" USR1; {sys.executable} -m mpigather \"$@\"; sleep 3; exit 138' mpigather)"  # dies late
+    text = slurm_script().replace(f"MPIGATHER=({sys.executable} -m mpigather)", f"MPIGATHER={late}")
+    c.submit("job.sbatch", text)
+    job, rc, sent = c.allocation(stop_when=(c.work / "out.h5").exists)
+    log = c.text()
+    assert sent is not None and "status 138" in log and "leaving a finished run" in log, log
+    assert rc == 0 and job["state"] == "COMPLETED" and c.ctl.queued() == [], log
+    check_results(c.work / "out.h5")
+
+
 def test_slurm_follow_up_of_a_cancelled_job_ends_the_chain(tmp_path):
     """The cancelled job could not cancel its follow-up (here: scancel fails inside the job), so the
     follow-up starts: it sees that its predecessor was cancelled and exits at once."""
