@@ -312,7 +312,7 @@ def test_slurm_warning_as_mpigather_leaves_a_finished_run_ends_the_chain(tmp_pat
     c.submit("job.sbatch", text)
     job, rc, sent = c.allocation(stop_when=(c.work / "out.h5").exists)
     log = c.text()
-    assert sent is not None and "status 138" in log and "leaving a finished run" in log, log
+    assert sent is not None and "leaving a finished run" in log, log  # (138, or what mpiexec makes of it)
     assert rc == 0 and job["state"] == "COMPLETED" and c.ctl.queued() == [], log
     check_results(c.work / "out.h5")
 
