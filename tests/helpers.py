@@ -78,3 +78,18 @@ def executions(test_dir: Path) -> Counter[int]:
     """How many times each task started, from the executions.log that tests/batchfuncs.py writes."""
     log = test_dir / "executions.log"
     return Counter(int(x) for x in log.read_text().split()) if log.exists() else Counter()
+
+
+def check_batch_results(out: Path, n: int) -> None:
+    """The output of a batch-template run of batchfuncs.slow over range(n): every result there,
+    bit for bit what an uninterrupted run gives, and every checksum right."""
+    from batchfuncs import value
+    from compare import same
+
+    import mpigather
+
+    with mpigather.load(out) as res:
+        assert sorted(res, key=int) == [str(i) for i in range(n)]
+        bad = [i for i in range(n) if not same(res[str(i)], value(i))]
+        assert bad == [], f"results differ from an uninterrupted run for tasks {bad}"
+    assert mpigather.verify(out) == (n, [], [])

@@ -23,11 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from batchfuncs import value
-from compare import same
-from helpers import ROOT, edit, env, executions, mpiexec_path
-
-import mpigather
+from helpers import ROOT, check_batch_results, edit, env, executions, mpiexec_path
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_slurm"))
 from fakeslurm import Controller  # noqa: E402
@@ -126,11 +122,7 @@ def runs(out: Path) -> list[list[dict[str, Any]]]:
 
 
 def check_results(out: Path, n: int = N) -> None:
-    with mpigather.load(out) as res:
-        assert sorted(res, key=int) == [str(i) for i in range(n)]
-        bad = [i for i in range(n) if not same(res[str(i)], value(i))]
-        assert bad == [], f"results differ from an uninterrupted run for tasks {bad}"
-    assert mpigather.verify(out) == (n, [], [])
+    check_batch_results(out, n)
 
 
 def slurm_script(out: str = "out.h5", max_resubmits: int = 3, resubmit: str = "sbatch",
@@ -381,9 +373,7 @@ def test_pbs_timer_warning_resubmits_and_the_chain_finishes(tmp_path):
         assert len(codes) < 3, f"more than 4 allocations: {codes}\n{c.text()}"
         codes.append(c.allocation()[1])
     assert codes[-1] == 0 and all(x not in (0, 1, 2) for x in codes[:-1]), f"{codes}\n{c.text()}"
-    with mpigather.load(out) as res:
-        assert sorted(res, key=int) == [str(i) for i in range(n)]
-        assert [i for i in range(n) if not same(res[str(i)], value(i))] == []
+    check_results(out, n)
     done = [r["id"] for r in journal(out) if r["ev"] == "done"]
     assert sorted(done) == list(range(n))
     assert all("--resume" in r[0]["argv"] for r in runs(out)[1:])

@@ -166,10 +166,12 @@ def _queue_job(d: Path, script: str, env: dict[str, str], opts: dict[str, Any], 
         n_file.write_text(str(jid + 1))
         copy = d / "jobs" / f"{jid}.sh"
         shutil.copyfile(script, copy)
-        text = copy.read_text()
-        directives = sbatch_directives(text) if kind == "slurm" else {}
-        merged = {**directives, **opts} if kind == "slurm" else opts
-        requeue = not ("no-requeue" in merged and "requeue" not in opts)
+        directives = sbatch_directives(copy.read_text()) if kind == "slurm" else {}
+        merged = {**directives, **opts}  # the command line wins over #SBATCH lines
+        if "requeue" in opts or "no-requeue" in opts:
+            requeue = "requeue" in opts
+        else:
+            requeue = "no-requeue" not in directives  # JobRequeue=1: requeueable unless asked not to be
         job = {"id": jid, "kind": kind, "script": str(copy), "env": env, "cwd": os.getcwd(), "options": opts,
                "restart_count": 0, "state": "PENDING", "reason": "None", "requeue": requeue, "exit_code": None,
                "requests": [], "name": merged.get("job-name", merged.get("J", "fake")),
