@@ -144,9 +144,9 @@ class Chain:
     def records(self, cluster: SlurmCluster) -> list[dict[str, str]]:
         return cluster.completions(self.name)
 
-    def states(self, cluster: SlurmCluster) -> list[str]:
-        """'JOB STATE EXIT' per jobcomp record (a requeue shows as PENDING)."""
-        return [f"{r['JobId']} {r['JobState']} {r['ExitCode']}" for r in self.records(cluster)]
+    def states(self, cluster: SlurmCluster) -> list[tuple[str, str, str]]:
+        """(job id, state, exit code) per jobcomp record (a requeue shows as PENDING)."""
+        return [(r["JobId"], r["JobState"], r["ExitCode"]) for r in self.records(cluster)]
 
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("mpigather-*.log")))
@@ -229,7 +229,7 @@ def _table(cluster: SlurmCluster) -> list[str]:
         notes = [f"warning {x:.0f} s before the wall time" for x in c.lead_times(cluster, "got SIGUSR1")]
         notes += [f"SIGTERM {-x:.0f} s after the wall time" for x in c.lead_times(cluster, "at the wall time")]
         notes += [f"requeued job eligible after {x:.0f} s" for x in c.requeue_waits(cluster)]
-        rows.append(f"| {c.name} | {'; '.join(c.states(cluster))} | {' '.join(codes)} | "
+        rows.append(f"| {c.name} | {'; '.join(' '.join(st) for st in c.states(cluster))} | {' '.join(codes)} | "
                     f"{sum(ex.values())} for {c.n} tasks (max {max(ex.values(), default=0)}) | {c.seconds:.0f} s | "
                     f"{'; '.join(notes)} |")
     return rows
@@ -253,18 +253,20 @@ def _assert_once_each(c: Chain) -> None:
     assert ex == dict.fromkeys(range(c.n), 1), f"executions {dict(ex)}\n{c.log()}"
 
 
-def _states(c: Chain, slurm: SlurmCluster) -> list[tuple[str, str, str]]:
-    return [tuple(s.split()) for s in c.states(slurm)]  # type: ignore[misc]
+def _warned_chain(c: Chain, slurm: SlurmCluster) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """The checks every chain stopped by the warning passes; returns (all its jobs' states, those that ran)."""
+    c.check_results()
+    _assert_once_each(c)
+    states = c.states(slurm)
+    ran = [s for s in states if s[1] != "CANCELLED"]
+    assert len(ran) >= 2, f"the warning should have stopped the first job: {states}\n{c.log()}"
+    assert all(s[1:] == ("FAILED", "75:0") for s in ran[:-1]), states  # every orderly stop: FAILED 75:0
+    return states, ran
 
 
 def test_warning_sbatch_chain_stops_in_order_and_finishes(slurm, chains):
     c = chains["warn-sbatch"]
-    c.check_results()
-    _assert_once_each(c)
-    states = _states(c, slurm)
-    ran = [s for s in states if s[1] != "CANCELLED"]
-    assert len(ran) >= 2, f"the warning should have stopped the first job: {states}\n{c.log()}"
-    assert all(s[1:] == ("FAILED", "75:0") for s in ran[:-1]), states  # every orderly stop: FAILED 75:0
+    states, ran = _warned_chain(c, slurm)
     assert ran[-1][1:] == ("COMPLETED", "0:0"), states
     never_ran = [s for s in states if s[1] == "CANCELLED" and not c.ran(s[0])]
     assert len(never_ran) == 1, f"the last job cancels the follow-up it queued: {states}"
@@ -276,11 +278,7 @@ def test_warning_sbatch_chain_stops_in_order_and_finishes(slurm, chains):
 
 def test_readme_example_continues_after_the_warning_and_cancels_its_last_follow_up(slurm, chains):
     c = chains["readme"]
-    c.check_results()
-    _assert_once_each(c)
-    states = _states(c, slurm)
-    ran = [s for s in states if s[1] != "CANCELLED"]
-    assert len(ran) >= 2 and all(s[1:] == ("FAILED", "75:0") for s in ran[:-1]), states
+    states, ran = _warned_chain(c, slurm)
     assert len(states) == len(ran) + 1, states  # and the follow-up the last one cancelled
     # COMPLETED; or, when the warning met the run's very end, the ranks it reached while they exited
     # died of it (srun: 138 = SIGUSR1), which the README's example takes for a failure: the run is done
@@ -310,7 +308,7 @@ def test_warning_requeue_chain_stops_in_order_and_finishes(slurm, chains):
 def test_scancel_ends_the_chain_and_a_new_submission_finishes(slurm, chains, name):
     c = chains[name]
     c.check_results()
-    states = _states(c, slurm)
+    states = c.states(slurm)
     cancelled = [s for s in states if s[0] == c.acted_on]
     assert [s[1] for s in cancelled] == ["CANCELLED"], f"cancelled once, never requeued: {states}\n{c.log()}"
     assert "got SIGTERM (scancel)" in c.log() and re.search(r"\*\*\* JOB \d+ ON \S+ CANCELLED AT \S+ \*\*\*", c.log())
@@ -327,7 +325,7 @@ def test_scancel_usr1_stops_in_order_and_the_chain_continues(slurm, chains):
     c = chains["usr1-sbatch"]
     c.check_results()
     _assert_once_each(c)
-    states = _states(c, slurm)
+    states = c.states(slurm)
     assert states[0] == (c.acted_on, "FAILED", "75:0"), states
     assert [s[1:] for s in states if s[1] != "CANCELLED"][-1] == ("COMPLETED", "0:0"), states
 
@@ -336,7 +334,7 @@ def test_scancel_usr1_stops_in_order_and_the_chain_continues(slurm, chains):
 def test_wall_time_kill_still_finishes_the_run(slurm, chains, name):
     c = chains[name]
     c.check_results()
-    states = _states(c, slurm)
+    states = c.states(slurm)
     assert states[0][1] == "TIMEOUT", states
     assert [s[1] for s in states if s[1] not in ("CANCELLED", "PENDING")][-1] == "COMPLETED", states
     if c.resubmit == "requeue":  # requeued from the SIGTERM trap, within KillWait
