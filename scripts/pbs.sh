@@ -2,19 +2,26 @@
 # mpigather on PBS Pro / OpenPBS / Torque: copy this file next to your data as pbs.sh, edit the lines
 # marked EDIT, then `qsub pbs.sh`.
 #
-# First submission: `mpigather run FUNC ... --out OUT`; when OUT's journal (OUT.journal) exists it adds
-# --resume, so the same file both starts and continues a run. PBS has no "signal me before the wall
-# time" option (Slurm's --signal), so a timer in this script sends the warning itself, WARN_S seconds
-# before the wall time: the script tells mpigather to stop, mpigather gives running tasks --grace
-# seconds, makes every finished result durable and exits with status 75 ("interrupted, resumable"),
-# and the script submits itself again; the next job resumes. Exit 0 (all done), 1 (some tasks
-# failed) and 2 (bad input) end the chain.
+# The same file starts a run and continues it: when OUT's journal (OUT.journal) exists it passes --resume.
+# A run longer than one allocation becomes a chain of jobs:
+#  - Each job first queues its follow-up (qsub -W depend=afterany:THIS_JOB), so that even a job killed
+#    at the wall time, or by SIGKILL, has a successor that resumes the run.
+#  - PBS has no "signal me before the wall time" option (Slurm's --signal), so a timer in this script
+#    sends the warning itself, WARN_S seconds before the wall time: the script tells mpigather to stop,
+#    mpigather gives running tasks --grace seconds, makes every finished result durable and exits 75
+#    ("interrupted, resumable"). This job ends, and the follow-up starts and resumes.
+#  - Exit 0 (all done), 1 (some tasks failed) or 2 (bad input) ends the chain: the script deletes the
+#    follow-up. A follow-up that finds the run finished exits 0 at once.
 #
-# qdel (and the wall-time kill) send SIGTERM, then SIGKILL after the kill delay (PBS Pro's kill_delay,
-# often 10 s): the script forwards it the same way, so finished results are kept, but running tasks
-# only finish if they fit in that delay (the rest run again at resume). `qsig -s USR1 JOBID` stops a
-# job early in order and resubmits it. End a chain: `touch OUT.stop`, or qdel the follow-up job
-# (it waits in the queue, depend=afterany, until this one ends).
+# Stopping a run:
+#   qdel JOB                 ends the chain: the follow-up is deleted, and mpigather stops in order if its
+#                            running tasks end within the kill delay (PBS Pro's kill_delay, often 10 s;
+#                            the others run again next time). Every finished result is kept.
+#   qsig -s USR1 JOB         stops in order now, like the warning; the follow-up continues the run.
+#   touch OUT.stop           the running job finishes its allocation, then the chain ends.
+# qdel and the wall-time kill both send SIGTERM (then SIGKILL after the kill delay): the script takes a
+# SIGTERM that comes within a minute of the wall time for the kill (the chain goes on), any other for
+# a qdel. Without a known wall time (WALLTIME below, or qstat) every SIGTERM counts as a qdel.
 #
 # PBS reads '#PBS' lines up to the first command; the comment for each is on the line above it.
 # EDIT: the job name qstat shows
@@ -60,6 +67,24 @@ else
     NP=${NP:-2}
 fi
 
+run_finished() {                        # does OUT's journal say that the run ended (not interrupted)?
+    "${MPIGATHER[@]}" status --json "$OUT" 2>/dev/null | grep -q '"state": "finished"'
+}
+
+# ---- a follow-up first checks that the chain should go on ----
+# (PBS releases an afterany dependent only once its predecessor has exited, so a qdel'ed job always
+# deletes its follow-up before the follow-up could start)
+if [ "$CHAIN" -gt 0 ]; then
+    if [ -e "$STOP_FILE" ]; then
+        say "$STOP_FILE exists: the chain ends here; remove it and submit this script again to continue"
+        exit 0
+    fi
+    if run_finished; then
+        say "$OUT is finished already: nothing to do"
+        exit 0
+    fi
+fi
+
 to_seconds() {                          # [[HH:]MM:]SS -> seconds
     local IFS=: s=0 part
     for part in $1; do s=$((s * 60 + 10#$part)); done
@@ -68,18 +93,51 @@ to_seconds() {                          # [[HH:]MM:]SS -> seconds
 if [ -z "$WALLTIME" ] && [ -n "${PBS_JOBID:-}" ]; then
     WALLTIME=$(qstat -f "$PBS_JOBID" 2>/dev/null | sed -n 's/^ *Resource_List\.walltime = *//p' | head -n 1)
 fi
+WALL_S=""
+[ -n "$WALLTIME" ] && WALL_S=$(to_seconds "$WALLTIME")
 
-LAUNCHER=""
-SIGNALLED=""
-TIMER=""
-# shellcheck disable=SC2317  # (called from the traps)
-on_signal() {                           # the timer's warning, qsig or qdel: stop in order
-    SIGNALLED=$1
-    say "got SIG$1: asking mpigather to stop (SIG$STOP_SIGNAL); running tasks get their grace period"
-    [ -n "$LAUNCHER" ] && kill -s "$STOP_SIGNAL" "$LAUNCHER" 2>/dev/null
+# ---- queue the follow-up now, so that the chain survives a kill of this job ----
+NEXT=""
+submit_next() {
+    if NEXT=$(qsub -v "MPIGATHER_CHAIN=$((CHAIN + 1))" -W "depend=afterany:$PBS_JOBID" "$JOB_SCRIPT"); then
+        say "queued job $NEXT to continue the run after this one (follow-up $((CHAIN + 1)) of at most $MAX_RESUBMITS)"
+    else
+        NEXT=""
+        say "qsub failed: no follow-up job; submit this script again to continue"
+    fi
 }
-trap 'on_signal TERM' TERM
-trap 'on_signal USR1' USR1
+cancel_next() {
+    [ -n "$NEXT" ] || return 0
+    say "deleting the follow-up job $NEXT"
+    qdel "$NEXT" || say "qdel $NEXT failed: delete it yourself"
+    NEXT=""
+}
+
+# ---- signals: USR1 = stop in order and continue; TERM = qdel (stop, end the chain) or the wall time ----
+LAUNCHER=""
+STOP=""                                 # why mpigather was asked to stop: warning, cancel or walltime
+TIMER=""
+stop_mpigather() { [ -n "$LAUNCHER" ] && kill -s "$STOP_SIGNAL" "$LAUNCHER" 2>/dev/null; }
+# shellcheck disable=SC2317  # (called from the traps)
+on_usr1() {
+    [ -n "$STOP" ] || STOP=warning
+    say "got SIGUSR1 (the timer's warning, or qsig -s USR1): asking mpigather to stop in order (SIG$STOP_SIGNAL)"
+    stop_mpigather
+}
+# shellcheck disable=SC2317
+on_term() {
+    stop_mpigather                      # first: the ranks may have their own SIGTERM already, and leave soon
+    if [ -n "$WALL_S" ] && [ "$SECONDS" -ge $((WALL_S - 60)) ]; then
+        STOP=walltime
+        say "got SIGTERM at the wall time: PBS kills this job after its kill delay; finished results are kept, and the chain continues"
+    else
+        STOP=cancel
+        say "got SIGTERM (qdel): mpigather stops in order if it can before the kill delay ends; the chain ends here"
+        cancel_next
+    fi
+}
+trap on_usr1 USR1
+trap on_term TERM
 
 # shellcheck disable=SC2317
 timer() {                               # sleep $1 s, then send SIGUSR1 to this script ($2); ends quietly on SIGTERM
@@ -88,21 +146,29 @@ timer() {                               # sleep $1 s, then send SIGUSR1 to this 
     trap 'kill "$s" 2>/dev/null; exit 0' TERM
     wait "$s" && kill -s USR1 "$2"
 }
-if [ -n "$WALLTIME" ]; then
-    DELAY=$(( $(to_seconds "$WALLTIME") - WARN_S ))
+if [ -n "$WALL_S" ]; then
+    DELAY=$((WALL_S - WARN_S))
     [ "$DELAY" -lt 1 ] && DELAY=1
     timer "$DELAY" $$ &
     TIMER=$!
     say "wall time $WALLTIME: the stop warning comes in $DELAY s"
 else
-    say "wall time unknown (set WALLTIME): no warning before it; qdel/wall-time SIGTERM still stops in order"
+    say "wall time unknown (set WALLTIME): no warning before it, and a SIGTERM counts as qdel (the chain ends)"
+fi
+
+if [ -e "$STOP_FILE" ]; then
+    say "$STOP_FILE exists: no follow-up job; this allocation is the last"
+elif [ "$CHAIN" -ge "$MAX_RESUBMITS" ]; then
+    say "resubmitted $CHAIN time(s) already (MAX_RESUBMITS=$MAX_RESUBMITS): no follow-up job; submit again to continue"
+elif [ "$STOP" != cancel ]; then
+    submit_next
 fi
 
 CMD=(mpiexec "${MPIEXEC_ARGS[@]}" -n "$NP" "${MPIGATHER[@]}" run "$FUNC" "${TASKS[@]}" --out "$OUT" "${RESUME[@]}" "${OPTIONS[@]}")
 say "allocation $((CHAIN + 1)) of at most $((MAX_RESUBMITS + 1)): ${CMD[*]}"
 "${CMD[@]}" &
 LAUNCHER=$!
-[ -n "$SIGNALLED" ] && kill -s "$STOP_SIGNAL" "$LAUNCHER" 2>/dev/null   # a signal came before mpiexec started
+[ -n "$STOP" ] && stop_mpigather        # a signal came before mpiexec started
 while kill -0 "$LAUNCHER" 2>/dev/null; do
     wait "$LAUNCHER"                    # returns early when a trapped signal arrives; then wait again
 done
@@ -111,25 +177,41 @@ RC=$?
 [ -n "$TIMER" ] && kill "$TIMER" 2>/dev/null
 say "mpigather exited with status $RC"
 
-if [ "$RC" -ne 75 ]; then
-    if [ -z "$SIGNALLED" ] || [ "$RC" -le 2 ]; then  # 0 done, 1 some tasks failed, 2 bad input: the chain ends here
-        exit "$RC"
-    fi
-    # the stop signal came while mpigather was starting or already leaving, and ended it: every
-    # finished result is still in the journal, so resuming is safe
-    say "mpigather ended by the stop signal (status $RC), not in order; resuming is safe all the same"
+# ---- continue the chain only after an interruption that was not a qdel ----
+if [ "$RC" -le 2 ]; then                # 0 done, 1 some tasks failed, 2 bad input
+    cancel_next
+    exit "$RC"
 fi
+case "$STOP" in
+    cancel)
+        cancel_next
+        exit "$RC" ;;
+    "")
+        if [ "$RC" -ne 75 ]; then       # mpigather failed on its own (3, or a rank was killed)
+            say "mpigather failed (status $RC) without a stop request: the chain ends here; the run resumes when submitted again"
+            cancel_next
+            exit "$RC"
+        fi ;;
+    *)
+        # a stop signal that came while mpigather was starting or leaving can end it with another
+        # status; every finished result is in the journal all the same, so resuming is safe
+        if [ "$RC" -ne 75 ] && run_finished; then
+            say "mpigather ended by the stop signal (status $RC) as it was leaving a finished run: all done"
+            cancel_next
+            exit 0
+        fi
+        [ "$RC" -eq 75 ] || say "mpigather ended by the stop signal (status $RC), not in order; resuming is safe all the same" ;;
+esac
 if [ -e "$STOP_FILE" ]; then
-    say "$STOP_FILE exists: not resubmitting; remove it and submit this script again to continue"
+    say "$STOP_FILE exists: the chain ends here; remove it and submit this script again to continue"
+    cancel_next
     exit "$RC"
 fi
-if [ "$CHAIN" -ge "$MAX_RESUBMITS" ]; then
+if [ -n "$NEXT" ]; then
+    say "job $NEXT continues the run"
+elif [ "$CHAIN" -ge "$MAX_RESUBMITS" ]; then
     say "resubmitted $CHAIN time(s) already (MAX_RESUBMITS=$MAX_RESUBMITS): stopping; submit again to continue"
-    exit "$RC"
-fi
-if NEXT=$(qsub -v "MPIGATHER_CHAIN=$((CHAIN + 1))" -W "depend=afterany:$PBS_JOBID" "$JOB_SCRIPT"); then
-    say "submitted job $NEXT to resume (follow-up $((CHAIN + 1)) of at most $MAX_RESUBMITS)"
 else
-    say "qsub failed: submit this script again to resume"
+    submit_next                         # the one queued at the start failed: try again
 fi
 exit "$RC"

@@ -35,3 +35,13 @@ def pytest_report_header(config):
     s = stack()
     return [f"MPI stack {s.name}: {s.mpiexec} {s.describe()}".rstrip(),
             f"  python {s.python}; {_LIBRARY[0] if _LIBRARY else '?'}"]
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The table of tests/test_slurm_real.py (job states, exit codes, executions, time), when it ran."""
+    from slurm_cluster import TABLE
+
+    rows = config.stash.get(TABLE, None)
+    if rows:
+        terminalreporter.section("real Slurm: the template's chains")
+        for row in rows:
+            terminalreporter.write_line(row)

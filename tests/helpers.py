@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,38 @@ def done_ids(out: Path, records: list[dict] | None = None) -> list:
         if r.get("ev") == "done":
             ids.extend(r["id"] if isinstance(r["id"], list) else [r["id"]])
     return ids
+
+
+def edit(template: Path, values: dict[str, str], directives: dict[str, str]) -> str:
+    """A batch template with its EDIT lines changed, as a user would: ``NAME=...`` lines, and
+    ``#SBATCH``/``#PBS`` options (each ``old`` text must appear in the template)."""
+    text = template.read_text()
+    for name, val in values.items():
+        text, n = re.subn(rf"(?m)^{name}=.*$", lambda _m, name=name, val=val: f"{name}={val}  # edited by the test",
+                          text)
+        assert n == 1, f"{template.name} has no line {name}=..."
+    for old, new in directives.items():
+        assert old in text, f"{template.name} has no {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+def executions(test_dir: Path) -> Counter[int]:
+    """How many times each task started, from the executions.log that tests/batchfuncs.py writes."""
+    log = test_dir / "executions.log"
+    return Counter(int(x) for x in log.read_text().split()) if log.exists() else Counter()
+
+
+def check_batch_results(out: Path, n: int) -> None:
+    """The output of a batch-template run of batchfuncs.slow over range(n): every result there,
+    bit for bit what an uninterrupted run gives, and every checksum right."""
+    from batchfuncs import value
+    from compare import same
+
+    import mpigather
+
+    with mpigather.load(out) as res:
+        assert sorted(res, key=int) == [str(i) for i in range(n)]
+        bad = [i for i in range(n) if not same(res[str(i)], value(i))]
+        assert bad == [], f"results differ from an uninterrupted run for tasks {bad}"
+    assert mpigather.verify(out) == (n, [], [])

@@ -1,19 +1,19 @@
 """The batch templates (scripts/slurm.sbatch, scripts/pbs.sh) on a fake Slurm/PBS (tests/fake_slurm).
 
 Each template is copied and edited the way a user would (only its EDIT lines), submitted with the
-fake sbatch/qsub, and run allocation by allocation by fakeslurm.Controller. The test plays the
-wall-time warning: it sends SIGTERM to the batch shell once the journal shows finished tasks.
-Then the script must stop mpigather in order (exit 75), resubmit itself, and the next allocation
-must resume and finish, with exactly the results of an uninterrupted run, each task run once.
+fake sbatch/qsub, and run allocation by allocation by fakeslurm.Controller, which also plays
+scancel, the time limit and KillWait. The test plays the wall-time warning: it sends the signal of
+the template's ``#SBATCH --signal`` line once the journal shows finished tasks. Then the script
+must stop mpigather in order (exit 75), and the follow-up job (or the requeued one) must resume
+and finish, with exactly the results of an uninterrupted run, each task run once. A plain scancel
+ends the chain; a wall-time kill does not. tests/test_slurm_real.py runs the same on a real Slurm.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -23,11 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from batchfuncs import value
-from compare import same
-from helpers import ROOT, done_ids, env, mpiexec_path
-
-import mpigather
+from helpers import ROOT, check_batch_results, done_ids, edit, env, executions, mpiexec_path
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_slurm"))
 from fakeslurm import Controller  # noqa: E402
@@ -37,19 +33,6 @@ pytestmark = pytest.mark.mpi
 N = 16  # tasks of 0.3 s on 2 workers: about 2.5 s of work
 SLURM = ROOT / "scripts" / "slurm.sbatch"
 PBS = ROOT / "scripts" / "pbs.sh"
-
-
-def edit(template: Path, values: dict[str, str], directives: dict[str, str]) -> str:
-    """The template with its EDIT lines changed: ``NAME=...`` lines and ``#SBATCH/#PBS`` options."""
-    text = template.read_text()
-    for name, val in values.items():
-        text, n = re.subn(rf"(?m)^{name}=.*$", lambda _m, name=name, val=val: f"{name}={val}  # edited by the test",
-                          text)
-        assert n == 1, f"{template.name} has no line {name}=..."
-    for old, new in directives.items():
-        assert old in text, f"{template.name} has no {old!r}"
-        text = text.replace(old, new)
-    return text
 
 
 class Cluster:
@@ -63,14 +46,14 @@ class Cluster:
         self.work = tmp / "work"
         self.work.mkdir()
         self.log = tmp / "batch.log"
-        self.ctl = Controller(self.state)
+        self.ctl = Controller(self.state, kill_wait=3)
         self.env = env()
         mpi_bin = str(Path(mpiexec_path()).parent)
         self.env.update({
             "PATH": os.pathsep.join([str(self.bin), mpi_bin, str(Path(sys.executable).parent),
                                      self.env.get("PATH", "")]),
             "FAKE_SLURM_DIR": str(self.state), "FAKE_SLURM_PYTHON": sys.executable,
-            "FAKE_MPIEXEC": mpiexec_path(),
+            "FAKE_MPIEXEC": mpiexec_path(), "MPIGATHER_TEST_DIR": str(self.work),
         })
         self.env.pop("MPIGATHER_PROGRESS", None)
 
@@ -81,9 +64,17 @@ class Cluster:
         assert p.returncode == 0, p.stderr
         return p.stdout.strip()
 
+    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A Slurm command run by the user (the test), e.g. ``scancel JOB``."""
+        return subprocess.run(list(args), cwd=self.work, env=self.env, capture_output=True, text=True, timeout=20)
+
     def allocation(self, stop_when: Callable[[], bool] | None = None, timeout: float = 45,
+                   then: Callable[[dict[str, Any]], None] | None = None,
                    ) -> tuple[dict[str, Any], int, float | None]:
-        """Run the next queued job to its end. Returns (job, exit status, when SIGTERM was sent)."""
+        """Run the next queued job to its end, the controller playing slurmctld and slurmd.
+
+        Once ``stop_when()`` is true, ``then(job)`` runs (by default: the warning of the template's
+        #SBATCH --signal line). Returns (the job's final record, exit status, when ``then`` ran)."""
         started = self.ctl.start_next(self.log)
         assert started is not None, "no job queued"
         job, proc = started
@@ -94,36 +85,19 @@ class Cluster:
                 if time.monotonic() - t0 > timeout:
                     pytest.fail(f"allocation of job {job['id']} still running after {timeout} s\n{self.text()}")
                 if stop_when is not None and sent is None and stop_when():
-                    proc.send_signal(signal.SIGTERM)  # the wall-time warning (#SBATCH --signal=B:TERM@120)
+                    if then is None:
+                        self.ctl.warn(job, proc)
+                    else:
+                        then(job)
                     sent = time.monotonic() - t0
+                self.ctl.tick(job, proc)
                 time.sleep(0.05)
         finally:
-            _kill_tree(proc)
-        return job, proc.returncode, sent
+            final = self.ctl.finish(job, proc)
+        return final, proc.returncode, sent
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """Whatever the batch shell left running (only after a failure): end it, children first."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            kids = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.Error:
-            kids = []
-        for k in kids:
-            try:
-                k.kill()
-            except psutil.Error:
-                pass
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
 
 
 def journal(out: Path) -> list[dict[str, Any]]:
@@ -147,21 +121,36 @@ def runs(out: Path) -> list[list[dict[str, Any]]]:
     return out_runs
 
 
-def check_results(out: Path) -> None:
-    with mpigather.load(out) as res:
-        assert sorted(res, key=int) == [str(i) for i in range(N)]
-        bad = [i for i in range(N) if not same(res[str(i)], value(i))]
-        assert bad == [], f"results differ from an uninterrupted run for tasks {bad}"
-    assert mpigather.verify(out) == (N, [], [])
+def check_results(out: Path, n: int = N) -> None:
+    check_batch_results(out, n)
 
 
 def slurm_script(out: str = "out.h5", max_resubmits: int = 3, resubmit: str = "sbatch",
-                 func: str = "batchfuncs:slow") -> str:
+                 func: str = "batchfuncs:slow", time_limit: str = "04:00:00", grace: int = 20) -> str:
+    directives = {"#SBATCH --ntasks=64 ": "#SBATCH --ntasks=3 ", "#SBATCH --nodes=2 ": "#SBATCH --nodes=1 ",
+                  "#SBATCH --time=04:00:00 ": f"#SBATCH --time={time_limit} "}
+    if resubmit == "requeue":
+        directives["#SBATCH --no-requeue "] = "#SBATCH --requeue "
     return edit(SLURM, {
         "FUNC": func, "TASKS": f"(--range {N})", "OUT": out,
-        "OPTIONS": "(--grace 20 --prefetch 1 --progress log)", "MAX_RESUBMITS": str(max_resubmits),
+        "OPTIONS": f"(--grace {grace} --prefetch 1 --progress log)", "MAX_RESUBMITS": str(max_resubmits),
         "RESUBMIT": resubmit, "MPIGATHER": f"({sys.executable} -m mpigather)",
-    }, {"#SBATCH --ntasks=64 ": "#SBATCH --ntasks=3 ", "#SBATCH --nodes=2 ": "#SBATCH --nodes=1 "})
+    }, directives)
+
+
+def test_fake_srun_starts_one_mpi_job_only_with_mpi(tmp_path):
+    """Slurm's default MpiDefault=none: without --mpi, each task starts alone as a one-rank MPI job."""
+    c = Cluster(tmp_path)
+    c.env.update(SLURM_JOB_ID="1", SLURM_NTASKS="3")
+    code = ("import os; from mpi4py import MPI; c = MPI.COMM_WORLD; e = os.environ; "
+            "line = f\"{e.get('SLURM_PROCID', c.rank)} {c.size} {e['SLURM_STEP_NUM_TASKS']}\\n\"; "
+            "os.write(1, line.encode())")  # one write(2) a line: the ranks' lines never interleave
+    alone = c.command("srun", sys.executable, "-c", code)
+    assert alone.returncode == 0, alone.stderr
+    assert sorted(alone.stdout.split("\n")[:3]) == ["0 1 3", "1 1 3", "2 1 3"], alone.stdout
+    together = c.command("srun", "--mpi=pmi2", sys.executable, "-c", code)
+    assert together.returncode == 0, together.stderr
+    assert sorted(together.stdout.split("\n")[:3]) == ["0 3 3", "1 3 3", "2 3 3"], together.stdout
 
 
 @pytest.mark.parametrize("resubmit", ["sbatch", "requeue"])
@@ -175,23 +164,26 @@ def test_slurm_warning_stops_resubmits_and_two_allocations_finish_the_run(tmp_pa
     log = c.text()
     assert sent is not None, "the run ended before the test could send the warning\n" + log
     assert rc1 == 75, f"first allocation exited {rc1}, not 75\n{log}"
-    assert "mpigather exited with status 75" in log
+    assert "got SIGUSR1" in log and "mpigather exited with status 75" in log
     assert 4 <= n_done(out) < N, log
 
     queued = c.ctl.queued()
-    assert len(queued) == 1, f"expected one resubmission, queue {queued}\n{log}"
+    assert len(queued) == 1, f"expected one follow-up, queue {queued}\n{log}"
     job2 = c.ctl.job(queued[0])
     if resubmit == "sbatch":
+        assert job1["state"] == "FAILED" and job1["exit_code"] == 75  # what sacct shows: FAILED 75:0
         assert job2["id"] != job1["id"]
         assert job2["options"].get("dependency") == f"afterany:{job1['id']}"
-        assert job2["env"].get("MPIGATHER_CHAIN") == "1"
+        assert job2["env"].get("MPIGATHER_CHAIN") == "1" and job2["env"].get("MPIGATHER_PREV") == str(job1["id"])
     else:
-        assert job2["id"] == job1["id"] and job2["restart_count"] == 1
+        assert job2["id"] == job1["id"] and job2["restart_count"] == 1 and job2["state"] == "PENDING"
 
-    _job, rc2, _ = c.allocation()
+    job2, rc2, _ = c.allocation()
     log = c.text()
-    assert rc2 == 0, f"second allocation exited {rc2}\n{log}"
-    assert c.ctl.queued() == [], "a finished run must not resubmit\n" + log
+    assert rc2 == 0 and job2["state"] == "COMPLETED", f"second allocation exited {rc2}\n{log}"
+    assert c.ctl.queued() == [], "a finished run must not continue\n" + log
+    if resubmit == "sbatch":  # the follow-up queued at the start of the second job was cancelled
+        assert c.ctl.job(job2["id"] + 1)["state"] == "CANCELLED", log
 
     check_results(out)
     r1, r2 = runs(out)
@@ -204,15 +196,16 @@ def test_slurm_warning_stops_resubmits_and_two_allocations_finish_the_run(tmp_pa
     # each task ran to completion once: the first allocation finished what was running (grace)
     assert sorted(done1 + done2) == list(range(N)), (done1, done2)
     assert r2[0]["already_done"] == len(done1)
+    assert executions(c.work) == dict.fromkeys(range(N), 1)
 
 
 def test_slurm_finished_run_and_bad_input_do_not_resubmit(tmp_path):
     c = Cluster(tmp_path)
     c.env["MPIGATHER_TEST_TASK_S"] = "0"
     c.submit("job.sbatch", slurm_script())
-    _job, rc, _ = c.allocation()
+    job, rc, _ = c.allocation()
     assert rc == 0, c.text()
-    assert c.ctl.queued() == []
+    assert c.ctl.queued() == [] and c.ctl.job(job["id"] + 1)["state"] == "CANCELLED", c.text()
     check_results(c.work / "out.h5")  # also the reference: an uninterrupted run has these results
 
     c.submit("bad.sbatch", slurm_script(out="bad.h5", func="batchfuncs:no_such_function"))
@@ -238,17 +231,128 @@ def test_slurm_resubmit_limit_and_stop_file(tmp_path):
     assert c.ctl.queued() == [] and "out.h5.stop exists" in c.text()
 
 
+@pytest.mark.parametrize("resubmit", ["sbatch", "requeue"])
+def test_slurm_scancel_stops_in_order_and_ends_the_chain(tmp_path, resubmit):
+    c = Cluster(tmp_path)
+    out = c.work / "out.h5"
+    c.submit("job.sbatch", slurm_script(resubmit=resubmit))
+    job, rc, sent = c.allocation(stop_when=lambda: n_done(out) >= 4,
+                                 then=lambda job: c.command("scancel", str(job["id"])))
+    log = c.text()
+    assert sent is not None, log
+    assert job["state"] == "CANCELLED" and "got SIGTERM (scancel)" in log, log
+    assert rc == 75, f"tasks of 0.3 s fit in KillWait: mpigather should have stopped in order\n{log}"
+    assert c.ctl.queued() == [], f"a cancelled job must end the chain\n{log}"
+    if resubmit == "sbatch":
+        assert c.ctl.job(job["id"] + 1)["state"] == "CANCELLED", log
+    assert job["restart_count"] == 0, "a cancelled job must not be requeued\n" + log
+    assert max(executions(c.work).values()) == 1
+
+    c.submit("job.sbatch", slurm_script(resubmit=resubmit))  # the user continues the run later
+    _job, rc, _ = c.allocation()
+    assert rc == 0, c.text()
+    check_results(out)
+    assert executions(c.work) == dict.fromkeys(range(N), 1)
+
+
+def test_slurm_scancel_usr1_stops_in_order_and_the_chain_continues(tmp_path):
+    c = Cluster(tmp_path)
+    out = c.work / "out.h5"
+    c.submit("job.sbatch", slurm_script())
+    job, rc, sent = c.allocation(stop_when=lambda: n_done(out) >= 4,
+                                 then=lambda job: c.command("scancel", "--signal=USR1", str(job["id"])))
+    assert sent is not None and rc == 75 and job["state"] == "FAILED", c.text()
+    assert len(c.ctl.queued()) == 1, c.text()
+    _job, rc, _ = c.allocation()
+    assert rc == 0, c.text()
+    assert c.ctl.queued() == []
+    check_results(out)
+    assert executions(c.work) == dict.fromkeys(range(N), 1)
+
+
+@pytest.mark.parametrize("resubmit", ["sbatch", "requeue"])
+def test_slurm_wall_time_kill_continues_the_chain(tmp_path, resubmit):
+    """Tasks 0 and 1 hang on their first execution, longer than the grace: the warning cannot stop
+    the run in order, and Slurm kills the job at its time limit (SIGTERM, SIGKILL after KillWait).
+    The follow-up queued at the start (or the requeue from the SIGTERM trap) still finishes the run."""
+    c = Cluster(tmp_path)
+    c.env.update(MPIGATHER_TEST_STUCK="0,1", MPIGATHER_TEST_STUCK_S="300")
+    out = c.work / "out.h5"
+    c.submit("job.sbatch", slurm_script(resubmit=resubmit, time_limit="0:06", grace=300))
+    job, rc, sent = c.allocation(stop_when=lambda: (c.work / "stuck.1").exists())
+    log = c.text()
+    assert sent is not None, log
+    assert job["state"] == ("TIMEOUT" if resubmit == "sbatch" else "PENDING"), log
+    assert "got SIGTERM at the wall time" in log, log
+    assert len(c.ctl.queued()) == 1, f"the chain must continue after a wall-time kill\n{log}"
+    if resubmit == "requeue":
+        assert c.ctl.job(job["id"])["restart_count"] == 1
+    job, rc, _ = c.allocation()
+    assert rc == 0 and job["state"] == "COMPLETED", c.text()
+    check_results(out)
+    counts = executions(c.work)
+    assert counts[0] == counts[1] == 2 and {counts[i] for i in range(2, N)} == {1}, counts
+
+
+def test_slurm_warning_as_mpigather_leaves_a_finished_run_ends_the_chain(tmp_path):
+    """A warning that meets the run's very end can kill ranks as they exit (status 138 from srun):
+    the run is finished all the same, so the job exits 0 and cancels its follow-up."""
+    c = Cluster(tmp_path)
+    c.env["MPIGATHER_TEST_TASK_S"] = "0"
+    late = f"(bash -c 'trap \"\" USR1; {sys.executable} -m mpigather \"$@\"; sleep 3; exit 138' mpigather)"  # dies late
+    text = slurm_script().replace(f"MPIGATHER=({sys.executable} -m mpigather)", f"MPIGATHER={late}")
+    c.submit("job.sbatch", text)
+    job, rc, sent = c.allocation(stop_when=(c.work / "out.h5").exists)
+    log = c.text()
+    assert sent is not None and "leaving a finished run" in log, log  # (138, or what mpiexec makes of it)
+    assert rc == 0 and job["state"] == "COMPLETED" and c.ctl.queued() == [], log
+    check_results(c.work / "out.h5")
+
+
+def test_slurm_follow_up_of_a_cancelled_job_ends_the_chain(tmp_path):
+    """The cancelled job could not cancel its follow-up (here: scancel fails inside the job), so the
+    follow-up starts: it sees that its predecessor was cancelled and exits at once."""
+    c = Cluster(tmp_path)
+    c.env["FAKE_SLURM_SCANCEL_FAILS"] = "1"  # the job's own scancel; the test's below does not fail
+    out = c.work / "out.h5"
+    c.submit("job.sbatch", slurm_script())
+    del c.env["FAKE_SLURM_SCANCEL_FAILS"]
+    job1, _rc, _ = c.allocation(stop_when=lambda: n_done(out) >= 4,
+                                then=lambda job: c.command("scancel", str(job["id"])))
+    assert job1["state"] == "CANCELLED" and len(c.ctl.queued()) == 1, c.text()
+    ran = executions(c.work)
+    _job2, rc, _ = c.allocation(timeout=10)
+    assert rc == 0 and f"job {job1['id']} was cancelled" in c.text(), c.text()
+    assert executions(c.work) == ran and c.ctl.queued() == []
+
+
+def test_slurm_follow_up_of_a_finished_run_exits_at_once(tmp_path):
+    c = Cluster(tmp_path)
+    c.env.update(FAKE_SLURM_SCANCEL_FAILS="1", MPIGATHER_TEST_TASK_S="0")
+    c.submit("job.sbatch", slurm_script())
+    _job, rc, _ = c.allocation()
+    assert rc == 0 and len(c.ctl.queued()) == 1, c.text()
+    _job, rc, _ = c.allocation(timeout=10)
+    assert rc == 0 and "out.h5 is finished already" in c.text(), c.text()
+    assert c.ctl.queued() == []
+
+
+def pbs_script(n: int = N, out: str = "out.h5", walltime: str = "04:00:00", warn_s: int = 120,
+               grace: int = 20) -> str:
+    return edit(PBS, {
+        "FUNC": "batchfuncs:slow", "TASKS": f"(--range {n})", "OUT": out,
+        "OPTIONS": f"(--grace {grace} --prefetch 1 --progress log)", "MAX_RESUBMITS": "3",
+        "MPIGATHER": f"({sys.executable} -m mpigather)", "WARN_S": str(warn_s),
+    }, {"#PBS -l select=2:ncpus=32:mpiprocs=32": "#PBS -l select=1:ncpus=3:mpiprocs=3",
+        "#PBS -l walltime=04:00:00": f"#PBS -l walltime={walltime}"})
+
+
 def test_pbs_timer_warning_resubmits_and_the_chain_finishes(tmp_path):
     """No test signal here: the script's own timer sends the warning WARN_S before the wall time."""
     c = Cluster(tmp_path)
     out = c.work / "out"  # a directory of .npy files this time
     n = 36  # 5.4 s of work: the warning, 5 s in, comes before the end
-    text = edit(PBS, {
-        "FUNC": "batchfuncs:slow", "TASKS": f"(--range {n})", "OUT": "out",
-        "OPTIONS": "(--grace 20 --prefetch 1 --progress log)", "MAX_RESUBMITS": "3",
-        "MPIGATHER": f"({sys.executable} -m mpigather)", "WARN_S": "120",
-    }, {"#PBS -l select=2:ncpus=32:mpiprocs=32": "#PBS -l select=1:ncpus=3:mpiprocs=3",
-        "#PBS -l walltime=04:00:00": "#PBS -l walltime=00:02:05"})  # the warning comes 5 s in
+    text = pbs_script(n, out="out", walltime="00:02:05")  # the warning comes 5 s in
     jid = c.submit("pbs.sh", text, cmd="qsub")
     assert jid.endswith(".fakepbs")
 
@@ -269,9 +373,34 @@ def test_pbs_timer_warning_resubmits_and_the_chain_finishes(tmp_path):
         assert len(codes) < 3, f"more than 4 allocations: {codes}\n{c.text()}"
         codes.append(c.allocation()[1])
     assert codes[-1] == 0 and all(x not in (0, 1, 2) for x in codes[:-1]), f"{codes}\n{c.text()}"
-    with mpigather.load(out) as res:
-        assert sorted(res, key=int) == [str(i) for i in range(n)]
-        assert [i for i in range(n) if not same(res[str(i)], value(i))] == []
+    check_results(out, n)
     done = done_ids(out)
     assert sorted(done) == list(range(n))
     assert all("--resume" in r[0]["argv"] for r in runs(out)[1:])
+
+
+def test_pbs_qdel_ends_the_chain(tmp_path):
+    c = Cluster(tmp_path)
+    out = c.work / "out.h5"
+    c.submit("pbs.sh", pbs_script(), cmd="qsub")
+    job, rc, sent = c.allocation(stop_when=lambda: n_done(out) >= 4,
+                                 then=lambda job: c.command("qdel", f"{job['id']}.fakepbs"))
+    log = c.text()
+    assert sent is not None and job["state"] == "CANCELLED" and "got SIGTERM (qdel)" in log, log
+    assert rc == 75, f"tasks of 0.3 s fit in the kill delay: mpigather should have stopped in order\n{log}"
+    assert c.ctl.queued() == [] and c.ctl.job(job["id"] + 1)["state"] == "CANCELLED", log
+
+
+def test_pbs_wall_time_kill_continues_the_chain(tmp_path):
+    c = Cluster(tmp_path)
+    c.env.update(MPIGATHER_TEST_STUCK="0,1", MPIGATHER_TEST_STUCK_S="300")
+    c.submit("pbs.sh", pbs_script(walltime="00:00:06", warn_s=3, grace=300), cmd="qsub")
+    job, _rc, _ = c.allocation()
+    log = c.text()
+    assert job["state"] == "TIMEOUT" and "got SIGTERM at the wall time" in log, log
+    assert len(c.ctl.queued()) == 1, f"the chain must continue after a wall-time kill\n{log}"
+    _job, rc, _ = c.allocation()
+    assert rc == 0, c.text()
+    check_results(c.work / "out.h5")
+    counts = executions(c.work)
+    assert counts[0] == counts[1] == 2 and {counts[i] for i in range(2, N)} == {1}, counts
