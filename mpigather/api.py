@@ -266,6 +266,8 @@ def _drive(link: Any, source: Iterable[tuple[Any, Any, int]], sink: Sink, journa
     sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
                       retries=opts.retries, timeout=opts.timeout, timeout_of=timeout_of,
                       batch_window=opts.batch_window, hello_patience=opts.hello_patience)
+    if hasattr(link, "fault_behaviour"):
+        log.info("%s", link.fault_behaviour())
     progress = Progress.make(opts.progress, total, done_before=n_done_before)
     master = Master(link, sched, sink, journal, opts, progress=progress, on_done=hooks.get("on_done"),
                     on_failed=hooks.get("on_failed"), steps_dir=None if out is None else str(steps_path(out)),
@@ -289,6 +291,8 @@ def _drive(link: Any, source: Iterable[tuple[Any, Any, int]], sink: Sink, journa
             link.abort(3)
         _close_failed(sink, journal, 2 if isinstance(exc, UsageError) else 3, f"{type(exc).__name__}: {exc}")
         raise
+    if summary.lost and out is not None:
+        sink.remove_leftovers()  # what the lost workers were writing (direct mode)
     summary.skipped = n_done_before
     if total is not None:
         summary.total += total

@@ -15,6 +15,15 @@ from typing import Any, Protocol
 LOST = -1  # the tag of an ``Incoming`` that reports lost processes instead of a message
 
 
+class PeerLost(Exception):
+    """Raised by a link that survives failures (ULFM) when a receive or send involves a dead
+    process; ``ranks`` are the processes newly known dead."""
+
+    def __init__(self, ranks: list[int]) -> None:
+        super().__init__(f"rank(s) {', '.join(map(str, ranks))} died")
+        self.ranks = ranks
+
+
 class Incoming(Protocol):
     """A matched message, not yet received: read it with ``obj()`` or ``into(buffer)``."""
 

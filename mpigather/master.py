@@ -23,9 +23,9 @@ from . import results as R
 from . import signals
 from .errors import ChecksumError, ProtocolError
 from .journal import Journal
-from .link import LOST, Backoff
+from .link import LOST, Backoff, PeerLost
 from .pipeline import ChunkPipeline
-from .scheduler import Decision, Ended, Expired, Notice, Revoke, Scheduler, Send, Stop, WorkerState
+from .scheduler import Decision, Ended, Expired, Halt, Notice, Revoke, Scheduler, Send, Stop, WorkerState
 from .sinks import Meta, Sink, Target, check_id
 from .sinks.layout import EXT
 from .steps import step_name
@@ -93,6 +93,9 @@ class Master:
         self._early_calls: dict[Any, Any] = {}  # children's stored inputs, before their fan-out is complete
         self._ckpts: dict[Any, list[str]] = {}  # stored step outputs of each unfinished task
         self._multistep = False  # a step message was seen: status shows tasks by step
+        self._lost: set[int] = set()  # ranks the MPI library reported dead, not yet handled
+        self._dead: set[int] = set()  # ranks handled as lost: their messages are dropped
+        self._hosts: dict[int, str] = {}
 
     # -- public -------------------------------------------------------------------------
 
@@ -128,10 +131,17 @@ class Master:
             now = time.monotonic()
             if inc is not None:
                 back.reset()
-                self._on_message(inc, now)
+                try:
+                    self._on_message(inc, now)
+                except PeerLost as e:  # (ULFM) the sender died while its message was being read
+                    self._lost.update(e.ranks)
+                if self._lost:
+                    self._on_lost(sorted(self._lost), now)
                 if now - last_house < HOUSEKEEPING_EVERY:
                     continue
             self._housekeeping(now)
+            if self._lost:
+                self._on_lost(sorted(self._lost), now)
             last_house = time.monotonic()  # from the end of the pass: a long pass must not run back to back
             if self.summary.crash is not None:
                 self.abort(self.summary.crash)
@@ -214,6 +224,12 @@ class Master:
                 for path in self._ckpts.pop(tid, ()):
                     remove_quietly(path)
 
+    def _post(self, msg: Any, rank: int) -> None:
+        try:
+            self.link.post(msg, rank, M.TASK)
+        except PeerLost as e:  # (ULFM) handled once this batch of decisions is carried out
+            self._lost.update(e.ranks)
+
     def _decide_all(self, decisions: list[Decision], now: float) -> None:
         for d in decisions:
             self._decide(d, now)
@@ -221,11 +237,14 @@ class Master:
     def _decide(self, d: Decision, now: float) -> None:
         match d:
             case Send(rank, tasks):
-                self.link.post(M.Tasks(tasks), rank, M.TASK)
+                self._post(M.Tasks(tasks), rank)
             case Revoke(rank, tids, expect_ack):
-                self.link.post(M.Revoke(tids, expect_ack), rank, M.TASK)
+                self._post(M.Revoke(tids, expect_ack), rank)
             case Stop(rank):
-                self.link.post(M.Stop(), rank, M.TASK)
+                self._post(M.Stop(), rank)
+            case Halt(reason):
+                log.error("%s", reason)
+                self.summary.interrupted = True
             case Ended(tid, attempt, rank, ok, error):
                 if ok and tid in self._parents:  # every child is done: the parent's result lists them
                     self._parents.discard(tid)
@@ -259,6 +278,12 @@ class Master:
 
     def _on_message(self, inc: Any, now: float) -> None:
         src = inc.source
+        if src in self._dead:  # (ULFM) what a lost worker sent before it died: read and dropped
+            if inc.tag == M.DATA:
+                inc.into(self._pipe.scratch(inc.count)[0])
+            elif inc.tag != LOST:
+                inc.obj()
+            return
         if inc.tag == M.DATA:
             self._on_chunk(inc, now)
             return
@@ -290,7 +315,8 @@ class Master:
             case M.Heartbeat(tid, _seconds):
                 self.sched.seen(src, now)
                 self._hb_task[src] = tid
-            case M.Hello(_host, _pid, kinds):
+            case M.Hello(host, _pid, kinds):
+                self._hosts[src] = host
                 self._decide_all(self.sched.worker_ready(src, now, kinds), now)
             case M.Revoked(tids):
                 self._decide_all(self.sched.revoked(src, tids, now), now)
@@ -537,12 +563,16 @@ class Master:
         self._task_failed(src, tid, attempt, err, now)
 
     def _on_lost(self, ranks: list[int], now: float) -> None:
-        """The MPI library reports dead processes: what they held goes to the others."""
+        """The MPI library reports dead processes (ULFM): what they held goes to the others."""
+        self._lost.difference_update(ranks)
         for rank in ranks:
             w = self.sched.workers().get(rank)
             if w is None or w.state is WorkerState.LOST:
                 continue
-            log.error("worker %d is lost (its process died); its tasks go to the other workers", rank)
+            self._dead.add(rank)
+            host = self._hosts.get(rank, "?")
+            log.error("worker %d (host %s) is lost: its process died; its tasks go to the other workers", rank, host)
+            self.summary.workers.setdefault(rank, {"host": host, "lost": True, "tasks": 0})
             stream = self._streams.pop(rank, None)
             if stream is not None and stream.target is not None:
                 self._pipe.settle(stream)

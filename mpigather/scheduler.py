@@ -178,6 +178,13 @@ class Expired(Decision):
 
 
 @dataclass(frozen=True)
+class Halt(Decision):
+    """The run cannot go on (every worker is lost): what is left stays for a resume."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Notice(Decision):
     """Something the user should read in the log ("warning" or "error")."""
 
@@ -876,6 +883,10 @@ class Scheduler:
                                          " communicator must call mpigather.run (or enter the executor)"))
         if self.finished or self._ok or n_new or self._count[W.STOPPING] or not self._workers:
             self._no_worker_since = None
+            return out
+        if self._count[W.LOST] == len(self._workers):  # nobody is left at all, not even a stuck worker
+            left = self.abandon_running()
+            out.append(Halt(f"every worker is lost: {len(left)} unfinished task(s) are left for a resume"))
             return out
         if self._no_worker_since is None:
             self._no_worker_since = now

@@ -30,7 +30,7 @@ from . import results as R
 from . import signals, steps
 from .config import Options
 from .errors import MasterFailed, UnsupportedResultError
-from .link import Backoff
+from .link import LOST, Backoff
 
 log = logging.getLogger("mpigather")
 
@@ -207,6 +207,9 @@ class Worker:
             inc = self.link.poll(0)
             if inc is None:
                 return got
+            if inc.tag == LOST:  # (ULFM) the master's process died: nobody is left to work for
+                self._handle(M.Abort("the master's process died"))
+                return True
             self._handle(inc.obj())
             got = True
 

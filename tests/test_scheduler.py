@@ -24,6 +24,7 @@ from mpigather.scheduler import (
     WAIT,
     Ended,
     Expired,
+    Halt,
     Notice,
     Revoke,
     Scheduler,
@@ -1482,3 +1483,13 @@ def test_counts_are_kept_in_one_place():
     s.task_failed(1, 1, 1, "x", 1.0)
     s.give_up("gone")
     assert (s.n_done, s.n_failed) == (1, 2)
+
+
+def test_every_worker_lost_halts_the_run_and_leaves_the_rest_for_a_resume():
+    s, _ = make(10, workers=(1, 2), prefetch=2)
+    s.dispatch(0.0)
+    s.task_done(1, 0, 1, 0.5)
+    assert s.worker_lost(1, 1.0) == [] and s.worker_lost(2, 1.0) == []
+    out = s.tick(1.5)
+    (h,) = of(out, Halt)
+    assert "every worker is lost" in h.reason and s.finished and s.n_done == 1 and s.n_failed == 0

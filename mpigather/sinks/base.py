@@ -91,6 +91,9 @@ class Sink:
     def set_run_info(self, info: dict[str, Any]) -> None:
         pass
 
+    def remove_leftovers(self) -> None:
+        """Remove what lost workers left half-written (direct mode), after the run."""
+
     def close(self, complete: bool) -> None:
         pass
 

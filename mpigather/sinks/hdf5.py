@@ -354,6 +354,12 @@ class Hdf5Sink(Sink):
                     linked.add(os.path.basename(p.decode() if isinstance(p, bytes) else p))
         return linked
 
+    def remove_leftovers(self) -> None:
+        if self.parts_dir.is_dir():
+            for p in self.parts_dir.iterdir():
+                if p.name.startswith(L.TMP):
+                    remove_quietly(p)
+
     def done_ids(self) -> list[Any]:
         ids = self.tasks.fields("id")[:]
         ints = self.tasks.fields("int_id")[:]

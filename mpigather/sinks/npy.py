@@ -215,6 +215,11 @@ class NpyDirSink(Sink):
         self._rows = open(rows_path, "ab")
         return min(n_rows, n_done)
 
+    def remove_leftovers(self) -> None:
+        for entry in os.scandir(self.root):
+            if entry.name.startswith(L.TMP):
+                remove_quietly(entry.path)
+
     def done_ids(self) -> list[Any]:
         return [row["id"] for row in read_rows(self.root / L.TASKS_JSONL)]
 
