@@ -479,6 +479,7 @@ class Scheduler:
         rec = self._active[tid]
         rec.step, rec.needs, rec.failures = next_step, needs, 0
         rec.input_coming = stored
+        rec.tried = {rank} if continuing else set()  # a new step: retries prefer others afresh
         rec.timeout = timeout if timeout is not None else self.timeout
         if continuing:
             if tid in w.queue and next(iter(w.queue)) == tid:
@@ -787,8 +788,9 @@ class Scheduler:
                     continue
                 if rec.needs is not None and rec.needs not in self._workers[rank].kinds:
                     continue  # a step for another kind of worker
-                # prefer a worker that has not tried it, unless every healthy one has
-                if rank not in rec.tried or sum(1 for r in rec.tried if r in self._ok) >= len(self._ok):
+                # prefer a worker that has not tried it, unless every healthy one that could has
+                able = len(self._ok) if rec.needs is None else self._kinds.get(rec.needs, 0)
+                if rank not in rec.tried or sum(1 for r in rec.tried if r in self._ok) >= able:
                     del self._requeued[i]
                     return rec
             while self._requeued and self._requeued[0].ended:
