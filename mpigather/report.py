@@ -33,7 +33,7 @@ def collect(out: str) -> dict[str, Any]:
         acc = sum(float(w.get(k) or 0.0) for k in ("compute", "send", "idle"))
         w["other"] = max(wall - acc, 0.0)  # time not in a measured state (loop overhead)
         w["busy_pct"] = round(100.0 * float(w.get("compute") or 0.0) / wall, 1) if wall > 0 else None
-        w["failed"] = sum(1 for sp in w.get("spans") or [] if len(sp) > 3 and sp[3] != "done")
+        w["failed"] = sum(1 for sp in w.get("spans") or [] if len(sp) > 3 and sp[3] == "failed")
         workers[rank] = w
     totals = {k: sum(float(w.get(k) or 0.0) for w in workers.values()) for k in ("compute", "send", "idle", "wall")}
     totals["tasks"] = sum(int(w.get("tasks") or 0) for w in workers.values())

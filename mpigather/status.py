@@ -68,7 +68,7 @@ def collect(out: str) -> dict[str, Any]:
     elif end is not None and end.get("interrupted"):
         state, detail = "interrupted", "interrupted by a signal; resumable with --resume"
     elif end is not None and exit_code in (0, 1):
-        state, detail = "finished", "finished" + (f", {failed} task(s) failed" if failed else "")
+        state, detail = "finished", f"exit {exit_code}" + (f": {failed} task(s) failed" if failed else "")
     elif end is not None:
         state, detail = "failed", f"failed (exit {exit_code}: {end.get('error', 'see the log')}); " \
                                   "resumable with --resume"

@@ -40,16 +40,20 @@ def check_available() -> None:
     _import_pyplot()
 
 
-def _lanes(info: dict[str, Any]) -> list[tuple[int, dict[str, Any], list[tuple[str, float, float, str]]]]:
+Span = tuple[str, float, float, str, str]  # task id, start, duration, outcome, step name
+STEP_COLORS = ("#4C72B0", "#55A868", "#8172B2", "#CCB974", "#64B5CD", "#8C8C8C", "#C44E52", "#DA8BC3")
+
+
+def _lanes(info: dict[str, Any]) -> list[tuple[int, dict[str, Any], list[Span]]]:
     lanes = []
     for rank, w in sorted(info.get("workers", {}).items(), key=lambda kv: int(kv[0])):
-        spans = []
+        spans: list[Span] = []
         for s in w.get("spans") or []:
             try:
                 tid, start, dur, outcome = str(s[0]), float(s[1]), float(s[2]), str(s[3])
             except (IndexError, TypeError, ValueError):
                 continue
-            spans.append((tid, start, max(dur, 0.0), outcome))
+            spans.append((tid, start, max(dur, 0.0), outcome, str(s[4]) if len(s) > 4 else ""))
         lanes.append((int(rank), w, spans))
     return lanes
 
@@ -58,86 +62,111 @@ def _fmt_s(x: float) -> str:
     return f"{x:.2f} s" if x < 100 else f"{x:.0f} s"
 
 
-def draw(info: dict[str, Any], png_path: str | Path) -> Path:
-    """Draw the per-worker timeline of ``info`` (from ``report.collect``) into ``png_path``."""
-    plt = _import_pyplot()
+def _colors(lanes: list[tuple[int, dict[str, Any], list[Span]]]) -> dict[str, str]:
+    """A color per step of multi-step tasks (in the order they first appear); one color otherwise."""
+    names: list[str] = []
+    for _r, _w, spans in lanes:
+        for s in spans:
+            if s[4] not in names:
+                names.append(s[4])
+    if len(names) <= 1:
+        return {n: DONE_COLOR for n in names}
+    return {n: STEP_COLORS[i % len(STEP_COLORS)] for i, n in enumerate(names)}
+
+
+def _draw_lane(ax: Any, y: float, w: dict[str, Any], spans: list[Span], colors: dict[str, str], px: float,
+               bar: float) -> None:
+    """One worker: its lifetime in gray, its tasks (or steps) as bars, failed ones in red."""
+    wall = float(w.get("wall") or 0.0) or max((a + d for _t, a, d, _o, _n in spans), default=0.0)
+    ax.broken_barh([(0.0, wall)], (y - bar / 2, bar), facecolors=LANE_COLOR, edgecolor="none", zorder=1)
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for _t, a, d, o, name in spans:
+        groups.setdefault(FAILED_COLOR if o == "failed" else colors.get(name, DONE_COLOR), []).append((a, d))
+    for color, bars in groups.items():
+        wide = [(a, d) for a, d in bars if d >= 4 * px]  # outlined, so that neighbours stay apart
+        thin = [(a, max(d, 1.5 * px)) for a, d in bars if d < 4 * px]  # at least visible
+        if wide:
+            ax.broken_barh(wide, (y - bar / 2, bar), facecolors=color, edgecolor="white",
+                           linewidth=0.5 if len(wide) < 2000 else 0, zorder=2)
+        if thin:
+            ax.broken_barh(thin, (y - bar / 2, bar), facecolors=color, edgecolor="none",
+                           zorder=2.5 if color == FAILED_COLOR else 2)
+
+
+def _label_bars(ax: Any, y: float, spans: list[Span], xmax: float, width_px: float) -> None:
+    for tid, a, d, _o, _n in spans:
+        if d / xmax * width_px >= 7 * len(tid) + 4:  # only where the id fits inside its bar
+            ax.text(a + d / 2, y, tid, ha="center", va="center", fontsize=7, color="white", zorder=3, clip_on=True)
+
+
+def _axes(ax: Any, lanes: list[tuple[int, dict[str, Any], list[Span]]], xmax: float) -> None:
+    n = len(lanes)
+    labels = [f"rank {r}" + (" (lost)" if w.get("lost") else "")
+              + (f"\n{str(w.get('host'))[:18]}" if w.get("host") and n <= 16 else "") for r, w, _s in lanes]
+    every = max(1, math.ceil(n / 40))
+    ax.set_yticks(list(range(n))[::every])
+    ax.set_yticklabels(labels[::every], fontsize=8 if n <= 16 else 6)
+    ax.set_ylim(n - 0.5 if lanes else 0.5, -0.5)  # rank 1 on top
+    ax.set_xlim(0, xmax * 1.01)
+    ax.set_xlabel("seconds since the worker started")
+    ax.set_ylabel("worker")
+    ax.grid(axis="x", color="#DDDDDD", linewidth=0.6, zorder=0)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _title_and_legend(fig: Any, ax: Any, info: dict[str, Any], lanes: list[tuple[int, dict[str, Any], list[Span]]],
+                      colors: dict[str, str]) -> None:
     from matplotlib.patches import Patch
 
+    n_done = sum(1 for _r, _w, s in lanes for x in s if x[3] == "done")
+    n_failed = sum(1 for _r, _w, s in lanes for x in s if x[3] == "failed")
+    name = Path(str(info.get("out", ""))).name or "run"
+    run_note = f", run {info.get('run', info['runs'])} of {info['runs']}" if int(info.get("runs", 1) or 1) > 1 else ""
+    wall_note = f", wall {_fmt_s(float(info['wall']))}" if info.get("wall") else ""
+    ax.set_title(f"mpigather timeline: {name}{run_note} \u2014 {len(lanes)} worker(s), "
+                 f"{n_done} task(s) done, {n_failed} failed{wall_note}", fontsize=10)
+    if len(colors) > 1:
+        handles = [Patch(facecolor=c, label=f"step {s}") for s, c in colors.items()]
+    else:
+        handles = [Patch(facecolor=DONE_COLOR, label="task done")]
+    handles += [Patch(facecolor=FAILED_COLOR, label="failed"),
+                Patch(facecolor=LANE_COLOR, edgecolor="#BBBBBB", linewidth=0.5,
+                      label="gap: waiting for work or sending")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    if not lanes:
+        ax.text(0.5, 0.5, "no worker statistics in this journal", transform=ax.transAxes, ha="center",
+                va="center", color="#777777")
+
+
+def draw(info: dict[str, Any], png_path: str | Path) -> Path:
+    """Draw the per-worker timeline of ``info`` (from ``report.collect``) into ``png_path``; the
+    steps of multi-step tasks get a color each."""
+    plt = _import_pyplot()
     lanes = _lanes(info)
     n = max(len(lanes), 1)
-    xmax = 0.0
-    for _rank, w, spans in lanes:
-        xmax = max(xmax, float(w.get("wall") or 0.0), *(a + d for _t, a, d, _o in spans))
-    xmax = xmax if xmax > 0 else 1.0
-
+    xmax = max([1e-9, *(float(w.get("wall") or 0.0) for _r, w, _s in lanes),
+                *(a + d for _r, _w, s in lanes for _t, a, d, _o, _n in s)])
+    colors = _colors(lanes)
     lane_h = 0.42 if n <= 16 else max(0.06, 6.7 / n)  # inches per lane; many workers get thin lanes
     height = min(max(2.6, 1.7 + lane_h * n), 40.0)
     fig, ax = plt.subplots(figsize=(11.0, height), dpi=100)
     try:
-        bar = 0.72
-        total_spans = sum(len(s) for _r, _w, s in lanes)
-        label_ok = 0 < total_spans <= MAX_LABELS
         width_px = fig.get_figwidth() * fig.dpi * 0.8  # the axes' approximate width in pixels
-        px = xmax / width_px  # seconds per pixel
+        label_ok = 0 < sum(len(s) for _r, _w, s in lanes) <= MAX_LABELS and n <= 32
         for y, (_rank, w, spans) in enumerate(lanes):
-            wall = float(w.get("wall") or 0.0) or max((a + d for _t, a, d, _o in spans), default=0.0)
-            ax.broken_barh([(0.0, wall)], (y - bar / 2, bar), facecolors=LANE_COLOR, edgecolor="none", zorder=1)
-            for outcome, color in (("done", DONE_COLOR), ("failed", FAILED_COLOR)):
-                bars = [(a, d) for _t, a, d, o in spans if (o == "done") == (outcome == "done")]
-                wide = [(a, d) for a, d in bars if d >= 4 * px]  # outlined, so that neighbours stay apart
-                thin = [(a, max(d, 1.5 * px)) for a, d in bars if d < 4 * px]  # at least visible
-                if wide:
-                    ax.broken_barh(wide, (y - bar / 2, bar), facecolors=color,
-                                   edgecolor="white", linewidth=0.5 if len(wide) < 2000 else 0, zorder=2)
-                if thin:
-                    ax.broken_barh(thin, (y - bar / 2, bar), facecolors=color, edgecolor="none",
-                                   zorder=2 if outcome == "done" else 2.5)
-            if label_ok and n <= 32:
-                for tid, a, d, _o in spans:
-                    if d / xmax * width_px >= 7 * len(tid) + 4:  # only where the id fits inside its bar
-                        ax.text(a + d / 2, y, tid, ha="center", va="center", fontsize=7, color="white",
-                                zorder=3, clip_on=True)
-            busy = float(w.get("compute") or 0.0)
+            _draw_lane(ax, y, w, spans, colors, xmax / width_px, 0.72)
+            if label_ok:
+                _label_bars(ax, y, spans, xmax, width_px)
+            wall, busy = float(w.get("wall") or 0.0), float(w.get("compute") or 0.0)
             if n <= 32 and wall > 0:
                 ax.text(1.005, y, f"{100 * busy / wall:.0f}% busy", transform=ax.get_yaxis_transform(),
                         ha="left", va="center", fontsize=7, color="#555555")
-
-        ticks = list(range(len(lanes)))
-        labels = [f"rank {r}" + (f"\n{str(w.get('host'))[:18]}" if w.get("host") and n <= 16 else "")
-                  for r, w, _s in lanes]
-        step = max(1, math.ceil(len(lanes) / 40))
-        ax.set_yticks(ticks[::step])
-        ax.set_yticklabels(labels[::step], fontsize=8 if n <= 16 else 6)
-        ax.set_ylim(len(lanes) - 0.5 if lanes else 0.5, -0.5)  # rank 1 on top
-        ax.set_xlim(0, xmax * 1.01)
-        ax.set_xlabel("seconds since the worker started")
-        ax.set_ylabel("worker")
-        ax.grid(axis="x", color="#DDDDDD", linewidth=0.6, zorder=0)
-        ax.set_axisbelow(True)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-
-        n_done = sum(1 for _r, _w, s in lanes for x in s if x[3] == "done")
-        n_failed = sum(1 for _r, _w, s in lanes for x in s if x[3] != "done")
-        name = Path(str(info.get("out", ""))).name or "run"
-        run_note = ""
-        if info.get("runs", 1) and int(info.get("runs", 1)) > 1:
-            run_note = f", run {info.get('run', info['runs'])} of {info['runs']}"
-        run_wall = info.get("wall")
-        wall_note = f", wall {_fmt_s(float(run_wall))}" if run_wall else ""
-        ax.set_title(f"mpigather timeline: {name}{run_note} \u2014 {len(lanes)} worker(s), "
-                     f"{n_done} task(s) done, {n_failed} failed{wall_note}", fontsize=10)
-        handles = [Patch(facecolor=DONE_COLOR, label="task done"),
-                   Patch(facecolor=FAILED_COLOR, label="task failed"),
-                   Patch(facecolor=LANE_COLOR, edgecolor="#BBBBBB", linewidth=0.5,
-                         label="gap: waiting for work or sending")]
-        fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False,
-                   bbox_to_anchor=(0.5, 0.0))
-        if not lanes:
-            ax.text(0.5, 0.5, "no worker statistics in this journal", transform=ax.transAxes,
-                    ha="center", va="center", color="#777777")
-        legend_in = 0.35
-        fig.tight_layout(rect=(0, min(legend_in / height, 0.2), 1, 1))
+        _axes(ax, lanes, xmax)
+        _title_and_legend(fig, ax, info, lanes, colors)
+        fig.tight_layout(rect=(0, min(0.35 / height, 0.2), 1, 1))
         out = Path(png_path)
         fig.savefig(out, dpi=100)
     finally:

@@ -307,7 +307,7 @@ def fault_behaviour() -> str:
     """One line for the log: what a lost worker does to this run."""
     from mpi4py import MPI
 
-    lib = MPI.Get_library_version().splitlines()[0].split(",")[0].strip(" \x00")
+    lib = " ".join(MPI.Get_library_version().splitlines()[0].split(",")[0].replace("\x00", " ").split())
     if ulfm_enabled():
         return f"{lib}: a lost worker is survived (ULFM): its tasks go to the others"
     return f"{lib}: a lost worker ends the job; --resume continues it"
