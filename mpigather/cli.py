@@ -185,13 +185,13 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     return code
 
 
-def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
-    from .api import run_on
+def _check_everywhere(a: argparse.Namespace, link: Any) -> tuple[Any, Any, str | None]:
+    """Every rank checks what it can (logging, launch, options, the function); rank 0 speaks
+    for all, once. Returns (options, function, the error every rank agrees on)."""
     from .launch import check as check_launch
-    from .tasks import jsonl_tasks, range_tasks, scan_jsonl
+    from .tasks import range_tasks
 
-    # every rank checks what it can; rank 0 speaks for all, once
-    func: Any = None
+    opts = func = None
     err: str | None = None
     try:
         try:
@@ -207,11 +207,18 @@ def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
     except UsageError as e:
         err = str(e)
     if link.size == 1 and err is not None and _rank_from_env() != 0:
-        return 2  # one of several one-rank jobs: the first reports
+        return opts, func, ""  # one of several one-rank jobs: the first reports
     errs = link.gather(err) or []
-    msg = link.bcast(next((e for e in errs if e), None))
+    return opts, func, link.bcast(next((e for e in errs if e), None))
+
+
+def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
+    from .api import run_on
+    from .tasks import jsonl_tasks, range_tasks, scan_jsonl
+
+    opts, func, msg = _check_everywhere(a, link)
     if msg is not None:
-        if link.rank == 0:
+        if msg and link.rank == 0:
             print(f"mpigather: error: {msg}", file=sys.stderr)
         return 2
     source = prepare = None

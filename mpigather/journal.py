@@ -293,72 +293,96 @@ class State:
         return self.runs[-1] if self.runs else None
 
 
-def load_state(path: str | os.PathLike[str], *, want_done: bool = False) -> State:
-    """Read a whole journal, streamed. ``want_done`` also builds the set of done ids (for a resume)."""
-    st = State()
-    keys: array.array[int] = array.array("q")
-    hashes: array.array[int] = array.array("I")
-    for rec in read_records(path):
-        ev = rec.get("ev")
+class _Loader:
+    """Folds a journal's records into a ``State``, one method per record type."""
+
+    def __init__(self, want_done: bool) -> None:
+        self.st = State()
+        self.want_done = want_done
+        self.keys: array.array[int] = array.array("q")
+        self.hashes: array.array[int] = array.array("I")
+
+    def feed(self, rec: dict[str, Any]) -> None:
         t = rec.get("time") or rec.get("t")
         if t is not None:
-            st.last_record_time = t
-        if ev == "done":
-            n = 0
-            for tid, _seq, h, _att, _rank, nbytes, _crc, _dur, _path in done_columns(rec):
-                n += 1
-                st.bytes_done += nbytes or 0
-                if want_done:
-                    keys.append(id_key(tid))
-                    hashes.append(int(h) & 0xFFFFFFFF)
-                if st.failed:
-                    st.failed.pop(tid, None)  # failed in an earlier run, done since
-                if st.steps:
-                    st.steps.pop(tid, None)
-            st.n_done += n
-            st.done_in_run += n
-            for name in rec.get("ran") or ():
-                if name:
-                    st.step_counts[name] = st.step_counts.get(name, 0) + 1
-            if st.runs:
-                st.runs[-1].done += n
-            if t is not None:
-                st.first_done_in_run = st.first_done_in_run or t
-                st.last_done_time = t
-        elif ev == "start":
-            st.start = rec
-            st.failed.clear()  # a resumed run tries them again
-            st.runs.append(RunRecord(rec))
-            st.heartbeat = None
-            st.done_in_run = 0
-            st.first_done_in_run = None
-        elif ev == "failed":
-            if rec.get("final", True):
-                st.failed[rec["id"]] = rec
-                if st.runs:
-                    st.runs[-1].failed += 1
-        elif ev == "workers":
-            st.heartbeat = rec
-        elif ev == "fanout":
-            if rec["id"] not in st._fanned:  # a resumed run may fan the same task out again
-                st._fanned.add(rec["id"])
-                st.children += len(rec.get("children") or ())
-        elif ev == "step":
-            st.steps[rec["id"]] = rec
-            name = rec.get("ran") or "?"
-            st.step_counts[name] = st.step_counts.get(name, 0) + 1
-        elif ev == "reset":
-            st.steps.clear()
-            st.n_done = 0
-            st.bytes_done = 0
-            keys, hashes = array.array("q"), array.array("I")
-        elif ev == "end":
-            if st.runs:
-                st.runs[-1].end = rec
-        elif ev == "stats":
-            if st.runs:
-                st.runs[-1].stats[str(rec["rank"])] = {k: v for k, v in rec.items() if k != "ev"}
+            self.st.last_record_time = t
+        handler = getattr(self, f"_on_{rec.get('ev')}", None)
+        if handler is not None:
+            handler(rec, t)
+
+    def _on_done(self, rec: dict[str, Any], t: float | None) -> None:
+        st, n = self.st, 0
+        for tid, _seq, h, _att, _rank, nbytes, _crc, _dur, _path in done_columns(rec):
+            n += 1
+            st.bytes_done += nbytes or 0
+            if self.want_done:
+                self.keys.append(id_key(tid))
+                self.hashes.append(int(h) & 0xFFFFFFFF)
+            if st.failed:
+                st.failed.pop(tid, None)  # failed in an earlier run, done since
+            if st.steps:
+                st.steps.pop(tid, None)
+        st.n_done += n
+        st.done_in_run += n
+        for name in rec.get("ran") or ():
+            if name:
+                st.step_counts[name] = st.step_counts.get(name, 0) + 1
+        if st.runs:
+            st.runs[-1].done += n
+        if t is not None:
+            st.first_done_in_run = st.first_done_in_run or t
+            st.last_done_time = t
+
+    def _on_start(self, rec: dict[str, Any], t: float | None) -> None:
+        st = self.st
+        st.start = rec
+        st.failed.clear()  # a resumed run tries them again
+        st.runs.append(RunRecord(rec))
+        st.heartbeat = None
+        st.done_in_run = 0
+        st.first_done_in_run = None
+
+    def _on_failed(self, rec: dict[str, Any], t: float | None) -> None:
+        if rec.get("final", True):
+            self.st.failed[rec["id"]] = rec
+            if self.st.runs:
+                self.st.runs[-1].failed += 1
+
+    def _on_workers(self, rec: dict[str, Any], t: float | None) -> None:
+        self.st.heartbeat = rec
+
+    def _on_fanout(self, rec: dict[str, Any], t: float | None) -> None:
+        if rec["id"] not in self.st._fanned:  # a resumed run may fan the same task out again
+            self.st._fanned.add(rec["id"])
+            self.st.children += len(rec.get("children") or ())
+
+    def _on_step(self, rec: dict[str, Any], t: float | None) -> None:
+        self.st.steps[rec["id"]] = rec
+        name = rec.get("ran") or "?"
+        self.st.step_counts[name] = self.st.step_counts.get(name, 0) + 1
+
+    def _on_reset(self, rec: dict[str, Any], t: float | None) -> None:
+        self.st.steps.clear()
+        self.st.n_done = self.st.bytes_done = 0
+        self.keys, self.hashes = array.array("q"), array.array("I")
+
+    def _on_end(self, rec: dict[str, Any], t: float | None) -> None:
+        if self.st.runs:
+            self.st.runs[-1].end = rec
+
+    def _on_stats(self, rec: dict[str, Any], t: float | None) -> None:
+        if self.st.runs:
+            self.st.runs[-1].stats[str(rec["rank"])] = {k: v for k, v in rec.items() if k != "ev"}
+
+
+def load_state(path: str | os.PathLike[str], *, want_done: bool = False) -> State:
+    """Read a whole journal, streamed. ``want_done`` also builds the set of done ids (for a resume)."""
+    loader = _Loader(want_done)
+    for rec in read_records(path):
+        loader.feed(rec)
+    st = loader.st
     if want_done:
-        st.done_set = DoneSet(np.frombuffer(keys, dtype=np.int64), np.frombuffer(hashes, dtype=np.uint32))
+        st.done_set = DoneSet(np.frombuffer(loader.keys, dtype=np.int64),
+                              np.frombuffer(loader.hashes, dtype=np.uint32))
         st.n_done = len(st.done_set)
     return st

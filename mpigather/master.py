@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import messages as M
@@ -24,10 +23,10 @@ from . import signals
 from .errors import ChecksumError, ProtocolError
 from .journal import Journal
 from .link import LOST, Backoff, PeerLost
+from .master_steps import StepsMixin
 from .pipeline import ChunkPipeline
 from .scheduler import Decision, Ended, Expired, Halt, Notice, Revoke, Scheduler, Send, Stop, WorkerState
-from .sinks import Meta, Sink, Target, check_id
-from .sinks.layout import EXT
+from .sinks import Meta, Sink, Target
 from .steps import step_name
 from .summary import Summary
 from .tasks import describe
@@ -52,7 +51,7 @@ class _Stream:
     job: Any = None  # the pipeline's last job for this result
 
 
-class Master:
+class Master(StepsMixin):
     def __init__(
         self,
         link: Any,
@@ -395,81 +394,6 @@ class Master:
             self._t["write"] += time.perf_counter() - t
         self._stored(src, tid, attempt, duration, step, now)
 
-    def _stored(self, src: int, tid: Any, attempt: int, duration: float, step: Any, now: float) -> None:
-        """Every byte of a result, or of a step's output, is in the sink (not yet durable)."""
-        if step is None or step.next is None:
-            self._decide_all(self.sched.task_done(src, tid, attempt, now, duration), now)
-        elif step.child is None:
-            self._decide_all(self.sched.step_done(src, tid, step.n, step.n + 1, step.needs, step.timeout,
-                                                  step.continuing, now), now)
-        else:  # one input of a fan-out; the children start once all are in
-            got = self._fan.setdefault(tid, {})
-            got[step.child] = step
-            if len(got) == step.of:
-                del self._fan[tid]
-                self._parents.add(tid)
-                children = [(child_id(tid, k), s.n + 1, s.needs, s.timeout) for k, s in sorted(got.items())]
-                rec = self.sched.task(tid)
-                meta: Meta = {"seq": rec.seq if rec else -1}
-                if self._describe and rec is not None:
-                    meta["params"], meta["hash"] = describe(rec.payload)
-                self._fan_children[tid] = (meta, [c for c, *_ in children])
-                if self.journal is not None:
-                    self.journal.fanout(tid, [c for c, *_ in children])
-                self.summary.total += len(children)
-                if self.done:  # a resumed run re-ran the fan-out: children done before stay done
-                    before = len(children)
-                    children = [c for c in children if c[0] not in self.done]
-                    self.summary.skipped += before - len(children)
-                self._decide_all(self.sched.fanout(src, tid, step.n, children, now), now)
-                for cid, *_ in children:  # inputs stored before the last one arrived
-                    call = self._early_calls.pop(cid, None)
-                    if call is not None:
-                        self._decide_all(self.sched.step_stored(cid, call), now)
-
-    def _on_step(self, src: int, tid: Any, attempt: int, step: Any, duration: float, now: float) -> None:
-        """checkpoint="none": the worker goes on with the next step; only the lease moves."""
-        if self.sched.step_begin(src, tid, attempt, step.n, now):
-            self._decide_all(self.sched.step_done(src, tid, step.n, step.n + 1, step.needs, step.timeout, True,
-                                                  now, stored=False), now)
-
-    def _steps(self) -> Sink:
-        """Where step outputs are stored: beside the output (workers read their inputs there), or in memory."""
-        if self._steps_sink is None:
-            from .sinks import open_sink
-
-            self._steps_sink = open_sink(self.steps_dir)
-        return self._steps_sink
-
-    @staticmethod
-    def _ckpt_key(tid: Any, step: Any) -> str:
-        base = check_id(tid) if step.child is None else child_id(tid, step.child)
-        return f"{base}.s{step.n + 1}"
-
-    def _steps_stored(self, ready: list[tuple[Any, Meta]]) -> None:
-        """Step outputs are durable: journal them, and let their next steps run anywhere."""
-        from .steps import StepCall
-
-        sink = self._steps()
-        for key, meta in ready:
-            step, tid = meta["step"], meta["tid"]
-            target = tid if step.child is None else child_id(tid, step.child)
-            if sink.in_memory:
-                value = sink.results.pop(key)  # type: ignore[attr-defined]
-                call = StepCall(step.n + 1, step.next, step.needs, step.timeout, None, value, True)
-            else:
-                path = str(sink.path / (key + EXT[meta["kind"]]))  # type: ignore[operator]
-                call = StepCall(step.n + 1, step.next, step.needs, step.timeout, path)
-                self._ckpts.setdefault(tid, []).append(path)
-                if self.journal is not None:
-                    self.journal.step(target, step.n + 1, step.next, step.needs, step.timeout, path,
-                                      meta.get("hash", 0), parent=tid if step.child is not None else None,
-                                      ran=step.ran)
-            if step.child is not None and tid in self._fan:  # the fan-out is not complete: keep it for then
-                self._early_calls[target] = call
-                continue
-            self._decide_all(self.sched.step_stored(target, call), time.monotonic())
-
     def _on_chunk(self, inc: Any, now: float) -> None:
         src = inc.source
         stream = self._streams.get(src)
@@ -581,22 +505,6 @@ class Master:
             self._hb_task.pop(rank, None)
             self._decide_all(self.sched.worker_lost(rank, now), now)
 
-    def finish_steps(self, complete: bool) -> None:
-        """The run ended: keep every step's output in the output (``keep_steps``) or remove the
-        folder of step outputs once no unfinished task needs it."""
-        import shutil
-
-        if self._steps_sink is None or self._steps_sink.in_memory:
-            return
-        self._steps_sink.close(complete=True)
-        root = Path(self.steps_dir or "")
-        if self.opts.keep_steps and complete:
-            from .sinks.keep import keep_steps
-
-            keep_steps(self.sink, root, None if self.journal is None else self.journal.path)
-        if complete:
-            shutil.rmtree(root, ignore_errors=True)
-
     # -- ending -------------------------------------------------------------------------
 
     def abort(self, reason: str) -> None:
@@ -637,11 +545,6 @@ class Master:
             out[rank] = {"state": str(w.state), "queued": max(held - 1, 0), "seen_ago": round(now - w.last_seen, 3),
                          "task": self._hb_task.get(rank, next(iter(w.queue), None) if held else None)}
         return out, running, queued, by_step
-
-
-def child_id(tid: Any, k: int) -> str:
-    """The id of child ``k`` of a fanned-out task."""
-    return f"{tid}.{k}"
 
 
 _ValueErrors = (Exception,)  # what rebuilding or storing one value may raise without the run failing

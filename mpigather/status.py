@@ -36,6 +36,46 @@ def _ago(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def _state(st: Any, live: bool, holder: dict[str, Any], failed: int) -> tuple[str, str, int | None]:
+    """(state, what to tell the user, exit status) of a run, from its journal and its lock."""
+    run = st.last_run
+    end = run.end if run is not None else None
+    exit_code = end.get("exit") if end else None
+    start_t = st.start.get("time")
+    if live:
+        return ("running", f"running since {_when(start_t)}, pid {holder.get('pid', st.start.get('pid'))}"
+                           f" on {holder.get('host', st.start.get('host'))}", None)
+    if end is not None and end.get("interrupted"):
+        return "interrupted", "interrupted by a signal; resumable with --resume", exit_code
+    if end is not None and exit_code in (0, 1):
+        return "finished", f"exit {exit_code}" + (f": {failed} task(s) failed" if failed else ""), exit_code
+    if end is not None:
+        return ("failed", f"failed (exit {exit_code}: {end.get('error', 'see the log')}); resumable with --resume",
+                exit_code)
+    if st.runs:
+        last = st.last_record_time
+        detail = (f"not running since {_when(last)} (no heartbeat for {_ago(time.time() - last)})" if last else
+                  "not running") + "; it ended without an end record (killed?); resumable with --resume"
+        return "dead", detail, EXIT_KILLED
+    return "not started", "no run has started yet", None
+
+
+def _live_parts(st: Any, hb: dict[str, Any], live: bool) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """Each worker as the last heartbeat saw it (live runs only), and the tasks at each step."""
+    workers = {}
+    if live and hb:
+        lag = time.time() - hb.get("time", time.time())
+        for rank, w in (hb.get("table") or {}).items():
+            workers[str(rank)] = {"state": w.get("state"), "last_seen_s": round(w.get("seen_ago", 0) + lag, 1),
+                                  "queued": w.get("queued"), "task": w.get("task")}
+    steps: dict[str, dict[str, int]] = {name: {"done": n, "running": 0, "queued": 0}
+                                        for name, n in st.step_counts.items()}
+    if live:
+        for name, (r, q) in (hb.get("steps") or {}).items():
+            steps.setdefault(name, {"done": 0, "running": 0, "queued": 0}).update(running=r, queued=q)
+    return workers, steps
+
+
 def collect(out: str) -> dict[str, Any]:
     jp = journal_path(Path(out))
     if not jp.exists():
@@ -44,8 +84,6 @@ def collect(out: str) -> dict[str, Any]:
     st = load_state(jp)
     if live is None:  # no lock file: an output of an older version; look for its pid on this host
         live = _pid_alive(st.start)
-    run = st.last_run
-    end = run.end if run is not None else None
     total = None if st.total is None else st.total + st.children  # fanned-out tasks' children count too
     done, failed = st.n_done, len(st.failed)
     hb = st.heartbeat or {}
@@ -56,44 +94,13 @@ def collect(out: str) -> dict[str, Any]:
         running = min(running, max(total - done - failed, 0))
         queued = min(queued, max(total - done - failed - running, 0))
     pending = None if total is None else max(total - done - failed - running - queued, 0)
-    nowt = time.time()
     start_t = st.start.get("time")
     rate = None
     if st.done_in_run and start_t and st.last_done_time and st.last_done_time > start_t:
         rate = st.done_in_run / (st.last_done_time - start_t)
-    exit_code = end.get("exit") if end else None
-    if live:
-        state, detail = "running", f"running since {_when(start_t)}, pid {holder.get('pid', st.start.get('pid'))}" \
-                                   f" on {holder.get('host', st.start.get('host'))}"
-    elif end is not None and end.get("interrupted"):
-        state, detail = "interrupted", "interrupted by a signal; resumable with --resume"
-    elif end is not None and exit_code in (0, 1):
-        state, detail = "finished", f"exit {exit_code}" + (f": {failed} task(s) failed" if failed else "")
-    elif end is not None:
-        state, detail = "failed", f"failed (exit {exit_code}: {end.get('error', 'see the log')}); " \
-                                  "resumable with --resume"
-    elif st.runs:
-        last = st.last_record_time
-        state = "dead"
-        detail = (f"not running since {_when(last)} (no heartbeat for {_ago(nowt - last)})" if last else
-                  "not running") + "; it ended without an end record (killed?); resumable with --resume"
-        exit_code = EXIT_KILLED
-    else:
-        state, detail = "not started", "no run has started yet"
-    eta = None
-    if live and rate and pending is not None:
-        eta = (pending + queued + running) / rate
-    workers = {}
-    if live and hb:
-        lag = nowt - hb.get("time", nowt)
-        for rank, w in (hb.get("table") or {}).items():
-            workers[str(rank)] = {"state": w.get("state"), "last_seen_s": round(w.get("seen_ago", 0) + lag, 1),
-                                  "queued": w.get("queued"), "task": w.get("task")}
-    steps: dict[str, dict[str, int]] = {name: {"done": n, "running": 0, "queued": 0}
-                                        for name, n in st.step_counts.items()}
-    if live:
-        for name, (r, q) in (hb.get("steps") or {}).items():
-            steps.setdefault(name, {"done": 0, "running": 0, "queued": 0}).update(running=r, queued=q)
+    state, detail, exit_code = _state(st, bool(live), holder, failed)
+    eta = (pending + queued + running) / rate if live and rate and pending is not None else None
+    workers, steps = _live_parts(st, hb, bool(live))
     return {
         "schema": SCHEMA, "out": str(out), "state": state, "detail": detail, "live": bool(live), "exit": exit_code,
         "total": total, "done": done, "failed": failed, "running": running, "queued": queued, "pending": pending,
