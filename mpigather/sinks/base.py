@@ -50,15 +50,7 @@ class Sink:
 
     def put(self, tid: Any, header: R.Header, bufs: list[Any], meta: Meta) -> None:
         """Store a result whose parts' bytes are all at hand (``bufs``)."""
-        t = self.open(tid, header, meta)
-        try:
-            for i, buf in enumerate(bufs):
-                if len(buf):
-                    t.write(i, 0, buf)
-        except BaseException:
-            t.discard()
-            raise
-        t.finish()
+        fill(self.open(tid, header, meta), bufs)
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
         """Direct mode: a worker wrote the result itself, at ``path``, and made it durable; expose it."""
@@ -96,6 +88,18 @@ class Sink:
 
     def close(self, complete: bool) -> None:
         pass
+
+
+def fill(target: Target, bufs: list[Any]) -> None:
+    """Write every part of a result at once into ``target`` and finish it (discard it on error)."""
+    try:
+        for i, buf in enumerate(bufs):
+            if len(buf):
+                target.write(i, 0, buf)
+    except BaseException:
+        target.discard()
+        raise
+    target.finish()
 
 
 # -- file helpers ---------------------------------------------------------------------------

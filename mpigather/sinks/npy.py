@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import results as R
 from . import layout as L
-from .base import Meta, Sink, Target, fsync_dir, make_files_durable, pwrite_all, remove_quietly
+from .base import Meta, Sink, Target, fill, fsync_dir, make_files_durable, pwrite_all, remove_quietly
 
 
 def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -275,14 +275,7 @@ class NpyWriter:
 
     def write(self, tid: Any, header: R.Header, bufs: list[Any], meta: Meta) -> str:
         t = _NpyTarget(self.root, tid, header, meta)
-        try:
-            for i, buf in enumerate(bufs):
-                if len(buf):
-                    t.write(i, 0, buf)
-        except BaseException:
-            t.discard()
-            raise
-        t.finish()
+        fill(t, bufs)
         self._pending.append(t)
         return str(t.tmp)
 
