@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    " working locks; then start only one run on it)")
     r.add_argument("--quiet", action="store_true", help="no progress and no summary")
     r.add_argument("--progress", choices=("auto", "bar", "log", "off"), help="progress display (default auto)")
-    r.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    r.add_argument("--log-level", default=None,
+                   help="DEBUG, INFO, WARNING or ERROR (default INFO; WARNING with --quiet)")
 
     s = sub.add_parser("status", help="progress of a run, live or finished")
     s.add_argument("path", help="the run's --out")
@@ -195,7 +196,7 @@ def _check_everywhere(a: argparse.Namespace, link: Any) -> tuple[Any, Any, str |
     err: str | None = None
     try:
         try:
-            setup_logging(a.log_level, link.rank)
+            setup_logging(a.log_level or ("WARNING" if a.quiet else "INFO"), link.rank)
         finally:
             if not log.handlers:
                 setup_logging("INFO", link.rank)

@@ -150,6 +150,7 @@ def test_quiet_silences_progress_and_summary(tmp_path):
     assert p.returncode == 0, show(p)
     assert p.stdout == ""
     assert "progress" not in p.stderr and "%|" not in p.stderr, p.stderr
+    assert " INFO " not in p.stderr, p.stderr  # --quiet means WARNING and up, unless --log-level says otherwise
 
 
 # -- no MPI ----------------------------------------------------------------------------------------

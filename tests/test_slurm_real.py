@@ -99,7 +99,7 @@ class Chain:
     def readme_script(self) -> str:
         """The README's Slurm example, with this test's function, tasks, size and times."""
         readme = (ROOT / "README.md").read_text()
-        text = re.search(r"### 3\. A Slurm batch job\n\n```sh\n(.*?)```", readme, re.S).group(1)
+        text = re.search(r"### 3\. A Slurm batch job\n\n(?:<!--.*?-->\n)?```sh\n(.*?)```", readme, re.S).group(1)
         for old, new in {"--ntasks=65 --time=12:00:00": f"--ntasks=3 --time={self.time_limit} -J {self.name}",
                          "B:USR1@120": f"B:USR1@{self.warn}", "srun --mpi=pmi2 mpigather":
                          f"srun --mpi=pmi2 {sys.executable} -m mpigather", "mysim:simulate": "batchfuncs:slow",
