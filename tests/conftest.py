@@ -10,14 +10,17 @@ a non-quiet run names both.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import library_version, stack  # noqa: E402
+from helpers import TAG, library_version, stack, tagged  # noqa: E402
 
 _LIBRARY: list[str] = []
 
@@ -29,6 +32,26 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(f"MPIGATHER_TEST_MPI={s.name} expects {s.library}, but {s.python} loads: "
                                 f"{lib.splitlines()[0] if lib else '?'}")
     _LIBRARY.append(lib.splitlines()[0][:80])
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test(monkeypatch):
+    """Every process a test starts (mpiexec, ranks, batch jobs) must be gone a few seconds after
+    the test: a rank left behind is a hang the test did not see, and it would eat the CPU of
+    the tests after it. Leftovers are killed and the test errors, naming them."""
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(TAG, tag)
+    yield
+    deadline = time.monotonic() + 10
+    while (left := tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid, _ in left:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    if left:
+        pytest.fail("processes outlived the test (killed now):\n" + "\n".join(f"  {p} {c}" for p, c in left))
 
 
 def pytest_report_header(config):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -70,17 +71,48 @@ def library_version() -> str:
 def mpirun(n: int, args: list[str], *, timeout: float = 120, cwd: Path | None = None,
            extra_env: dict[str, str] | None = None, mpi_args: list[str] | None = None,
            ) -> subprocess.CompletedProcess[str]:
-    """``mpiexec -n N python ARGS`` with a timeout; returns the finished process (text output)."""
+    """``mpiexec -n N python ARGS`` with a timeout; returns the finished process (text output).
+    On timeout the whole process group goes (mpiexec and its ranks), and the test fails."""
     cmd = mpi_cmd(n, args, mpi_args)
     e = env()
     if extra_env:
         e.update(extra_env)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=e,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc.pid)
+            out, err = proc.communicate()
+            pytest.fail(f"mpiexec timed out after {timeout} s: {' '.join(cmd)}\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def kill_group(pgid: int) -> None:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=e)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
-        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr
-        pytest.fail(f"mpiexec timed out after {timeout} s: {' '.join(cmd)}\nstdout:\n{out}\nstderr:\n{err}")
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+TAG = "MPIGATHER_TEST_TAG"  # set per test (conftest.py): every process a test starts inherits it
+
+
+def tagged(tag: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose environment carries TAG=tag."""
+    want = f"{TAG}={tag}".encode()
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if want in (d / "environ").read_bytes().split(b"\0"):
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append((int(d.name), (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]))
+        except OSError:
+            continue
+    return found
 
 
 def gather(n: int, func: str, out: Path, *extra: str, timeout: float = 120,

@@ -92,7 +92,8 @@ class SlurmCluster:
         self.socket = root / "munge" / "munge.socket"
         self.node = socket.gethostname()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        # the daemons outlive the test that starts them: not tagged as that test's processes
+        self.env = {k: v for k, v in os.environ.items() if k != "MPIGATHER_TEST_TAG"} | {"SLURM_CONF": str(self.conf)}
         for var in [k for k in self.env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
             if var != "SLURM_CONF":
                 del self.env[var]  # a test run inside a Slurm job must not leak that job's settings
