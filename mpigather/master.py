@@ -294,9 +294,12 @@ class Master(StepsMixin):
         if self._settling:
             self._settle_from(src, now)
         match inc.obj():
-            case M.Results(items):
+            case M.Results(items):  # a batch: results into the sink one by one, one scheduler event
+                done: list[tuple[Any, int, float | None]] = []
                 for item in items:
-                    self._on_result(src, item, now)
+                    self._on_result(src, item, now, done)
+                if done:
+                    self._decide_all(self.sched.tasks_done(src, done, now), now)
             case M.Failed(tid, attempt, text, _dt, exc, _step):
                 self._hb_task.pop(src, None)
                 if exc is not None:
@@ -348,7 +351,9 @@ class Master(StepsMixin):
             meta["step"], meta["tid"], meta["ran"] = step, tid, step.ran
         return meta
 
-    def _on_result(self, src: int, item: M.Item, now: float) -> None:
+    def _on_result(self, src: int, item: M.Item, now: float, done: list[tuple[Any, int, float | None]]) -> None:
+        """One result (or step output) of a batch. A plain result stored whole goes on ``done``,
+        for the caller to report to the scheduler with the rest of the batch."""
         tid, attempt, header, duration, inline, path, step = item
         self._hb_task.pop(src, None)
         if step is not None:  # a step of a multi-step task: its output, or the task's result
@@ -392,7 +397,10 @@ class Master(StepsMixin):
             return
         finally:
             self._t["write"] += time.perf_counter() - t
-        self._stored(src, tid, attempt, duration, step, now)
+        if step is None or step.next is None:
+            done.append((tid, attempt, duration))
+        else:
+            self._stored(src, tid, attempt, duration, step, now)
 
     def _on_chunk(self, inc: Any, now: float) -> None:
         src = inc.source
