@@ -68,10 +68,12 @@ def _h5_object_parts(obj: Any) -> list[np.ndarray]:
     return [np.asarray(obj[()])]
 
 
-def _h5_value(obj: Any, allow_pickle: bool, name: str) -> Any:
+def _h5_value(obj: Any, allow_pickle: bool, name: str, kind: str | None = None) -> Any:
+    """The value stored at ``obj``; ``kind``: the task table's, for a dataset at the top of a
+    result, which carries no ``kind`` attribute of its own."""
     import h5py
 
-    kind = _kind(obj)
+    kind = _kind(obj) or kind
     if kind == "none":
         return None
     if kind == "object":
@@ -221,8 +223,11 @@ class Results(Mapping[str, Any]):
         if where is None:
             raise KeyError(tid)
         if self._h5:
-            return _h5_value(where, self.allow_pickle, str(tid))
+            return _h5_value(where, self.allow_pickle, str(tid), self._top_kind(tid))
         return _npy_value(where, self.allow_pickle, str(tid))
+
+    def _top_kind(self, tid: Any) -> str | None:
+        return self._index().get(str(tid), {}).get("kind") or None
 
     def attrs(self, tid: Any) -> dict[str, Any]:
         """Per-task record: its parameters, rank, attempt, duration, bytes, crc32c, kind, position."""
@@ -239,7 +244,7 @@ class Results(Mapping[str, Any]):
         where = self._locate(tid)
         if where is None:
             raise KeyError(tid)
-        return _h5_crc(where, 0) if self._h5 else _npy_crc(where, 0)
+        return _h5_crc(where, 0, self._top_kind(tid)) if self._h5 else _npy_crc(where, 0)
 
 
 def _child_key(name: str) -> tuple[int, ...]:
@@ -276,10 +281,10 @@ def _dataset_crc(ds: Any, crc: int) -> int:
     return crc
 
 
-def _h5_crc(obj: Any, crc: int) -> int:
+def _h5_crc(obj: Any, crc: int, kind: str | None = None) -> int:
     import h5py
 
-    kind = _kind(obj)
+    kind = _kind(obj) or kind
     if kind in ("none", *R.SCALARS):
         return crc
     if kind == "object" and isinstance(obj, h5py.Group):

@@ -41,6 +41,7 @@ ROW = np.dtype([("seq", "<i8"), ("id", _STR), ("int_id", "?"), ("params", _STR),
 ROWS_CHUNK = 4096
 
 
+@functools.lru_cache(maxsize=256)
 def _h5_storable(dt: np.dtype) -> bool:
     try:
         h5py.h5t.py_create(dt, logical=True)
@@ -56,6 +57,17 @@ def _dcpl() -> h5py.h5p.PropDCID:
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     return dcpl
+
+
+@functools.lru_cache(maxsize=1)
+def _compact_dcpl() -> h5py.h5p.PropDCID:
+    """Compact: a small part's bytes live in its dataset's header, written with it."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.COMPACT)
+    return dcpl
+
+
+COMPACT_MAX = 16 << 10  # parts up to this size are compact (HDF5 allows up to 64 KiB in a header)
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,9 +95,12 @@ def _file_type(dt: np.dtype) -> Any:
 _SCALAR_DTYPE = {"int": np.dtype("<i8"), "float": np.dtype("<f8"), "bool": np.dtype("?")}
 
 
-def create_result(gid: Any, name: str, header: R.Header) -> list[Any]:
+def create_result(gid: Any, name: str, header: R.Header, whole: bool = False, top_kind: bool = True) -> list[Any]:
     """Create every node of one result as ``name`` under the group ``gid``; returns where each
-    part's bytes go (a file offset, or the dataset when it has none)."""
+    part's bytes go (a file offset, or the dataset when it has none). ``whole``: the bytes come
+    in one piece each (not streamed), so small parts can be compact. ``top_kind=False``: a
+    dataset at the top carries no ``kind`` attribute (the task table's row says it: one HDF5
+    attribute is a third of what a tiny result costs the master)."""
     places: list[Any] = [None] * len(header.parts)
     groups: dict[tuple[str, ...], Any] = {(): None}
     for path, kind, ref in R.walk(header):
@@ -100,14 +115,15 @@ def create_result(gid: Any, name: str, header: R.Header) -> list[Any]:
                 for i in range(n):
                     places[first + i] = _part_dataset(g, L.PICKLE if i == 0 else str(i - 1), header.parts[first + i])
         elif kind in R.SCALARS:
-            _scalar_dataset(parent, here, kind, ref)
+            _scalar_dataset(parent, here, kind, ref, attr=top_kind or bool(path))
         else:
             part = ref[0] if kind == "object" else ref
-            places[part] = _part_dataset(parent, here, header.parts[part], None if kind == "array" else kind)
+            places[part] = _part_dataset(parent, here, header.parts[part], None if kind == "array" else kind, whole,
+                                         attr=top_kind or bool(path))
     return places
 
 
-def _scalar_dataset(gid: Any, name: bytes, kind: str, value: Any) -> None:
+def _scalar_dataset(gid: Any, name: bytes, kind: str, value: Any, attr: bool = True) -> None:
     space = h5py.h5s.create(h5py.h5s.SCALAR)
     if kind == "str":
         ds = h5py.h5d.create(gid, name, _attr_type(np.dtype(object)), space)
@@ -116,13 +132,16 @@ def _scalar_dataset(gid: Any, name: bytes, kind: str, value: Any) -> None:
         arr = np.array(value, dtype=_SCALAR_DTYPE[kind])
         ds = h5py.h5d.create(gid, name, _file_type(arr.dtype), space)
         ds.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
-    _set_attrs(ds, {L.ATTR_KIND: kind})
+    if attr:
+        _set_attrs(ds, {L.ATTR_KIND: kind})
 
 
-def _part_dataset(gid: Any, name: str | bytes, spec: R.PartSpec, kind: str | None = None) -> Any:
-    """A contiguous dataset allocated at creation. Returns its file offset, or its id when it has none."""
+def _part_dataset(gid: Any, name: str | bytes, spec: R.PartSpec, kind: str | None = None,
+                  whole: bool = False, attr: bool = True) -> Any:
+    """A contiguous dataset allocated at creation (or a compact one, for a small part written
+    whole). Returns its file offset, or its id when it has none."""
     dt = spec.dtype
-    attrs: dict[str, Any] = {L.ATTR_KIND: kind} if kind else {}
+    attrs: dict[str, Any] = {L.ATTR_KIND: kind} if kind and attr else {}
     if kind in ("bytes", "object") or _h5_storable(dt):
         shape, store_dt = spec.shape, dt
     else:  # datetime, unicode...: raw bytes, with what it takes to rebuild it
@@ -130,13 +149,16 @@ def _part_dataset(gid: Any, name: str | bytes, spec: R.PartSpec, kind: str | Non
         attrs[L.ATTR_DTYPE] = json.dumps(spec.descr) if not isinstance(spec.descr, str) else spec.descr
         attrs[L.ATTR_SHAPE] = json.dumps(list(spec.shape))
     space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
-    dcpl = _dcpl() if spec.nbytes else None
+    compact = whole and 0 < spec.nbytes <= COMPACT_MAX
+    dcpl = _compact_dcpl() if compact else _dcpl() if spec.nbytes else None
     dsid = h5py.h5d.create(gid, name.encode() if isinstance(name, str) else name, _file_type(store_dt), space,
                            dcpl=dcpl)
     if attrs:
         _set_attrs(dsid, attrs)
     if not spec.nbytes:
         return None
+    if compact:
+        return dsid
     off = dsid.get_offset()
     return dsid if off is None else int(off)  # scalar datasets have no offset: written through HDF5
 
@@ -164,7 +186,7 @@ class _H5Target(Target):
         self.stage = f"{self.name}.r{meta.get('rank', 0)}.a{meta.get('attempt', 1)}"
         if _exists(sink.staging, self.stage):
             del sink.staging[self.stage]
-        self.places = create_result(sink.staging.id, self.stage, header)
+        self.places = create_result(sink.staging.id, self.stage, header, top_kind=False)
 
     def write(self, part: int, offset: int, buf: Any) -> None:
         _write_part(self.sink.fd, self.places[part], offset, buf)
@@ -237,9 +259,13 @@ class Hdf5Sink(Sink):
         # a whole small result in one call, staged like a streamed one: only take_ready links
         # results into /results, so a killed run leaves its unfinished ones in /_staging alone
         stage = f"{L.check_id(tid)}.r{meta.get('rank', 0)}.a{meta.get('attempt', 1)}"
-        if _exists(self.staging, stage):
+        try:
+            places = create_result(self.staging.id, stage, header, whole=True, top_kind=False)
+        except ValueError:  # the name is taken (by a stale copy of this attempt): replace it
+            if not _exists(self.staging, stage):
+                raise
             del self.staging[stage]
-        places = create_result(self.staging.id, stage, header)
+            places = create_result(self.staging.id, stage, header, whole=True, top_kind=False)
         for place, buf in zip(places, bufs):
             if len(buf):
                 _write_part(self.fd, place, 0, buf)
@@ -260,12 +286,15 @@ class Hdf5Sink(Sink):
         if not self._ready:
             return None
         staged, self._ready = self._ready, []
+        links, results = self.staging.id.links, self.results.id
         for tid, _, stage in staged:  # link the batch's results into place, then its rows
             if stage is not None:
-                name = L.check_id(tid)
-                if _exists(self.results, name):  # left by an earlier attempt that never reached the journal
-                    del self.results[name]
-                self.f.move(f"{L.STAGING}/{stage}", f"{L.RESULTS}/{name}")
+                name = L.check_id(tid).encode()
+                try:
+                    links.move(stage.encode(), results, name)
+                except ValueError:  # the name is taken: by an earlier attempt that never reached the journal
+                    results.links.delete(name)
+                    links.move(stage.encode(), results, name)
         ready = [(tid, m) for tid, m, _ in staged]
         rows = np.empty(len(ready), dtype=ROW)
         for i, (tid, m) in enumerate(ready):

@@ -7,7 +7,9 @@ HDF5 (``--out x.h5``)::
                             or a group (dict: one member per key; object: "pickle", "0", "1"...)
     /tasks                  one row per finished task: id, its parameters (JSON), rank,
                             attempt, duration, bytes, crc32c, position in the task list
-    attribute "kind"        on every node that is not a plain array (see ``results``)
+    attribute "kind"        on every node inside a result that is not a plain array, and on
+                            groups (see ``results``); a dataset at the top of a result has
+                            none: its kind is the task table's
     attribute "mpigather"   on the file: how the run went (JSON)
 
 While a run is live the file is ``x.h5.partial``; direct mode keeps the workers' files in
