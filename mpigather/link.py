@@ -56,11 +56,14 @@ class Link(Protocol):
         """Send a pickled object and wait (politely, without spinning) until the buffer is free."""
         ...
 
-    def post(self, obj: Any, dest: int, tag: int) -> None:
-        """Send a pickled object without waiting; ``progress`` completes it."""
+    def post(self, obj: Any, dest: int, tag: int, limit: int | None = None) -> None:
+        """Send a pickled object without waiting; ``progress`` completes it. ``limit``: wait
+        (politely) while more than that many posted sends are incomplete."""
         ...
 
-    def progress(self) -> None: ...
+    def progress(self) -> int:
+        """Complete what posted sends can be completed; returns how many are left."""
+        ...
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every posted send completed; False if some did not within ``timeout``."""

@@ -97,11 +97,11 @@ class LoopbackLink:
     def send(self, obj: Any, dest: int, tag: int) -> None:
         self.hub._put(dest, self._message(obj, tag))  # buffered: complete at once, like an eager send
 
-    def post(self, obj: Any, dest: int, tag: int) -> None:
+    def post(self, obj: Any, dest: int, tag: int, limit: int | None = None) -> None:
         self.send(obj, dest, tag)
 
-    def progress(self) -> None:
-        pass
+    def progress(self) -> int:
+        return 0
 
     def flush(self, timeout: float = 30.0) -> bool:
         return True

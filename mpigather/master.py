@@ -297,7 +297,10 @@ class Master(StepsMixin):
             case M.Results(items):  # a batch: results into the sink one by one, one scheduler event
                 done: list[tuple[Any, int, float | None]] = []
                 for item in items:
-                    self._on_result(src, item, now, done)
+                    if isinstance(item, M.Step):
+                        self._on_step(src, item.tid, item.attempt, item.info, item.duration, now)
+                    else:
+                        self._on_result(src, item, now, done)
                 if done:
                     self._decide_all(self.sched.tasks_done(src, done, now), now)
             case M.Failed(tid, attempt, text, _dt, exc, _step):

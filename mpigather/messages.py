@@ -42,9 +42,10 @@ class Item(NamedTuple):
 
 
 class Results(NamedTuple):
-    """Finished tasks, batched; the last may announce chunks that follow on DATA."""
+    """Finished tasks, batched, with notices of steps that went on where they ran (``Step``),
+    in the order they happened; the last item may announce chunks that follow on DATA."""
 
-    items: list[Item]
+    items: list[Item | Step]
 
 
 class Failed(NamedTuple):

@@ -120,7 +120,8 @@ class MPILink:
         self.size = self.comm.Get_size()
         self.host = socket.gethostname()
         self._status = MPI.Status()
-        self._pending: list[Any] = []
+        self._pending: list[Any] = []  # posted sends not yet complete (they hold their buffers)
+        self._pending_lock = threading.Lock()  # a real lock even when MPI needs none: Python's list
         self.thread_level = MPI.Query_thread()
         self.threads_ok = self.thread_level >= MPI.THREAD_SERIALIZED
         self._lock: Any = (threading.RLock() if self.thread_level < MPI.THREAD_MULTIPLE
@@ -181,17 +182,24 @@ class MPILink:
             req = self.comm.isend(obj, dest=dest, tag=tag)
         self._wait(req)
 
-    def post(self, obj: Any, dest: int, tag: int) -> None:
-        """Non-blocking pickled send; the request is completed later by ``progress``."""
-        with self._lock:
-            self._pending.append(self.comm.isend(obj, dest=dest, tag=tag))
-        if len(self._pending) > 64:
+    def post(self, obj: Any, dest: int, tag: int, limit: int | None = None) -> None:
+        """Non-blocking pickled send; the request is completed later by ``progress``, or here
+        while more than ``limit`` are incomplete."""
+        with self._lock, self._failures():
+            req = self.comm.isend(obj, dest=dest, tag=tag)
+        with self._pending_lock:
+            self._pending.append(req)
+        if len(self._pending) > (64 if limit is None else limit):
             self.progress()
+            if limit is not None:
+                wait_until(lambda: self.progress() < limit + 1)
 
-    def progress(self) -> None:
+    def progress(self) -> int:
+        """Complete what posted sends can be completed; returns how many are left."""
         if self._pending:
-            with self._lock:
+            with self._pending_lock, self._lock:
                 self._pending = [r for r in self._pending if not self._test(r)]
+        return len(self._pending)
 
     def _test(self, req: Any) -> bool:
         """Is a posted send complete? One to a dead process (ULFM) is cancelled and dropped."""

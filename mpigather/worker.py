@@ -35,6 +35,7 @@ from .link import LOST, Backoff
 log = logging.getLogger("mpigather")
 
 FLUSH_BYTES = 1 << 20  # a batch of small results is sent once it holds this many bytes
+POSTED_MAX = 4  # batches of results posted to the master and not yet taken, before the worker waits
 ABORT_WAIT = 30.0  # seconds a crashed worker waits for the master to let it go
 SPANS_KEPT = 5000  # per-task spans sent to the master for the timeline
 
@@ -87,7 +88,7 @@ class Worker:
         self.aborted: str | None = None
         self._cond = threading.Condition()  # guards queue, stopping, aborted
         self._send_lock = threading.Lock()  # one sender at a time, so results precede revoke acks
-        self._pending: list[M.Item] = []
+        self._pending: list[M.Item | M.Step] = []
         self._pending_bytes = 0
         self._pending_since = 0.0
         # completed small results wait at most this long, so the master refills the queue in time
@@ -110,7 +111,9 @@ class Worker:
             if self.writer is not None:
                 self.writer.flush()  # direct mode: durable before the master hears of it
             items, self._pending, self._pending_bytes = self._pending, [], 0
-            self.link.send(M.Results(items), 0, M.CTRL)
+            # posted, not waited for: the worker goes on computing while the master takes it
+            # (MPI keeps messages to one destination in order; a few may be in flight)
+            self.link.post(M.Results(items), 0, M.CTRL, limit=POSTED_MAX)
 
     def flush(self) -> None:
         with self._send_lock:
@@ -227,6 +230,7 @@ class Worker:
                     with self._send_lock:
                         if self._pending and now - self._pending_since > self._flush_age:
                             self._flush_locked()
+                self.link.progress()
                 cur = self._current
                 if cur is not None and now - last_hb >= self.opts.heartbeat:
                     last_hb = now
@@ -256,6 +260,7 @@ class Worker:
                         continue
                 if self._pending:
                     self.flush()
+                self.link.progress()
                 if not self._receive_all():
                     back.sleep()
         finally:
@@ -348,8 +353,19 @@ class Worker:
                 return None
             self._deliver(tid, attempt, enc[0], enc[1], dt, info)
         else:
-            self._send(M.Step(tid, attempt, info, dt))
+            self._note(M.Step(tid, attempt, info, dt), dt)
         return nxt if go_on else None
+
+    def _note(self, msg: M.Step, duration: float) -> None:
+        """That a step finished here rides with the next batch of results: a message of its own
+        would cost more than a tiny step. A long step's notice goes at once, and the helper
+        thread sends whatever waits longer than the flush age."""
+        with self._send_lock:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append(msg)
+            if duration > self._flush_age or time.monotonic() - self._pending_since > self._flush_age:
+                self._flush_locked()
 
     def run(self) -> None:
         """Serve tasks until the master says stop (or abort, which raises MasterFailed)."""
@@ -403,6 +419,7 @@ class Worker:
         self.stats["host"] = self.link.host
         self.stats["spans"] = [(str(t), a - start, d, s, n) for t, a, d, s, n in self._spans]
         self._send(M.Bye(self.stats))
+        self.link.flush()  # what was posted before Bye is complete before MPI goes away
 
     def _crash(self, exc: BaseException) -> None:
         """An error outside any task (the initializer, the link, a bug): tell the master, which
