@@ -162,9 +162,9 @@ def tiny_specs(quick: bool) -> list[Spec]:
 
 def steps_specs(quick: bool) -> list[Spec]:
     """Case 3: step1 -> step2 -> step3 (tiny steps) against the same work as one function."""
-    n = 500 if quick else 5000
     specs = []
     for sink in ("mem", "h5"):
+        n = (500 if quick else 5000) if sink == "mem" else (200 if quick else 2000)  # HDF5 + checkpoints: ~3 ms/task
         where = "out=None" if sink == "mem" else "out=x.h5"
         specs.append(Spec("steps", f"steps/{sink}/fused", f"one fused function, {where}",
                           ["steps", "--method", "fused", "--sink", sink, "--count", str(n)], 3, 300,

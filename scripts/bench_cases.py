@@ -344,7 +344,8 @@ def case_comp(a: argparse.Namespace) -> None:
         if sink != "mem":
             assert base is not None
             out = str(base / ("out.h5" if sink == "h5" else "out.d"))
-        s = mpigather.run(fresh, range(count), out=out, mode=a.mode, progress="off")
+        s = mpigather.run(fresh, range(count), out=out, mode=a.mode, progress="off",
+                          **({"chunk_size": a.chunk} if a.chunk else {}))
         if rank == 0:
             assert s is not None and s.done == count, (s.done, count)
             if out is None:
