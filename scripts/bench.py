@@ -2,7 +2,7 @@
 
     python scripts/bench.py                 # every case, default sizes, 3 repeats (~10-15 min on 2 cores)
     python scripts/bench.py --quick         # every case, small sizes, 1 repeat (~1-2 min)
-    python scripts/bench.py --only mem      # one case (mem file tiny rss cpu sched paths, or 1-7); repeatable
+    python scripts/bench.py --only comp     # one case (comp tiny steps ulfm sweep mem file rss cpu sched paths, or 1-11); repeatable
     python scripts/bench.py --repeats 5     # more repeats
 
 Each measurement is one subprocess, ``mpiexec -n N python scripts/bench_cases.py CASE ...``
@@ -53,7 +53,7 @@ CASE_TITLES = {
     "paths": "11. Streaming bandwidth per MPI library and path (-n 2)",
     "sweep10m": "12. A sweep of ten million tasks into HDF5 (-n 3, only with --only sweep10m)",
 }
-# case 7: the MPI stacks of scripts/mpistacks.py, in this order, with what each one is
+# case 11: the MPI stacks of scripts/mpistacks.py, in this order, with what each one is
 PATHS = [("mpich", "MPICH, shared memory"), ("mpich-net", "MPICH, network module over TCP"),
          ("openmpi", "Open MPI, shared memory"), ("openmpi-tcp", "Open MPI, TCP")]
 
