@@ -2,7 +2,7 @@
 
     python scripts/bench.py                 # every case, default sizes, 3 repeats (~10-15 min on 2 cores)
     python scripts/bench.py --quick         # every case, small sizes, 1 repeat (~1-2 min)
-    python scripts/bench.py --only comp     # one case (comp tiny steps ulfm sweep mem file rss cpu sched paths, or 1-11); repeatable
+    python scripts/bench.py --only comp     # one case by name or number (1-11, see CASE_TITLES); repeatable
     python scripts/bench.py --repeats 5     # more repeats
 
 Each measurement is one subprocess, ``mpiexec -n N python scripts/bench_cases.py CASE ...``
