@@ -54,7 +54,7 @@ test-matrix: $(STAMP)
 test-fast: $(STAMP)
 	$(TESTPATH) $(BIN)/python -m pytest -q -ra -m "not slow"
 
-# case 7 (paths) also runs under Open MPI when .venv-ompi can be built; its rows say "not run" otherwise
+# case 11 (paths) also runs under Open MPI when .venv-ompi can be built; its rows say "not run" otherwise
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory $(OMPI_STAMP) || echo "make bench: $(OMPI_VENV) could not be built; the Open MPI rows are not run"
 	$(TESTPATH) $(BIN)/python scripts/bench.py $(BENCH_ARGS)
