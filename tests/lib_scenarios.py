@@ -187,6 +187,9 @@ elif what == "big_list":
 
 elif what == "equal_tasks":
     n = size - 1
+    # every rank is started and imported before the clock starts: on a loaded machine a late
+    # worker's start-up would otherwise be timed as if the scheduler had kept it idle
+    comm.Barrier()
     t0 = time.monotonic()
     s = mpigather.run(sleepy, [0.5] * n, out=None, prefetch=2)
     if rank == 0:
