@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -88,11 +89,38 @@ def mpirun(n: int, args: list[str], *, timeout: float = 120, cwd: Path | None = 
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def kill_group(pgid: int) -> None:
+def _in_session(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``, this one excepted."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(int(d.name))
+    return found
+
+
+def kill_group(sid: int, wait: float = 5.0) -> None:
+    """SIGKILL a job started with ``start_new_session`` at one instant: mpiexec and every rank.
+    Open MPI puts each rank in a process group of its own, so ``killpg`` alone would leave the
+    ranks running for a while (still executing tasks); they all keep mpiexec's session, so every
+    process of the session is killed. Returns once they are gone (at most ``wait`` s)."""
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(sid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    end = time.monotonic() + wait
+    while (left := _in_session(sid)) and time.monotonic() < end:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
 
 
 TAG = "MPIGATHER_TEST_TAG"  # set per test (conftest.py): every process a test starts inherits it

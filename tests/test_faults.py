@@ -4,7 +4,6 @@ SIGTERM, and SIGKILL of the whole job followed by --resume. Every run has a time
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from compare import check_all
 from faultfuncs import expected
-from helpers import done_ids, env, gather, mpi_cmd, show, stack
+from helpers import done_ids, env, gather, kill_group, mpi_cmd, show, stack
 
 import mpigather
 
@@ -172,7 +171,7 @@ def test_stop_signal_exits_resumable_then_resume_completes(tmp_path, sig):
         stdout, stderr = proc.communicate(timeout=grace + 20)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid)
     dt = time.monotonic() - t0
     clean = sig == "USR1" or stack().is_mpich
     if clean:
@@ -195,10 +194,7 @@ def test_stop_signal_exits_resumable_then_resume_completes(tmp_path, sig):
 
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the whole job at one instant: mpiexec, its proxy and every rank."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    kill_group(proc.pid)
     proc.communicate(timeout=30)  # reaps it and closes the pipes
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from compare import check_all
 from faultfuncs import expected
-from helpers import done_ids, env, gather, mpiexec_path, show
+from helpers import done_ids, env, gather, kill_group, mpiexec_path, show
 
 import mpigather
 
@@ -46,7 +46,7 @@ def finish(p: subprocess.Popen[str], timeout: float = 90) -> tuple[int, str, str
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+        kill_group(p.pid)
         out, err = p.communicate()
         pytest.fail(f"run did not end in {timeout} s\n{out}\n{err}")
     return p.returncode, out, err
@@ -143,7 +143,7 @@ def test_status_after_an_mpi_abort_and_after_a_sigkill(tmp_path):
     out2 = tmp_path / "k.h5"
     p = start(tmp_path, 3, "faultfuncs:slow", out2, "--range", "40")
     wait_for(lambda: len(done_ids(out2)) >= 3, what="some tasks done")
-    os.killpg(p.pid, signal.SIGKILL)
+    kill_group(p.pid)
     finish(p)
     rc, info = status(out2)
     assert info["state"] == "dead" and adds_up(info) and info["pending"] == 40 - info["done"], info

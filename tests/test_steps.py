@@ -6,9 +6,7 @@ children, and a 2.5 GiB intermediate with bounded master memory."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import done_ids, env, gather, journal_records, mpiexec_path, show
+from helpers import done_ids, env, gather, journal_records, kill_group, mpiexec_path, show
 from stepfuncs import expected
 
 import mpigather
@@ -101,7 +99,7 @@ def test_sigkill_at_random_points_then_resume_reruns_no_finished_step(tmp_path):
             if sum(1 for r in journal_records(out) if r["ev"] == "step") >= at:
                 break
             time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid)
         proc.communicate(timeout=30)
         recs = journal_records(out)
         finished_steps = {(str(r["id"]), r["ran"]) for r in recs if r["ev"] == "step"}
