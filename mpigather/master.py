@@ -297,27 +297,15 @@ class Master(StepsMixin):
         if self._settling:
             self._settle_from(src, now)
         match inc.obj():
-            case M.Results(items):  # a batch: results into the sink one by one, one scheduler event
-                done: list[tuple[Any, int, float | None]] = []
-                for item in items:
-                    if isinstance(item, M.Step):
-                        self._on_step(src, item.tid, item.attempt, item.info, item.duration, now)
-                    else:
-                        self._on_result(src, item, now, done)
-                if done:
-                    self._decide_all(self.sched.tasks_done(src, done, now), now)
+            case M.Results(items):
+                self._on_results(src, items, now)
             case M.Failed(tid, attempt, text, _dt, exc, _step):
                 self._hb_task.pop(src, None)
                 if exc is not None:
                     self._exc[tid] = exc
                 self._task_failed(src, tid, attempt, text, now)
             case M.Trailer(tid, crc):
-                stream = self._streams.get(src)
-                if stream is None or stream.tid != tid or stream.index != len(stream.plan):
-                    raise ProtocolError(f"rank {src}: trailer of {tid!r} without its complete result")
-                stream.header = stream.header._replace(crc=crc)
-                stream.meta["crc32c"] = crc
-                self._end_stream(src, stream, now)
+                self._on_trailer(src, tid, crc, now)
             case M.Step(tid, attempt, info, duration):
                 self._on_step(src, tid, attempt, info, duration, now)
             case M.Heartbeat(tid, _seconds):
@@ -339,6 +327,26 @@ class Master(StepsMixin):
                 self._decide_all(self.sched.worker_stopped(src), now)
             case msg:
                 raise ProtocolError(f"unknown message {msg!r} from rank {src}")
+
+    def _on_results(self, src: int, items: list[Any], now: float) -> None:
+        """A batch: results into the sink one by one (step notices on the way), one scheduler event."""
+        done: list[tuple[Any, int, float | None]] = []
+        for item in items:
+            if isinstance(item, M.Step):
+                self._on_step(src, item.tid, item.attempt, item.info, item.duration, now)
+            else:
+                self._on_result(src, item, now, done)
+        if done:
+            self._decide_all(self.sched.tasks_done(src, done, now), now)
+
+    def _on_trailer(self, src: int, tid: Any, crc: int, now: float) -> None:
+        """The sender's crc of a streamed result, after its last chunk."""
+        stream = self._streams.get(src)
+        if stream is None or stream.tid != tid or stream.index != len(stream.plan):
+            raise ProtocolError(f"rank {src}: trailer of {tid!r} without its complete result")
+        stream.header = stream.header._replace(crc=crc)
+        stream.meta["crc32c"] = crc
+        self._end_stream(src, stream, now)
 
     def _task_failed(self, src: int, tid: Any, attempt: int, text: str, now: float) -> None:
         if self.journal is not None and self.sched.is_active(tid):
