@@ -389,7 +389,7 @@ class Master(StepsMixin):
                 self._end_stream(src, stream, now)
             return
         if not accept:  # a late duplicate: the task ended already, or that lease is over
-            self._decide_all(self.sched.discarded(src, tid, now), now)
+            self._decide_all(self.sched.discarded(src, tid, now, attempt), now)
             if path is not None:
                 from .sinks.base import remove_quietly
 

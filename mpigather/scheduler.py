@@ -329,9 +329,10 @@ class Scheduler:
             w.streaming = None
         return []
 
-    def discarded(self, rank: int, tid: TaskId, now: float) -> list[Decision]:
-        """A whole result arrived for a task that already ended: dropped, but the worker reported in."""
-        self._report_in(self._worker(rank), tid, now)
+    def discarded(self, rank: int, tid: TaskId, now: float, attempt: int | None = None) -> list[Decision]:
+        """A whole result arrived for a task that already ended, or from an attempt whose lease is
+        over: dropped, but the worker reported in."""
+        self._report_in(self._worker(rank), tid, now, attempt)
         return []
 
     def seen(self, rank: int, now: float) -> list[Decision]:
@@ -364,7 +365,7 @@ class Scheduler:
         if duration is not None and duration >= 0:
             a = self._avg_duration
             self._avg_duration = duration if a is None else 0.9 * a + 0.1 * duration
-        self._report_in(w, tid, now)
+        self._report_in(w, tid, now)  # any attempt's result ends the task: no lease of it stays
         rec = self._active.get(tid)
         if rec is None:
             return []
@@ -384,10 +385,10 @@ class Scheduler:
         w.last_seen = now
         if w.streaming == tid:
             w.streaming = None
-        self._report_in(w, tid, now)
+        self._report_in(w, tid, now, attempt)
         rec = self._active.get(tid)
-        if rec is None or (rec.rank is not None and rec.rank != rank):
-            return []  # ended already, or a stale attempt while a newer one runs elsewhere
+        if rec is None or (rec.rank is not None and (rec.rank != rank or attempt < rec.attempts)):
+            return []  # ended already, or a stale attempt while a newer one is leased (here or elsewhere)
         waiting = rec.rank is None  # its lease had expired: it already waits in the requeue
         rec.failures += 1
         rec.last_error = error
@@ -692,10 +693,15 @@ class Scheduler:
             self._no_worker_since = None
         self._queue_changed(w)
 
-    def _report_in(self, w: WorkerRec, tid: TaskId, now: float) -> None:
-        """A result or failure from ``w`` for ``tid``: advance its FIFO, clear suspicion."""
+    def _report_in(self, w: WorkerRec, tid: TaskId, now: float, attempt: int | None = None) -> None:
+        """A result or failure from ``w`` for ``tid``: advance its FIFO, clear suspicion. A message
+        of an older ``attempt`` leaves alone the newer lease of ``tid`` that ``w`` may hold again
+        (an expired task re-sent to the same worker): that one is still in its FIFO."""
         self._transition(w, "report_in")
         w.stuck = None
+        rec = self._active.get(tid)
+        if rec is not None and rec.rank == w.rank and attempt is not None and attempt < rec.attempts:
+            return
         self._leave_queue(w, tid, now)
 
     def _leave_queue(self, w: WorkerRec, tid: TaskId, now: float) -> None:

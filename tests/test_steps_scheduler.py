@@ -86,14 +86,14 @@ class Sim:
                 self.route(s.step_done(r, tid, n, n + 1, need, None, go_on, self.now))
                 self.pending_store.append((tid, n + 1))
             else:
-                s.discarded(r, tid, self.now)  # as the master does: the late worker reported in
+                s.discarded(r, tid, self.now, att)  # as the master does: the late worker reported in
         elif msg[0] == "done":
             _, tid, att, n = msg
             if s.step_begin(r, tid, att, n, self.now):
                 self.accept(tid, n)
                 self.route(s.task_done(r, tid, att, self.now))
             else:
-                s.discarded(r, tid, self.now)
+                s.discarded(r, tid, self.now, att)
         elif msg[0] == "failed":
             _, tid, att, n = msg
             self.route(s.task_failed(r, tid, att, f"step {n} failed", self.now))
