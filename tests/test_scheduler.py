@@ -1493,3 +1493,21 @@ def test_every_worker_lost_halts_the_run_and_leaves_the_rest_for_a_resume():
     out = s.tick(1.5)
     (h,) = of(out, Halt)
     assert "every worker is lost" in h.reason and s.finished and s.n_done == 1 and s.n_failed == 0
+
+
+def test_a_stale_steps_late_output_keeps_the_newer_lease_on_the_same_worker():
+    """Step output of an expired attempt arrives after the task went back to the same worker:
+    it is dropped, and the newer lease stays in that worker's FIFO (it used to leave it, so that
+    when the worker was then lost the task was never requeued and the run never ended)."""
+    s, _ = make(1, workers=(1,), timeout=10.0, prefetch=1, retries=5)
+    assert sent(s.dispatch(0.0)) == {1: [0]}
+    assert Expired(1, 0, 1, True) in s.tick(10.5)
+    assert not s.step_begin(1, 0, 1, 0, 11.0)  # attempt 1's late output: its lease is over
+    s.discarded(1, 0, 11.0, 1)  # (the master drops it; the worker reported in)
+    assert sent(s.dispatch(11.0)) == {1: [0]}  # attempt 2, on the same worker
+    assert not s.step_begin(1, 0, 1, 1, 12.0)  # more of attempt 1's late output
+    s.discarded(1, 0, 12.0, 1)
+    assert queues(s)[1] == [0]
+    s.worker_ready(2, 12.5)
+    s.worker_lost(1, 13.0)
+    assert sent(s.dispatch(13.0)) == {2: [0]}
