@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, NoReturn
 from .errors import MasterFailed, UsageError
 
 log = logging.getLogger("mpigather")
+RANK0_LAST = 0.5  # seconds a failed rank 0 waits after MPI_Finalize, so that the workers exit first
 
 FAILED = 3  # exit status: the master itself failed (a bug, or its output became unwritable)
 _RELEASED = -1  # (a worker let go by a failed master)
@@ -176,12 +178,15 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         return 0  # rank 0 reports and sets the status (hydra ORs the ranks' exit codes together)
     if code == FAILED and link.rank == 0:
         # the output may be broken (a full disk in the middle of HDF5's metadata): leave without
-        # letting the interpreter's clean-up touch it again, which can crash the HDF5 library
+        # letting the interpreter's clean-up touch it again, which can crash the HDF5 library.
+        # Leave after the released workers: the launcher kills the ranks still running once one
+        # exits with an error, and then reports their SIGKILL (9) instead of this status.
         from .transport import finalize
 
         sys.stdout.flush()
         sys.stderr.flush()
         finalize()
+        time.sleep(RANK0_LAST)
         os._exit(FAILED)
     return code
 
