@@ -275,14 +275,13 @@ def test_a_damaged_hdf5_output_is_salvaged_into_a_fresh_file(tmp_path):
         assert list(res) == ["0", "1", "2", "3"] and res["3"]["a"][0] == 30 and res["1"]["s"] == "x"
 
 
-def test_hdf5_results_and_staging_are_new_style_groups_in_fresh_and_salvaged_files(tmp_path):
+def test_hdf5_results_is_a_new_style_group_in_fresh_and_salvaged_files(tmp_path):
     """An old-style group keeps all names in one local heap, and past ~1.4 million results
-    each link rewrote it (a 10M sweep stalled), and moving links out of an old-style staging
-    group grew the master by ~50 B a result. Tracked creation order makes HDF5 build the
+    each link rewrote it (a 10M sweep stalled). Tracked creation order makes HDF5 build the
     group new-style (dense links), also in a file rebuilt by the salvage."""
     import h5py
 
-    def new_style(path, groups=(L.RESULTS, L.STAGING)):
+    def new_style(path, groups=(L.RESULTS,)):
         with h5py.File(path, "r") as f:
             return all(f[g].id.get_create_plist().get_link_creation_order() for g in groups)
 
@@ -297,6 +296,6 @@ def test_hdf5_results_and_staging_are_new_style_groups_in_fresh_and_salvaged_fil
     assert sink.reconcile(1) == 1
     assert new_style(out.with_name(out.name + L.PARTIAL))
     sink.close(complete=True)
-    assert new_style(out, (L.RESULTS,))  # a finished file has no /_staging
+    assert new_style(out)
     with load(out) as res:
         assert list(res) == ["0"] and res["0"].tolist() == [0, 1, 2]
