@@ -80,13 +80,18 @@ def mpirun(n: int, args: list[str], *, timeout: float = 120, cwd: Path | None = 
         e.update(extra_env)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=e,
                           start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc.pid)
-            out, err = proc.communicate()
-            pytest.fail(f"mpiexec timed out after {timeout} s: {' '.join(cmd)}\nstdout:\n{out}\nstderr:\n{err}")
+        out, err = communicate_or_fail(proc, timeout, f"mpiexec timed out after {timeout} s: {' '.join(cmd)}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def communicate_or_fail(proc: subprocess.Popen[str], timeout: float, what: str) -> tuple[str, str]:
+    """Its output once it ends; past ``timeout`` the whole job is killed and the test fails with ``what``."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        out, err = proc.communicate()
+        pytest.fail(f"{what}\nstdout:\n{out}\nstderr:\n{err}")
 
 
 def _in_session(sid: int) -> list[int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from compare import check_all
 from faultfuncs import expected
-from helpers import done_ids, env, gather, kill_group, mpiexec_path, show
+from helpers import communicate_or_fail, done_ids, env, gather, kill_group, mpiexec_path, show
 
 import mpigather
 
@@ -43,12 +43,7 @@ def wait_for(cond, timeout: float = 30.0, what: str = "") -> None:
 
 
 def finish(p: subprocess.Popen[str], timeout: float = 90) -> tuple[int, str, str]:
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(p.pid)
-        out, err = p.communicate()
-        pytest.fail(f"run did not end in {timeout} s\n{out}\n{err}")
+    out, err = communicate_or_fail(p, timeout, f"run did not end in {timeout} s")
     return p.returncode, out, err
 
 
