@@ -31,8 +31,9 @@ from .progress import Progress
 from .scheduler import Scheduler
 from .sinks import Sink, is_hdf5_path, open_sink
 from .sinks import layout as L
+from .sinks.table import RowsDone
 from .summary import Summary
-from .tasks import check_unchanged, iterable_tasks, skip_done, timeout_of
+from .tasks import TaskSource, source_of, timeout_of
 from .worker import Worker
 
 log = logging.getLogger("mpigather")
@@ -77,17 +78,17 @@ def check_output(out: str | os.PathLike[str] | None, opts: Options, exists: bool
 
 
 def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | None,
-                argv: list[str] | None = None, prepare: Callable[[DoneSet | None], int | None] | None = None,
+                argv: list[str] | None = None, source: TaskSource | None = None,
                 ) -> tuple[Sink, Journal | None, DoneSet | None, int | None]:
     """Create or reopen the sink and journal (the caller holds the output's lock).
 
-    ``prepare(done)`` checks the task list against what is done (a changed task raises
-    UsageError) and returns how many tasks there are. Returns the sink, the journal, the
-    tasks already done (None when starting afresh) and the total.
+    ``source.prepare`` checks the task list (and, on resume, that done tasks keep their
+    parameters: a changed task raises UsageError) and says how many tasks there are. Returns the
+    sink, the journal, the tasks already done (None when starting afresh) and the total.
     """
     check_output(out, opts)
     if out is None:
-        return open_sink(None), None, None, prepare(None) if prepare else total
+        return open_sink(None), None, None, source.prepare(None, None) if source is not None else total
     p = Path(out)
     if opts.overwrite:
         for q in _output_paths(p):
@@ -97,13 +98,15 @@ def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | 
                 q.unlink()
     jp = journal_path(p)
     done: DoneSet | None = None
+    before = None
     if opts.resume and jp.exists():
         st = load_state(jp, want_done=True)
         done = st.done_set
+        before = st.start.get("source")
         if done is not None:
             done.steps = st.steps
-    if prepare is not None:
-        total = prepare(done)
+    if source is not None:
+        total = source.prepare(done, before)
     try:
         sink = open_sink(p, resume=opts.resume)
     except OSError as e:
@@ -112,22 +115,46 @@ def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | 
     if done is not None:
         done = _reconcile(sink, journal, done, p)
     journal.start(total=total, already_done=len(done) if done else 0, argv=argv or sys.argv, pid=os.getpid(),
-                  host=socket.gethostname(), out=str(p), mode=opts.mode, chunk_size=opts.chunk_size)
+                  host=socket.gethostname(), out=str(p), mode=opts.mode, chunk_size=opts.chunk_size,
+                  source=source.signature() if source is not None else None)
     journal.commit()
     return sink, journal, done, total
 
 
 def _reconcile(sink: Sink, journal: Journal, done: DoneSet, out: Path) -> DoneSet:
-    """On resume: the output must hold exactly what the journal calls done."""
-    present = sink.reconcile(len(done))
-    if present == len(done) and getattr(sink, "set_aside", None) is None:
+    """On resume: the output must hold exactly what the journal calls done. What it holds beyond
+    that (a commit cut short) the sink removes; what it lost runs again."""
+    present, lost = sink.reconcile(done)
+    set_aside = getattr(sink, "set_aside", None) is not None
+    if present == done.n_whole and not len(lost) and not set_aside:
         return done
-    ids = [] if getattr(sink, "set_aside", None) is not None else (sink.done_ids() or [])
-    kept = [(t, done.lookup(t)) for t in ids if t in done]
-    log.warning("%d result(s) the journal calls done are missing from %s; they run again", len(done) - len(kept), out)
-    journal.reset(f"{len(done) - len(kept)} done result(s) missing from the output")
-    journal.done([(t, {"hash": h}) for t, h in kept])
-    return DoneSet([id_key(t) for t, _ in kept], [h or 0 for _, h in kept])
+    whole = [] if set_aside else [(t, seq, done.lookup(t)) for t, seq in sink.done_ids() or [] if t in done]
+    ranges = [] if set_aside else _ranges_without(done.ranges, lost)
+    n_lost = len(done) - len(whole) - sum(n for _, n, _ in ranges)
+    log.warning("%d result(s) the journal calls done are missing from %s; they run again", n_lost, out)
+    journal.reset(f"{n_lost} done result(s) missing from the output")
+    journal.done([(t, {"hash": h, "seq": seq}) for t, seq, h in whole])
+    journal.rows([RowsDone(s, n, [], 0, 0, 0, 0, 0.0, h) for s, n, h in ranges])
+    return DoneSet([id_key(t) for t, _, _ in whole], [h or 0 for _, _, h in whole],
+                   [seq for _, seq, _ in whole if seq >= 0], ranges)
+
+
+def _ranges_without(ranges: list[tuple[int, int, int]], lost: Any) -> list[tuple[int, int, int]]:
+    """Ranges of done rows, less the positions ``lost``: a range cut in pieces keeps no hash."""
+    gone = set(int(x) for x in lost)
+    out = []
+    for s, n, h in ranges:
+        if not any(s <= x < s + n for x in gone):
+            out.append((s, n, h))
+            continue
+        start = None
+        for x in range(s, s + n + 1):
+            if x < s + n and x not in gone:
+                start = x if start is None else start
+            elif start is not None:
+                out.append((start, x - start, 0))
+                start = None
+    return out
 
 
 def run(
@@ -155,34 +182,21 @@ def run(
             check_launch(link.size)
         if link.rank != 0:
             return run_on(link, func, None, out, opts)
-        prepare = None
-        if isinstance(tasks, (list, tuple, dict, range)):
-            def prepare(done: DoneSet | None) -> int:  # a changed task is refused before any work
-                if done:
-                    for tid, payload, seq in iterable_tasks(tasks):
-                        check_unchanged(done, tid, payload, f"task {seq}")
-                return len(tasks)
-        return run_on(link, func, iterable_tasks(tasks), out, opts, total=_len_or_none(tasks), prepare=prepare)
+        source = source_of(tasks)
+        return run_on(link, func, source, out, opts, total=source.total)
     finally:
         link.close()
 
 
-def _len_or_none(tasks: Any) -> int | None:
-    try:
-        return len(tasks)
-    except TypeError:
-        return None
-
-
-def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, Any, int]] | None,
-           out: str | os.PathLike[str] | None, opts: Options, *, total: int | None = None,
-           argv: list[str] | None = None, hooks: dict[str, Any] | None = None,
-           worker_args: dict[str, Any] | None = None,
-           prepare: Callable[[DoneSet | None], int | None] | None = None) -> Summary | None:
+def run_on(link: Any, func: Callable[[Any], Any], source: Any, out: str | os.PathLike[str] | None,
+           opts: Options, *, total: int | None = None, argv: list[str] | None = None,
+           hooks: dict[str, Any] | None = None, worker_args: dict[str, Any] | None = None) -> Summary | None:
     """Run with an existing link. Rank 0 is the master; with one rank, master and worker share it.
 
-    ``hooks`` (the executor's): ``on_done``, ``on_failed``, ``master``. ``worker_args``: extra
-    arguments of ``Worker`` (``send_exceptions``, ``initializer``, ``initargs``).
+    ``source``: a ``tasks.TaskSource`` (the master's; None on workers), or the executor's own
+    (anything with ``take``, or an iterable of items: see ``scheduler.IterSource``).
+    ``hooks`` (the executor's): ``on_done``, ``on_failed``, ``master``, ``sink``. ``worker_args``:
+    extra arguments of ``Worker`` (``send_exceptions``, ``initializer``, ``initargs``...).
     """
     wargs = worker_args or {}
     if link.rank != 0:
@@ -193,13 +207,13 @@ def run_on(link: Any, func: Callable[[Any], Any], source: Iterable[tuple[Any, An
             signals.restore(old)
         return None
     assert source is not None
-    kw: dict[str, Any] = {"total": total, "argv": argv, "hooks": hooks, "prepare": prepare}
+    kw: dict[str, Any] = {"total": total, "argv": argv, "hooks": hooks}
     if link.size > 1:
         return master_run(link, source, out, opts, **kw)
     return _one_rank(func, source, out, opts, kw, wargs)
 
 
-def _one_rank(func: Callable[[Any], Any], source: Iterable[tuple[Any, Any, int]],
+def _one_rank(func: Callable[[Any], Any], source: Any,
               out: str | os.PathLike[str] | None, opts: Options, kw: dict[str, Any],
               wargs: dict[str, Any]) -> Summary | None:
     """One rank: the master in a helper thread, the worker (the task function) in this thread."""
@@ -235,23 +249,25 @@ def _one_rank(func: Callable[[Any], Any], source: Iterable[tuple[Any, Any, int]]
     return box["summary"]  # type: ignore[no-any-return]
 
 
-def master_run(link: Any, source: Iterable[tuple[Any, Any, int]], out: str | os.PathLike[str] | None,
-               opts: Options, *, total: int | None = None, argv: list[str] | None = None,
-               hooks: dict[str, Any] | None = None,
-               prepare: Callable[[DoneSet | None], int | None] | None = None) -> Summary:
+def master_run(link: Any, source: Any, out: str | os.PathLike[str] | None, opts: Options, *,
+               total: int | None = None, argv: list[str] | None = None,
+               hooks: dict[str, Any] | None = None) -> Summary:
     """The master's whole run: lock and open the output, run the loop, close and report."""
     lock = OutputLock(out) if out is not None and opts.lock else None
     try:
         if lock is not None:
             check_output(out, opts, exists=False)  # where it goes must exist before its lock file can
             lock.acquire(argv or sys.argv)
-        sink, journal, done, total = open_output(out, opts, total, argv, prepare)
+        task_source = source if isinstance(source, TaskSource) else None
+        sink, journal, done, total = open_output(out, opts, total, argv, task_source)
     except BaseException as e:
         if lock is not None:
             lock.release()
         _release_workers(link, str(e))
         raise
     hooks = hooks or {}
+    if "sink" in hooks:  # the executor's: its values go to futures
+        sink = hooks["sink"]
     try:
         return _drive(link, source, sink, journal, done, out, opts, total, hooks)
     finally:
@@ -259,13 +275,19 @@ def master_run(link: Any, source: Iterable[tuple[Any, Any, int]], out: str | os.
             lock.release()
 
 
-def _drive(link: Any, source: Iterable[tuple[Any, Any, int]], sink: Sink, journal: Journal | None,
-           done: DoneSet | None, out: Any, opts: Options, total: int | None, hooks: dict[str, Any]) -> Summary:
+def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: DoneSet | None, out: Any,
+           opts: Options, total: int | None, hooks: dict[str, Any]) -> Summary:
     n_done_before = len(done) if done else 0
-    tasks = skip_done(source, done, getattr(done, "steps", None)) if done else source
+    if isinstance(source, TaskSource):
+        source.skip(done, hashed=journal is not None)
+    elif done:
+        raise UsageError("a resume needs the task list as a list, a range, a dict or a task file")
+    tasks = source
+    sink.total = total
     sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
                       retries=opts.retries, timeout=opts.timeout, timeout_of=timeout_of,
-                      batch_window=opts.batch_window, hello_patience=opts.hello_patience)
+                      block_time=opts.batch_window, hello_patience=opts.hello_patience,
+                      total=None if total is None else max(0, total - n_done_before))
     if hasattr(link, "fault_behaviour"):
         log.info("%s", link.fault_behaviour())
     progress = Progress.make(opts.progress, total, done_before=n_done_before)

@@ -7,7 +7,6 @@ every rank leaves together, so nothing hangs.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import importlib.util
 import json
@@ -220,23 +219,18 @@ def _check_everywhere(a: argparse.Namespace, link: Any) -> tuple[Any, Any, str |
 
 def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
     from .api import run_on
-    from .tasks import jsonl_tasks, range_tasks, scan_jsonl
+    from .tasks import JsonlSource, RangeSource
 
     opts, func, msg = _check_everywhere(a, link)
     if msg is not None:
         if msg and link.rank == 0:
             print(f"mpigather: error: {msg}", file=sys.stderr)
         return 2
-    source = prepare = None
-    total = None
-    if link.rank == 0:
-        if a.tasks is not None:
-            source = jsonl_tasks(a.tasks)
-            prepare = functools.partial(scan_jsonl, a.tasks)  # after the lock: checks done tasks too
-        else:
-            source, total = range_tasks(a.range), a.range
+    source: Any = None
+    if link.rank == 0:  # (a task file is checked once the output is locked: done tasks too)
+        source = JsonlSource(a.tasks) if a.tasks is not None else RangeSource(a.range)
     try:
-        summary = run_on(link, func, source, a.out, opts, total=total, argv=argv, prepare=prepare)
+        summary = run_on(link, func, source, a.out, opts, total=source.total if source else None, argv=argv)
     except UsageError as e:
         if link.rank == 0:
             print(f"mpigather: error: {e}", file=sys.stderr)

@@ -113,8 +113,10 @@ class GatherExecutor(Executor):
         def grab(master: Any) -> None:
             sink_of["sink"] = master.sink
 
-        hooks = {"on_done": on_done, "on_failed": on_failed, "master": grab}
-        wargs = {"send_exceptions": True, **worker_args}
+        from .sinks.memory import ValuesSink
+
+        hooks = {"on_done": on_done, "on_failed": on_failed, "master": grab, "sink": ValuesSink()}
+        wargs = {"send_exceptions": True, "keep_params": False, **worker_args}
         try:
             if self._link.size > 1:
                 master_run(self._link, self._source(), None, self._opts, hooks=hooks)
@@ -292,7 +294,8 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
         if not 0 <= self.root < size:
             raise ValueError(f"root must be a rank of the communicator (0 to {size - 1}), not {self.root}")
         link = self._link = MPILink(self.comm, root=self.root)
-        wargs = {"send_exceptions": True, "initializer": self.initializer, "initargs": self.initargs}
+        wargs = {"send_exceptions": True, "keep_params": False, "initializer": self.initializer,
+                 "initargs": self.initargs}
         try:
             if link.rank != 0:
                 from .api import run_on

@@ -9,7 +9,10 @@ Record types (key ``ev``), each written by one method of ``Journal``:
 - ``start``: the run's parameters (total, argv, pid, host, mode...);
 - ``done``: a batch of finished tasks, column by column (ids, positions, parameter hashes,
   attempts, ranks, bytes, crc32c, durations, and paths in direct mode): about 40 bytes a task;
-- ``failed``: one attempt that failed (id, attempt, rank, error, final);
+- ``rows``: a batch of rows of the table of small results: their positions in the task list
+  as ranges (not their ids), and a parameter hash, attempt, rank, bytes, crc32c and duration
+  per range: a few dozen bytes for thousands of tasks;
+- ``failed``: one attempt that failed (id, position, attempt, rank, error, final);
 - ``workers``: every few seconds, the master's heartbeat: each worker's state, and how many
   tasks are running and queued;
 - ``reset``: the output was found damaged and set aside: forget the earlier done records;
@@ -73,7 +76,8 @@ class Journal:
         metas = [m for _, m in ready]
         rec: dict[str, Any] = {
             "ev": "done", "t": round(now(), 3), "id": [t for t, _ in ready],
-            "seq": [m.get("seq", -1) for m in metas], "h": [m.get("hash", 0) for m in metas],
+            "seq": [-1 if m.get("child") else m.get("seq", -1) for m in metas],  # a fan-out's child has none
+            "h": [m.get("hash", 0) for m in metas],
             "att": [m.get("attempt", 1) for m in metas], "rank": [m.get("rank", 0) for m in metas],
             "bytes": [m.get("bytes", 0) for m in metas], "crc": [m.get("crc32c") or 0 for m in metas],
             "dur": [round(m.get("duration") or 0.0, 6) for m in metas],
@@ -84,8 +88,19 @@ class Journal:
             rec["ran"] = [m.get("ran") for m in metas]
         self._write(rec)
 
-    def failed(self, tid: Any, attempt: int, rank: int, error: str | None, *, final: bool) -> None:
-        self._write({"ev": "failed", "id": tid, "att": attempt, "rank": rank, "error": error, "final": final})
+    def rows(self, rows: list[Any]) -> None:
+        """Rows of the table that the sink made durable (``sinks.table.RowsDone``), as one record:
+        their positions in the task list as ranges, not their ids."""
+        if not rows:
+            return
+        self._write({"ev": "rows", "t": round(now(), 3), "pos": [[r.seq0, r.n] for r in rows],
+                     "h": [r.hash for r in rows], "att": [r.attempt for r in rows], "rank": [r.rank for r in rows],
+                     "bytes": [r.nbytes for r in rows], "crc": [r.crc for r in rows],
+                     "dur": [round(r.duration, 6) for r in rows]})
+
+    def failed(self, tid: Any, attempt: int, rank: int, error: str | None, *, final: bool, seq: int = -1) -> None:
+        self._write({"ev": "failed", "id": tid, "seq": seq, "att": attempt, "rank": rank, "error": error,
+                     "final": final})
 
     def workers(self, table: dict[int, dict[str, Any]], running: int, queued: int, done: int,
                 failed: int, by_step: dict[str, list[int]] | None = None) -> None:
@@ -216,12 +231,15 @@ def _array(values: Iterable[int], dtype: Any) -> np.ndarray:
 
 
 class DoneSet:
-    """The tasks a journal calls done, as sorted 64-bit id keys with their parameter hashes:
-    12 bytes a task, whatever the ids look like."""
+    """What a journal calls done: results stored whole, as sorted 64-bit id keys with their
+    parameter hashes (12 bytes a task, whatever the ids look like), and every done task's
+    position in the task list as one bit; rows of the table as ranges of positions, each with
+    the hash of its tasks' parameters."""
 
     steps: dict[Any, dict[str, Any]] | None = None  # on resume: unfinished tasks' last stored steps
 
-    def __init__(self, keys: Iterable[int] = (), hashes: Iterable[int] = ()) -> None:
+    def __init__(self, keys: Iterable[int] = (), hashes: Iterable[int] = (), positions: Iterable[int] = (),
+                 ranges: Iterable[tuple[int, int, int]] = (), unplaced: int | None = None) -> None:
         k = _array(keys, np.int64)
         h = _array(hashes, np.uint32)
         order = np.argsort(k, kind="stable")
@@ -231,12 +249,30 @@ class DoneSet:
             last[:-1] = k[1:] != k[:-1]
             k, h = k[last], h[last]
         self._keys, self._hashes = k, h
+        self.ranges = [(int(s), int(n), int(x)) for s, n, x in ranges]
+        pos = _array(positions, np.int64)
+        top = max([int(pos.max()) + 1 if len(pos) else 0] + [s + n for s, n, _ in self.ranges])
+        bits = np.zeros(top, dtype=bool)
+        bits[pos] = True
+        for s, n, _ in self.ranges:
+            bits[s : s + n] = True
+        self.bits = bits
+        # whole results with no position of their own (a fan-out's children)
+        self.unplaced = max(0, len(k) - len(np.unique(pos))) if unplaced is None else unplaced
 
     def __len__(self) -> int:
+        return int(np.count_nonzero(self.bits)) + self.unplaced
+
+    @property
+    def n_whole(self) -> int:
+        """Results stored whole (each with a row of the output's task list)."""
         return len(self._keys)
 
+    def done_at(self, seq: int) -> bool:
+        return 0 <= seq < len(self.bits) and bool(self.bits[seq])
+
     def lookup(self, tid: Any) -> int | None:
-        """The parameter hash recorded for ``tid``, or None if it is not done."""
+        """The parameter hash recorded for ``tid`` stored whole, or None if it is not."""
         if not len(self._keys):
             return None
         k = id_key(tid)
@@ -268,6 +304,7 @@ class State:
     n_done: int = 0  # done records since the last reset (distinct when ``done_set`` was built)
     done_set: DoneSet | None = None  # with ``want_done``
     failed: dict[Any, dict[str, Any]] = field(default_factory=dict)  # final failures not done since
+    failed_at: dict[int, Any] = field(default_factory=dict)  # their positions
     last_record_time: float | None = None
     heartbeat: dict[str, Any] | None = None  # the last ``workers`` record of the last run
     runs: list[RunRecord] = field(default_factory=list)
@@ -301,6 +338,9 @@ class _Loader:
         self.want_done = want_done
         self.keys: array.array[int] = array.array("q")
         self.hashes: array.array[int] = array.array("I")
+        self.positions: array.array[int] = array.array("q")  # of whole results
+        self.ranges: list[tuple[int, int, int]] = []  # rows: (first position, count, hash)
+        self.unplaced = 0
 
     def feed(self, rec: dict[str, Any]) -> None:
         t = rec.get("time") or rec.get("t")
@@ -312,12 +352,18 @@ class _Loader:
 
     def _on_done(self, rec: dict[str, Any], t: float | None) -> None:
         st, n = self.st, 0
-        for tid, _seq, h, _att, _rank, nbytes, _crc, _dur, _path in done_columns(rec):
+        for tid, seq, h, _att, _rank, nbytes, _crc, _dur, _path in done_columns(rec):
             n += 1
             st.bytes_done += nbytes or 0
             if self.want_done:
                 self.keys.append(id_key(tid))
                 self.hashes.append(int(h) & 0xFFFFFFFF)
+                if seq is not None and seq >= 0:
+                    self.positions.append(seq)
+                else:
+                    self.unplaced += 1
+            if st.failed_at and seq is not None:
+                st.failed_at.pop(seq, None)
             if st.failed:
                 st.failed.pop(tid, None)  # failed in an earlier run, done since
             if st.steps:
@@ -333,10 +379,30 @@ class _Loader:
             st.first_done_in_run = st.first_done_in_run or t
             st.last_done_time = t
 
+    def _on_rows(self, rec: dict[str, Any], t: float | None) -> None:
+        st, n = self.st, 0
+        hashes = rec.get("h") or [0] * len(rec["pos"])
+        for (s0, k), h, nbytes in zip(rec["pos"], hashes, rec.get("bytes") or [0] * len(rec["pos"])):
+            n += k
+            st.bytes_done += nbytes or 0
+            if self.want_done:
+                self.ranges.append((s0, k, int(h) & 0xFFFFFFFF))
+            if st.failed_at:  # failed in an earlier run, done since
+                for seq in [x for x in st.failed_at if s0 <= x < s0 + k]:
+                    st.failed.pop(st.failed_at.pop(seq), None)
+        st.n_done += n
+        st.done_in_run += n
+        if st.runs:
+            st.runs[-1].done += n
+        if t is not None:
+            st.first_done_in_run = st.first_done_in_run or t
+            st.last_done_time = t
+
     def _on_start(self, rec: dict[str, Any], t: float | None) -> None:
         st = self.st
         st.start = rec
         st.failed.clear()  # a resumed run tries them again
+        st.failed_at.clear()
         st.runs.append(RunRecord(rec))
         st.heartbeat = None
         st.done_in_run = 0
@@ -345,6 +411,8 @@ class _Loader:
     def _on_failed(self, rec: dict[str, Any], t: float | None) -> None:
         if rec.get("final", True):
             self.st.failed[rec["id"]] = rec
+            if rec.get("seq") is not None and rec["seq"] >= 0:
+                self.st.failed_at[rec["seq"]] = rec["id"]
             if self.st.runs:
                 self.st.runs[-1].failed += 1
 
@@ -365,6 +433,7 @@ class _Loader:
         self.st.steps.clear()
         self.st.n_done = self.st.bytes_done = 0
         self.keys, self.hashes = array.array("q"), array.array("I")
+        self.positions, self.ranges, self.unplaced = array.array("q"), [], 0
 
     def _on_end(self, rec: dict[str, Any], t: float | None) -> None:
         if self.st.runs:
@@ -383,6 +452,7 @@ def load_state(path: str | os.PathLike[str], *, want_done: bool = False) -> Stat
     st = loader.st
     if want_done:
         st.done_set = DoneSet(np.frombuffer(loader.keys, dtype=np.int64),
-                              np.frombuffer(loader.hashes, dtype=np.uint32))
+                              np.frombuffer(loader.hashes, dtype=np.uint32),
+                              np.frombuffer(loader.positions, dtype=np.int64), loader.ranges, loader.unplaced)
         st.n_done = len(st.done_set)
     return st

@@ -22,16 +22,18 @@ from typing import Any
 from . import messages as M
 from . import results as R
 from . import signals
+from . import table as T
 from .errors import ChecksumError, ProtocolError
 from .journal import Journal
 from .link import LOST, Backoff, PeerLost
 from .master_steps import StepsMixin
 from .pipeline import ChunkPipeline
-from .scheduler import Decision, Ended, Expired, Halt, Notice, Revoke, Scheduler, Send, Stop, WorkerState
+from .scheduler import Decision, Done, Ended, Expired, Halt, Notice, Revoke, Scheduler, Send, Stop, WorkerState
 from .sinks import Meta, Sink, Target
+from .sinks.table import RowsDone
 from .steps import step_name
 from .summary import Summary
-from .tasks import describe
+from .tasks import block_hash, describe
 
 log = logging.getLogger("mpigather")
 
@@ -41,6 +43,8 @@ HEARTBEAT_MAX = 1.0  # seconds between the master's heartbeat records in the jou
 
 @dataclass
 class _Stream:
+    bid: int  # the lease, and the task's index in it
+    i: int
     tid: Any
     attempt: int
     header: R.Header
@@ -97,6 +101,7 @@ class Master(StepsMixin):
         self._lost: set[int] = set()  # ranks the MPI library reported dead, not yet handled
         self._dead: set[int] = set()  # ranks handled as lost: their messages are dropped
         self._hosts: dict[int, str] = {}
+        self._said_whole = False  # the log said once that rows of another shape are stored whole
 
     # -- public -------------------------------------------------------------------------
 
@@ -238,10 +243,14 @@ class Master(StepsMixin):
 
     def _decide(self, d: Decision, now: float) -> None:
         match d:
-            case Send(rank, tasks):
-                self._post(M.Tasks(tasks), rank)
-            case Revoke(rank, tids, expect_ack):
-                self._post(M.Revoke(tids, expect_ack), rank)
+            case Send(rank, blocks):
+                self._post(M.Tasks([_wire(b) for b in blocks]), rank)
+            case Revoke(rank, cuts, expect_ack):
+                self._post(M.Revoke(cuts, expect_ack), rank)
+            case Done(_rank, _attempt, tids):
+                if self._exc:
+                    for tid in tids:
+                        self._exc.pop(tid, None)
             case Stop(rank):
                 self._post(M.Stop(), rank)
             case Halt(reason):
@@ -299,23 +308,16 @@ class Master(StepsMixin):
         match inc.obj():
             case M.Results(items):
                 self._on_results(src, items, now)
-            case M.Failed(tid, attempt, text, _dt, exc, _step):
-                self._hb_task.pop(src, None)
-                if exc is not None:
-                    self._exc[tid] = exc
-                self._task_failed(src, tid, attempt, text, now)
             case M.Trailer(tid, crc):
                 self._on_trailer(src, tid, crc, now)
-            case M.Step(tid, attempt, info, duration):
-                self._on_step(src, tid, attempt, info, duration, now)
             case M.Heartbeat(tid, _seconds):
                 self.sched.seen(src, now)
                 self._hb_task[src] = tid
             case M.Hello(host, _pid, kinds):
                 self._hosts[src] = host
                 self._decide_all(self.sched.worker_ready(src, now, kinds), now)
-            case M.Revoked(tids):
-                self._decide_all(self.sched.revoked(src, tids, now), now)
+            case M.Revoked(cuts):
+                self._decide_all(self.sched.revoked(src, cuts, now), now)
             case M.Log(level, text):
                 log.log(level, "[rank %d] %s", src, text)
             case M.Crash(text):
@@ -329,15 +331,84 @@ class Master(StepsMixin):
                 raise ProtocolError(f"unknown message {msg!r} from rank {src}")
 
     def _on_results(self, src: int, items: list[Any], now: float) -> None:
-        """A batch: results into the sink one by one (step notices on the way), one scheduler event."""
-        done: list[tuple[Any, int, float | None]] = []
+        """A batch, in the order things happened on the worker: rows (one event for the lot),
+        results, failures, and notices of steps that went on there."""
         for item in items:
-            if isinstance(item, M.Step):
-                self._on_step(src, item.tid, item.attempt, item.info, item.duration, now)
-            else:
-                self._on_result(src, item, now, done)
-        if done:
-            self._decide_all(self.sched.tasks_done(src, done, now), now)
+            match item:
+                case M.Rows():
+                    self._on_rows(src, item, now)
+                case M.Item():
+                    self._on_result(src, item, now)
+                case M.Failed(bid, i, tid, attempt, text, _dt, exc, _step, where):
+                    self._hb_task.pop(src, None)
+                    if exc is not None:
+                        self._exc[tid] = exc
+                    self._task_failed(src, bid, i, tid, attempt, text, now, where)
+                case M.Step(bid, i, tid, attempt, info, duration):
+                    self._on_step(src, bid, i, tid, attempt, info, duration, now)
+                case _:
+                    raise ProtocolError(f"unknown item {item!r} from rank {src}")
+
+    def _on_rows(self, src: int, rows: M.Rows, now: float) -> None:
+        """Results of consecutive tasks of a lease that fit a table row: one slice of each column,
+        one scheduler event. Rows past a cut the worker had not seen are not done; rows of a lease
+        that is over are looked at one by one (a late result of a task retried alone still wins)."""
+        self._hb_task.pop(src, None)
+        n = self.sched.accept_rows(src, rows.bid, rows.start, rows.n)
+        if n == 0:
+            self._late_rows(src, rows, now)
+            return
+        if T.checksum(rows.cols) != rows.crc:
+            for _k in range(n):
+                b = self.sched.lease(src, rows.bid)
+                if b is None:
+                    break
+                self._bad_checksum(src, rows.bid, b.next, b.tids[b.next], rows.attempt, rows.crc,
+                                   T.checksum(rows.cols), now)
+            return
+        b = self.sched.lease(src, rows.bid)
+        assert b is not None
+        start, end = rows.start, rows.start + n
+        tids = b.tids[start:end]
+        dur = float(rows.durations[:n].sum())
+        crc = rows.crc if n == rows.n else T.checksum([c[:n] for c in rows.cols])  # (the rows stored)
+        meta: Meta = {"rank": src, "attempt": rows.attempt, "duration": dur, "crc32c": crc,
+                      "bytes": T.nbytes(rows.cols) * n // max(rows.n, 1),
+                      "hash": block_hash(b.hashes[start:end]) if b.hashes is not None else 0}
+        t = time.perf_counter()
+        try:
+            stored = self.sink.put_rows(b.seq0 + start, tids, rows, meta)
+            if not stored:  # another schema than the table's: each result is stored whole
+                self._rows_whole(src, b, rows, n)
+        finally:
+            self._t["write"] += time.perf_counter() - t
+        self._decide_all(self.sched.rows_done(src, rows.bid, start, n, now, dur), now)
+
+    def _rows_whole(self, src: int, b: Any, rows: M.Rows, n: int) -> None:
+        """Rows that do not fit the table (another key, dtype or shape): each stored whole."""
+        if not self._said_whole:
+            self._said_whole = True
+            log.info("results of another shape than the table's first rows are stored whole, like large ones"
+                     " (first: task %r)", rows.tid0)
+        for k in range(n):
+            i = rows.start + k
+            value = T.values(rows.schema, rows.cols, k)
+            header, bufs = R.encode(value)
+            meta = self._meta(src, b, i, b.tids[i], rows.attempt, header, float(rows.durations[k]))
+            self.sink.put(b.tids[i], header, bufs, meta)
+
+    def _late_rows(self, src: int, rows: M.Rows, now: float) -> None:
+        tid = rows.tid0
+        if not self.sched.accept(src, rows.bid, rows.start, tid):
+            self._decide_all(self.sched.discarded(src, now), now)
+            return
+        rec = self.sched.task(tid)
+        assert rec is not None
+        value = T.values(rows.schema, rows.cols, 0)
+        header, bufs = R.encode(value)
+        self.sink.put(tid, header, bufs, self._meta(src, None, rows.start, tid, rows.attempt, header,
+                                                    float(rows.durations[0])))
+        self._decide_all(self.sched.task_done(src, rows.bid, rows.start, tid, now, None, rows.attempt), now)
 
     def _on_trailer(self, src: int, tid: Any, crc: int, now: float) -> None:
         """The sender's crc of a streamed result, after its last chunk."""
@@ -348,48 +419,61 @@ class Master(StepsMixin):
         stream.meta["crc32c"] = crc
         self._end_stream(src, stream, now)
 
-    def _task_failed(self, src: int, tid: Any, attempt: int, text: str, now: float) -> None:
-        if self.journal is not None and self.sched.is_active(tid):
+    def _task_failed(self, src: int, bid: int, i: int, tid: Any, attempt: int, text: str, now: float,
+                     where: str = "") -> None:
+        if self.journal is not None and (self.sched.lease(src, bid) is not None or self.sched.task(tid) is not None):
             self.journal.failed(tid, attempt, src, text, final=False)
-        self._decide_all(self.sched.task_failed(src, tid, attempt, text, now), now)
+        self._decide_all(self.sched.task_failed(src, bid, i, tid, text, now, attempt), now)
 
-    def _meta(self, src: int, tid: Any, attempt: int, header: R.Header, duration: float, step: Any = None) -> Meta:
+    def _meta(self, src: int, b: Any, i: int, tid: Any, attempt: int, header: R.Header, duration: float,
+              step: Any = None) -> Meta:
+        """What is recorded with a result: who ran it, its size, its checksum, its position in the
+        task list and its parameters (``b``: its live lease, else a late winner's record)."""
         meta: Meta = {"rank": src, "attempt": attempt, "duration": duration, "bytes": header.nbytes,
                       "crc32c": header.crc, "kind": header.kind}
-        rec = self.sched.task(tid)
-        if rec is not None:
-            meta["seq"] = rec.seq
-            if self._describe:
-                meta["params"], meta["hash"] = describe(rec.payload)
+        if b is not None:
+            seq, payload, h = b.seq0 + i, b.payloads[i], (b.hashes[i] if b.hashes is not None else None)
+        else:
+            rec = self.sched.task(tid)
+            seq, payload, h = (rec.seq, rec.payload, rec.hash) if rec is not None else (-1, None, None)
+        meta["seq"] = seq
+        if self._describe and not (step is not None and step.child is not None and payload is None):
+            meta["params"], meta["hash"] = describe(payload)
+            if h is not None:
+                meta["hash"] = h
         if step is not None:
             meta["step"], meta["tid"], meta["ran"] = step, tid, step.ran
         return meta
 
-    def _on_result(self, src: int, item: M.Item, now: float, done: list[tuple[Any, int, float | None]]) -> None:
-        """One result (or step output) of a batch. A plain result stored whole goes on ``done``,
-        for the caller to report to the scheduler with the rest of the batch."""
-        tid, attempt, header, duration, inline, path, step = item
+    def _on_result(self, src: int, item: M.Item, now: float) -> None:
+        """One result (or step output) of a batch, stored whole."""
+        bid, i, tid, attempt, header, duration, inline, path, step = item
         self._hb_task.pop(src, None)
-        if step is not None:  # a step of a multi-step task: its output, or the task's result
+        streamed = inline is None and path is None
+        if step is not None and step.n:  # a later step of a multi-step task: its output, or the task's result
             self._multistep = True
-            accept = self.sched.step_begin(src, tid, attempt, step.n, now, streamed=inline is None and path is None)
-        elif inline is None and path is None:
-            accept = self.sched.result_begin(src, tid, attempt, now)
+            accept = self.sched.step_begin(src, bid, i, tid, step.n, now, streamed=streamed)
+        elif step is not None:  # the first step's output
+            self._multistep = True
+            accept = self.sched.step_begin(src, bid, i, tid, 0, now, streamed=streamed)
+        elif streamed:
+            accept = self.sched.begin_stream(src, bid, i, tid, now)
         else:
-            accept = self.sched.is_active(tid)
+            accept = self.sched.accept(src, bid, i, tid)
         checkpoint = step is not None and step.next is not None
         sink = self._steps() if checkpoint else self.sink
         key = self._ckpt_key(tid, step) if checkpoint else tid
-        meta = self._meta(src, tid, attempt, header, duration, step) if accept else {}
-        if inline is None and path is None:  # chunks follow
+        meta = self._meta(src, self.sched.lease(src, bid), i, tid, attempt, header, duration, step) if accept else {}
+        if streamed:  # chunks follow
             target = sink.open(key, header, meta) if accept else None
-            stream = _Stream(tid, attempt, header, target, R.chunk_plan(header, self.opts.chunk_size), meta, step)
+            stream = _Stream(bid, i, tid, attempt, header, target, R.chunk_plan(header, self.opts.chunk_size), meta,
+                             step)
             self._streams[src] = stream
             if not stream.plan:
                 self._end_stream(src, stream, now)
             return
         if not accept:  # a late duplicate: the task ended already, or that lease is over
-            self._decide_all(self.sched.discarded(src, tid, now, attempt), now)
+            self._decide_all(self.sched.discarded(src, now), now)
             if path is not None:
                 from .sinks.base import remove_quietly
 
@@ -403,18 +487,15 @@ class Master(StepsMixin):
                 bufs = inline or []
                 crc = R.checksum(bufs)
                 if crc != header.crc:
-                    self._bad_checksum(src, tid, attempt, header.crc or 0, crc, now)
+                    self._bad_checksum(src, bid, i, tid, attempt, header.crc or 0, crc, now)
                     return
                 sink.put(key, header, bufs, meta)
         except _ValueErrors as e:  # the value cannot be rebuilt here (memory sink): that task fails
-            self._rebuild_failed(src, tid, attempt, e, now)
+            self._rebuild_failed(src, bid, i, tid, attempt, e, now)
             return
         finally:
             self._t["write"] += time.perf_counter() - t
-        if step is None or step.next is None:
-            done.append((tid, attempt, duration))
-        else:
-            self._stored(src, tid, attempt, duration, step, now)
+        self._stored(src, bid, i, tid, attempt, duration, step, now)
 
     def _on_chunk(self, inc: Any, now: float) -> None:
         src = inc.source
@@ -446,7 +527,7 @@ class Master(StepsMixin):
         if stream.header.crc is None:
             return  # wait for the trailer
         del self._streams[src]
-        self.sched.transfer_done(src, stream.tid)  # the worker may announce its next result now
+        self.sched.transfer_done(src)  # the worker may announce its next result now
         if stream.target is None:
             return
         if stream.job is not None and not stream.job.done():
@@ -484,29 +565,31 @@ class Master(StepsMixin):
         self._t["write"] += time.perf_counter() - t
         if stream.crc != want:
             target.discard()
-            self._bad_checksum(src, stream.tid, stream.attempt, want, stream.crc, now)
+            self._bad_checksum(src, stream.bid, stream.i, stream.tid, stream.attempt, want, stream.crc, now)
             return
         try:
             target.finish()
         except _ValueErrors as e:
             target.discard()
-            self._rebuild_failed(src, stream.tid, stream.attempt, e, now)
+            self._rebuild_failed(src, stream.bid, stream.i, stream.tid, stream.attempt, e, now)
             return
-        self._stored(src, stream.tid, stream.attempt, stream.meta["duration"], stream.step, now)
+        self._stored(src, stream.bid, stream.i, stream.tid, stream.attempt, stream.meta["duration"], stream.step, now)
 
-    def _rebuild_failed(self, src: int, tid: Any, attempt: int, e: BaseException, now: float) -> None:
+    def _rebuild_failed(self, src: int, bid: int, i: int, tid: Any, attempt: int, e: BaseException,
+                        now: float) -> None:
         from .worker import _pickled
 
         if self.on_failed is not None:  # the executor hands the error itself to the future
             data = _pickled(e)
             if data is not None:
                 self._exc[tid] = data
-        self._task_failed(src, tid, attempt, _value_error(tid, src, e), now)
+        self._task_failed(src, bid, i, tid, attempt, _value_error(tid, src, e), now)
 
-    def _bad_checksum(self, src: int, tid: Any, attempt: int, want: int, got: int, now: float) -> None:
+    def _bad_checksum(self, src: int, bid: int, i: int, tid: Any, attempt: int, want: int, got: int,
+                      now: float) -> None:
         err = str(ChecksumError(f"task {tid!r} from rank {src}: checksum {got:#010x} != sent {want:#010x}"))
         log.error(err)
-        self._task_failed(src, tid, attempt, err, now)
+        self._task_failed(src, bid, i, tid, attempt, err, now)
 
     def _on_lost(self, ranks: list[int], now: float) -> None:
         """The MPI library reports dead processes (ULFM): what they held goes to the others."""
@@ -553,19 +636,22 @@ class Master(StepsMixin):
         running = queued = 0
         by_step: dict[str, list[int]] = {}
         for rank, w in self.sched.workers().items():
-            held = len(w.queue)
+            held = w.held
+            head = w.queue[0] if w.queue else None
             if held and w.state is WorkerState.OK:
                 running += 1
                 queued += held - 1
                 if self._multistep:
-                    for i, tid in enumerate(w.queue):
-                        rec = self.sched.task(tid)
-                        name = step_name(rec.call.func) if rec is not None and rec.call is not None else "task"
-                        by_step.setdefault(name, [0, 0])[0 if i == 0 else 1] += 1
+                    for k, b in enumerate(w.queue):
+                        for j in range(b.next, len(b)):
+                            rec = b.rec(j)
+                            name = step_name(rec.call.func) if rec is not None and rec.call is not None else "task"
+                            by_step.setdefault(name, [0, 0])[0 if (k == 0 and j == b.next) else 1] += 1
             elif w.state is WorkerState.SUSPECT and w.stuck is not None:
                 running += 1
+            task = head.tids[head.next] if head is not None and head.next < len(head) else None
             out[rank] = {"state": str(w.state), "queued": max(held - 1, 0), "seen_ago": round(now - w.last_seen, 3),
-                         "task": self._hb_task.get(rank, next(iter(w.queue), None) if held else None)}
+                         "task": self._hb_task.get(rank, task)}
         return out, running, queued, by_step
 
 
@@ -577,15 +663,22 @@ def _value_error(tid: Any, src: int, e: BaseException) -> str:
             f" {type(e).__name__}: {e}")
 
 
-def record_done(ready: list[tuple[Any, Meta]], journal: Journal | None, summary: Summary,
+def record_done(ready: list[Any], journal: Journal | None, summary: Summary,
                 on_done: Callable[[Any, Meta], None] | None) -> None:
-    """Results that the sink made durable: journal them as done (one record, one fsync), count them."""
+    """Results that the sink made durable (``(id, meta)`` of whole ones, ``RowsDone`` of rows):
+    journal them as done (one record of each kind, one fsync), count them."""
     if not ready:
         return
+    whole = [x for x in ready if type(x) is not RowsDone]
+    rows = [x for x in ready if type(x) is RowsDone] if len(whole) < len(ready) else []
     if journal is not None:
-        journal.done(ready)
+        journal.done(whole)
+        journal.rows(rows)
         journal.commit()
-    for tid, meta in ready:
+    for r in rows:
+        summary.done += r.n
+        summary.bytes += r.nbytes
+    for tid, meta in whole:
         summary.done += 1
         summary.bytes += meta["bytes"]
         if on_done is not None:
@@ -623,6 +716,16 @@ def _peak_rss_mib() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def _wire(b: Any) -> M.Block:
+    """A scheduler block as it goes to the worker: a task resuming at a later step carries its call."""
+    calls = None
+    if b.recs:
+        calls = [r.call if (r := b.recs.get(k)) is not None else None for k in range(len(b.tids))]
+        if not any(c is not None for c in calls):
+            calls = None
+    return M.Block(b.bid, b.attempt, b.tids, b.payloads, calls)
 
 
 __all__ = ["Master", "record_done", "release_workers"]

@@ -43,12 +43,13 @@ class StepsMixin:
     def _decide_all(self, decisions: list[Any], now: float) -> None:
         raise NotImplementedError
 
-    def _stored(self, src: int, tid: Any, attempt: int, duration: float, step: Any, now: float) -> None:
+    def _stored(self, src: int, bid: int, i: int, tid: Any, attempt: int, duration: float, step: Any,
+                now: float) -> None:
         """Every byte of a result, or of a step's output, is in the sink (not yet durable)."""
         if step is None or step.next is None:
-            self._decide_all(self.sched.task_done(src, tid, attempt, now, duration), now)
+            self._decide_all(self.sched.task_done(src, bid, i, tid, now, duration, attempt), now)
         elif step.child is None:
-            self._decide_all(self.sched.step_done(src, tid, step.n, step.n + 1, step.needs, step.timeout,
+            self._decide_all(self.sched.step_done(src, bid, i, step.n, step.n + 1, step.needs, step.timeout,
                                                   step.continuing, now), now)
         else:  # one input of a fan-out; the children start once all are in
             got = self._fan.setdefault(tid, {})
@@ -57,10 +58,13 @@ class StepsMixin:
                 del self._fan[tid]
                 self._parents.add(tid)
                 children = [(child_id(tid, k), s.n + 1, s.needs, s.timeout) for k, s in sorted(got.items())]
+                b = self.sched.lease(src, bid)
                 rec = self.sched.task(tid)
-                meta: Meta = {"seq": rec.seq if rec else -1}
-                if self._describe and rec is not None:
-                    meta["params"], meta["hash"] = describe(rec.payload)
+                seq, payload = (b.seq0 + i, b.payloads[i]) if b is not None else (
+                    (rec.seq, rec.payload) if rec is not None else (-1, None))
+                meta: Meta = {"seq": seq}
+                if self._describe and seq >= 0:
+                    meta["params"], meta["hash"] = describe(payload)
                 self._fan_children[tid] = (meta, [c for c, *_ in children])
                 if self.journal is not None:
                     self.journal.fanout(tid, [c for c, *_ in children])
@@ -69,17 +73,20 @@ class StepsMixin:
                     before = len(children)
                     children = [c for c in children if c[0] not in self.done]
                     self.summary.skipped += before - len(children)
-                self._decide_all(self.sched.fanout(src, tid, step.n, children, now), now)
+                self._decide_all(self.sched.fanout(src, bid, i, step.n, children, now), now)
                 for cid, *_ in children:  # inputs stored before the last one arrived
                     call = self._early_calls.pop(cid, None)
                     if call is not None:
                         self._decide_all(self.sched.step_stored(cid, call), now)
 
-    def _on_step(self, src: int, tid: Any, attempt: int, step: Any, duration: float, now: float) -> None:
+    def _on_step(self, src: int, bid: int, i: int, tid: Any, attempt: int, step: Any, duration: float,
+                 now: float) -> None:
         """checkpoint="none": the worker goes on with the next step; only the lease moves."""
-        if self.sched.step_begin(src, tid, attempt, step.n, now):
-            self._decide_all(self.sched.step_done(src, tid, step.n, step.n + 1, step.needs, step.timeout, True,
+        if self.sched.step_begin(src, bid, i, tid, step.n, now):
+            self._decide_all(self.sched.step_done(src, bid, i, step.n, step.n + 1, step.needs, step.timeout, True,
                                                   now, stored=False), now)
+        else:
+            self._decide_all(self.sched.discarded(src, now), now)
 
     def _steps(self) -> Sink:
         """Where step outputs are stored: beside the output (workers read their inputs there), or in memory."""

@@ -28,10 +28,12 @@ class Hello(NamedTuple):
 
 
 class Item(NamedTuple):
-    """One finished task. ``inline``: the parts' bytes, for small results; ``path``: direct
-    mode, where the worker wrote it; both None: the bytes follow as DATA messages, one per
-    chunk of ``results.chunk_plan()``, then a ``Trailer``."""
+    """One finished task: task ``i`` of lease ``bid``. ``inline``: the parts' bytes, for small
+    results; ``path``: direct mode, where the worker wrote it; both None: the bytes follow as
+    DATA messages, one per chunk of ``results.chunk_plan()``, then a ``Trailer``."""
 
+    bid: int
+    i: int
     tid: Any
     attempt: int
     header: Any  # results.Header
@@ -41,28 +43,52 @@ class Item(NamedTuple):
     step: Any = None  # steps.StepInfo of a multi-step task: which step this is the output of
 
 
-class Results(NamedTuple):
-    """Finished tasks, batched, with notices of steps that went on where they ran (``Step``),
-    in the order they happened; the last item may announce chunks that follow on DATA."""
+class Rows(NamedTuple):
+    """Tasks ``[start, start + n)`` of lease ``bid`` finished with results that fit one table
+    schema: their columns (see ``table``), with the columns of their parameters where those
+    fit one too. ``tid0``: the first task's id (a late result of it may still win)."""
 
-    items: list[Item | Step]
+    bid: int
+    start: int
+    n: int
+    tid0: Any
+    attempt: int
+    schema: Any  # table.Schema
+    cols: list[Any]
+    crc: int  # table.checksum of cols
+    durations: Any  # float32 array, seconds each task took
+    pschema: Any = None  # table.Schema of the parameters, or None
+    pcols: list[Any] | None = None
+
+
+class Results(NamedTuple):
+    """Finished tasks, batched: results, rows, failures and notices of steps that went on where
+    they ran, in the order they happened; the last item may announce chunks that follow on DATA."""
+
+    items: list[Any]
 
 
 class Failed(NamedTuple):
-    """The task raised (or its result could not be sent). ``exc``: the pickled exception, for the executor."""
+    """The task raised (or its result could not be sent). ``exc``: the pickled exception, for
+    the executor; ``where``: its type and the place it was raised, to tell identical errors."""
 
+    bid: int
+    i: int
     tid: Any
     attempt: int
     text: str
     duration: float
     exc: bytes | None = None
     step: int = 0  # the step that failed
+    where: str = ""
 
 
 class Step(NamedTuple):
     """A step finished and the worker goes on with the next itself, keeping its output in
     memory (``checkpoint="none"``): no data follows."""
 
+    bid: int
+    i: int
     tid: Any
     attempt: int
     info: Any  # steps.StepInfo
@@ -77,9 +103,10 @@ class Heartbeat(NamedTuple):
 
 
 class Revoked(NamedTuple):
-    """The answer to a ``Revoke`` that asked for one: the tasks dropped unstarted."""
+    """The answer to a ``Revoke`` that asked for one: of each lease, the index from which it
+    dropped the tasks unstarted (None: nothing of it)."""
 
-    tids: list[Any]
+    cuts: list[tuple[int, int | None]]
 
 
 class Trailer(NamedTuple):
@@ -111,16 +138,28 @@ class Bye(NamedTuple):
 # -- master -> worker -----------------------------------------------------------------------
 
 
-class Tasks(NamedTuple):
-    """Assignments, in the order the worker runs them: (task id, attempt, payload) each."""
+class Block(NamedTuple):
+    """A lease of consecutive tasks, run in order: ``calls`` (a steps.StepCall for a task that
+    runs a later step, else None), when any of them does."""
 
-    tasks: list[tuple[Any, int, Any]]
+    bid: int
+    attempt: int
+    tids: list[Any]
+    payloads: list[Any]
+    calls: list[Any] | None = None
+
+
+class Tasks(NamedTuple):
+    """Leases, in the order the worker runs them."""
+
+    blocks: list[Block]
 
 
 class Revoke(NamedTuple):
-    """Drop these tasks if they have not started; answer with ``Revoked`` when ``ack``."""
+    """Of each lease, drop the tasks from that index on that have not started:
+    ``[(lease id, index)]``; answer with ``Revoked`` when ``ack``."""
 
-    tids: list[Any]
+    cuts: list[tuple[int, int]]
     ack: bool
 
 
@@ -134,5 +173,5 @@ class Abort(NamedTuple):
     reason: str
 
 
-TO_MASTER = (Hello, Results, Failed, Step, Heartbeat, Revoked, Trailer, Log, Crash, Bye)
+TO_MASTER = (Hello, Results, Rows, Item, Failed, Step, Heartbeat, Revoked, Trailer, Log, Crash, Bye)
 TO_WORKER = (Tasks, Revoke, Stop, Abort)

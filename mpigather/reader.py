@@ -22,6 +22,7 @@ from .errors import UsageError
 from .journal import done_columns, journal_path, read_records
 from .sinks import layout as L
 from .sinks.npy import read_rows
+from .table_reader import StoredTable, table_frame
 
 _BLOCK = 64 << 20
 
@@ -130,6 +131,7 @@ class Results(Mapping[str, Any]):
             self._f: Any = h5py.File(self.path, "r")
         self._order: list[str] | None = None
         self._rows: dict[str, dict[str, Any]] | None = None
+        self.table = StoredTable.of_hdf5(self._f) if self._h5 else StoredTable.of_dir(self.path)
 
     def _missing(self) -> None:
         partial = self.path.with_name(self.path.name + L.PARTIAL)
@@ -174,18 +176,35 @@ class Results(Mapping[str, Any]):
 
     def _names(self) -> list[str]:
         if self._order is None:
-            rows = list(self._index().values())
-            if rows:
-                if all(r.get("int_id", type(r["id"]) is int) for r in rows):
-                    rows.sort(key=lambda r: int(r["id"]))
-                else:  # task order; a fanned-out task's children (<id>.<k>) after it, by k
-                    rows.sort(key=lambda r: (r.get("seq", 0), _child_key(str(r["id"]))))
-                names = [str(r["id"]) for r in rows]
-                present = set(self._listing())
-                self._order = [n for n in names if n in present]
-            else:  # an output written before the task table existed
-                self._order = sorted(self._listing(), key=lambda n: (not n.lstrip("-").isdigit(), _num(n), n))
+            self._order = self._whole_names()
+            if self.table is not None:
+                self._order = self._merged(self._order)
         return self._order
+
+    def _merged(self, whole: list[str]) -> list[str]:
+        """Results stored whole and rows of the table, in task order."""
+        assert self.table is not None
+        pos = self.table.positions()
+        if not whole:
+            return list(pos)
+        index = self._index()
+        keyed = [(index.get(n, {}).get("seq", -1), 0, n) for n in whole] + [(p, 1, n) for n, p in pos.items()]
+        keyed.sort(key=lambda x: (x[0], x[1]))
+        return [n for _, _, n in keyed]
+
+    def _whole_names(self) -> list[str]:
+        """The results stored whole, in task order."""
+        rows = list(self._index().values())
+        if rows:
+            if all(r.get("int_id", type(r["id"]) is int) for r in rows):
+                rows.sort(key=lambda r: int(r["id"]))
+            else:  # task order; a fanned-out task's children (<id>.<k>) after it, by k
+                rows.sort(key=lambda r: (r.get("seq", 0), _child_key(str(r["id"]))))
+            names = [str(r["id"]) for r in rows]
+            present = set(self._listing())
+            return [n for n in names if n in present]
+        # an output written before the task table existed (or a table alone)
+        return sorted(self._listing(), key=lambda n: (not n.lstrip("-").isdigit(), _num(n), n))
 
     def _listing(self) -> list[str]:
         if self._h5:
@@ -193,7 +212,7 @@ class Results(Mapping[str, Any]):
         names = []
         for p in self.path.iterdir():
             n = p.name
-            if n.startswith((".", "_mpigather", "_tasks")):
+            if n.startswith((".", "_mpigather", "_tasks", L.TABLE_DIR)):
                 continue
             names.append(L.strip_ext(n))
         return names
@@ -205,7 +224,7 @@ class Results(Mapping[str, Any]):
         return len(self._names())
 
     def __contains__(self, tid: object) -> bool:
-        return self._locate(tid) is not None
+        return self._locate(tid) is not None or (self.table is not None and self.table.find(tid) is not None)
 
     def _locate(self, tid: Any) -> Any:
         name = str(tid)
@@ -221,7 +240,10 @@ class Results(Mapping[str, Any]):
     def __getitem__(self, tid: Any) -> Any:
         where = self._locate(tid)
         if where is None:
-            raise KeyError(tid)
+            i = self.table.find(tid) if self.table is not None else None
+            if i is None:
+                raise KeyError(tid)
+            return self.table.value(i)  # type: ignore[union-attr]
         if self._h5:
             return _h5_value(where, self.allow_pickle, str(tid), self._top_kind(tid))
         return _npy_value(where, self.allow_pickle, str(tid))
@@ -232,12 +254,26 @@ class Results(Mapping[str, Any]):
     def attrs(self, tid: Any) -> dict[str, Any]:
         """Per-task record: its parameters, rank, attempt, duration, bytes, crc32c, kind, position."""
         row = dict(self._index().get(str(tid), {}))
+        if not row and self.table is not None:
+            i = self.table.find(tid)
+            if i is not None:
+                return self.table.attrs(i)
         if isinstance(row.get("params"), str):
             try:
                 row["params"] = json.loads(row["params"])
             except ValueError:
                 pass
         return row
+
+    def columns(self, meta: bool = False) -> dict[str, np.ndarray]:
+        """The table of small results: a dict of numpy arrays in task order, with ``id`` and the
+        ``done`` mask (names: see ``table_reader``); {} when the run had none."""
+        return self.table.columns(meta) if self.table is not None else {}
+
+    def to_pandas(self, meta: bool = False) -> Any:
+        """The table of small results as a pandas DataFrame: one row per task whose result is in
+        it, with its id, its parameters and its result's fields."""
+        return table_frame(self.columns(meta))
 
     def checksum(self, tid: Any) -> int:
         """crc32c of a stored result's bytes, in the order the worker summed them, streamed from the file."""
@@ -365,12 +401,17 @@ def verify(out: str | os.PathLike[str]) -> tuple[int, list[str], list[str]]:
     if not jp.exists():
         raise FileNotFoundError(f"no journal {jp} beside {out}")
     want: dict[str, int] = {}
+    rows: dict[int, tuple[int, int]] = {}  # first position -> (rows, crc32c)
     for rec in read_records(jp):
         if rec.get("ev") == "done":
             for tid, _seq, _h, _att, _rank, _bytes, crc, _dur, _path in done_columns(rec):
                 want[str(tid)] = crc
+        elif rec.get("ev") == "rows":
+            for (s0, n), crc in zip(rec["pos"], rec.get("crc") or [None] * len(rec["pos"])):
+                rows[s0] = (n, crc)
         elif rec.get("ev") == "reset":
             want.clear()
+            rows.clear()
     bad, missing = [], []
     n = 0
     with load(out) as res:
@@ -385,4 +426,26 @@ def verify(out: str | os.PathLike[str]) -> tuple[int, list[str], list[str]]:
                 ok = False
             if not ok:
                 bad.append(name)
+        n += _verify_rows(res, rows, bad, missing)
     return n, bad, missing
+
+
+def _verify_rows(res: Results, rows: dict[int, tuple[int, int]], bad: list[str], missing: list[str]) -> int:
+    """Rows of the table the journal calls done: there, and with their checksums. Returns how
+    many were checked; a range that fails is named by its positions."""
+    checked = 0
+    table = res.table
+    done = table.done() if table is not None else np.zeros(0, dtype=bool)
+    for s0, (n, crc) in sorted(rows.items()):
+        where = f"rows {s0}..{s0 + n - 1}"
+        if table is None or s0 + n > len(done) or not done[s0 : s0 + n].all():
+            missing.append(where)
+            continue
+        checked += n
+        try:
+            ok = crc is None or table.checksum(s0, n) == crc
+        except Exception:
+            ok = False
+        if not ok:
+            bad.append(where)
+    return checked

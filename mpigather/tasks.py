@@ -1,13 +1,14 @@
 """Task sources, read lazily: a JSONL file, a range, or any iterable.
 
-Each yields ``(task_id, payload, position)``. In a JSONL file, a line's ``id`` key is its id,
-else its 0-based line number. From an iterable, a dict payload's ``id`` key is its id, else
-its 0-based position. A file is checked in one streaming pass before the run (JSON, ids,
-duplicates), holding 8 bytes per task, so that bad input fails at once.
+Each gives the scheduler chunks of consecutive tasks: ids, payloads and positions in the task
+list. In a JSONL file, a line's ``id`` key is its id, else its 0-based line number. From an
+iterable, a dict payload's ``id`` key is its id, else its 0-based position. A file is checked
+in one streaming pass before the run (JSON, ids, duplicates), holding 8 bytes per task, so
+that bad input fails at once. On resume, done tasks are left out by position, unread.
 
-A task's parameters are described once, for the output's task table and the journal: as
-canonical JSON where they are JSON, else by their ``repr``; their hash (of the JSON, or of
-the pickle) lets a resume check that each done task still has the parameters it had.
+A task's parameters are described for the output's task table: as canonical JSON where they
+are JSON, else by their ``repr``. Their hash (of a file's line; of the JSON, or of the pickle,
+for other tasks) lets a resume check that each done task still has the parameters it had.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def describe(payload: Any) -> tuple[str, int]:
     return text, crc32c(text.encode("utf-8", "surrogatepass"))
 
 
+def block_hash(hashes: list[int]) -> int:
+    """One parameter hash for consecutive tasks (a resume recomputes it the same way)."""
+    return int(crc32c(np.asarray(hashes, dtype=np.uint32).tobytes()))
+
+
 def _task_id(payload: Any, default: int) -> Any:
     if isinstance(payload, dict) and "id" in payload:
         return payload["id"]
@@ -50,24 +56,10 @@ def _task_id(payload: Any, default: int) -> Any:
 
 
 def scan_jsonl(path: str | os.PathLike[str], done: DoneSet | None = None) -> int:
-    """Validate a task file without keeping it in memory. Returns the number of tasks.
-
-    Duplicate ids are found from 64-bit keys (8 bytes a task), confirmed by a second pass.
-    With ``done`` (a resume), every done task must still have the parameters it had.
-    """
-    keys: array.array[int] = array.array("q")
-    for lineno, tid, obj in _iter_jsonl(path):
-        check_id(tid)
-        keys.append(id_key(tid))
-        if done is not None:
-            check_unchanged(done, tid, obj, f"task file {path}, line {lineno}")
-    k = np.frombuffer(keys, dtype=np.int64)
-    if len(k) > 1:
-        s = np.sort(k)
-        dup = s[1:][s[1:] == s[:-1]]
-        if len(dup):
-            _report_duplicate(path, set(int(x) for x in dup))
-    return len(k)
+    """Validate a task file without keeping it in memory (JSON, ids, duplicates: 8 bytes a task
+    held); with ``done`` (a resume), every done task must still have the parameters it had.
+    Returns the number of tasks."""
+    return JsonlSource(path).prepare(done, None) or 0
 
 
 def _report_duplicate(path: str | os.PathLike[str], suspects: set[int]) -> None:
@@ -79,17 +71,6 @@ def _report_duplicate(path: str | os.PathLike[str], suspects: set[int]) -> None:
                 raise UsageError(f"task file {path}, line {lineno}: duplicate task id {tid!r}"
                                  f" (also on line {seen[name]})")
             seen[name] = lineno
-
-
-def check_unchanged(done: DoneSet, tid: Any, payload: Any, where: str) -> bool:
-    """True if ``tid`` is done; raises UsageError if it was done with other parameters."""
-    h = done.lookup(tid)
-    if h is None:
-        return False
-    if h and describe(payload)[1] != h:
-        raise UsageError(f"{where}: task {tid!r} has other parameters than when it was done; the task list"
-                         " changed since that run: restore it, or start a new output")
-    return True
 
 
 def _iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any, Any]]:
@@ -113,11 +94,6 @@ def _iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any, Any]]:
             yield i + 1, _task_id(obj, i), obj
 
 
-def jsonl_tasks(path: str | os.PathLike[str]) -> Iterator[tuple[Any, Any, int]]:
-    for n, (_, tid, obj) in enumerate(_iter_jsonl(path)):
-        yield tid, obj, n
-
-
 def range_tasks(n: int) -> Iterator[tuple[int, int, int]]:
     if n < 0:
         raise UsageError(f"--range must be 0 or more, not {n}")
@@ -136,26 +112,352 @@ def iterable_tasks(items: Iterable[Any]) -> Iterator[tuple[Any, Any, int]]:
         yield tid, payload, i
 
 
-def skip_done(tasks: Iterable[tuple[Any, Any, int]], done: DoneSet,
-              steps: dict[Any, dict[str, Any]] | None = None) -> Iterator[tuple[Any, ...]]:
-    """The tasks not yet done; a done task whose parameters changed stops the run (UsageError).
+# -- sources: the tasks of a run, in chunks of consecutive positions -------------------------------
 
-    A multi-step task with a stored step (``steps``: the journal's last step record of each
-    unfinished task) resumes at that step: it comes with the ``StepCall`` that runs it.
-    """
-    from .steps import StepCall
 
-    for tid, payload, seq in tasks:
-        if check_unchanged(done, tid, payload, f"task {seq}"):
-            continue
-        rec = steps.get(tid) if steps else None
+class TaskSource:
+    """A run's tasks for the scheduler: ``take(n)`` gives up to ``n`` consecutive tasks not done
+    yet (``scheduler.Chunk``), each with its parameter hash when ``hashed`` (an output that a
+    resume will check). A chunk ends where done tasks are skipped, and a task that resumes at
+    a later step comes alone. ``prepare`` runs first, once the output is locked."""
+
+    total: int | None = None
+
+    def __init__(self) -> None:
+        self.hashed = False
+        self._done: DoneSet | None = None
+        self._bits = b""
+        self._steps: dict[Any, dict[str, Any]] = {}
+        self._it: Iterator[tuple[Any, Any, int, int | None]] | None = None
+        self._held: tuple[Any, Any, int, int | None] | None = None
+
+    def prepare(self, done: DoneSet | None, before: dict[str, Any] | None) -> int | None:
+        """Check the tasks before any work; on resume, that every done one keeps its parameters
+        (``before``: what the journal's first run recorded of the source). Returns the total."""
+        if done:
+            self.check(done)
+        return self.total
+
+    def signature(self) -> dict[str, Any] | None:
+        """What the journal keeps of the source, so that a resume can tell it did not change."""
+        return None
+
+    def check(self, done: DoneSet) -> None:
+        """Raise UsageError naming the first done task whose parameters changed."""
+        hashes: list[int] = []
+        ids: list[Any] = []
+        for tid, payload, seq, h in self._all():
+            hashes.append(h if h is not None else self.hash_of(payload, None))
+            ids.append(tid)
+            _check_one(done, tid, hashes[-1], seq)
+        _check_ranges(done, hashes, ids.__getitem__)
+
+    def skip(self, done: DoneSet | None, hashed: bool) -> None:
+        """From now on, leave out what ``done`` calls done; keep hashes if ``hashed``."""
+        self._done, self.hashed = done, hashed
+        self._bits = done.bits.tobytes() if done is not None else b""
+        self._steps = (done.steps or {}) if done is not None else {}
+
+    def hash_of(self, payload: Any, raw: bytes | None) -> int:
+        return describe(payload)[1]
+
+    def _all(self) -> Iterator[tuple[Any, Any, int, int | None]]:
+        """Every task: (id, payload, position, hash or None)."""
+        raise NotImplementedError
+
+    def _todo(self) -> Iterator[tuple[Any, Any, int, int | None]]:
+        """The tasks not done, in order (subclasses skip done ones without reading them)."""
+        bits = self._bits
+        for item in self._all():
+            if item[2] < len(bits) and bits[item[2]]:
+                continue
+            yield item
+
+    def take(self, n: int) -> Any:
+        from .scheduler import Chunk
+
+        if self._it is None:
+            self._it = self._todo()
+        tids: list[Any] = []
+        payloads: list[Any] = []
+        hashes: list[int] | None = [] if self.hashed else None
+        seq0 = expect = -1
+        steps = self._steps
+        while len(tids) < n:
+            item = self._held if self._held is not None else next(self._it, None)
+            self._held = None
+            if item is None:
+                break
+            tid, payload, seq, h = item
+            if tids and seq != expect:
+                self._held = item  # a gap: done tasks were left out
+                break
+            if hashes is not None and h is None:
+                h = self.hash_of(payload, None)
+            call = self._resume_at(tid, payload, seq, h) if steps and tid in steps else None
+            if call is not None:
+                if tids:
+                    self._held = item
+                    break
+                return Chunk([tid], [payload], seq, call, None if hashes is None else [h or 0])
+            if not tids:
+                seq0 = seq
+            tids.append(tid)
+            payloads.append(payload)
+            if hashes is not None:
+                hashes.append(h or 0)
+            expect = seq + 1
+        if not tids:
+            return None
+        return Chunk(tids, payloads, seq0, None, hashes)
+
+    def _resume_at(self, tid: Any, payload: Any, seq: int, h: int | None) -> Any:
+        """A multi-step task whose later step's input is stored: the call that resumes it there."""
+        from .steps import StepCall
+
+        rec = self._steps.get(tid)
         if rec is None or rec.get("parent") is not None or not os.path.exists(rec["path"]):
-            yield tid, payload, seq
-            continue
-        if rec.get("h") and describe(payload)[1] != rec["h"]:
+            return None
+        if rec.get("h") and (h if h is not None else self.hash_of(payload, None)) != rec["h"]:
             raise UsageError(f"task {seq}: task {tid!r} has other parameters than when its step {rec['n']} began;"
                              " the task list changed since that run: restore it, or start a new output")
-        yield tid, payload, seq, StepCall(rec["n"], rec["next"], rec.get("needs"), rec.get("timeout"), rec["path"])
+        return StepCall(rec["n"], rec["next"], rec.get("needs"), rec.get("timeout"), rec["path"])
+
+
+def _check_one(done: DoneSet, tid: Any, h: int, seq: int) -> None:
+    """A task stored whole that is done must keep its parameter hash."""
+    want = done.lookup(tid)
+    if want and want != h:
+        raise UsageError(f"task {seq}: task {tid!r} has other parameters than when it was done; the task list"
+                         " changed since that run: restore it, or start a new output")
+
+
+def _check_ranges(done: DoneSet, hashes: list[int], id_at: Any) -> None:
+    """Rows of the table that are done must keep the hash of their tasks' parameters
+    (``id_at(position)``: a task's id, for the message)."""
+    for s0, n, want in done.ranges:
+        if want and (s0 + n > len(hashes) or block_hash(hashes[s0 : s0 + n]) != want):
+            if s0 + n > len(hashes):
+                which = f"task {s0} (or one after it)"
+            elif n == 1:
+                which = f"task {s0}: task {id_at(s0)!r}"
+            else:
+                which = f"one of tasks {s0} to {s0 + n - 1} ({id_at(s0)!r} to {id_at(s0 + n - 1)!r})"
+            raise UsageError(f"{which} has other parameters than when it was done; the task list changed since"
+                             " that run: restore it, or start a new output")
+
+
+class RangeSource(TaskSource):
+    """``--range N``: task ``i`` is the int ``i``, its id too."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        if n < 0:
+            raise UsageError(f"--range must be 0 or more, not {n}")
+        self.total = n
+        self._next = 0
+
+    def prepare(self, done: DoneSet | None, before: dict[str, Any] | None) -> int | None:
+        return self.total  # nothing can change: a task is its position
+
+    def hash_of(self, payload: Any, raw: bytes | None) -> int:
+        return 0
+
+    def _all(self) -> Iterator[tuple[Any, Any, int, int | None]]:
+        return ((i, i, i, 0) for i in range(self.total or 0))
+
+    def take(self, n: int) -> Any:
+        from .scheduler import Chunk
+
+        total, bits = self.total or 0, self._bits
+        a = self._next
+        if self._steps:
+            return super().take(n)
+        while a < total and a < len(bits) and bits[a]:  # done: left out
+            a += 1
+        if a >= total:
+            return None
+        b = min(total, a + n)
+        if a < len(bits):
+            stop = bits.find(1, a, b)
+            b = b if stop < 0 else stop
+        self._next = b
+        ids = list(range(a, b))
+        return Chunk(ids, ids, a, None, [0] * len(ids) if self.hashed else None)
+
+
+class ItemsSource(TaskSource):
+    """Tasks already given as ``(id, payload, position)`` items (``iterable_tasks``), read once."""
+
+    def __init__(self, items: Iterable[tuple[Any, Any, int]], total: int | None = None) -> None:
+        super().__init__()
+        self.items, self.total = items, total
+
+    def prepare(self, done: DoneSet | None, before: dict[str, Any] | None) -> int | None:
+        return self.total  # read only once: done tasks are checked as they come
+
+    def _todo(self) -> Iterator[tuple[Any, Any, int, int | None]]:
+        bits, done = self._bits, self._done
+        for tid, payload, seq in self.items:
+            if seq < len(bits) and bits[seq]:
+                if done is not None:
+                    _check_one(done, tid, self.hash_of(payload, None), seq)
+                continue
+            yield tid, payload, seq, None
+
+
+class ListSource(TaskSource):
+    """A user's list, tuple, range or dict (id -> task) of tasks: positions are indices."""
+
+    def __init__(self, items: Any) -> None:
+        super().__init__()
+        self.items = items
+        self.total = len(items)
+
+    def _all(self) -> Iterator[tuple[Any, Any, int, int | None]]:
+        return ((tid, payload, seq, None) for tid, payload, seq in iterable_tasks(self.items))
+
+
+class IterableSource(ItemsSource):
+    """Any other iterable of tasks (a generator): read once, as far as needed."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        super().__init__(iterable_tasks(items))
+
+
+class JsonlSource(TaskSource):
+    """A task file, one JSON object per line; a line's ``id`` key is its id, else its 0-based line
+    number. Checked in one streaming pass before the run; a resume whose file did not change
+    (same size and checksum) skips that pass and reads no done line. A task's parameter hash is
+    the crc32c of its line, without surrounding white space."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = path
+        self._sig: dict[str, Any] | None = None
+
+    def prepare(self, done: DoneSet | None, before: dict[str, Any] | None) -> int | None:
+        if done is not None and before and before.get("kind") == "jsonl" and before.get("total") is not None:
+            if _file_signature(self.path) == (before.get("size"), before.get("crc")):
+                self.total = before["total"]
+                self._sig = dict(before)
+                return self.total  # unchanged since that run: checked then, nothing to check now
+        self.total, size, crc, hashes = _scan(self.path)
+        self._sig = {"kind": "jsonl", "size": size, "crc": crc, "total": self.total}
+        if done:
+            for _lineno, tid, _obj, seq, h in _iter_jsonl_hashed(self.path):
+                _check_one(done, tid, h, seq)
+            _check_ranges(done, hashes, self._id_at)
+        return self.total
+
+    def signature(self) -> dict[str, Any] | None:
+        return self._sig
+
+    def _id_at(self, pos: int) -> Any:
+        return next(tid for _, tid, _, seq, _ in _iter_jsonl_hashed(self.path) if seq == pos)
+
+    def hash_of(self, payload: Any, raw: bytes | None) -> int:
+        return int(crc32c(raw.strip())) if raw is not None else describe(payload)[1]
+
+    def _all(self) -> Iterator[tuple[Any, Any, int, int | None]]:
+        return ((tid, obj, seq, h) for _, tid, obj, seq, h in _iter_jsonl_hashed(self.path))
+
+    def _todo(self) -> Iterator[tuple[Any, Any, int, int | None]]:
+        bits = self._bits
+        path = self.path
+        f = _open_tasks(path)
+        with f:
+            seq = -1
+            for i, line in enumerate(f):
+                stripped = line.strip()
+                if not stripped:
+                    continue
+                seq += 1
+                if seq < len(bits) and bits[seq]:
+                    continue  # done: not even parsed
+                obj = _parse(path, i, line)
+                yield _task_id(obj, i), obj, seq, crc32c(stripped)
+
+
+def _open_tasks(path: str | os.PathLike[str]) -> Any:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"task file {path} does not exist") from None
+    except OSError as e:
+        raise UsageError(f"cannot read task file {path}: {e.strerror}") from None
+
+
+def _parse(path: str | os.PathLike[str], i: int, line: bytes) -> Any:
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        msg = getattr(e, "msg", str(e))
+        raise UsageError(f"task file {path}, line {i + 1}: invalid JSON ({msg})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"task file {path}, line {i + 1}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _iter_jsonl_hashed(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any, Any, int, int]]:
+    """(line number, id, object, position, hash) of every task of a file."""
+    seq = -1
+    with _open_tasks(path) as f:
+        for i, line in enumerate(f):
+            stripped = line.strip()
+            if not stripped:
+                continue
+            seq += 1
+            obj = _parse(path, i, line)
+            yield i + 1, _task_id(obj, i), obj, seq, crc32c(stripped)
+
+
+def _file_signature(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(size, crc32c) of a file, read in large blocks (about 2 GB/s here)."""
+    crc = size = 0
+    with _open_tasks(path) as f:
+        while block := f.read(8 << 20):
+            crc = crc32c(block, crc)
+            size += len(block)
+    return size, crc
+
+
+def _scan(path: str | os.PathLike[str]) -> tuple[int, int, int, list[int]]:
+    """One pass over a task file: JSON, ids and duplicates checked, 8 bytes a task held. Returns
+    (tasks, size, crc32c of the file, each task's hash)."""
+    keys: array.array[int] = array.array("q")
+    hashes: array.array[int] = array.array("I")
+    crc = size = 0
+    seq = -1
+    with _open_tasks(path) as f:
+        for i, line in enumerate(f):
+            crc = crc32c(line, crc)
+            size += len(line)
+            stripped = line.strip()
+            if not stripped:
+                continue
+            seq += 1
+            obj = _parse(path, i, line)
+            tid = _task_id(obj, i)
+            check_id(tid)
+            keys.append(id_key(tid))
+            hashes.append(crc32c(stripped))
+    k = np.frombuffer(keys, dtype=np.int64)
+    if len(k) > 1:
+        s = np.sort(k)
+        dup = s[1:][s[1:] == s[:-1]]
+        if len(dup):
+            _report_duplicate(path, set(int(x) for x in dup))
+    return len(k), size, crc, hashes.tolist()
+
+
+def source_of(tasks: Any) -> TaskSource:
+    """The source for ``mpigather.run``'s ``tasks``: a sized collection, or any iterable."""
+    if isinstance(tasks, TaskSource):
+        return tasks
+    if isinstance(tasks, (list, tuple, dict, range)):
+        return ListSource(tasks)
+    return IterableSource(tasks)
 
 
 def timeout_of(payload: Any) -> float | None:

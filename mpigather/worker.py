@@ -1,9 +1,11 @@
 """The worker loop: take tasks from the master, call the function, send back results.
 
-``recv -> call -> send``, with a local FIFO of prefetched tasks so that the next task is
-already here when one ends. Small results are batched into one message; large ones go as
-a header followed by raw chunks. An exception in the task (any ``BaseException``) never
-escapes: it goes back to the master with the rank, host and traceback.
+``recv -> call -> send``, with a local FIFO of leased blocks of tasks, so that the next task
+is already here when one ends. Results that fit a table row (numbers, short strings, small
+arrays, dicts of these) are gathered into columns, many tasks to one ``Rows`` item; other
+small results are batched into the same message; large ones go as a header followed by raw
+chunks. An exception in the task (any ``BaseException``) never escapes: it goes back to the
+master with the rank, host and traceback.
 
 Two threads share the work. The main thread runs tasks and sends their results. A helper
 thread owns receiving: it queues new tasks, answers the master's revokes at once (so a task
@@ -25,9 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from . import messages as M
 from . import results as R
 from . import signals, steps
+from . import table as T
 from .config import Options
 from .errors import MasterFailed, UnsupportedResultError
 from .link import LOST, Backoff
@@ -73,22 +78,62 @@ class _LogForwarder(logging.Handler):
             pass
 
 
+class _Local:
+    """A leased block as the worker holds it: it runs tasks ``[next, end)`` in order."""
+
+    __slots__ = ("bid", "attempt", "tids", "payloads", "calls", "next", "end")
+
+    def __init__(self, blk: M.Block) -> None:
+        self.bid, self.attempt, self.tids, self.payloads, self.calls = blk
+        self.next, self.end = 0, len(blk.tids)
+
+
+class _RowsAcc:
+    """Consecutive results of one block that fit one table schema (and their parameters one
+    schema, or none), gathered until the batch is sent."""
+
+    __slots__ = ("bid", "start", "tid0", "attempt", "rows", "params", "durations")
+
+    def __init__(self, bid: int, start: int, tid0: Any, attempt: int, schema: Any, pschema: Any) -> None:
+        self.bid, self.start, self.tid0, self.attempt = bid, start, tid0, attempt
+        self.rows = T.RowsBuilder(schema)
+        self.params = T.RowsBuilder(pschema) if pschema is not None else None
+        self.durations: list[float] = []
+
+    def message(self) -> M.Rows:
+        cols = self.rows.columns()
+        p = self.params
+        return M.Rows(self.bid, self.start, self.rows.n, self.tid0, self.attempt, self.rows.schema, cols,
+                      T.checksum(cols), np.array(self.durations, dtype=np.float32),
+                      None if p is None else p.schema, None if p is None else p.columns())
+
+
+def params_of(tid: Any, payload: Any) -> Any:
+    """What a task's parameters are, for the table: a dict's keys but its id; another value as
+    ``task`` unless it is the id itself (a range)."""
+    if type(payload) is dict:
+        return {k: v for k, v in payload.items() if k != "id"} if "id" in payload else payload
+    return None if payload == tid else {"task": payload}
+
+
 class Worker:
     def __init__(self, link: Any, func: Callable[[Any], Any], opts: Options, out: str | None, *,
                  send_exceptions: bool = False, initializer: Callable[..., Any] | None = None,
-                 initargs: tuple[Any, ...] = (), kinds: tuple[str, ...] = ()) -> None:
+                 initargs: tuple[Any, ...] = (), kinds: tuple[str, ...] = (), keep_params: bool = True) -> None:
         self.link, self.func, self.opts = link, func, opts
         self.out = out
         self.send_exceptions = send_exceptions  # the executor re-raises the task's own exception
+        self.keep_params = keep_params  # send each row's parameters as columns too
         self.initializer, self.initargs = initializer, initargs
         self.kinds = kinds or tuple(k.strip() for k in opts.kinds.split(",") if k.strip())
         self.writer: Any = None  # direct mode: opened at the first result
-        self.queue: deque[tuple[Any, int, Any]] = deque()
+        self.queue: deque[_Local] = deque()
         self.stopping = False
         self.aborted: str | None = None
-        self._cond = threading.Condition()  # guards queue, stopping, aborted
+        self._cond = threading.Condition()  # guards queue (and its blocks' ends), stopping, aborted
         self._send_lock = threading.Lock()  # one sender at a time, so results precede revoke acks
-        self._pending: list[M.Item | M.Step] = []
+        self._pending: list[Any] = []  # Item, Failed, Step and _RowsAcc, in the order they happened
+        self._rows: _RowsAcc | None = None  # the last of them, while rows may still be added to it
         self._pending_bytes = 0
         self._pending_since = 0.0
         # completed small results wait at most this long, so the master refills the queue in time
@@ -110,7 +155,8 @@ class Worker:
         if self._pending:
             if self.writer is not None:
                 self.writer.flush()  # direct mode: durable before the master hears of it
-            items, self._pending, self._pending_bytes = self._pending, [], 0
+            items = [x.message() if type(x) is _RowsAcc else x for x in self._pending]
+            self._pending, self._pending_bytes, self._rows = [], 0, None
             # posted, not waited for: the worker goes on computing while the master takes it
             # (MPI keeps messages to one destination in order; a few may be in flight)
             self.link.post(M.Results(items), 0, M.CTRL, limit=POSTED_MAX)
@@ -119,10 +165,66 @@ class Worker:
         with self._send_lock:
             self._flush_locked()
 
-    def _deliver(self, tid: Any, attempt: int, header: R.Header, bufs: list[Any], duration: float,
+    def _queue_locked(self, item: Any, nbytes: int) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(item)
+        self._pending_bytes += nbytes
+
+    def _maybe_flush_locked(self, duration: float) -> None:
+        """Send the batch when the worker has nothing more to run here, when a long task ends (the
+        master must not wait for the next one), when it is large, or when it is old."""
+        if (not self._more() or duration > self._flush_age or self._pending_bytes > FLUSH_BYTES
+                or time.monotonic() - self._pending_since > self._flush_age):
+            self._flush_locked()
+
+    def _more(self) -> bool:
+        """Is another task of this worker's queue waiting to run?"""
+        return any(b.next < b.end for b in self.queue)
+
+    def _row(self, blk: _Local, i: int, value: Any, dt: float) -> bool:
+        """Add a result to the rows of its block, if it fits a table row. False: it does not.
+        (Under the send lock: the helper thread may send the rows gathered so far at any time.)"""
+        tid = blk.tids[i]
+        params = params_of(tid, blk.payloads[i]) if self.keep_params else None
+        with self._send_lock:
+            acc = self._rows
+            if acc is not None and acc.bid == blk.bid and acc.start + acc.rows.n == i:
+                leaves = T.leaves_of(value, acc.rows.schema)
+                if acc.params is not None:
+                    pleaves = T.leaves_of(params, acc.params.schema) if params is not None else None
+                    fits = pleaves is not None
+                else:  # rows without parameter columns take only rows whose parameters cannot be columns
+                    pleaves = None
+                    fits = params is None or T.schema_of(params) is None
+                if leaves is not None and fits:
+                    acc.rows.add(leaves)
+                    if acc.params is not None:
+                        acc.params.add(pleaves)  # type: ignore[arg-type]
+                    acc.durations.append(dt)
+                    self._pending_bytes += 16 * len(leaves)
+                    self._maybe_flush_locked(dt)
+                    return True
+        schema = T.schema_of(value)
+        if schema is None:
+            return False
+        pschema = T.schema_of(params) if params is not None else None
+        acc = _RowsAcc(blk.bid, i, tid, blk.attempt, schema, pschema)
+        acc.rows.add(T.leaves_of(value, schema))  # type: ignore[arg-type]
+        if acc.params is not None:
+            acc.params.add(T.leaves_of(params, pschema))  # type: ignore[arg-type]
+        acc.durations.append(dt)
+        with self._send_lock:
+            self._queue_locked(acc, 16 * len(schema[1]))
+            self._rows = acc
+            self._maybe_flush_locked(dt)
+        return True
+
+    def _deliver(self, blk: _Local, i: int, header: R.Header, bufs: list[Any], duration: float,
                  step: Any = None) -> None:
         """Queue or send one result (or a step's output); large ones stream their chunks right away."""
         t0 = time.perf_counter()
+        tid, attempt = blk.tids[i], blk.attempt
         path = None
         checkpoint = step is not None and step.next is not None  # goes to the master, whatever the mode
         direct = self.opts.mode == "direct" and self.out is not None and not checkpoint
@@ -138,12 +240,11 @@ class Worker:
                 path = self.writer.write(tid, header, bufs, meta)
         inline = path is None and header.nbytes <= self.opts.inline_max
         # bytearray: unpickled on the master as a writable buffer that its arrays can view
-        item = M.Item(tid, attempt, header, duration, [bytearray(b) for b in bufs] if inline else None, path, step)
+        item = M.Item(blk.bid, i, tid, attempt, header, duration,
+                      [bytearray(b) for b in bufs] if inline else None, path, step)
         with self._send_lock:
-            if not self._pending:
-                self._pending_since = time.monotonic()
-            self._pending.append(item)
-            self._pending_bytes += header.nbytes if inline or path else 0
+            self._rows = None
+            self._queue_locked(item, header.nbytes if inline or path else 0)
             if path is None and not inline:
                 self._flush_locked()
                 plan = R.chunk_plan(header, self.opts.chunk_size)
@@ -156,41 +257,40 @@ class Worker:
 
                 self.link.send_bufs((bufs[part][off : off + n] for part, off, n in plan), on_posted=checksum_posted)
                 self.link.send(M.Trailer(tid, crc), 0, M.CTRL)
-            elif (checkpoint or not self.queue or duration > self._flush_age or self._pending_bytes > FLUSH_BYTES
-                  or time.monotonic() - self._pending_since > self._flush_age):
+            elif checkpoint:
                 # a step's output goes at once: the next step may hang holding the GIL, and then
                 # no helper thread could send it
                 self._flush_locked()
+            else:
+                self._maybe_flush_locked(duration)
         self.stats["send"] += time.perf_counter() - t0
         self.stats["bytes"] += header.nbytes
 
-    def _fail(self, tid: Any, attempt: int, text: str, dt: float, exc: BaseException | None = None,
+    def _fail(self, blk: _Local, i: int, text: str, dt: float, exc: BaseException | None = None,
               step: int = 0) -> None:
         t0 = time.perf_counter()
         data = _pickled(exc) if self.send_exceptions and exc is not None else None
+        msg = M.Failed(blk.bid, i, blk.tids[i], blk.attempt, text, dt, data, step, where(exc))
         with self._send_lock:
-            self._flush_locked()
-            self.link.send(M.Failed(tid, attempt, text, dt, data, step), 0, M.CTRL)
+            self._rows = None
+            self._queue_locked(msg, len(text))
+            self._maybe_flush_locked(dt)
         self.stats["send"] += time.perf_counter() - t0
 
     # -- receiving ----------------------------------------------------------------------
 
     def _handle(self, msg: Any) -> None:
         match msg:
-            case M.Tasks(tasks):
+            case M.Tasks(blocks):
                 with self._cond:
-                    self.queue.extend(tasks)
+                    self.queue.extend(_Local(b) for b in blocks)
                     self._cond.notify()
-            case M.Revoke(tids, ack):
-                drop = set(tids)
-                with self._cond:
-                    dropped = [t[0] for t in self.queue if t[0] in drop]
-                    if dropped:
-                        self.queue = deque(t for t in self.queue if t[0] not in drop)
+            case M.Revoke(cuts, ack):
+                answer = self._revoke(cuts)
                 if ack:
                     with self._send_lock:
                         self._flush_locked()  # results first: the master must see them before the ack
-                        self.link.send(M.Revoked(dropped), 0, M.CTRL)
+                        self.link.send(M.Revoked(answer), 0, M.CTRL)
             case M.Stop():
                 with self._cond:
                     self.stopping = True
@@ -203,6 +303,24 @@ class Worker:
                     self._cond.notify()
             case _:
                 raise TypeError(f"unexpected message from the master: {msg!r}")
+
+    def _revoke(self, cuts: list[tuple[int, int]]) -> list[tuple[int, int | None]]:
+        """Drop, of each lease, the tasks from that index on that have not started; returns where
+        each was cut (None: nothing of it was dropped)."""
+        answer: list[tuple[int, int | None]] = []
+        with self._cond:
+            where = {b.bid: b for b in self.queue}
+            for bid, k in cuts:
+                b = where.get(bid)
+                k = max(k, b.next) if b is not None else k
+                if b is None or k >= b.end:
+                    answer.append((bid, None))
+                    continue
+                b.end = k
+                answer.append((bid, k))
+            if any(b.next >= b.end for b in self.queue):
+                self.queue = deque(b for b in self.queue if b.next < b.end)
+        return answer
 
     def _receive_all(self) -> bool:
         got = False
@@ -218,7 +336,7 @@ class Worker:
 
     def _helper(self) -> None:
         """Receive, heartbeat and flush while the main thread runs tasks."""
-        back = Backoff(cap=min(2e-3, self._flush_age))
+        back = Backoff(cap=min(1e-3, self._flush_age))
         last_hb = time.monotonic()
         try:
             while not self._done.is_set():
@@ -244,15 +362,28 @@ class Worker:
 
     _helper_error: BaseException | None = None
 
-    def _next_task(self) -> tuple[Any, int, Any] | None:
+    def _take(self) -> tuple[_Local, int] | None:
+        """(Under the lock.) The next task of the queue, now started."""
+        q = self.queue
+        while q:
+            b = q[0]
+            if b.next < b.end:
+                i = b.next
+                b.next += 1
+                return b, i
+            q.popleft()
+        return None
+
+    def _next_task(self) -> tuple[_Local, int] | None:
         """The next task to run, waiting for one; None once stopped and the queue is empty."""
         t0 = time.perf_counter()
         back = Backoff()
         try:
             while True:
                 with self._cond:
-                    if self.queue:
-                        return self.queue.popleft()
+                    task = self._take()
+                    if task is not None:
+                        return task
                     if self.stopping:
                         return None
                     if self._threaded:
@@ -268,17 +399,19 @@ class Worker:
 
     # -- running tasks ------------------------------------------------------------------
 
-    def _run_one(self, tid: Any, attempt: int, payload: Any, call: Any = None) -> None:
-        """Run a task, or (``call``) one of its later steps, and every step after it that this
-        worker may run itself; send each step's output as the run's options say."""
-        n, func, arg, name = 0, self.func, payload, self._task_name
+    def _run_one(self, blk: _Local, i: int) -> None:
+        """Run task ``i`` of a block, or (its ``call``) one of its later steps, and every step after
+        it that this worker may run itself; send each step's output as the run's options say."""
+        n, func, arg, name = 0, self.func, blk.payloads[i], self._task_name
+        call = blk.calls[i] if blk.calls else None
+        tid = blk.tids[i]
         if call is not None:
             n, name = call.n, steps.step_name(call.func)
             try:
                 func = steps.resolve(call.func)
                 arg = call.value if call.inline else _load_input(call.path)
             except BaseException as exc:
-                self._task_failed(tid, attempt, n, name, exc, time.perf_counter(), 0.0)
+                self._task_failed(blk, i, n, name, exc, time.perf_counter(), 0.0)
                 return
         while True:
             t0 = time.perf_counter()
@@ -289,71 +422,76 @@ class Worker:
                 if isinstance(exc, KeyboardInterrupt) and signals.sigint_seen():
                     raise  # a real Ctrl-C: the program stops
                 self._current = None
-                self._task_failed(tid, attempt, n, name, exc, t0, time.perf_counter() - t0)
+                self._task_failed(blk, i, n, name, exc, t0, time.perf_counter() - t0)
                 return
             self._current = None
             dt = time.perf_counter() - t0
             self.stats["compute"] += dt
             if not steps.is_next(value):
-                self._result(tid, attempt, n, name, value, t0, dt)
+                self._result(blk, i, n, name, value, t0, dt)
                 return
-            nxt = self._next(tid, attempt, n, name, value, t0, dt)
+            nxt = self._next(blk, i, n, name, value, t0, dt)
             if nxt is None:
                 return
             n, func, arg, name = n + 1, nxt.func, nxt.value, steps.step_name(steps.func_ref(nxt.func))
 
-    def _task_failed(self, tid: Any, attempt: int, n: int, name: str, exc: BaseException, t0: float,
+    def _task_failed(self, blk: _Local, i: int, n: int, name: str, exc: BaseException, t0: float,
                      dt: float) -> None:
+        tid = blk.tids[i]
         self.stats["compute"] += dt
         self._spans.append((tid, t0, dt, "failed", name))
         step = f"step {n + 1} ({name})" if n else None
-        self._fail(tid, attempt, format_exc(tid, attempt, self.link.rank, self.link.host, exc, step), dt, exc, n)
+        self._fail(blk, i, format_exc(tid, blk.attempt, self.link.rank, self.link.host, exc, step), dt, exc, n)
 
-    def _encode(self, tid: Any, attempt: int, n: int, name: str, value: Any, t0: float,
+    def _encode(self, blk: _Local, i: int, n: int, name: str, value: Any, t0: float,
                 dt: float) -> tuple[R.Header, list[Any]] | None:
         t1 = time.perf_counter()
         try:
             return R.encode(value, with_crc=False)  # a streamed result is checksummed as it goes
         except UnsupportedResultError as exc:
-            self._spans.append((tid, t0, dt, "failed", name))
-            self._fail(tid, attempt, f"task {tid!r} failed on rank {self.link.rank} (host {self.link.host}),"
-                                    f" attempt {attempt}: {exc}", dt, exc.__cause__ or exc, n)
+            self._spans.append((blk.tids[i], t0, dt, "failed", name))
+            self._fail(blk, i, f"task {blk.tids[i]!r} failed on rank {self.link.rank} (host {self.link.host}),"
+                               f" attempt {blk.attempt}: {exc}", dt, exc.__cause__ or exc, n)
             return None
         finally:
             self.stats["send"] += time.perf_counter() - t1
 
-    def _result(self, tid: Any, attempt: int, n: int, name: str, value: Any, t0: float, dt: float) -> None:
-        enc = self._encode(tid, attempt, n, name, value, t0, dt)
-        if enc is None:
-            return
-        self._spans.append((tid, t0, dt, "done", name))
+    def _result(self, blk: _Local, i: int, n: int, name: str, value: Any, t0: float, dt: float) -> None:
         self.stats["tasks"] += 1
-        self._deliver(tid, attempt, enc[0], enc[1], dt, steps.StepInfo(n, name, None) if n else None)
+        if n == 0 and self._row(blk, i, value, dt):  # (a multi-step task's result is stored whole)
+            self._spans.append((blk.tids[i], t0, dt, "done", name))
+            return
+        enc = self._encode(blk, i, n, name, value, t0, dt)
+        if enc is None:
+            self.stats["tasks"] -= 1
+            return
+        self._spans.append((blk.tids[i], t0, dt, "done", name))
+        self._deliver(blk, i, enc[0], enc[1], dt, steps.StepInfo(n, name, None) if n else None)
 
-    def _next(self, tid: Any, attempt: int, n: int, name: str, value: Any, t0: float,
+    def _next(self, blk: _Local, i: int, n: int, name: str, value: Any, t0: float,
               dt: float) -> steps.NextStep | None:
         """A step returned what runs next: send its output (or say it goes on here); the next
         step to run here, or None when it is handed to other workers."""
-        self._spans.append((tid, t0, dt, "step", name))
+        self._spans.append((blk.tids[i], t0, dt, "step", name))
         if type(value) is list:  # fan-out: each a child task, run wherever
             for k, child in enumerate(value):
-                enc = self._encode(tid, attempt, n, name, child.value, t0, dt)
+                enc = self._encode(blk, i, n, name, child.value, t0, dt)
                 if enc is None:
                     return None
                 info = steps.StepInfo(n, name, steps.func_ref(child.func), child.needs, child.timeout, False,
                                       k, len(value))
-                self._deliver(tid, attempt, enc[0], enc[1], dt, info)
+                self._deliver(blk, i, enc[0], enc[1], dt, info)
             return None
         nxt: steps.NextStep = value
         go_on = self.opts.affinity and (nxt.needs is None or nxt.needs in self.kinds)
         info = steps.StepInfo(n, name, steps.func_ref(nxt.func), nxt.needs, nxt.timeout, go_on)
         if self.opts.checkpoint == "every" or not go_on:
-            enc = self._encode(tid, attempt, n, name, nxt.value, t0, dt)
+            enc = self._encode(blk, i, n, name, nxt.value, t0, dt)
             if enc is None:
                 return None
-            self._deliver(tid, attempt, enc[0], enc[1], dt, info)
+            self._deliver(blk, i, enc[0], enc[1], dt, info)
         else:
-            self._note(M.Step(tid, attempt, info, dt), dt)
+            self._note(M.Step(blk.bid, i, blk.tids[i], blk.attempt, info, dt), dt)
         return nxt if go_on else None
 
     def _note(self, msg: M.Step, duration: float) -> None:
@@ -361,9 +499,8 @@ class Worker:
         would cost more than a tiny step. A long step's notice goes at once, and the helper
         thread sends whatever waits longer than the flush age."""
         with self._send_lock:
-            if not self._pending:
-                self._pending_since = time.monotonic()
-            self._pending.append(msg)
+            self._rows = None
+            self._queue_locked(msg, 0)
             if duration > self._flush_age or time.monotonic() - self._pending_since > self._flush_age:
                 self._flush_locked()
 
@@ -472,6 +609,20 @@ def _pickled(exc: BaseException) -> bytes | None:
         return data
     except Exception:
         return None
+
+
+def where(exc: BaseException | None) -> str:
+    """An exception's type and the place it was raised (file:line in function): what makes two
+    failures the same error."""
+    if exc is None:
+        return ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return type(exc).__qualname__
+    code = tb.tb_frame.f_code
+    return f"{type(exc).__qualname__} at {code.co_filename}:{tb.tb_lineno} in {code.co_name}"
 
 
 def format_exc(tid: Any, attempt: int, rank: int, host: str, exc: BaseException, step: str | None = None) -> str:

@@ -170,11 +170,16 @@ def journal_records(out: Path) -> list[dict]:
 
 
 def done_ids(out: Path, records: list[dict] | None = None) -> list:
-    """Every task id the journal calls done, in order (done records hold a batch of ids each)."""
+    """Every task the journal calls done, in order: the ids of results stored whole (done
+    records), and the positions of rows of the table (rows records; in a run over ``--range``,
+    or a list without ids, a task's position is its id)."""
     ids: list = []
     for r in journal_records(out) if records is None else records:
         if r.get("ev") == "done":
             ids.extend(r["id"] if isinstance(r["id"], list) else [r["id"]])
+        elif r.get("ev") == "rows":
+            for s0, n in r["pos"]:
+                ids.extend(range(s0, s0 + n))
     return ids
 
 

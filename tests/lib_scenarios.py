@@ -226,12 +226,10 @@ elif what == "worker_bug":
     from mpigather import worker as W
 
     if rank == 2:
-        real = W.Worker._deliver
-
         def broken(self, *a, **kw):
             raise RuntimeError("an injected bug in the worker")
 
-        W.Worker._deliver = broken  # type: ignore[method-assign]
+        W.Worker._result = broken  # type: ignore[method-assign]
     t0 = time.monotonic()
     try:
         mpigather.run(sleepy, [0.05] * 20, out=None)

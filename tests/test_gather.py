@@ -7,7 +7,7 @@ import json
 
 import pytest
 from compare import check_all
-from helpers import gather, show
+from helpers import done_ids, gather, show
 from taskfuncs import KINDS, every_type, out_of_order, sized, value
 
 import mpigather
@@ -47,8 +47,7 @@ def test_out_of_order_completion(tmp_path):
     with mpigather.load(out) as res:
         assert check_all(res, out_of_order, range(10)) == []
     # the journal shows the completions were not in id order
-    recs = [json.loads(line) for line in (tmp_path / "o.journal").read_text().splitlines()]
-    done = [i for r in recs if r["ev"] == "done" for i in r["id"]]
+    done = done_ids(out)
     assert sorted(done) == list(range(10)) and done != list(range(10))
 
 

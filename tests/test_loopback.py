@@ -18,7 +18,7 @@ from mpigather.api import master_run
 from mpigather.config import make_options
 from mpigather.errors import MPIGatherError, UsageError
 from mpigather.loopback import LoopbackHub
-from mpigather.tasks import iterable_tasks
+from mpigather.tasks import ListSource, iterable_tasks
 from mpigather.worker import Worker
 
 
@@ -45,7 +45,7 @@ def run_loopback(func, tasks, n_workers=2, out=None, worker_kw=None, **opts: Any
     for t in threads:
         t.start()
     try:
-        summary = master_run(links[0], iterable_tasks(tasks), out, o, total=len(tasks))
+        summary = master_run(links[0], ListSource(tasks), out, o, total=len(tasks))
     finally:
         for t in threads:
             t.join(10)
@@ -74,9 +74,10 @@ class ScriptedWorker:
         self.link.send(M.Hello("host", 1), 0, M.CTRL)
         while (inc := self.link.poll(0)) is None:
             time.sleep(0.001)
-        (tid, attempt, _), *_ = inc.obj().tasks
+        (blk, *_) = inc.obj().blocks
+        tid = blk.tids[0]
         header, bufs = R.encode(value, with_crc=False)
-        self.link.send(M.Results([M.Item(tid, attempt, header, 0.1, None, None)]), 0, M.CTRL)
+        self.link.send(M.Results([M.Item(blk.bid, 0, tid, blk.attempt, header, 0.1, None, None)]), 0, M.CTRL)
         self.link.send_bufs(bufs[p][o : o + n] for p, o, n in R.chunk_plan(header, chunk))
         self.link.send(M.Trailer(tid, R.checksum(bufs) + crc_delta), 0, M.CTRL)
         while not isinstance(self._next(), (M.Stop, M.Abort)):

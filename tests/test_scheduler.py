@@ -1,8 +1,11 @@
 """Unit and property tests of the pure scheduling state machine (no MPI, no sleeping).
 
-Time is a float passed in by the test. A simulated cluster (``Cluster``) plays the part of
-the master's message loop and of the workers (local FIFO, revokes, late results, losses)
-to drive the scheduler through random event orders.
+Time is a float passed in by the test. Most unit tests speak of single tasks through ``Old``,
+a thin view that finds each task's lease and index the way the master does and turns the
+decisions back into per-task terms; the block tests use the scheduler's own events. A
+simulated cluster (``Cluster``) plays the part of the master's message loop and of the workers
+(local FIFO of blocks, revokes, batched results, late results, losses) to drive the scheduler
+through random event orders.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from mpigather.errors import ProtocolError
 from mpigather.scheduler import (
     TRANSITIONS,
     WAIT,
+    Block,
+    Chunk,
+    Done,
     Ended,
     Expired,
     Halt,
@@ -49,12 +55,116 @@ class Source:
             yield item
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A ``Send`` in per-task terms: ``(id, attempt, payload[, call])`` items."""
+
+    rank: int
+    tasks: list
+
+
+class Old:
+    """The scheduler seen task by task: each call finds the task's lease and index on that
+    worker as the master does (the running task of its head block; anything else is a late
+    message of a lease that is over), and decisions come back in per-task terms: ``Send`` with
+    ``(id, attempt, payload[, call])`` items, ``Revoke`` with task ids, ``Done`` as ``Ended``s."""
+
+    def __init__(self, s: Scheduler) -> None:
+        self.s = s
+        self._asked: dict[int, tuple[list, dict]] = {}  # rank -> the cuts of its last steal, with their leases
+
+    def __getattr__(self, name):
+        return getattr(self.s, name)
+
+    def _where(self, rank, tid):
+        w = self.s.workers().get(rank)
+        if w is not None and w.queue:
+            b = w.queue[0]
+            if b.next < len(b) and b.tids[b.next] == tid:
+                return b.bid, b.next
+        return 0, -1  # not its running task: a message of a lease that is over
+
+    def _tr(self, decisions, before):
+        out = []
+        for d in decisions:
+            if isinstance(d, Send):
+                out.append(Sent(d.rank, [(t, b.attempt, p) if not (b.recs and b.recs.get(0) and b.recs[0].call)
+                                         else (t, b.attempt, p, b.recs[0].call)
+                                         for b in d.blocks for t, p in zip(b.tids, b.payloads)]))
+            elif isinstance(d, Revoke):
+                if d.expect_ack:
+                    self._asked[d.rank] = (d.cuts, before)
+                out.append(Revoke(d.rank, [t for bid, k in d.cuts for t in before.get(bid, [])[k:]], d.expect_ack))
+            elif isinstance(d, Done):
+                out.extend(Ended(t, d.attempt, d.rank, True, None) for t in d.tids)
+            else:
+                out.append(d)
+        return out
+
+    def _snap(self):
+        return {bid: list(b.tids) for bid, b in self.s._leases.items()}
+
+    def _call(self, fn, *args, **kw):
+        before = self._snap()
+        return self._tr(fn(*args, **kw), before)
+
+    def dispatch(self, now):
+        return self._call(self.s.dispatch, now)
+
+    def tick(self, now):
+        return self._call(self.s.tick, now)
+
+    def drain(self, now=0.0, grace=None):
+        return self._call(self.s.drain, now, grace)
+
+    def give_up(self, reason):
+        return self._call(self.s.give_up, reason)
+
+    def worker_lost(self, rank, now):
+        return self._call(self.s.worker_lost, rank, now)
+
+    def task_done(self, rank, tid, attempt, now, duration=None):
+        bid, i = self._where(rank, tid)
+        if not self.s.accept(rank, bid, i, tid):
+            return self._call(self.s.discarded, rank, now)
+        return self._call(self.s.task_done, rank, bid, i, tid, now, duration, attempt)
+
+    def task_failed(self, rank, tid, attempt, error, now):
+        bid, i = self._where(rank, tid)
+        return self._call(self.s.task_failed, rank, bid, i, tid, error, now, attempt)
+
+    def result_begin(self, rank, tid, attempt, now):
+        bid, i = self._where(rank, tid)
+        return self.s.begin_stream(rank, bid, i, tid, now)
+
+    def revoked(self, rank, tids, now):
+        """The worker's answer to its last steal: it dropped ``tids`` (the rest had started)."""
+        drop = set(tids)
+        asked, leases = self._asked.pop(rank, ([], {}))
+        cuts = []
+        for bid, k in asked:
+            ids = leases[bid]
+            cuts.append((bid, next((j for j in range(k, len(ids)) if ids[j] in drop), len(ids))))
+        return self._call(self.s.revoked, rank, cuts, now)
+
+    def step_begin(self, rank, tid, attempt, n, now, streamed=False):
+        bid, i = self._where(rank, tid)
+        return self.s.step_begin(rank, bid, i, tid, n, now, streamed)
+
+    def discarded(self, rank, tid, now, attempt=None):
+        return self._call(self.s.discarded, rank, now)
+
+
 def make(n_tasks=10, workers=(1, 2), now=0.0, payload=None, **kw):
     src = Source((i, payload) for i in range(n_tasks))
-    s = Scheduler(src, **kw)
+    s = Old(Scheduler(src, **kw))
     for r in workers:
         s.worker_ready(r, now)
     return s, src
+
+
+def sched(*args, **kw):
+    return Old(Scheduler(*args, **kw))
 
 
 def of(decisions, cls):
@@ -62,15 +172,16 @@ def of(decisions, cls):
 
 
 def sent(decisions):
-    """rank -> list of task ids sent to it."""
+    """rank -> list of task ids sent to it (in per-task terms)."""
     out: dict[int, list] = {}
-    for d in of(decisions, Send):
+    for d in of(decisions, Sent):
         out.setdefault(d.rank, []).extend(t[0] for t in d.tasks)
     return out
 
 
 def queues(s):
-    return {r: list(w.queue) for r, w in s.workers().items()}
+    """rank -> the ids of the tasks it holds and has not reported, in the order it runs them."""
+    return {r: [t for b in w.queue for t in b.tids[b.next:]] for r, w in s.workers().items()}
 
 
 def growing_source(q: deque, closed: list):
@@ -107,7 +218,7 @@ def test_dispatch_fills_each_worker_up_to_prefetch_and_reads_lazily():
     out = s.dispatch(0.0)
     assert [d.rank for d in out] == [1, 2, 3]
     assert sent(out) == {1: [0, 1, 2], 2: [3, 4, 5], 3: [6, 7, 8]}
-    assert all(att == 1 for d in of(out, Send) for _, att, _ in d.tasks)
+    assert all(att == 1 for d in of(out, Sent) for _, att, _ in d.tasks)
     assert src.pulled == 9
     assert s.in_flight() == 9
     assert queues(s) == {1: [0, 1, 2], 2: [3, 4, 5], 3: [6, 7, 8]}
@@ -117,10 +228,10 @@ def test_dispatch_fills_each_worker_up_to_prefetch_and_reads_lazily():
 
 
 def test_send_carries_payloads():
-    s = Scheduler([("a", {"x": 1}), ("b", [2])], prefetch=2)
+    s = sched([("a", {"x": 1}), ("b", [2])], prefetch=2)
     s.worker_ready(5, 0.0)
-    (d,) = of(s.dispatch(0.0), Send)
-    assert d == Send(5, [("a", 1, {"x": 1}), ("b", 1, [2])])
+    (d,) = of(s.dispatch(0.0), Sent)
+    assert d == Sent(5, [("a", 1, {"x": 1}), ("b", 1, [2])])
 
 
 def test_refill_waits_for_the_low_water_mark():
@@ -202,31 +313,6 @@ def test_lost_worker_cannot_say_hello_again():
         s.worker_ready(1, 1.0)
 
 
-def test_duplicate_task_id_on_one_worker_raises():
-    s = Scheduler([("a", 1), ("a", 2)], prefetch=2)
-    s.worker_ready(1, 0.0)
-    with pytest.raises(ProtocolError, match="twice"):
-        s.dispatch(0.0)
-
-
-def test_duplicate_task_id_across_workers_raises():
-    s = Scheduler([("a", 1), ("b", 2), ("a", 3)], prefetch=1)
-    for r in (1, 2, 3):
-        s.worker_ready(r, 0.0)
-    with pytest.raises(ProtocolError, match="twice"):
-        s.dispatch(0.0)
-
-
-def test_duplicate_of_a_requeued_task_raises():
-    s = Scheduler([("b", 1), ("c", 2), ("b", 3)], prefetch=1, retries=1)
-    s.worker_ready(1, 0.0)
-    s.worker_ready(2, 0.0)
-    s.dispatch(0.0)  # 1 <- b, 2 <- c
-    assert s.task_failed(1, "b", 1, "boom", 1.0) == []  # b waits for a retry, tried by rank 1
-    with pytest.raises(ProtocolError, match="twice"):
-        s.dispatch(1.0)  # rank 1 leaves b to rank 2 and reads the second "b"
-
-
 # -- task_done / task_failed / retries ---------------------------------------------------
 
 
@@ -260,7 +346,7 @@ def test_failure_without_retries_ends_failed():
 def test_failing_task_is_retried_then_fails_with_last_error(retries):
     s, _ = make(1, workers=(1,), retries=retries, prefetch=1)
     for attempt in range(1, retries + 2):
-        (d,) = of(s.dispatch(float(attempt)), Send)
+        (d,) = of(s.dispatch(float(attempt)), Sent)
         assert d.tasks == [(0, attempt, None)]
         out = s.task_failed(1, 0, attempt, f"error {attempt}", float(attempt))
         if attempt <= retries:
@@ -275,7 +361,7 @@ def test_retried_task_can_succeed():
     s, _ = make(1, workers=(1,), retries=1)
     s.dispatch(0.0)
     assert s.task_failed(1, 0, 1, "flaky", 1.0) == []
-    assert of(s.dispatch(1.0), Send)[0].tasks == [(0, 2, None)]
+    assert of(s.dispatch(1.0), Sent)[0].tasks == [(0, 2, None)]
     assert s.task_done(1, 0, 2, 2.0) == [Ended(0, 2, 1, True, None)]
     assert (s.n_done, s.n_failed) == (1, 0)
 
@@ -296,7 +382,7 @@ def test_retry_waits_for_the_untried_worker_while_it_is_busy():
     assert sent(s.dispatch(1.0)) == {1: [2]}  # not task 0 again on rank 1
     s.task_done(2, 1, 1, 2.0)
     out = s.dispatch(2.0)
-    assert of(out, Send) == [Send(2, [(0, 2, None)])]
+    assert of(out, Sent) == [Sent(2, [(0, 2, None)])]
 
 
 def test_retry_on_the_same_worker_when_it_is_the_only_healthy_one():
@@ -308,9 +394,9 @@ def test_retry_on_the_same_worker_when_it_is_the_only_healthy_one():
     assert s.task_failed(1, 2, 1, "boom", 6.0) == []
     out = s.dispatch(6.0)
     # rank 1 is the only healthy worker; the requeued tasks come first, in order
-    assert of(out, Send) == [Send(1, [(1, 2, None)])]
+    assert of(out, Sent) == [Sent(1, [(1, 2, None)])]
     s.task_done(1, 1, 2, 7.0)
-    assert of(s.dispatch(7.0), Send) == [Send(1, [(2, 2, None)])]
+    assert of(s.dispatch(7.0), Sent) == [Sent(1, [(2, 2, None)])]
 
 
 def test_failure_from_an_old_holder_is_ignored_while_a_newer_lease_runs():
@@ -367,7 +453,7 @@ def test_expiry_makes_the_worker_suspect_and_requeues_all_its_tasks():
     s.task_done(2, 4, 1, 11.0)
     s.task_done(2, 5, 1, 11.0)
     out = s.dispatch(11.0)
-    assert of(out, Send) == [Send(2, [(0, 2, None), (1, 2, None), (2, 2, None)])]
+    assert of(out, Sent) == [Sent(2, [(0, 2, None), (1, 2, None), (2, 2, None)])]
     assert 1 not in sent(s.dispatch(11.0))
 
 
@@ -400,7 +486,7 @@ def test_suspect_worker_reports_in_with_a_failure():
 
 def test_per_task_timeout_overrides_the_default():
     items = [("short", {"timeout": 2.0}), ("default", {}), ("long", {"timeout": 50.0})]
-    s = Scheduler(items, prefetch=1, timeout=10.0, timeout_of=lambda p: p.get("timeout"))
+    s = sched(items, prefetch=1, timeout=10.0, timeout_of=lambda p: p.get("timeout"))
     for r in (1, 2, 3):
         s.worker_ready(r, 0.0)
     s.dispatch(0.0)
@@ -412,7 +498,7 @@ def test_per_task_timeout_overrides_the_default():
 
 
 def test_per_task_timeout_without_a_default():
-    s = Scheduler([("a", 3.0), ("b", None)], prefetch=1, timeout_of=lambda p: p)
+    s = sched([("a", 3.0), ("b", None)], prefetch=1, timeout_of=lambda p: p)
     s.worker_ready(1, 0.0)
     s.worker_ready(2, 0.0)
     s.dispatch(0.0)
@@ -432,12 +518,12 @@ def test_no_timeout_means_no_deadline():
 @pytest.mark.parametrize("retries", [0, 1, 2, 3])
 def test_repeated_expiry_ends_the_task_failed(retries):
     # a lease expiry always allows at least one retry: max(retries, 1)
-    s = Scheduler([(0, None)], prefetch=1, timeout=10.0, retries=retries)
+    s = sched([(0, None)], prefetch=1, timeout=10.0, retries=retries)
     allowed = max(retries, 1)
     now = 0.0
     for n in range(1, allowed + 2):
         s.worker_ready(n, now)  # a fresh worker each time: the earlier ones are suspect
-        assert of(s.dispatch(now), Send) == [Send(n, [(0, n, None)])]
+        assert of(s.dispatch(now), Sent) == [Sent(n, [(0, n, None)])]
         now += 10.0
         out = s.tick(now)
         if n <= allowed:
@@ -460,7 +546,7 @@ def test_result_in_transfer_suspends_the_lease():
     assert s.tick(30.0) == []  # still receiving
     assert s.workers()[1].state == "ok"
     assert s.task_done(1, 0, 1, 31.0) == [Ended(0, 1, 1, True, None)]
-    assert s.workers()[1].streaming is None
+    assert s.workers()[1].streaming is False
     # the next head runs from 31.0
     assert s.tick(40.9) == []
     assert of(s.tick(41.0), Expired) == [Expired(1, 1, 1, True)]
@@ -471,16 +557,20 @@ def test_result_begin_of_an_ended_task_is_rejected():
     s.dispatch(0.0)
     s.task_done(1, 0, 1, 1.0)
     assert s.result_begin(1, 0, 1, 2.0) is False
-    assert s.workers()[1].streaming is None
+    assert s.workers()[1].streaming is False
     assert s.workers()[1].last_seen == 2.0
 
 
 def test_two_open_results_from_one_worker_is_a_protocol_error():
     s, _ = make(10, workers=(1,), prefetch=2)
+    s.s._observe(1e-4, 1)  # blocks of several tasks
     s.dispatch(0.0)
-    assert s.result_begin(1, 0, 1, 1.0)
-    with pytest.raises(ProtocolError):
-        s.result_begin(1, 1, 1, 1.0)
+    bid = s.workers()[1].queue[0].bid
+    assert s.begin_stream(1, bid, 0, 0, 1.0)
+    with pytest.raises(ProtocolError, match="another result is open"):
+        s.begin_stream(1, bid, 0, 0, 1.0)
+    with pytest.raises(ProtocolError, match="expected task 0"):
+        s.begin_stream(1, bid, 1, 1, 1.0)  # not the task it runs
 
 
 def test_failed_transfer_closes_the_stream():
@@ -488,7 +578,7 @@ def test_failed_transfer_closes_the_stream():
     s.dispatch(0.0)
     assert s.result_begin(1, 0, 1, 1.0)
     assert s.task_failed(1, 0, 1, "checksum", 2.0) == []
-    assert s.workers()[1].streaming is None
+    assert s.workers()[1].streaming is False
     assert s.result_begin(1, 1, 1, 3.0)
 
 
@@ -499,7 +589,7 @@ def _expire_rank1_then_resend_to_rank2(prefetch=1):
     """Task 0 expires on rank 1 and is sent again to rank 2. Returns the scheduler."""
     s, _ = make(100, workers=(1, 2), prefetch=prefetch, timeout=10.0)
     s.dispatch(0.0)
-    w2 = list(s.workers()[2].queue)
+    w2 = queues(s)[2]
     for tid in w2:
         s.task_done(2, tid, 1, 5.0)
     s.dispatch(5.0)
@@ -570,7 +660,7 @@ def test_worker_lost_requeues_its_tasks():
     s.task_done(2, 2, 1, 2.0)
     s.task_done(2, 3, 1, 2.0)
     out = s.dispatch(2.0)
-    assert of(out, Send) == [Send(2, [(0, 2, None), (1, 2, None)])]
+    assert of(out, Sent) == [Sent(2, [(0, 2, None), (1, 2, None)])]
 
 
 def test_worker_lost_twice_on_the_same_task_ends_it_failed():
@@ -614,7 +704,7 @@ def test_idle_worker_steals_an_unstarted_task_when_the_source_is_empty():
     assert s.dispatch(1.1) == []  # one steal request at a time
     s.revoked(1, [2], 1.2)
     assert queues(s)[1] == [0, 1]
-    assert of(s.dispatch(1.2), Send) == [Send(2, [(2, 2, None)])]
+    assert of(s.dispatch(1.2), Sent) == [Sent(2, [(2, 2, None)])]
 
 
 def test_steal_that_came_too_late_changes_nothing():
@@ -630,7 +720,7 @@ def test_steal_that_came_too_late_changes_nothing():
 def test_steal_while_the_source_waits_for_more():
     """An executor's source says WAIT: a task queued behind a long one moves to the idle worker."""
     q, closed = deque([(i, None) for i in range(4)]), [False]
-    s = Scheduler(growing_source(q, closed), prefetch=3)
+    s = sched(growing_source(q, closed), prefetch=3)
     s.worker_ready(1, 0.0)
     s.dispatch(0.0)  # 1 <- 0, 1, 2
     s.worker_ready(2, 0.1)
@@ -643,7 +733,7 @@ def test_steal_while_the_source_waits_for_more():
 
 def test_first_worker_to_say_hello_does_not_take_the_others_work():
     """N equal tasks on N expected workers: one each, however the hellos are ordered."""
-    s = Scheduler(Source((i, None) for i in range(3)), expect=(1, 2, 3), prefetch=2)
+    s = sched(Source((i, None) for i in range(3)), expect=(1, 2, 3), prefetch=2)
     s.worker_ready(2, 0.0)
     assert sent(s.dispatch(0.0)) == {2: [0]}  # one task while others have not said hello
     s.worker_ready(3, 0.01)
@@ -712,7 +802,7 @@ def test_abandon_running_after_drain():
     s, _ = make(100, workers=(1, 2), prefetch=2)
     s.dispatch(0.0)
     s.drain()
-    assert sorted(s.abandon_running()) == [0, 2]
+    assert s.abandon_running() == 2
     assert s.finished
     assert s.dispatch(1.0) == [Stop(1), Stop(2)]
 
@@ -722,15 +812,15 @@ def test_abandon_running_after_drain():
 
 def test_wait_sentinel_means_nothing_now_without_ending_the_source():
     q, closed = deque(), [False]
-    s = Scheduler(growing_source(q, closed), prefetch=2)
+    s = sched(growing_source(q, closed), prefetch=2)
     s.worker_ready(1, 0.0)
     assert s.dispatch(0.0) == []
     assert not s.finished
     q.extend([("a", 1), ("b", 2), ("c", 3)])
-    assert of(s.dispatch(1.0), Send) == [Send(1, [("a", 1, 1), ("b", 1, 2)])]
+    assert of(s.dispatch(1.0), Sent) == [Sent(1, [("a", 1, 1), ("b", 1, 2)])]
     s.task_done(1, "a", 1, 2.0)
     s.task_done(1, "b", 1, 2.0)
-    assert of(s.dispatch(2.0), Send) == [Send(1, [("c", 1, 3)])]
+    assert of(s.dispatch(2.0), Sent) == [Sent(1, [("c", 1, 3)])]
     s.task_done(1, "c", 1, 3.0)
     assert s.dispatch(3.0) == [] and not s.finished  # still waiting for more
     closed[0] = True
@@ -738,107 +828,283 @@ def test_wait_sentinel_means_nothing_now_without_ending_the_source():
     assert s.finished
 
 
-# -- target_outstanding -------------------------------------------------------------------------
+# -- blocks: sizes, one event per block, failures, expiry and stealing inside a block -----------
 
 
-def test_target_grows_for_tiny_tasks():
-    s, _ = make(1000, workers=(1,), prefetch=2, batch_window=0.02)
-    assert s.target_outstanding() == 2
-    s.dispatch(0.0)
-    s.task_done(1, 0, 1, 0.1, duration=0.001)
-    assert s.target_outstanding() == math.ceil(0.02 / 0.001) >= 20
-    out = s.dispatch(0.1)
-    (d,) = of(out, Send)
-    assert len(queues(s)[1]) == s.target_outstanding()
-    assert len(d.tasks) == s.target_outstanding() - 1
+def rows(s, rank, n=None, now=1.0, duration=None):
+    """The worker reports the next ``n`` tasks of its running block done (all of them by default)."""
+    b = s.workers()[rank].queue[0]
+    n = b.left if n is None else n
+    assert s.accept(rank, b.bid, b.next, b.tids[b.next])
+    return s.rows_done(rank, b.bid, b.next, n, now, duration)
 
 
-def test_target_is_capped_by_max_batch_and_never_below_prefetch():
-    s, _ = make(10, workers=(1,), prefetch=3, batch_window=0.02, max_batch=8)
-    s.dispatch(0.0)
-    s.task_done(1, 0, 1, 0.1, duration=1e-6)
-    assert s.target_outstanding() == 8
-    s2, _ = make(10, workers=(1,), prefetch=5, batch_window=0.02, max_batch=2)
-    s2.dispatch(0.0)
-    s2.task_done(1, 0, 1, 0.1, duration=1e-6)
-    assert s2.target_outstanding() == 5
-    s3, _ = make(10, workers=(1,), prefetch=3)
-    s3.dispatch(0.0)
-    s3.task_done(1, 0, 1, 0.1, duration=10.0)
-    assert s3.target_outstanding() == 3
+def tiny(s, avg=1e-4):
+    """As if tasks of ``avg`` seconds had been measured."""
+    s._avg = avg
 
 
-def test_zero_negative_and_missing_durations_do_not_grow_the_target():
-    s, _ = make(10, workers=(1,), prefetch=2)
-    s.dispatch(0.0)
-    s.task_done(1, 0, 1, 0.1, duration=0.0)
-    assert s.target_outstanding() == 2
-    s.task_done(1, 1, 1, 0.1, duration=-1.0)
-    s.dispatch(0.1)
-    s.task_done(1, 2, 1, 0.1, duration=None)
-    assert s.target_outstanding() == 2
+def blocks_of(decisions):
+    return {d.rank: [list(b.tids) for b in d.blocks] for d in of(decisions, Send)}
+
+
+def test_sizes_come_from_durations_within_bounds():
+    s = Scheduler(range(0), block_time=0.02, max_block=64)
+    assert s.block_size() == 1  # nothing measured yet
+    s._observe(0.001, 1)
+    assert s.block_size() == 20
+    s._observe(1e-7, 1000)
+    assert s.block_size() == 64  # capped
+    s._observe(10_000.0, 1000)  # 10 s a task
+    assert s.block_size() == 1
+    assert s.hold_target(1) == s.prefetch and s.hold_target(20) == 40  # two blocks of tiny tasks
+
+
+def test_zero_negative_and_missing_durations():
+    s = Scheduler(range(0), block_time=0.02, max_block=8)
+    s._observe(-1.0, 3)
+    s._observe(1.0, 0)
+    assert s._avg is None
+    s._observe(0.0, 5)  # instant tasks: the largest block
+    assert s.block_size() == 8
+    s._observe(5e-324, 1)  # subnormal
+    assert s.block_size() == 8
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    prefetch=st.integers(1, 16),
-    batch_window=st.floats(0.0, 1.0),
-    max_batch=st.integers(1, 64),
-    # realistic durations: 0 or at least a nanosecond (subnormal ones have their own test)
-    durations=st.lists(st.one_of(st.none(), st.floats(-1.0, 100.0).filter(lambda x: x == 0 or abs(x) >= 1e-9)),
-                       max_size=30),
-)
-def test_target_outstanding_stays_within_bounds(prefetch, batch_window, max_batch, durations):
-    s = Scheduler(Source((i, None) for i in range(len(durations))), prefetch=prefetch,
-                  batch_window=batch_window, max_batch=max_batch)
+@given(prefetch=st.integers(1, 16), block_time=st.floats(0.0, 1.0), max_block=st.integers(1, 64),
+       total=st.one_of(st.none(), st.integers(0, 500)), workers=st.integers(1, 5),
+       durations=st.lists(st.tuples(st.floats(-1.0, 100.0), st.integers(-1, 100)), max_size=30))
+def test_block_size_stays_within_bounds(prefetch, block_time, max_block, total, workers, durations):
+    s = Scheduler(range(0), prefetch=prefetch, block_time=block_time, max_block=max_block, total=total)
+    for r in range(1, workers + 1):
+        s.worker_ready(r, 0.0)
+    for seconds, n in durations:
+        s._observe(seconds, n)
+        size = s.block_size()
+        assert 1 <= size <= max_block
+        if total is not None and size > 1:
+            assert size <= math.ceil(total / (2 * workers))  # an equal share of what is left
+        assert s.hold_target(size) >= prefetch
+
+
+def test_a_block_is_one_send_one_lease_and_one_event():
+    s = Scheduler(((i, i, i) for i in range(10_000)), block_time=0.02, max_block=4096)
     s.worker_ready(1, 0.0)
-    for i, dur in enumerate(durations):
-        s.dispatch(float(i))
-        tid = next(iter(s.workers()[1].queue))
-        s.task_done(1, tid, 1, float(i), duration=dur)
-        t = s.target_outstanding()
-        assert prefetch <= t <= max(max_batch, prefetch)
+    assert blocks_of(s.dispatch(0.0)) == {1: [[0], [1]]}
+    rows(s, 1, duration=1e-5)  # 0: 10 us
+    out = s.dispatch(1.0)
+    (d,) = of(out, Send)
+    assert [len(b) for b in d.blocks] == [2000, 2000]  # 20 ms of 10 us tasks, two blocks
+    assert len(s._leases) == 3 and s.in_flight() == 4001
+    rows(s, 1, now=2.0, duration=1e-5)  # task 1
+    out = rows(s, 1, now=3.0, duration=0.02)  # the first block of 2000: one event
+    assert out == [Done(1, 1, list(range(2, 2002)))]
+    assert s.n_done == 2002 and s.in_flight() == 2000
+
+
+def test_a_block_is_reported_in_batches_and_its_lease_ends_with_its_last_task():
+    s = Scheduler(((i, i, i) for i in range(100)), prefetch=1, timeout=5.0, total=100)
+    s.worker_ready(1, 0.0)
+    tiny(s)
+    s.dispatch(0.0)
+    b, b2 = s.workers()[1].queue
+    assert len(b) == len(b2) == 50  # an equal share of the 100 left, for one worker holding two blocks
+    rows(s, 1, 10, now=1.0)
+    rows(s, 1, 15, now=2.0)
+    assert b.next == 25 and s.workers()[1].head_since == 2.0  # task 25 runs from the last batch
+    assert not of(s.tick(6.9), Expired)
+    with pytest.raises(ProtocolError):
+        s.rows_done(1, b.bid, 30, 5, 2.5)  # not its next tasks
+    rows(s, 1, now=3.0)
+    assert b.bid not in s._leases and s.n_done == 50 and s.next_deadline() is not None
+    assert s.workers()[1].queue[0] is b2 and s.workers()[1].head_since == 3.0
+
+
+def test_a_failure_inside_a_block_touches_only_its_task():
+    s = Scheduler(((i, i, i) for i in range(20)), retries=1)
+    s.worker_ready(1, 0.0)
+    s.worker_ready(2, 0.0)
+    tiny(s)
+    s.dispatch(0.0)
+    b = s.workers()[1].queue[0]
+    rows(s, 1, 2)
+    assert s.accept(1, b.bid, 2, b.tids[2])
+    assert s.task_failed(1, b.bid, 2, b.tids[2], "boom", 1.0) == []  # retried alone
+    assert b.next == 3 and s.task(b.tids[2]).failures == 1
+    out = rows(s, 1)  # the rest of the block still counts
+    assert sorted(out[0].tids) == [t for t in b.tids if t != 2][2:]
+    (retry,) = [x for x in s._requeued if x.tids == [2]]
+    assert retry.recs[0].tried == {1}
+    # the retry prefers the worker that has not tried it
+    out = s.dispatch(2.0)
+    assert [2] in blocks_of(out).get(2, []) or any(x.tids == [2] for x in s.workers()[2].queue)
+
+
+def test_an_expired_block_gives_back_its_tail_which_spreads_over_idle_workers():
+    s = Scheduler(((i, i, i) for i in range(24)), timeout=5.0, total=24)
+    for r in (1, 2, 3):
+        s.worker_ready(r, 0.0)
+    tiny(s)
+    out = s.dispatch(0.0)
+    assert blocks_of(out)[1] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    rows(s, 1, 1, now=1.0)  # task 0 done; task 1 hangs
+    for r in (2, 3):
+        rows(s, r, now=2.0)
+        rows(s, r, now=2.0)
+    b1, b2 = (b.bid for b in s.workers()[1].queue)
+    out = s.tick(6.0)
+    assert out[0] == Expired(1, 1, 1, True)
+    assert Revoke(1, [(b1, 2), (b2, 0)], expect_ack=False) in out
+    assert [x.tids for x in s._requeued] == [[1], [2, 3], [4, 5, 6, 7]]
+    out = s.dispatch(6.0)
+    got = blocks_of(out)
+    assert 1 not in got  # suspect
+    assert sorted(t for r in got for b in got[r] for t in b) == [1, 2, 3, 4, 5, 6, 7]
+    assert all(len(got[r]) >= 1 for r in (2, 3))  # over both idle workers
+    assert all(len(b) <= 2 for r in got for b in got[r])  # an equal share of the 7 left
+
+
+def test_steal_takes_the_later_half_from_the_back_of_a_workers_blocks():
+    s = Scheduler(((i, i, i) for i in range(40)), total=40)
+    s.worker_ready(1, 0.0)
+    s.worker_ready(2, 0.0)
+    tiny(s)
+    out = s.dispatch(0.0)
+    assert blocks_of(out) == {1: [list(range(0, 10)), list(range(10, 20))],
+                              2: [list(range(20, 30)), list(range(30, 40))]}
+    rows(s, 2, now=0.5)
+    rows(s, 2, now=0.5)  # rank 2 is idle, nothing is left: steal 9 of the 19 that rank 1 has not started
+    b2 = s.workers()[1].queue[1]
+    assert s.dispatch(0.6) == [Revoke(1, [(b2.bid, 1)], expect_ack=True)]
+    assert s.dispatch(0.7) == []  # one steal at a time
+    s.revoked(1, [(b2.bid, 1)], 0.8)
+    out = s.dispatch(0.8)
+    got = sorted(t for b in blocks_of(out)[2] for t in b)
+    assert got == list(range(11, 17))  # two blocks of an equal share of the 9
+    assert [x.tids for x in s._requeued] == [[17, 18, 19]]
+
+
+def test_steal_cuts_a_running_block_and_the_ack_says_where():
+    s = Scheduler(((i, i, i) for i in range(20)), prefetch=1, block_time=0.02)
+    s.worker_ready(1, 0.0)
+    tiny(s, 1e-3)  # blocks of 20
+    s.dispatch(0.0)
+    (b,) = s.workers()[1].queue
+    assert len(b) == 20
+    s.worker_ready(2, 0.5)
+    assert s.dispatch(0.5) == [Revoke(1, [(b.bid, 11)], expect_ack=True)]  # 9 of the 19 unstarted
+    rows(s, 1, 12, now=0.9)  # it ran 12 before the revoke arrived...
+    s.revoked(1, [(b.bid, 13)], 1.0)  # ...and had started the 13th: it dropped 13..19
+    assert len(b) == 13 and b.left == 1
+    out = s.dispatch(1.0)
+    assert sorted(t for x in blocks_of(out)[2] for t in x) == [13, 14, 15, 16, 17, 18, 19]
+
+
+def test_a_revoke_ack_that_empties_the_head_block_arms_the_next():
+    s = Scheduler(((i, i, i) for i in range(4)), prefetch=2, timeout=10.0)
+    s.worker_ready(1, 0.0)
+    s.worker_ready(2, 0.0)
+    s.dispatch(0.0)  # 1 <- [0] [1]; 2 <- [2] [3]
+    rows(s, 2, now=1.0)
+    rows(s, 2, now=1.0)  # rank 2 idle, nothing new: steal from rank 1
+    ((bid, k),) = of(s.dispatch(1.0), Revoke)[0].cuts
+    rows(s, 1, now=5.0)  # task 0 done: task 1 (being revoked) is rank 1's head now
+    s.worker_lost(2, 5.0)
+    s._requeued.append(Block([9], [9], 9))  # something more, for rank 1, behind task 1
+    assert blocks_of(s.dispatch(5.0)) == {1: [[9]]}
+    s.revoked(1, [(bid, 0)], 6.0)  # rank 1 had dropped task 1 unstarted: task 9 runs from now
+    assert s.in_flight() == 1 and s.workers()[1].head_since == 6.0
+    assert not of(s.tick(15.9), Expired) and of(s.tick(16.0), Expired) == [Expired(1, 9, 1, True)]
+
+
+def test_late_results_of_a_lease_that_is_over_are_refused_except_for_a_task_retried_alone():
+    s = Scheduler(((i, i, i) for i in range(8)), timeout=5.0, total=8, retries=3)
+    s.worker_ready(1, 0.0)
+    s.worker_ready(2, 0.0)
+    tiny(s)
+    s.dispatch(0.0)
+    b = s.workers()[1].queue[0]
+    assert b.tids == [0, 1]
+    s.tick(6.0)  # task 0 hangs on rank 1: it is retried alone, task 1 goes back to the queue
+    assert not s.accept(1, b.bid, 1, 1)  # task 1 of the old lease: refused
+    assert s.accept(1, b.bid, 0, 0)  # task 0 of the old lease: it still wins
+    assert of(s.task_done(1, b.bid, 0, 0, 7.0, attempt=1), Ended) == [Ended(0, 1, 1, True, None)]
+    assert s.workers()[1].state == "ok"
+    assert not any(0 in x.tids for x in s._requeued)
+
+
+def test_an_available_count_spreads_a_small_batch_over_idle_workers_at_once():
+    class Available:
+        def __init__(self, n):
+            self.items = deque(range(n))
+
+        def available(self):
+            return len(self.items)
+
+        def take(self, n):
+            if not self.items:
+                return WAIT
+            got = [self.items.popleft() for _ in range(min(n, len(self.items)))]
+            return Chunk(got, got, got[0])
+
+    src = Available(16)
+    s = Scheduler(src)
+    s.worker_ready(1, 0.0)
+    s.worker_ready(2, 0.0)
+    tiny(s, 1e-6)
+    out = s.dispatch(0.0)
+    assert {r: sum(len(b) for b in bs) for r, bs in blocks_of(out).items()} == {1: 8, 2: 8}
+
+
+def test_iter_source_ends_a_chunk_at_a_gap_in_positions_and_gives_a_step_alone():
+    from mpigather.scheduler import IterSource
+    from mpigather.steps import StepCall
+
+    call = StepCall(1, "m:f")
+    src = IterSource([("a", 1, 0), ("b", 2, 1), ("d", 4, 3), ("e", 5, 4, call), ("f", 6, 5), WAIT, ("g", 7, 6)])
+    assert src.take(10) == Chunk(["a", "b"], [1, 2], 0)
+    assert src.take(10) == Chunk(["d"], [4], 3)
+    assert src.take(10) == Chunk(["e"], [5], 4, call)
+    assert src.take(10) == Chunk(["f"], [6], 5)  # (a WAIT after tasks only ends the chunk)
+    assert src.take(1) == Chunk(["g"], [7], 6)
+    assert src.take(1) is None
+    assert IterSource([WAIT, ("x", 1)]).take(5) is WAIT
 
 
 # -- regressions: bugs found by these tests, fixed in scheduler.py ----------------------------
 
 
-def test_revoke_of_the_head_arms_the_next_task():
-    s, _ = make(5, workers=(1, 2, 3), prefetch=2, timeout=10.0)
-    assert sent(s.dispatch(0.0)) == {1: [0, 1], 2: [2, 3], 3: [4]}
-    s.task_done(3, 4, 1, 1.0)
-    assert s.dispatch(1.0) == [Revoke(1, [1], expect_ack=True)]  # rank 3 is idle: steal task 1
-    s.task_done(1, 0, 1, 5.0)  # task 1 is rank 1's head now
-    s.tick(10.0)  # rank 2's lease ran out: tasks 2 and 3 requeued
-    s.dispatch(10.0)  # rank 1 (one task held) gets task 2 behind task 1
-    assert queues(s)[1] == [1, 2]
-    s.revoked(1, [1], 11.0)  # rank 1 had dropped task 1 unstarted: task 2 runs from now
-    assert queues(s)[1] == [2]
-    out = s.tick(21.0)
-    # task 2 is armed again from 11.0; its second expiry is final (retries=0 allows one)
-    assert [d for d in of(out, Expired) if d.rank == 1] == [Expired(1, 2, 2, False)]
+def test_losing_a_worker_of_no_kind_keeps_the_check_for_steps_no_worker_can_run():
+    """A step that needs a kind whose last worker was lost must fail, even when a worker of no
+    kind is lost after it (that loss used to clear the pending check: the run never ended)."""
+    from mpigather.steps import StepCall
 
-
-def test_subnormal_duration_does_not_crash_target_outstanding():
-    s, _ = make(10, workers=(1,), prefetch=1, batch_window=1.0, max_batch=4)
-    s.dispatch(0.0)
-    s.task_done(1, 0, 1, 0.1, duration=5e-324)
-    assert s.target_outstanding() == 4
+    s = Scheduler([("a", None, 0, StepCall(1, "m:f", "gpu"))], prefetch=1)
+    s.worker_ready(1, 0.0, ["gpu"])
+    s.worker_ready(2, 0.0)
+    s.worker_ready(3, 0.0)
+    s.worker_lost(1, 0.5)  # no gpu worker is left...
+    s.dispatch(1.0)  # ...and a worker of no kind finds the step that needs one: it waits in the queue
+    s.worker_lost(3, 1.5)
+    (e,) = of(s.tick(2.0), Ended)
+    assert not e.ok and "needs a worker of kind 'gpu'" in e.error
+    assert s.finished
 
 
 def test_failure_after_expiry_does_not_queue_the_task_twice():
-    s = Scheduler([("A", None)], prefetch=2, retries=2, timeout=10.0)
+    s = sched([("A", None)], prefetch=2, retries=2, timeout=10.0)
     s.worker_ready(1, 0.0)
     s.dispatch(0.0)
     s.tick(10.0)  # A requeued, rank 1 suspect
     s.task_failed(1, "A", 1, "boom", 11.0)  # rank 1 reports in with A's failure
     out = s.dispatch(11.0)
-    tids = [t[0] for d in of(out, Send) for t in d.tasks]
+    tids = [t[0] for d in of(out, Sent) for t in d.tasks]
     assert tids == ["A"]  # before the fix: ["A", "A"], both with attempt 3
 
 
 def test_failure_after_expiry_does_not_break_worker_lost():
-    s = Scheduler([("A", 10.0), ("B", None), ("C", None)], prefetch=1, retries=2,
+    s = sched([("A", 10.0), ("B", None), ("C", None)], prefetch=1, retries=2,
                   timeout_of=lambda p: p)
     s.worker_ready(1, 0.0)
     s.worker_ready(2, 0.0)
@@ -860,7 +1126,7 @@ def test_no_task_is_sent_after_drain():
     s.task_done(2, 1, 1, 1.0)  # rank 2 idle
     s.drain()
     s.tick(10.0)  # task 0 expires on rank 1 while draining: requeued
-    assert of(s.dispatch(10.0), Send) == []  # before the fix: Send(2, [(0, 2, None)])
+    assert of(s.dispatch(10.0), Sent) == []  # before the fix: Sent(2, [(0, 2, None)])
 
 
 def test_dispatch_after_abandon_running_does_not_crash():
@@ -872,7 +1138,7 @@ def test_dispatch_after_abandon_running_does_not_crash():
     assert s.finished
     s.task_done(2, 1, 1, 11.0)  # rank 2 reports in (its result is discarded)
     out = s.dispatch(11.0)  # before the fix: KeyError: 1
-    assert of(out, Send) == []
+    assert of(out, Sent) == []
 
 
 def test_rejected_late_result_clears_suspicion():
@@ -902,15 +1168,28 @@ def test_revoke_ack_of_the_stuck_task_clears_suspicion():
     assert s.workers()[1].state == "ok"  # before the fix: "suspect", and rank 1 never sends anything again
 
 
+
 # -- simulated cluster --------------------------------------------------------------------------
+
+
+@dataclass
+class SimBlock:
+    """A block as the worker holds it: it runs tasks ``[next, end)``."""
+
+    bid: int
+    tids: list
+    attempt: int
+    next: int = 0
+    end: int = 0
 
 
 @dataclass
 class SimWorker:
     rank: int
     inbox: deque = field(default_factory=deque)  # master -> worker, in transit (FIFO)
-    local: deque = field(default_factory=deque)  # the worker's own prefetch FIFO
-    running: tuple | None = None  # (tid, attempt)
+    local: deque = field(default_factory=deque)  # the worker's own FIFO of SimBlocks
+    running: tuple | None = None  # (bid, index, tid, attempt)
+    pending: list = field(default_factory=list)  # results not yet sent (a batch)
     outbox: deque = field(default_factory=deque)  # worker -> master, in transit (FIFO)
     joined: bool = False
     lost: bool = False
@@ -922,32 +1201,35 @@ class Cluster:
     """The master loop and the workers around a Scheduler, one event at a time.
 
     Workers behave like ``worker.py``: they read messages at any time (a helper thread does,
-    also while a task runs), run their local FIFO in order, drop revoked tasks that have not
-    started, flush results before a REVOKED acknowledgement, and say goodbye once their queue is
-    empty after a stop. Messages between a worker and the master keep their order. Worker 1 is
-    never lost, so that the run can always finish.
+    also while a task runs), run their blocks in order and the tasks of a block in order, drop
+    what a revoke cuts and has not started, batch the results of consecutive tasks of a block
+    into one message (``rows``), send a failure or a streamed result in order with them, flush
+    their results before a steal's acknowledgement, and say goodbye once their queue is empty
+    after a stop. The master does what ``master.py`` does: ``accept`` before storing, then
+    ``rows_done`` / ``task_done`` / ``discarded``; a batch of a lease that is over is looked at
+    task by task. Messages between a worker and the master keep their order. Worker 1 is never
+    lost, so that the run can always finish.
 
     The bugs these runs once found are pinned by the regression tests above.
     """
 
     def __init__(self, n_tasks: int, n_workers: int, *, prefetch: int, retries: int, timeout: float | None,
-                 timeouts: list[float | None], batch_window: float = 0.02, max_batch: int = 16,
-                 late_joiners: int = 0) -> None:
+                 timeouts: list[float | None], block_time: float = 0.02, max_block: int = 8,
+                 late_joiners: int = 0, known_total: bool = True) -> None:
         self.tids = [f"t{i}" for i in range(n_tasks)]
-        self.source = Source((tid, {"timeout": timeouts[i % len(timeouts)] if timeouts else None})
+        self.source = Source((tid, {"timeout": timeouts[i % len(timeouts)] if timeouts else None}, i)
                              for i, tid in enumerate(self.tids))
         self.retries = retries
         self.default_timeout = timeout
         self.stream_tick: dict[int, float] = {}  # rank -> last tick that saw a transfer from it
-        self.payloads = {tid: p for tid, p in self.source.items}
+        self.payloads = {tid: p for tid, p, _ in self.source.items}
         self.s = Scheduler(self.source, expect=range(1, n_workers + 1), prefetch=prefetch, retries=retries,
-                           timeout=timeout, timeout_of=lambda p: p["timeout"], batch_window=batch_window,
-                           max_batch=max_batch)
+                           timeout=timeout, timeout_of=lambda p: p["timeout"], block_time=block_time,
+                           max_block=max_block, total=n_tasks if known_total else None)
         self.now = 0.0
         self.w = {r: SimWorker(r) for r in range(1, n_workers + 1)}
         self.protected = 1  # never lost, so that the run can always finish
-        self.ended: dict[Any, Ended] = {}
-        self.last_attempt: dict[Any, int] = {}
+        self.ended: dict[Any, tuple] = {}  # tid -> (ok, attempt, rank, error)
         self.troubled: set[Any] = set()  # tasks that failed, expired or lost a holder
         self.errors: dict[Any, set[str]] = {}
         self.stops: Counter = Counter()
@@ -955,13 +1237,19 @@ class Cluster:
         self.pulled_at_drain: int | None = None
         self.sent_after_drain: set[Any] = set()
         self.dispatched_before_drain: set[Any] = set()
-        self.delivered_done: list[tuple[int, Any, int]] = []
+        self.last_attempt: dict[Any, int] = {}
+        self.delivered_done: list[tuple] = []  # (rank, bid, index, tid, attempt) of accepted results
         self.steps = 0
         self.notices: list[Notice] = []
+        self.block_sizes: Counter = Counter()
         for r in range(1, n_workers + 1 - late_joiners):
             self.join(r)
 
     # -- the master side ------------------------------------------------------------------
+
+    def end(self, tid, ok, attempt, rank, error=None) -> None:
+        assert tid not in self.ended, f"task {tid} ended twice: {self.ended[tid]} and {(ok, attempt, rank, error)}"
+        self.ended[tid] = (ok, attempt, rank, error)
 
     def route(self, decisions: list) -> None:
         s = self.s
@@ -970,18 +1258,20 @@ class Cluster:
                 w = self.w[d.rank]
                 assert not w.lost and s.workers()[d.rank].state == "ok", d
                 assert self.stops[d.rank] == 0, f"task sent after Stop: {d}"
-                tids = [t[0] for t in d.tasks]
-                assert len(set(tids)) == len(tids), f"task twice in one Send: {d}"
-                for tid, attempt, payload in d.tasks:
-                    assert payload == self.payloads[tid]
-                    assert tid not in self.ended, f"ended task sent again: {d}"
-                    assert attempt > self.last_attempt.get(tid, 0), f"attempt number not increasing: {d}"
-                    self.last_attempt[tid] = attempt
-                    if self.drained:
-                        self.sent_after_drain.add(tid)
-                    else:
-                        self.dispatched_before_drain.add(tid)
-                w.inbox.append(d)
+                for b in d.blocks:
+                    assert len(set(b.tids)) == len(b.tids), f"task twice in one block: {b}"
+                    assert b.next == 0 and len(b) >= 1
+                    self.block_sizes[len(b)] += 1
+                    for tid, payload in zip(b.tids, b.payloads):
+                        assert payload == self.payloads[tid]
+                        assert tid not in self.ended, f"ended task sent again: {tid}"
+                        assert b.attempt > self.last_attempt.get(tid, 0), f"attempt number not increasing: {tid}"
+                        self.last_attempt[tid] = b.attempt
+                        if self.drained:
+                            self.sent_after_drain.add(tid)
+                        else:
+                            self.dispatched_before_drain.add(tid)
+                    w.inbox.append(SimBlock(b.bid, list(b.tids), b.attempt, 0, len(b)))
             elif isinstance(d, (Revoke, Stop)):
                 if isinstance(d, Stop):
                     self.stops[d.rank] += 1
@@ -989,9 +1279,11 @@ class Cluster:
                     assert s.finished and not self.w[d.rank].lost
                 if not self.w[d.rank].lost:
                     self.w[d.rank].inbox.append(d)
+            elif isinstance(d, Done):
+                for tid in d.tids:
+                    self.end(tid, True, d.attempt, d.rank)
             elif isinstance(d, Ended):
-                assert d.tid not in self.ended, f"task ended twice: {d} and {self.ended[d.tid]}"
-                self.ended[d.tid] = d
+                self.end(d.tid, d.ok, d.attempt, d.rank, d.error)
             elif isinstance(d, Expired):
                 self.troubled.add(d.tid)
             elif isinstance(d, Notice):
@@ -1009,52 +1301,71 @@ class Cluster:
         self.s.worker_ready(rank, self.now)
         self.after_event([])
 
+    def _one(self, rank, bid, i, tid, attempt, dur) -> list:
+        """One result, as the master handles it: accept, store, report (or drop)."""
+        s = self.s
+        if not s.accept(rank, bid, i, tid):
+            return s.discarded(rank, self.now)
+        was_ended = tid in self.ended
+        out = s.task_done(rank, bid, i, tid, self.now, dur, attempt)
+        assert not was_ended
+        self.delivered_done.append((rank, bid, i, tid, attempt))
+        return out
+
     def deliver(self, rank: int) -> None:
         """The master receives the next message from ``rank``."""
         s, w = self.s, self.w[rank]
         msg = w.outbox.popleft()
         kind = msg[0]
         out: list = []
-        if kind == "failed":
-            _, tid, attempt, err = msg
+        if kind == "rows":
+            _, bid, start, tids, attempt, dur = msg
+            if s.lease(rank, bid) is not None:
+                n = s.accept_rows(rank, bid, start, len(tids))  # those past a cut are not done
+                n_done = s.n_done
+                if n:
+                    out = s.rows_done(rank, bid, start, n, self.now, dur * n)
+                else:
+                    out = s.discarded(rank, self.now)
+                assert s.n_done == n_done + n
+                self.delivered_done.extend((rank, bid, start + k, t, attempt) for k, t in enumerate(tids[:n]))
+            else:  # a batch of a lease that is over: only a task retried alone may still win
+                for k, tid in enumerate(tids):
+                    out += self._one(rank, bid, start + k, tid, attempt, dur)
+        elif kind == "failed":
+            _, bid, i, tid, attempt, err = msg
             self.troubled.add(tid)
             self.errors.setdefault(tid, set()).add(err)
             n_failed = s.n_failed
-            out = s.task_failed(rank, tid, attempt, err, self.now)
+            out = s.task_failed(rank, bid, i, tid, err, self.now, attempt)
             assert s.n_failed - n_failed == len(of(out, Ended))
-        if kind == "begin":
-            _, tid, attempt, dur = msg
-            if s.result_begin(rank, tid, attempt, self.now):
-                w.outbox.appendleft(("end", tid, attempt, dur))  # the chunks follow
+        elif kind == "begin":
+            _, bid, i, tid, attempt, dur = msg
+            if s.begin_stream(rank, bid, i, tid, self.now):
+                w.outbox.appendleft(("end", bid, i, tid, attempt, dur))  # the chunks follow
             else:
-                # a rejected late result; the scheduler's contract is that task_done discards it
-                # (the master-side variant is test_rejected_late_result_clears_suspicion)
-                kind = "end"
-        if kind in ("done", "end"):
-            _, tid, attempt, dur = msg
-            was_ended = tid in self.ended
-            n_done = s.n_done
-            out = s.task_done(rank, tid, attempt, self.now, dur)
-            if was_ended:
-                assert out == [] and s.n_done == n_done, "late result after the end was not discarded"
-            elif self.drained and not out:
-                assert s.n_done == n_done  # a task that drain() forgot, not done: left for --resume
-            else:
-                assert s.n_done == n_done + 1 and out[0] == Ended(tid, attempt, rank, True, None)
-            self.delivered_done.append((rank, tid, attempt))
+                out = s.discarded(rank, self.now)
+        elif kind == "end":
+            _, bid, i, tid, attempt, dur = msg
+            s.transfer_done(rank)
+            out = self._one(rank, bid, i, tid, attempt, dur)
         elif kind == "revoked":
-            s.revoked(rank, msg[1], self.now)
+            out = s.revoked(rank, msg[1], self.now)
         elif kind == "bye":
             s.worker_stopped(rank)
         self.after_event(out)
 
     def deliver_duplicate(self, i: int) -> None:
         """A result delivered a second time, for a task that has ended."""
-        rank, tid, attempt = self.delivered_done[i % len(self.delivered_done)]
+        rank, bid, k, tid, attempt = self.delivered_done[i % len(self.delivered_done)]
         if self.w[rank].lost or self.w[rank].said_bye or tid not in self.ended:
             return  # (nothing comes from a worker after its goodbye)
         n_done = self.s.n_done
-        assert self.s.task_done(rank, tid, attempt, self.now, 0.01) == []
+        b = self.s.lease(rank, bid)
+        if b is not None and b.next != k:
+            return  # (a worker never repeats a task of its live lease)
+        assert not self.s.accept(rank, bid, k, tid)
+        self.s.discarded(rank, self.now)
         assert self.s.n_done == n_done
         self.after_event([])
 
@@ -1065,21 +1376,26 @@ class Cluster:
     def advance(self, dt: float) -> None:
         """Time passes; the master ticks. Checks which leases expired and which did not."""
         s = self.s
-        before = {r: (next(iter(w.queue)), w.head_since, w.streaming) for r, w in s.workers().items()
-                  if w.state == "ok" and w.queue}
+        before = {}
+        for r, w in s.workers().items():
+            if w.state == "ok" and w.queue:
+                b = w.queue[0]
+                before[r] = (b.tids[b.next], b.rec(b.next), w.head_since, w.streaming)
         self.now += dt
         for r, w in s.workers().items():
-            if w.streaming is not None:
+            if w.streaming:
                 self.stream_tick[r] = self.now
         out = s.tick(self.now)
         for e in of(out, Expired):
-            # only the head of a worker's FIFO expires, timed from when it started running
-            head, since, streaming = before[e.rank]
-            assert e.tid == head and streaming is None, (e, before[e.rank])
-            assert self.now >= since + self.lease_of(head), (e, since, self.now)
+            # only the running task of a worker expires, timed from when it started running
+            head, rec, since, streaming = before[e.rank]
+            assert e.tid == head and not streaming, (e, before[e.rank])
+            if rec is None or rec.step == 0:
+                assert self.now >= since + self.lease_of(head), (e, since, self.now)
         for r, w in s.workers().items():
-            if w.state == "ok" and w.queue and w.streaming is None:
-                head = next(iter(w.queue))
+            if w.state == "ok" and w.queue and not w.streaming:
+                b = w.queue[0]
+                head = b.tids[b.next]
                 lease = self.lease_of(head)
                 # a head past its lease must have expired, unless a transfer from that worker held
                 # the lease over: the lease is then looked at again one second after that tick
@@ -1092,11 +1408,11 @@ class Cluster:
         w = self.w[rank]
         if rank == self.protected or w.lost or not w.joined:
             return
-        held = list(self.s.workers()[rank].queue)
-        if held:
-            self.troubled.add(held[0])
+        q = self.s.workers()[rank].queue
+        if q:
+            self.troubled.add(q[0].tids[q[0].next])
         w.lost = True
-        w.inbox.clear(), w.outbox.clear(), w.local.clear()
+        w.inbox.clear(), w.outbox.clear(), w.local.clear(), w.pending.clear()
         w.running = None
         self.after_event(self.s.worker_lost(rank, self.now))
 
@@ -1109,35 +1425,58 @@ class Cluster:
 
     # -- the worker side ------------------------------------------------------------------
 
+    def flush(self, rank: int) -> None:
+        w = self.w[rank]
+        w.outbox.extend(w.pending)
+        w.pending.clear()
+
     def recv(self, rank: int) -> None:
-        """The worker, between two tasks, handles the next message that reached it."""
+        """The worker's helper thread handles the next message that reached it."""
         w = self.w[rank]
         d = w.inbox.popleft()
-        if isinstance(d, Send):
-            w.local.extend((tid, att) for tid, att, _ in d.tasks)
+        if isinstance(d, SimBlock):
+            w.local.append(d)
         elif isinstance(d, Revoke):
-            drop = set(d.tids)
-            dropped = [t for t, _ in w.local if t in drop]
-            w.local = deque(x for x in w.local if x[0] not in drop)
+            answer = []
+            for bid, k in d.cuts:
+                sb = next((x for x in w.local if x.bid == bid), None)
+                first = None
+                if sb is not None:
+                    started = sb.next + (1 if w.running is not None and w.running[0] == bid else 0)
+                    k = max(k, started)
+                    if k < sb.end:
+                        first, sb.end = k, k
+                answer.append((bid, first))
+            w.local = deque(x for x in w.local if x.next < x.end or (w.running and w.running[0] == x.bid))
             if d.expect_ack:
-                w.outbox.append(("revoked", dropped))
+                self.flush(rank)  # results first: the master must see them before the ack
+                w.outbox.append(("revoked", answer))
         elif isinstance(d, Stop):
             w.got_stop = True
 
     def start(self, rank: int) -> None:
         w = self.w[rank]
-        w.running = w.local.popleft()
+        sb = w.local[0]
+        i = sb.next
+        sb.next += 1
+        w.running = (sb.bid, i, sb.tids[i], sb.attempt)
+        if sb.next >= sb.end:
+            w.local.popleft()
 
     def finish(self, rank: int, outcome: str, dur: float = 0.01) -> None:
         w = self.w[rank]
-        tid, attempt = w.running
+        bid, i, tid, attempt = w.running
         w.running = None
+        last = w.pending[-1] if w.pending else None
         if outcome == "fail":
-            w.outbox.append(("failed", tid, attempt, f"error {tid} attempt {attempt} on {rank}"))
+            w.pending.append(("failed", bid, i, tid, attempt, f"error {tid} attempt {attempt} on {rank}"))
         elif outcome == "stream":
-            w.outbox.append(("begin", tid, attempt, dur))
+            self.flush(rank)
+            w.outbox.append(("begin", bid, i, tid, attempt, dur))
+        elif last is not None and last[0] == "rows" and last[1] == bid and last[2] + len(last[3]) == i:
+            last[3].append(tid)
         else:
-            w.outbox.append(("done", tid, attempt, dur))
+            w.pending.append(("rows", bid, i, [tid], attempt, dur))
 
     # -- driving --------------------------------------------------------------------------
 
@@ -1152,9 +1491,12 @@ class Cluster:
                 acts.append(("start", r))
             if w.running is not None:
                 acts.append(("finish", r))
+            if w.pending:
+                acts.append(("flush", r))
             if w.outbox:
                 acts.append(("deliver", r))
-            if w.got_stop and not w.said_bye and w.running is None and not w.local and not w.inbox:
+            if (w.got_stop and not w.said_bye and w.running is None and not w.local and not w.inbox
+                    and not w.pending):
                 acts.append(("bye", r))  # its queue ran dry after the stop: goodbye
         return acts
 
@@ -1174,8 +1516,10 @@ class Cluster:
             self.start(a[1])
         elif a[0] == "finish":
             x = rng.random()
-            outcome = "fail" if chaos and x < p_fail else ("stream" if x > 0.7 else "done")
-            self.finish(a[1], outcome, rng.choice([0.0005, 0.001, 0.05, 1.0]))
+            outcome = "fail" if chaos and x < p_fail else ("stream" if x > 0.85 else "done")
+            self.finish(a[1], outcome, rng.choice([0.00005, 0.0005, 0.001, 0.05, 1.0]))
+        elif a[0] == "flush":
+            self.flush(a[1])
         elif a[0] == "deliver":
             self.deliver(a[1])
         elif a[0] == "bye":
@@ -1194,7 +1538,7 @@ class Cluster:
                 self.join(a[1] if len(a) > 1 else rng.choice(late))
         return True
 
-    def settle(self, rng: random.Random, max_steps: int = 20000) -> None:
+    def settle(self, rng: random.Random, max_steps: int = 50000) -> None:
         """No more failures, losses or passing time: let every message and task through."""
         for _ in range(max_steps):
             if self.step(rng, chaos=False, p_fail=0.0, timeout=1.0):
@@ -1206,22 +1550,28 @@ class Cluster:
 
     def check(self) -> None:
         s = self.s
-        ws = s.workers()
         seen: set = set()
         held = 0
-        for r, wr in ws.items():
-            q = list(wr.queue)
+        for r, wr in s.workers().items():
+            q = [t for b in wr.queue for t in b.tids[b.next:]]
+            assert wr.held == len(q), (r, wr.held, q)
             held += len(q)
             if wr.state != "ok":
                 assert not q, f"worker {r} in state {wr.state} holds {q}"
+            for b in wr.queue:
+                assert s._leases.get(b.bid) is b and b.rank == r
             for tid in q:
                 assert tid not in seen, f"task {tid} leased to two workers"
                 assert tid not in self.ended, f"ended task {tid} still held by worker {r}"
                 seen.add(tid)
+        for b in s._requeued:
+            for tid in b.tids[b.next:]:
+                assert tid not in seen, f"task {tid} both leased and queued"
+                assert tid not in self.ended or (len(b) == 1 and b.recs[0].ended), f"ended task {tid} queued"
+                seen.add(tid)
         assert s.in_flight() == held
-        ok = sum(1 for e in self.ended.values() if e.ok)
+        ok = sum(1 for e in self.ended.values() if e[0])
         assert (s.n_done, s.n_failed) == (ok, len(self.ended) - ok)
-        assert s.target_outstanding() >= s.prefetch
         if self.drained:
             assert self.source.pulled == self.pulled_at_drain, "source read after drain"
             assert self.sent_after_drain <= self.dispatched_before_drain, "new task sent after drain"
@@ -1236,12 +1586,12 @@ class Cluster:
         if not self.drained and not gave_up:
             assert set(self.ended) == set(self.tids), set(self.tids) ^ set(self.ended)
             assert self.source.pulled == len(self.tids)
-        for tid, e in self.ended.items():
-            if not e.ok and gave_up and "no healthy worker" in (e.error or ""):
+        for tid, (ok, _attempt, _rank, error) in self.ended.items():
+            if not ok and gave_up and "no healthy worker" in (error or ""):
                 continue  # every worker was stuck or lost for longer than the patience
-            if not e.ok:
+            if not ok:
                 assert tid in self.troubled, f"{tid} failed but never failed, expired or lost its worker"
-                assert e.error in self.errors.get(tid, set()) or "timed out" in e.error or "lost" in e.error
+                assert error in self.errors.get(tid, set()) or "timed out" in error or "lost" in error
         for r, w in self.w.items():
             st_ = s.workers().get(r)
             if w.lost or st_ is None:
@@ -1253,10 +1603,13 @@ class Cluster:
 
 
 def run_cluster(seed: int, n_tasks: int, n_workers: int, prefetch: int, retries: int, timeout: float,
-                per_task: list, chaos_steps: int, p_fail: float, late_joiners: int, drain_at: int | None):
+                per_task: list, chaos_steps: int, p_fail: float, late_joiners: int, drain_at: int | None,
+                tiny: float | None = None, known_total: bool = True):
     rng = random.Random(seed)
     c = Cluster(n_tasks, n_workers, prefetch=prefetch, retries=retries, timeout=timeout, timeouts=per_task,
-                late_joiners=late_joiners)
+                late_joiners=late_joiners, known_total=known_total)
+    if tiny is not None:
+        c.s._observe(tiny, 1)  # as if tiny tasks had been measured: blocks of many tasks from the start
     for i in range(chaos_steps):
         if drain_at is not None and i == drain_at:
             c.drain()
@@ -1270,7 +1623,7 @@ def run_cluster(seed: int, n_tasks: int, n_workers: int, prefetch: int, retries:
 
 cluster_params = dict(
     seed=st.integers(0, 2**32 - 1),
-    n_tasks=st.integers(0, 40),
+    n_tasks=st.integers(0, 60),
     n_workers=st.integers(1, 5),
     prefetch=st.integers(1, 4),
     retries=st.integers(0, 3),
@@ -1279,36 +1632,44 @@ cluster_params = dict(
     chaos_steps=st.integers(0, 400),
     p_fail=st.sampled_from([0.0, 0.1, 0.3, 0.6]),
     late_joiners=st.integers(0, 2),
+    tiny=st.sampled_from([None, 1e-4, 1e-3]),
+    known_total=st.booleans(),
 )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**cluster_params)
 def test_random_cluster_every_task_ends_exactly_once(seed, n_tasks, n_workers, prefetch, retries, timeout,
-                                                      per_task, chaos_steps, p_fail, late_joiners):
+                                                      per_task, chaos_steps, p_fail, late_joiners, tiny,
+                                                      known_total):
     late_joiners = min(late_joiners, n_workers - 1)
     run_cluster(seed, n_tasks, n_workers, prefetch, retries, timeout, per_task, chaos_steps, p_fail,
-                late_joiners, drain_at=None)
+                late_joiners, drain_at=None, tiny=tiny, known_total=known_total)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**cluster_params, drain_frac=st.floats(0.0, 1.0))
 def test_random_cluster_with_drain(seed, n_tasks, n_workers, prefetch, retries, timeout, per_task,
-                                   chaos_steps, p_fail, late_joiners, drain_frac):
+                                   chaos_steps, p_fail, late_joiners, tiny, known_total, drain_frac):
     late_joiners = min(late_joiners, n_workers - 1)
     c = run_cluster(seed, n_tasks, n_workers, prefetch, retries, timeout, per_task, chaos_steps, p_fail,
-                    late_joiners, drain_at=int(drain_frac * chaos_steps))
+                    late_joiners, drain_at=int(drain_frac * chaos_steps), tiny=tiny, known_total=known_total)
     assert c.s.draining and c.drained
     assert set(c.ended) <= c.dispatched_before_drain
 
 
 def test_random_cluster_smoke_many_seeds():
-    """A quick deterministic sweep, so that a plain run covers many orders even without hypothesis."""
-    for seed in range(40):
+    """A quick deterministic sweep, so that a plain run covers many orders even without hypothesis;
+    half of the runs with blocks of many tasks from the start."""
+    sizes: Counter = Counter()
+    for seed in range(60):
         rng = random.Random(seed)
-        run_cluster(seed, n_tasks=rng.randint(0, 30), n_workers=rng.randint(1, 4), prefetch=rng.randint(1, 3),
-                    retries=rng.randint(0, 2), timeout=5.0, per_task=[None, 2.0], chaos_steps=300, p_fail=0.2,
-                    late_joiners=0, drain_at=None)
+        c = run_cluster(seed, n_tasks=rng.randint(0, 50), n_workers=rng.randint(1, 4), prefetch=rng.randint(1, 3),
+                        retries=rng.randint(0, 2), timeout=5.0, per_task=[None, 2.0], chaos_steps=300, p_fail=0.2,
+                        late_joiners=0, drain_at=None, tiny=1e-4 if seed % 2 else None,
+                        known_total=seed % 3 != 0)
+        sizes.update(c.block_sizes)
+    assert max(sizes) > 1 and sizes[1]  # both blocks of many tasks and single tasks were exercised
 
 
 # -- stateful test: hypothesis picks every event ------------------------------------------------
@@ -1318,16 +1679,19 @@ class SchedulerMachine(RuleBasedStateMachine):
     """Hypothesis chooses each event; the teardown lets the cluster settle and checks the end."""
 
     @initialize(
-        n_tasks=st.integers(0, 12),
+        n_tasks=st.integers(0, 24),
         n_workers=st.integers(1, 4),
         prefetch=st.integers(1, 3),
         retries=st.integers(0, 2),
         timeout=st.sampled_from([2.0, 10.0]),
         per_task=st.lists(st.sampled_from([None, 1.0, 30.0]), max_size=2),
+        tiny=st.sampled_from([None, 1e-4]),
     )
-    def setup(self, n_tasks, n_workers, prefetch, retries, timeout, per_task):
+    def setup(self, n_tasks, n_workers, prefetch, retries, timeout, per_task, tiny):
         self.c = Cluster(n_tasks, n_workers, prefetch=prefetch, retries=retries, timeout=timeout,
                          timeouts=per_task)
+        if tiny is not None:
+            self.c.s._observe(tiny, 1)
         self.timeout = timeout
 
     def _acts(self, kind):
@@ -1351,6 +1715,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         acts = self._acts("finish")
         if acts:
             self.c.finish(acts[i % len(acts)], outcome, dur)
+
+    @rule(i=st.integers(0, 7))
+    def flush(self, i):
+        acts = self._acts("flush")
+        if acts:
+            self.c.flush(acts[i % len(acts)])
 
     @rule(i=st.integers(0, 7))
     def deliver(self, i):
@@ -1382,9 +1752,10 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.c.check_final()
 
 
-SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None,
+SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None,
                                               suppress_health_check=[HealthCheck.too_slow])
 test_scheduler_state_machine = SchedulerMachine.TestCase
+
 
 
 # -- policies that live in the scheduler: states, grace, patience, the end of the run ------------
@@ -1404,7 +1775,7 @@ def test_every_transition_in_the_table_is_reachable_only_from_its_state():
     events = {e for _, e in TRANSITIONS}
     for state in WorkerState:
         for event in events:
-            s = Scheduler([], expect=(1,))
+            s = sched([], expect=(1,))
             w = s.workers()[1]
             s._count[w.state] -= 1
             w.state = state
@@ -1430,7 +1801,7 @@ def test_grace_period_ends_in_tick_and_leaves_running_tasks_for_resume():
 
 
 def test_workers_that_never_say_hello_are_named_after_the_patience():
-    s = Scheduler([(0, None)], expect=(1, 2, 3), hello_patience=10.0)
+    s = sched([(0, None)], expect=(1, 2, 3), hello_patience=10.0)
     s.worker_ready(2, 1.0)
     assert s.tick(9.0) == []
     (n,) = of(s.tick(10.5), Notice)
@@ -1449,7 +1820,7 @@ def test_no_healthy_worker_left_fails_the_rest_after_the_patience():
 
 
 def test_the_run_is_over_once_every_expected_worker_is_released():
-    s = Scheduler([(0, None)], expect=(1, 2, 3), prefetch=1)
+    s = sched([(0, None)], expect=(1, 2, 3), prefetch=1)
     for r in (1, 2, 3):
         s.worker_ready(r, 0.0)
     s.dispatch(0.0)
@@ -1464,7 +1835,7 @@ def test_the_run_is_over_once_every_expected_worker_is_released():
 
 
 def test_a_stuck_worker_does_not_hold_the_end_of_the_run():
-    s = Scheduler([(0, None)], expect=(1, 2), prefetch=1, timeout=5.0, retries=1)
+    s = sched([(0, None)], expect=(1, 2), prefetch=1, timeout=5.0, retries=1)
     s.worker_ready(1, 0.0)
     s.worker_ready(2, 0.0)
     s.dispatch(0.0)  # 1 <- 0

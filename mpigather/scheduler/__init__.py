@@ -1,22 +1,24 @@
-"""The scheduling state machine: a pure package, no I/O and no MPI (see ``core`` for the invariants).
+"""The scheduling state machine: a pure package, no I/O and no MPI (``core`` lists the invariants).
 
 One file per concern, and one facade, ``Scheduler``, that the master talks to:
 
-- ``types``: the records it keeps (tasks in flight, workers) and the worker state table;
+- ``types``: the records it keeps (blocks of tasks, tasks with a history, workers) and the
+  table of worker states;
 - ``workers``: worker states and their transitions, hello and lost patience;
-- ``leases``: deadlines of running tasks, and what happens when one passes;
-- ``queue``: the task source, requeued tasks, prefetch and stealing;
+- ``leases``: deadlines of running tasks, and what a lease that ends early gives back;
+- ``queue``: the task source, block sizes, requeued work, dispatch and stealing;
 - ``steps``: multi-step tasks and the kinds of workers they need;
 - ``decisions``: what events ask the master to do;
-- ``core``: the facade, and the events that end tasks.
+- ``core``: the facade, the events that end tasks, and the run's end.
 """
 
 from .core import Scheduler
-from .decisions import Decision, Ended, Expired, Halt, Notice, Revoke, Send, Stop
+from .decisions import Decision, Done, Ended, Expired, Halt, Notice, Revoke, Send, Stop
 from .leases import STREAM_RECHECK
-from .types import RELEASED, TRANSITIONS, WAIT, TaskId, TaskRec, W, WorkerRec, WorkerState
+from .queue import IterSource
+from .types import RELEASED, TRANSITIONS, WAIT, Block, Chunk, TaskId, TaskRec, W, WorkerRec, WorkerState
 from .workers import HELLO_PATIENCE, LOST_PATIENCE
 
-__all__ = ["HELLO_PATIENCE", "LOST_PATIENCE", "RELEASED", "STREAM_RECHECK", "TRANSITIONS", "WAIT", "Decision",
-           "Ended", "Expired", "Halt", "Notice", "Revoke", "Scheduler", "Send", "Stop", "TaskId", "TaskRec", "W",
-           "WorkerRec", "WorkerState"]
+__all__ = ["HELLO_PATIENCE", "LOST_PATIENCE", "RELEASED", "STREAM_RECHECK", "TRANSITIONS", "WAIT", "Block", "Chunk",
+           "Decision", "Done", "Ended", "Expired", "Halt", "IterSource", "Notice", "Revoke", "Scheduler", "Send",
+           "Stop", "TaskId", "TaskRec", "W", "WorkerRec", "WorkerState"]

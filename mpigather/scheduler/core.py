@@ -1,19 +1,23 @@
-"""The scheduling state machine: task queue, leases, retries, prefetch, stealing and the run's end.
+"""The facade: ``Scheduler``, the events that end tasks, and the run's end.
 
-This module contains no I/O and imports no MPI. Everything that decides which task goes
+This package contains no I/O and imports no MPI. Everything that decides which task goes
 where, what happens when a task ends, when a worker is suspect, when a drain's grace period
-is over, when nobody is left to do the work and when the run is over lives here. The
-master feeds it events with the current time passed in (``worker_ready``, ``result_begin``,
+is over, when nobody is left to do the work and when the run is over lives here. The master
+feeds it events with the current time passed in (``worker_ready``, ``accept``, ``rows_done``,
 ``task_done``, ``task_failed``, ``tick``...) and carries out the decisions they return
-(``Send``, ``Revoke``, ``Stop``, ``Ended``, ``Expired``, ``Notice``). So leases and timeouts
-are tested without sleeping and without MPI.
+(``Send``, ``Revoke``, ``Stop``, ``Done``, ``Ended``, ``Expired``, ``Notice``). So leases and
+timeouts are tested without sleeping and without MPI.
+
+Its unit of work is a block of consecutive tasks (``types.Block``): one lease, one message each
+way, one event per batch of results. Workers report on a task by lease id and index.
 
 Invariants (checked by the tests with random event orders):
 - every task ends exactly once, done or failed;
-- a task has at most one live lease; a late result of an earlier lease still wins if it
-  arrives first, and anything arriving after the task ended is discarded;
-- a worker runs its queue in FIFO order, so the head of its queue is the task it runs, and
-  only the head's lease has a running deadline;
+- a task has at most one live lease; a late result of an earlier lease of a task that is
+  retried alone (it failed, hung or lost its worker) still wins if it arrives first; any other
+  message of a lease that is over, or about a task that ended, is discarded;
+- a worker runs its blocks in order and the tasks of a block in order, so the running task is
+  the next one of the block at the head of its queue, and only its lease has a running deadline;
 - a worker changes state only along ``TRANSITIONS``; any other event raises ``ProtocolError``
   naming the event, the state and the worker, and changes nothing.
 """
@@ -21,38 +25,41 @@ Invariants (checked by the tests with random event orders):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import ProtocolError
-from .decisions import Decision, Ended, Notice, Revoke
+from .decisions import Decision, Done, Ended, Notice, Revoke
 from .leases import LeasesMixin
-from .queue import QueueMixin
+from .queue import QueueMixin, as_source
 from .steps import StepsMixin
-from .types import TaskId, TaskRec, W, WorkerRec, WorkerState
+from .types import Block, TaskId, TaskRec, W, WorkerRec, WorkerState
 from .workers import HELLO_PATIENCE, LOST_PATIENCE, WorkersMixin
 
 
 class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
-    """Hands out tasks from a lazy source to workers, with leases, retries and prefetch.
+    """Hands out blocks of tasks from a lazy source to workers, with leases, retries and prefetch.
 
-    ``tasks`` yields ``(task_id, payload)`` or ``(task_id, payload, position)`` and is read only
-    as far as needed (the position in the whole task list; counted from 0 when not given).
-    ``timeout_of(payload)`` gives a task's own lease length, or None for the default.
-    ``expect``: the ranks that will say hello; the run is over only once each is released.
+    ``tasks``: a source with ``take(n)`` (see ``base.Source``), or an iterable of ``(task_id,
+    payload)``, ``(task_id, payload, position)`` items, read only as far as needed (the position
+    in the whole task list; counted from 0 when not given). ``total``: how many tasks it holds,
+    when known (blocks shrink toward the end). ``timeout_of(payload)`` gives a task's own lease
+    length, or None for the default. ``expect``: the ranks that will say hello; the run is over
+    only once each is released. ``block_time``: seconds of work in a block of tiny tasks.
     """
 
     def __init__(
         self,
-        tasks: Iterable[tuple[Any, ...]],
+        tasks: Any,
         *,
         expect: Iterable[int] = (),
         prefetch: int = 2,
         retries: int = 0,
         timeout: float | None = None,
         timeout_of: Callable[[Any], float | None] | None = None,
-        batch_window: float = 0.02,
-        max_batch: int = 1024,
+        block_time: float = 0.02,
+        max_block: int = 4096,
+        total: int | None = None,
         hello_patience: float = HELLO_PATIENCE,
         lost_patience: float | None = None,
         start: float = 0.0,
@@ -61,35 +68,40 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         if retries < 0:
             raise ValueError(f"retries must be at least 0, not {retries}")
-        self._source: Iterator[tuple[Any, ...]] | None = iter(tasks)
-        self._seq_next = 0
+        if max_block < 1:
+            raise ValueError(f"max_block must be at least 1, not {max_block}")
+        self._source = as_source(tasks)
+        self.total = total
+        self._pulled = 0
         self.prefetch = prefetch
         self.retries = retries
         self.timeout = timeout
         self._timeout_of = timeout_of
-        self.batch_window = batch_window
-        self.max_batch = max(max_batch, prefetch)
+        self.block_time = block_time
+        self.max_block = max_block
         self.hello_patience = hello_patience
         self.lost_patience = lost_patience if lost_patience is not None else (timeout or LOST_PATIENCE)
-        self._requeued: deque[TaskRec] = deque()
-        self._active: dict[TaskId, TaskRec] = {}
+        self._requeued: deque[Block] = deque()
+        self._recs: dict[TaskId, TaskRec] = {}
+        self._leases: dict[int, Block] = {}
+        self._next_bid = 0
         self._workers: dict[int, WorkerRec] = {}
-        self._deadlines: list[tuple[float, int, int, TaskId]] = []
+        self._deadlines: list[tuple[float, int, int, int, int]] = []
         self._seq = 0
         self._draining = False
         self._grace_end: float | None = None
-        self._starved = False  # the last look at the source found nothing to hand out now
+        self._starved = False
         self._start = start
         self._hello_warned = False
         self._no_worker_since: float | None = None
         # kept up to date at every state or queue change, so that no pass over all workers is needed
         self._count: dict[WorkerState, int] = dict.fromkeys(WorkerState, 0)
-        self._ok: set[int] = set()  # healthy workers
-        self._hungry: set[int] = set()  # healthy workers whose queue shrank since dispatch last filled it
-        self._multi: set[int] = set()  # healthy workers holding more than one task (steal donors)
-        self._avg_duration: float | None = None
-        self._kinds: dict[str, int] = {}  # live workers of each kind
-        self._needs_check = False  # a requeued task needs a kind of worker: can anyone run it?
+        self._ok: set[int] = set()
+        self._hungry: set[int] = set()
+        self._multi: set[int] = set()
+        self._avg: float | None = None
+        self._kinds: dict[str, int] = {}
+        self._needs_check = False
         self.n_done = 0
         self.n_failed = 0
         for rank in expect:
@@ -101,7 +113,7 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
     @property
     def finished(self) -> bool:
         """True when no task is left to hand out and none is in flight."""
-        if self._active:
+        if self._leases or self._requeued or self._recs:
             return False
         return self._draining or self._source is None
 
@@ -114,75 +126,209 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
     def draining(self) -> bool:
         return self._draining
 
-    def transfer_done(self, rank: int, tid: TaskId) -> list[Decision]:
-        """Every byte of a result arrived; it is checked and stored before ``task_done``."""
-        w = self._worker(rank)
-        if w.streaming == tid:
-            w.streaming = None
-        return []
+    def in_flight(self) -> int:
+        """Tasks leased to workers and not yet reported."""
+        return sum(w.held for w in self._workers.values())
 
-    def discarded(self, rank: int, tid: TaskId, now: float, attempt: int | None = None) -> list[Decision]:
-        """A whole result arrived for a task that already ended, or from an attempt whose lease is
-        over: dropped, but the worker reported in."""
-        self._report_in(self._worker(rank), tid, now, attempt)
-        return []
+    def lease(self, rank: int, bid: int) -> Block | None:
+        """The live lease ``bid`` of worker ``rank`` (None once it is over)."""
+        b = self._leases.get(bid)
+        return b if b is not None and b.rank == rank else None
 
-    def result_begin(self, rank: int, tid: TaskId, attempt: int, now: float) -> bool:
-        """A result's header arrived and its bytes will follow. False: discard them."""
+    def task(self, tid: TaskId) -> TaskRec | None:
+        """A task with a history of its own (retries, steps), while it has not ended."""
+        return self._recs.get(tid)
+
+    # -- results --------------------------------------------------------------------------
+
+    def accept(self, rank: int, bid: int, i: int, tid: TaskId) -> bool:
+        """Is a result (or a failure) for task ``i`` of lease ``bid`` to be stored? Yes for the
+        running task of a live lease, and for a late result of a task retried alone that has
+        not ended yet (the first result wins). No: discard it (and call ``discarded``)."""
+        b = self._leases.get(bid)
+        if b is not None and b.rank == rank:
+            if i != b.next and i < len(b):
+                raise ProtocolError(f"worker {rank} reported task {i} of lease {bid}, expected task {b.next}")
+            return i < len(b)  # (past a cut it had not seen yet: not done)
+        rec = self._recs.get(tid)
+        return rec is not None and rec.block is not None and not rec.ended
+
+    def accept_rows(self, rank: int, bid: int, start: int, n: int) -> int:
+        """How many of the results of tasks ``[start, start + n)`` of lease ``bid`` are to be
+        stored: all, or those before a cut the worker had not seen yet (it ran them anyway; they
+        are not done), or none once the lease is over (each may still be a late winner: ``accept``)."""
+        b = self._leases.get(bid)
+        if b is None or b.rank != rank:
+            return 0
+        if start != b.next:
+            raise ProtocolError(f"worker {rank} reported task {start} of lease {bid}, expected task {b.next}")
+        return min(n, len(b) - start)
+
+    def begin_stream(self, rank: int, bid: int, i: int, tid: TaskId, now: float) -> bool:
+        """A result's header arrived and its bytes will follow. False: receive and drop them."""
         w = self._worker(rank)
         w.last_seen = now
-        rec = self._active.get(tid)
-        if rec is None:
-            self._report_in(w, tid, now)  # a late duplicate: dropped, but the worker is back
+        if not self.accept(rank, bid, i, tid):
+            self._report_in(w)  # a late duplicate: dropped, but the worker is back
             return False
-        if w.streaming is not None:
-            raise ProtocolError(f"worker {rank} began result {tid!r} while result {w.streaming!r} is open")
-        w.streaming = tid  # a transfer in progress suspends the lease of that worker
+        if w.streaming:
+            raise ProtocolError(f"worker {rank} began result {tid!r} while another result is open")
+        w.streaming = True  # a transfer in progress suspends the lease of that worker
         return True
 
-    def task_done(self, rank: int, tid: TaskId, attempt: int, now: float,
-                  duration: float | None = None) -> list[Decision]:
-        """A result is stored. Returns decisions (Ended, Revoke) or [] for a discarded late result."""
+    def transfer_done(self, rank: int) -> list[Decision]:
+        """Every byte of a result arrived; it is checked and stored before ``task_done``."""
+        self._worker(rank).streaming = False
+        return []
+
+    def discarded(self, rank: int, now: float) -> list[Decision]:
+        """A whole result arrived that ``accept`` refused: dropped, but the worker reported in."""
         w = self._worker(rank)
         w.last_seen = now
-        if w.streaming == tid:
-            w.streaming = None
-        if duration is not None and duration >= 0:
-            a = self._avg_duration
-            self._avg_duration = duration if a is None else 0.9 * a + 0.1 * duration
-        self._report_in(w, tid, now)  # any attempt's result ends the task: no lease of it stays
-        rec = self._active.get(tid)
-        if rec is None:
-            return []
-        return self._end(rec, rank, attempt, ok=True, error=None)
+        w.streaming = False
+        self._report_in(w)
+        return []
 
-    def tasks_done(self, rank: int, items: Iterable[tuple[TaskId, int, float | None]],
-                   now: float) -> list[Decision]:
-        """A batch of stored results from one worker: ``task_done`` for each, in order."""
-        out: list[Decision] = []
-        for tid, attempt, duration in items:
-            out.extend(self.task_done(rank, tid, attempt, now, duration))
+    def rows_done(self, rank: int, bid: int, start: int, n: int, now: float,
+                  duration: float | None = None) -> list[Decision]:
+        """Tasks ``[start, start + n)`` of the live lease ``bid`` are stored (``accept`` said yes):
+        one event for the lot. ``duration``: their compute time together."""
+        w = self._worker(rank)
+        w.last_seen = now
+        w.streaming = False
+        b = self._leases.get(bid)
+        if b is None or b.rank != rank or start != b.next or start + n > len(b):
+            raise ProtocolError(f"worker {rank}: tasks {start}..{start + n - 1} of lease {bid} are not its next ones")
+        self._report_in(w)
+        if duration is not None:
+            self._observe(duration, n)
+        out: list[Decision] = [Done(rank, b.attempt, b.tids[start:start + n])]
+        self.n_done += n
+        if b.recs:
+            for i in range(start, start + n):
+                rec = b.recs.pop(i, None)
+                if rec is not None:
+                    out.extend(self._close_rec(rec, ok=True, error=None))
+        self._advance(w, b, n, now)
         return out
 
-    def task_failed(self, rank: int, tid: TaskId, attempt: int, error: str, now: float) -> list[Decision]:
-        """The task raised. Retries it (elsewhere when possible) or ends it as failed."""
+    def task_done(self, rank: int, bid: int, i: int, tid: TaskId, now: float,
+                  duration: float | None = None, attempt: int | None = None) -> list[Decision]:
+        """One task's result is stored (``accept`` said yes): the running task of a live lease,
+        or a late winner (of ``attempt``), whose newer copy is taken back from wherever it waits."""
+        b = self._leases.get(bid)
+        if b is not None and b.rank == rank:
+            out = self.rows_done(rank, bid, i, 1, now, duration)
+            d = out[0]
+            assert isinstance(d, Done)
+            out[0] = Ended(tid, d.attempt, rank, True, None)
+            return out
         w = self._worker(rank)
         w.last_seen = now
-        if w.streaming == tid:
-            w.streaming = None
-        self._report_in(w, tid, now, attempt)
-        rec = self._active.get(tid)
-        if rec is None or (rec.rank is not None and (rec.rank != rank or attempt < rec.attempts)):
-            return []  # ended already, or a stale attempt while a newer one is leased (here or elsewhere)
-        waiting = rec.rank is None  # its lease had expired: it already waits in the requeue
-        rec.failures += 1
-        rec.last_error = error
-        if rec.failures <= self.retries and not self._draining:
-            if not waiting:
-                rec.rank = None
-                self._requeue(rec, front=False)
+        w.streaming = False
+        self._report_in(w)
+        rec = self._recs.get(tid)
+        if rec is None or rec.ended:
             return []
-        return self._end(rec, rank, attempt, ok=False, error=error)
+        out = self._withdraw(rec, rank, now)
+        return self._end_rec(rec, rank, attempt if attempt is not None else rec.attempts, ok=True, error=None) + out
+
+    def task_failed(self, rank: int, bid: int, i: int, tid: TaskId, error: str, now: float,
+                    attempt: int | None = None) -> list[Decision]:
+        """The task raised. Retries it alone (elsewhere when possible) or ends it as failed."""
+        w = self._worker(rank)
+        w.last_seen = now
+        w.streaming = False
+        b = self._leases.get(bid)
+        if b is not None and b.rank == rank:
+            if i != b.next:
+                raise ProtocolError(f"worker {rank} reported task {i} of lease {bid}, expected task {b.next}")
+            self._report_in(w)
+            rec = b.rec(i) or self._promote(b, i)
+            b.recs.pop(i)  # type: ignore[union-attr]  # (promoted above)
+            rec.block = None
+            self._advance(w, b, 1, now)
+            rec.failures += 1
+            rec.last_error = error
+            if rec.failures <= self.retries and not self._draining:
+                self._requeue_rec(rec, front=False)
+                return []
+            return self._end_rec(rec, rank, b.attempt, ok=False, error=error)
+        # a lease that is over: only a task retried alone, waiting in the queue, counts it
+        self._report_in(w)
+        late = self._recs.get(tid)
+        if late is None or late.ended or late.block is None or late.block.bid:
+            return []  # ended, waiting for a step's input, or a newer attempt runs: not counted against it
+        late.failures += 1
+        late.last_error = error
+        if late.failures <= self.retries and not self._draining:
+            return []
+        self._requeued.remove(late.block)
+        late.block = None
+        return self._end_rec(late, rank, attempt if attempt is not None else late.attempts, ok=False, error=error)
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def _end_rec(self, rec: TaskRec, rank: int, attempt: int, *, ok: bool, error: str | None) -> list[Decision]:
+        """The one place where a task with a history ends and is counted."""
+        if ok:
+            self.n_done += 1
+        else:
+            self.n_failed += 1
+        return [Ended(rec.tid, attempt, rank, ok, error), *self._close_rec(rec, ok, error)]
+
+    def _close_rec(self, rec: TaskRec, ok: bool, error: str | None) -> list[Decision]:
+        """A task with a history ended (and was counted): forget it; a fan-out's parent hears."""
+        rec.ended = True
+        self._recs.pop(rec.tid, None)
+        return self._child_ended(rec, ok, error) if rec.parent is not None else []
+
+    def _withdraw(self, rec: TaskRec, sender: int, now: float) -> list[Decision]:
+        """A late result of ``rec`` from ``sender`` won: take its newer copy back from wherever
+        it is. (On the sender itself it has not started: a worker runs its tasks one at a time.)"""
+        b = rec.block
+        rec.block = None
+        if b is None:
+            return []
+        if not b.bid:  # it waits in the queue
+            self._requeued.remove(b)
+            return []
+        hw = self._workers[b.rank]  # type: ignore[index]
+        if hw.queue and hw.queue[0] is b and hw.rank != sender:
+            # it is running there: hold that worker until it reports in, take back the rest
+            hw.stuck, hw.stuck_at = rec.tid, (b.bid, b.next)
+            self._leases.pop(b.bid, None)
+            hw.queue.popleft()
+            hw.held -= 1
+            self._transition(hw, "superseded")
+            rest = list(hw.queue)
+            out: list[Decision] = []
+            if rest:
+                out.append(Revoke(hw.rank, [(x.bid, x.next) for x in rest], expect_ack=False))
+            hw.queue.clear()
+            hw.held = 0
+            for x in rest:
+                self._leases.pop(x.bid, None)
+                x.bid, x.rank = 0, None
+            self._requeue_blocks(rest)
+            self._queue_changed(hw)
+            return out
+        was_head = hw.queue[0] is b
+        hw.queue.remove(b)
+        hw.held -= b.left
+        self._leases.pop(b.bid, None)
+        if was_head and hw.queue:  # (on the sender: it runs the next one now)
+            hw.head_since = now
+            self._arm(hw)
+        self._queue_changed(hw)
+        return [Revoke(hw.rank, [(b.bid, 0)], expect_ack=False)] if hw.state is W.OK else []
+
+    def _report_in(self, w: WorkerRec) -> None:
+        """A result or failure from ``w``: it is not stuck (any more)."""
+        self._transition(w, "report_in")
+        w.stuck = w.stuck_at = None
+
+    # -- the run's end --------------------------------------------------------------------
 
     def drain(self, now: float = 0.0, grace: float | None = None) -> list[Decision]:
         """Stop handing out work (a signal asked us to stop): revoke everything not yet started.
@@ -197,47 +343,65 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
             self._grace_end = now + grace
         out: list[Decision] = []
         for w in self._workers.values():
-            queued = list(w.queue)[1:]
-            if queued and w.state is W.OK:
-                out.append(Revoke(w.rank, queued, expect_ack=False))
-                for tid in queued:
-                    w.queue.pop(tid)
-                    self._active.pop(tid).rank = None
-                self._queue_changed(w)
-        for rec in self._requeued:
-            self._active.pop(rec.tid, None)
+            if not w.queue:
+                continue
+            head = w.queue[0]
+            cuts = [(head.bid, head.next + 1)] if head.next + 1 < len(head) else []
+            for b in list(w.queue)[1:]:
+                cuts.append((b.bid, b.next))
+                self._leases.pop(b.bid, None)
+                self._forget(b)
+            if head.next + 1 < len(head):
+                self._forget(head.cut(head.next + 1))
+            w.queue = deque([head])
+            w.held = head.left
+            self._queue_changed(w)
+            if cuts and w.state is W.OK:
+                out.append(Revoke(w.rank, cuts, expect_ack=False))
+        for b in self._requeued:
+            self._forget(b)
         self._requeued.clear()
-        for rec in [r for r in self._active.values() if r.rank is None]:  # waiting for a step's input or children
-            del self._active[rec.tid]
-        # a suspect worker's task will never come back in time: forget it, it is not done
-        for w in self._workers.values():
-            if w.state in (W.SUSPECT, W.LOST):
-                for tid in list(w.queue):
-                    w.queue.pop(tid)
-                    self._active.pop(tid, None)
+        for rec in [r for r in self._recs.values() if r.block is None]:  # waiting for a step's input or children
+            del self._recs[rec.tid]
         self._source = None
         return out
 
     def give_up(self, reason: str) -> list[Decision]:
         """End every unfinished task as failed (no healthy worker is left to run them)."""
         out: list[Decision] = []
+        blocks = [b for w in self._workers.values() for b in w.queue] + list(self._requeued)
         for w in self._workers.values():
             w.queue.clear()
+            w.held = 0
             self._queue_changed(w)
-        for rec in list(self._active.values()):
-            out.extend(self._end(rec, rec.rank if rec.rank is not None else -1, rec.attempts, ok=False,
-                                 error=reason))
+        self._leases.clear()
         self._requeued.clear()
+        for b in blocks:
+            for i in range(b.next, len(b)):
+                rec = b.rec(i)
+                if rec is not None:
+                    out.extend(self._end_rec(rec, b.rank if b.rank is not None else -1, b.attempt, ok=False,
+                                             error=reason))
+                else:
+                    self.n_failed += 1
+                    out.append(Ended(b.tids[i], b.attempt, b.rank if b.rank is not None else -1, False, reason))
+        for rec in list(self._recs.values()):
+            if not rec.ended:
+                out.extend(self._end_rec(rec, -1, rec.attempts, ok=False, error=reason))
         self._source = None
         return out
 
-    def abandon_running(self) -> list[TaskId]:
-        """At the end of the grace period: forget the tasks still running (they are not done)."""
-        left = list(self._active)
+    def abandon_running(self) -> int:
+        """At the end of the grace period: forget the tasks still running (they are not done).
+        Returns how many there were."""
+        left = self.in_flight() + sum(b.left for b in self._requeued)
+        left += sum(1 for r in self._recs.values() if r.block is None)
         for w in self._workers.values():
             w.queue.clear()
+            w.held = 0
             self._queue_changed(w)
-        self._active.clear()
+        self._leases.clear()
+        self._recs.clear()
         self._requeued.clear()
         self._draining = True
         self._source = None
@@ -246,45 +410,10 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
     def tick(self, now: float) -> list[Decision]:
         """Time passes: expire leases, end a drain's grace period, notice that nobody is left to work."""
         out = self._expire_leases(now)
-        if self._grace_end is not None and now > self._grace_end and self._active:
+        if self._grace_end is not None and now > self._grace_end and (self._leases or self._recs):
             left = self.abandon_running()
-            out.append(Notice("warning", f"grace period over: {len(left)} running task(s) left for a resume"))
+            out.append(Notice("warning", f"grace period over: {left} running task(s) left for a resume"))
         out.extend(self._check_workers(now))
         if self._needs_check and not self._count[W.NEW]:
             out.extend(self._fail_unrunnable())
-        return out
-
-    def _end(self, rec: TaskRec, rank: int, attempt: int, *, ok: bool, error: str | None) -> list[Decision]:
-        """The one place where a task ends and is counted."""
-        out: list[Decision] = [Ended(rec.tid, attempt, rank, ok, error)]
-        if ok:
-            self.n_done += 1
-        else:
-            self.n_failed += 1
-        rec.ended = True
-        del self._active[rec.tid]
-        if rec.parent is not None:
-            out.extend(self._child_ended(rec, ok, error))
-        holder, rec.rank = rec.rank, None
-        if holder is not None and holder != rank:
-            # another worker holds a newer lease on the task that just ended
-            hw = self._workers[holder]
-            if rec.tid in hw.queue:
-                if next(iter(hw.queue)) == rec.tid:
-                    # it is running there: hold the worker until it reports in, take back the rest
-                    hw.stuck = rec.tid
-                    hw.queue.pop(rec.tid)
-                    rest = list(hw.queue)
-                    hw.queue.clear()
-                    self._transition(hw, "superseded")
-                    for tid in reversed(rest):
-                        self._active[tid].rank = None
-                        self._requeue(self._active[tid])
-                    if rest:
-                        out.append(Revoke(holder, rest, expect_ack=False))
-                else:
-                    hw.queue.pop(rec.tid)
-                    self._queue_changed(hw)
-                    if hw.state is W.OK:
-                        out.append(Revoke(holder, [rec.tid], expect_ack=False))
         return out

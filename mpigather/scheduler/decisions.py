@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from .types import TaskId
+from .types import Block, TaskId
 
 
 class Decision:
@@ -16,18 +15,19 @@ class Decision:
 
 @dataclass(frozen=True)
 class Send(Decision):
-    """Send these (task id, attempt, payload) assignments to the worker."""
+    """Send these blocks to the worker (each a new lease: ``Block.bid``, ``Block.attempt``)."""
 
     rank: int
-    tasks: list[tuple[Any, ...]]  # (id, attempt, payload), or (id, attempt, payload, steps.StepCall)
+    blocks: list[Block]
 
 
 @dataclass(frozen=True)
 class Revoke(Decision):
-    """Ask the worker to drop these queued, not yet started tasks (and acknowledge, for a steal)."""
+    """Ask the worker to drop the tasks of these leases from the given index on, where not yet
+    started: ``[(lease id, index)]`` (and to acknowledge, for a steal)."""
 
     rank: int
-    tids: list[TaskId]
+    cuts: list[tuple[int, int]]
     expect_ack: bool
 
 
@@ -45,6 +45,15 @@ class Ended(Decision):
     rank: int
     ok: bool
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Done(Decision):
+    """Consecutive tasks of one block ended done: one decision for the lot."""
+
+    rank: int
+    attempt: int
+    tids: list[TaskId]
 
 
 @dataclass(frozen=True)

@@ -1,57 +1,124 @@
-"""The task queue: reading the source lazily, requeued tasks, prefetch, batching and stealing."""
+"""The task queue: blocks read lazily from the source, their sizes, requeued work, and stealing.
+
+Sizes come from measured durations: a block holds about ``block_time`` seconds of work (at most
+``max_block`` tasks), so a tiny task costs one lease, one message and one event per block, not
+per task. Until durations are known a block is one task. A block is never so large that a
+worker idles while another holds queued work: where the number of tasks left is known (a
+list, a range, a file, the executor's queue), no block takes more than an equal share of it,
+so blocks shrink toward the end of the run, and idle workers are filled first. Unstarted tasks
+of a worker's blocks move to an idle worker when nothing else is left (stealing).
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import ProtocolError
 from .base import Base
 from .decisions import Decision, Revoke, Send, Stop
-from .types import WAIT, TaskId, TaskRec, W, WorkerRec
+from .types import WAIT, Block, Chunk, TaskRec, W, WorkerRec, _Wait
+
+LOOKAHEAD = 32  # requeued blocks looked at for one that suits a worker
+
+
+class IterSource:
+    """A source over an iterable of ``(id, payload)``, ``(id, payload, position)`` or
+    ``(id, payload, position, step call)`` items (``WAIT`` items: nothing now). A chunk ends
+    where positions jump (tasks skipped on resume) and a task that resumes at a step comes alone."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._it: Iterator[Any] = iter(items)
+        self._held: Any = None  # an item read but not yet handed out
+        self._next_seq = 0
+
+    def take(self, n: int) -> Chunk | _Wait | None:
+        tids: list[Any] = []
+        payloads: list[Any] = []
+        seq0 = expect = -1
+        while len(tids) < n:
+            item = self._held if self._held is not None else next(self._it, None)
+            self._held = None
+            if item is None:
+                break
+            if item is WAIT:
+                if tids:
+                    break
+                return WAIT
+            tid, payload, *pos = item
+            seq = pos[0] if pos else self._next_seq
+            call = pos[1] if len(pos) > 1 else None
+            if tids and (seq != expect or call is not None):
+                self._held = item  # a gap in the positions, or a task resuming at a step: next time
+                break
+            self._next_seq = seq + 1
+            if call is not None:
+                return Chunk([tid], [payload], seq, call)
+            if not tids:
+                seq0 = seq
+            tids.append(tid)
+            payloads.append(payload)
+            expect = seq + 1
+        if not tids:
+            return None
+        return Chunk(tids, payloads, seq0)
+
+
+def as_source(tasks: Any) -> Any:
+    """A source for the scheduler: one with ``take``, or an iterable of items."""
+    return tasks if hasattr(tasks, "take") else IterSource(tasks)
 
 
 class QueueMixin(Base):
     """Part of ``Scheduler``: what goes to which worker (its state lives in ``Scheduler.__init__``)."""
 
-    def in_flight(self) -> int:
-        return sum(1 for r in self._active.values() if r.rank is not None)
+    # -- sizes ------------------------------------------------------------------------------
+
+    def block_size(self) -> int:
+        """Tasks in the next block: ``block_time`` of work, and no more than an equal share of
+        what is known to be left for the healthy workers."""
+        a = self._avg
+        if a is None or self.block_time <= 0:
+            size = 1
+        elif a * self.max_block <= self.block_time:
+            size = self.max_block
+        else:
+            size = max(1, math.ceil(self.block_time / a))
+        left = self._known_left()
+        if left is not None and size > 1:
+            size = max(1, min(size, math.ceil(left / (2 * max(1, len(self._ok))))))
+        return size
+
+    def _known_left(self) -> int | None:
+        n = sum(b.left for b in itertools.islice(self._requeued, LOOKAHEAD))
+        if self.total is not None:
+            return n + max(0, self.total - self._pulled)
+        available = getattr(self._source, "available", None)
+        return None if available is None else n + available()
+
+    def hold_target(self, size: int) -> int:
+        """Tasks each worker should hold: ``prefetch``, and two blocks of tiny tasks (the next
+        one is there when one ends)."""
+        return self.prefetch if size == 1 else max(self.prefetch, 2 * size)
 
     def target_outstanding(self) -> int:
-        """How many tasks each worker should hold: at least ``prefetch``, more for tiny tasks."""
-        if self._avg_duration is None or self._avg_duration <= 0:
-            return self.prefetch
-        if self._avg_duration < 1e-9:
-            return self.max_batch
-        want = math.ceil(self.batch_window / self._avg_duration)
-        return max(self.prefetch, min(self.max_batch, want))
+        return self.hold_target(self.block_size())
 
-    def is_active(self, tid: TaskId) -> bool:
-        """True while the task has not ended: a result for it would be accepted."""
-        return tid in self._active
+    def _observe(self, seconds: float, n: int) -> None:
+        """``n`` tasks took ``seconds`` together: update the measured seconds per task."""
+        if seconds < 0 or n <= 0:
+            return
+        per = seconds / n
+        a = self._avg
+        self._avg = per if a is None else a + (1 - 0.9 ** min(n, 50)) * (per - a)
 
-    def task(self, tid: TaskId) -> TaskRec | None:
-        return self._active.get(tid)
-
-    def revoked(self, rank: int, tids: Iterable[TaskId], now: float) -> list[Decision]:
-        """The worker acknowledged a revoke: these tasks were dropped unstarted."""
-        w = self._worker(rank)
-        w.last_seen = now
-        w.revoking = False
-        for tid in tids:
-            if w.state is W.SUSPECT and w.stuck == tid:
-                w.stuck = None  # it expired on a task it never started
-                self._transition(w, "unstuck")
-            self._leave_queue(w, tid, now)
-            rec = self._active.get(tid)
-            if rec is not None and rec.rank == rank:
-                rec.rank = None
-                self._requeue(rec)
-        return []
+    # -- handing out --------------------------------------------------------------------------
 
     def dispatch(self, now: float) -> list[Decision]:
-        """Fill every healthy worker up to its target; stop idle workers when no work is left.
+        """Fill every healthy worker up to its target (idle ones first); stop idle workers when no
+        work is left; steal for idle workers when nothing new can be handed out.
 
         Only workers whose queue shrank since they were last filled are looked at, and the pass
         ends at the first worker left without work, so its cost does not grow with the cluster.
@@ -59,37 +126,28 @@ class QueueMixin(Base):
         the first to arrive does not take the work of the others.
         """
         out: list[Decision] = []
-        target = self.target_outstanding()
-        if self._count[W.NEW] and now - self._start < self.hello_patience:
-            target = 1
+        early = bool(self._count[W.NEW]) and now - self._start < self.hello_patience
+        hungry = sorted(self._hungry, key=lambda r: self._workers[r].held) if len(self._hungry) > 1 else self._hungry
+        size = 1 if early else self.block_size()  # once for the pass: what is left is shared equally
+        target = 1 if early else self.hold_target(size)
         low = target // 2 if target > 2 else target - 1
-        for rank in list(self._hungry):
+        for rank in list(hungry):
             w = self._workers[rank]
-            if w.state is not W.OK or len(w.queue) > low:
+            if w.state is not W.OK or w.held > low:
                 self._hungry.discard(rank)
                 continue
-            batch: list[TaskRec] = []
-            while len(w.queue) + len(batch) < target:
-                rec = self._next_for(w.rank)
-                if rec is None:
+            sent: list[Block] = []
+            while w.held < target:
+                b = self._next_block(w, min(size, target - w.held) if early else size)
+                if b is None:
                     break
-                rec.attempts += 1
-                rec.rank = w.rank
-                rec.tried.add(w.rank)
-                batch.append(rec)
-            if batch:
-                was_idle = not w.queue
-                for rec in batch:
-                    w.queue[rec.tid] = None
-                if was_idle:
-                    w.head_since = now
-                    self._arm(w, self._active[batch[0].tid])
-                out.append(Send(w.rank, [(r.tid, r.attempts, r.payload) if r.call is None
-                                         else (r.tid, r.attempts, r.payload, r.call) for r in batch]))
-                self._queue_changed(w)
-            if len(w.queue) >= target:
+                self._lease(w, b, now)
+                sent.append(b)
+            if sent:
+                out.append(Send(w.rank, sent))
+            if w.held >= target:
                 self._hungry.discard(rank)
-            elif not self._requeued and (self._source is None or self._draining or not batch):
+            elif not self._requeued and (self._source is None or self._draining or not sent):
                 break  # nothing to hand out to anyone now
         if self.finished:
             for rank in list(self._ok):
@@ -100,36 +158,105 @@ class QueueMixin(Base):
             out.extend(self._steal(now))
         return out
 
-    def _report_in(self, w: WorkerRec, tid: TaskId, now: float, attempt: int | None = None) -> None:
-        """A result or failure from ``w`` for ``tid``: advance its FIFO, clear suspicion. A message
-        of an older ``attempt`` leaves alone the newer lease of ``tid`` that ``w`` may hold again
-        (an expired task re-sent to the same worker): that one is still in its FIFO."""
-        self._transition(w, "report_in")
-        w.stuck = None
-        rec = self._active.get(tid)
-        if rec is not None and rec.rank == w.rank and attempt is not None and attempt < rec.attempts:
-            return
-        self._leave_queue(w, tid, now)
-
-    def _leave_queue(self, w: WorkerRec, tid: TaskId, now: float) -> None:
-        """Remove ``tid`` from a worker's FIFO; if it was the head, the next one runs from ``now``."""
-        if tid not in w.queue:
-            return
-        head = next(iter(w.queue)) == tid
-        w.queue.pop(tid)
-        self._queue_changed(w)
-        if head and w.queue:
+    def _lease(self, w: WorkerRec, b: Block, now: float) -> None:
+        self._next_bid += 1
+        b.bid, b.rank = self._next_bid, w.rank
+        b.attempt += 1
+        if b.recs:
+            for rec in b.recs.values():
+                rec.attempts = b.attempt
+                rec.tried.add(w.rank)
+        self._leases[b.bid] = b
+        w.queue.append(b)
+        w.held += b.left
+        if len(w.queue) == 1:
             w.head_since = now
-            self._arm(w, self._active[next(iter(w.queue))])
+            self._arm(w)
+        self._queue_changed(w)
 
-    def _requeue(self, rec: TaskRec, front: bool = True) -> None:
-        """Put a task back for another worker; while draining, forget it instead (it is not done).
+    def _next_block(self, w: WorkerRec, size: int) -> Block | None:
+        """The next block for ``w``: requeued work first (what suits it), else new tasks."""
+        if self._draining:
+            return None
+        if self._requeued:
+            b = self._pick_requeued(w)
+            if b is not None:
+                if len(b) > size and not b.recs:
+                    self._requeued.appendleft(b.cut(size))
+                return b
+        while self._source is not None:
+            c = self._source.take(size)
+            if c is None:
+                self._source = None
+                break
+            if c is WAIT:
+                self._starved = True
+                return None
+            assert isinstance(c, Chunk)
+            self._starved = False
+            self._pulled += len(c.tids)
+            if c.call is None:
+                return Block(c.tids, c.payloads, c.seq0, c.hashes)
+            rec = self._resumed(c)  # a multi-step task that resumes at a later step
+            if rec.needs is None or rec.needs in w.kinds:
+                return Block.single(rec)
+            self._requeue_rec(rec, front=False)  # for a worker of its kind
+        self._starved = True
+        return None
+
+    def _resumed(self, c: Chunk) -> TaskRec:
+        tid = c.tids[0]
+        if tid in self._recs:
+            raise ProtocolError(f"task id {tid!r} appears twice in the task source")
+        call = c.call
+        rec = TaskRec(tid, c.payloads[0], c.seq0, hash=c.hashes[0] if c.hashes else None, call=call,
+                      step=call.n, needs=call.needs, timeout=call.timeout if call.timeout is not None else self.timeout)
+        self._recs[tid] = rec
+        if rec.needs is not None:
+            self._needs_check = True
+        return rec
+
+    def _pick_requeued(self, w: WorkerRec) -> Block | None:
+        """A requeued block ``w`` may run: a step for its kind, and a retry on a worker that has
+        not tried it yet (unless every healthy worker that could has)."""
+        for i, b in enumerate(self._requeued):
+            if i >= LOOKAHEAD:
+                break
+            rec = b.rec(0) if len(b) == 1 else None
+            if rec is not None:
+                if rec.needs is not None and rec.needs not in w.kinds:
+                    continue
+                able = len(self._ok) if rec.needs is None else self._kinds.get(rec.needs, 0)
+                if w.rank in rec.tried and sum(1 for r in rec.tried if r in self._ok) < able:
+                    continue
+            del self._requeued[i]
+            return b
+        return None
+
+    # -- requeueing -----------------------------------------------------------------------------
+
+    def _requeue_blocks(self, blocks: list[Block]) -> None:
+        """Put blocks back at the front of the queue, in their order (forgotten while draining)."""
+        for b in reversed(blocks):
+            if not b.left:
+                continue
+            if b.next:
+                b = b.cut(b.next)
+            if self._draining:
+                self._forget(b)
+                continue
+            self._requeued.appendleft(b)
+            if b.recs and any(r.needs is not None for r in b.recs.values()):
+                self._needs_check = True  # can anyone run it?
+
+    def _requeue_rec(self, rec: TaskRec, front: bool = True) -> None:
+        """Put a task with a history back, alone; while draining, forget it instead (it is not done).
 
         A multi-step task goes back to the last step whose input is stored (the task itself
         when none is), so a failure re-runs one step, never a step's successor without its input.
         """
         if self._draining:
-            self._active.pop(rec.tid, None)
+            self._recs.pop(rec.tid, None)
             return
         if rec.input_coming:  # the failed step's input is being stored: run it again from there
             rec.waiting = True
@@ -138,62 +265,49 @@ class QueueMixin(Base):
         rec.needs = rec.call.needs if rec.call is not None else None
         if rec.needs is not None:
             self._needs_check = True
+        b = Block.single(rec)
+        b.attempt = rec.attempts
         if front:
-            self._requeued.appendleft(rec)
+            self._requeued.appendleft(b)
         else:
-            self._requeued.append(rec)
+            self._requeued.append(b)
 
-    def _next_for(self, rank: int) -> TaskRec | None:
-        """The next task for ``rank``: a requeued one (preferring tasks it has not tried), else a new one."""
-        if self._draining:
-            return None
-        if self._requeued:
-            for i, rec in enumerate(self._requeued):
-                if i >= 32:
-                    break
-                if rec.ended:
-                    continue
-                if rec.needs is not None and rec.needs not in self._workers[rank].kinds:
-                    continue  # a step for another kind of worker
-                # prefer a worker that has not tried it, unless every healthy one that could has
-                able = len(self._ok) if rec.needs is None else self._kinds.get(rec.needs, 0)
-                if rank not in rec.tried or sum(1 for r in rec.tried if r in self._ok) >= able:
-                    del self._requeued[i]
-                    return rec
-            while self._requeued and self._requeued[0].ended:
-                self._requeued.popleft()
-        if self._source is None:
-            self._starved = True
-            return None
-        try:
-            item = next(self._source)
-        except StopIteration:
-            self._source = None
-            self._starved = True
-            return None
-        if item is WAIT:
-            self._starved = True
-            return None
-        self._starved = False
-        pos: list[Any]
-        tid, payload, *pos = item  # (id, payload), (id, payload, position) or (..., the step to resume at)
-        if tid in self._active:
-            raise ProtocolError(f"task id {tid!r} appears twice in the task source")
-        timeout = self._timeout_of(payload) if self._timeout_of else None
-        seq = pos[0] if pos else self._seq_next
-        self._seq_next = seq + 1
-        rec = TaskRec(tid, payload, timeout if timeout is not None else self.timeout, seq=seq)
-        if len(pos) > 1 and pos[1] is not None:  # a resumed multi-step task: its next step
-            rec.call, rec.step, rec.needs = pos[1], pos[1].n, pos[1].needs
-            if rec.needs is not None and rec.needs not in self._workers[rank].kinds:
-                self._active[tid] = rec
-                self._requeue(rec, front=False)  # for a worker of its kind
-                return None
-        self._active[tid] = rec
+    def _forget(self, b: Block) -> None:
+        """Tasks that will not run in this run (a drain): not done, left for a resume."""
+        if b.recs:
+            for rec in b.recs.values():
+                self._recs.pop(rec.tid, None)
+
+    def _promote(self, b: Block, i: int) -> TaskRec:
+        """Task ``i`` of ``b`` gets a history of its own (it failed, hung, or has steps)."""
+        rec = TaskRec(b.tids[i], b.payloads[i], b.seq0 + i, hash=None if b.hashes is None else b.hashes[i],
+                      attempts=b.attempt, tried={b.rank} if b.rank is not None else set(), block=b)
+        if b.recs is None:
+            b.recs = {}
+        b.recs[i] = rec
+        self._recs[rec.tid] = rec
         return rec
 
+    def _advance(self, w: WorkerRec, b: Block, n: int, now: float) -> None:
+        """The ``n`` tasks at the head of ``w``'s running block reported (ended, or left it):
+        the next one runs from ``now``; a block with nothing left ends its lease."""
+        if not w.queue or w.queue[0] is not b:
+            raise ProtocolError(f"worker {w.rank} reported on lease {b.bid} before finishing the one before it")
+        b.next += n
+        w.held -= n
+        if b.next >= len(b):
+            w.queue.popleft()
+            self._leases.pop(b.bid, None)
+        if w.queue:
+            w.head_since = now
+            self._arm(w)
+        self._queue_changed(w)
+
+    # -- stealing -------------------------------------------------------------------------------
+
     def _steal(self, now: float) -> list[Decision]:
-        """When there is nothing new to hand out, move queued-but-unstarted tasks to idle workers.
+        """When there is nothing new to hand out, move unstarted tasks to idle workers: the later
+        half of what the busiest donors hold beyond their running task.
 
         The donor's helper thread answers while it computes, so this works at any time: at the
         end of a run, between executor submissions, and at start-up when the first worker to
@@ -201,21 +315,65 @@ class QueueMixin(Base):
         """
         if not self._starved or self._requeued or not self._multi:
             return []
-        idle: list[WorkerRec] = []
+        idle = 0
         for r in self._hungry:  # every idle healthy worker is in there
             w = self._workers[r]
-            if w.state is W.OK and not w.queue:
-                idle.append(w)
-                if len(idle) >= len(self._multi):
+            if w.state is W.OK and not w.held:
+                idle += 1
+                if idle >= len(self._multi):
                     break
         if not idle:
             return []
         donors = sorted((self._workers[r] for r in self._multi if not self._workers[r].revoking),
-                        key=lambda w: -len(w.queue))
+                        key=lambda w: -w.held)
         out: list[Decision] = []
-        for donor, _ in zip(donors, idle):
-            unstarted = list(donor.queue)[1:]
-            victims = unstarted[len(unstarted) // 2:]  # the later half, at least one
-            donor.revoking = True
-            out.append(Revoke(donor.rank, victims, expect_ack=True))
+        for donor in donors[:idle]:
+            want = max(1, (donor.held - 1) // 2)
+            cuts: list[tuple[int, int]] = []
+            for i in range(len(donor.queue) - 1, -1, -1):
+                b = donor.queue[i]
+                first = b.next + 1 if i == 0 else b.next  # the running task stays
+                free = len(b) - first
+                if free <= 0:
+                    break
+                take = min(free, want)
+                cuts.append((b.bid, len(b) - take))
+                want -= take
+                if not want:
+                    break
+            if cuts:
+                donor.revoking = True
+                out.append(Revoke(donor.rank, cuts[::-1], expect_ack=True))
         return out
+
+    def revoked(self, rank: int, cuts: Iterable[tuple[int, int | None]], now: float) -> list[Decision]:
+        """The worker acknowledged a steal: of each lease it dropped the tasks from that index on,
+        unstarted (None: it dropped nothing of it). They go to the front of the queue, for an
+        idle worker."""
+        w = self._worker(rank)
+        w.last_seen = now
+        w.revoking = False
+        back: list[Block] = []
+        for bid, k in cuts:
+            if k is None:
+                continue
+            if w.state is W.SUSPECT and w.stuck_at is not None and w.stuck_at[0] == bid and w.stuck_at[1] >= k:
+                w.stuck = w.stuck_at = None  # it expired on a task it never started
+                self._transition(w, "unstuck")
+            b = self._leases.get(bid)
+            if b is None or b.rank != rank or k >= len(b):
+                continue  # that lease ended meanwhile, or nothing was dropped
+            k = max(k, b.next)
+            tail = b.cut(k)
+            w.held -= len(tail)
+            back.append(tail)
+            if b.next >= len(b):  # nothing of it is left to run there
+                was_head = w.queue[0] is b
+                w.queue.remove(b)
+                self._leases.pop(bid, None)
+                if was_head and w.queue:
+                    w.head_since = now
+                    self._arm(w)
+        self._queue_changed(w)
+        self._requeue_blocks(back)
+        return []

@@ -1,24 +1,41 @@
-"""The records the scheduler keeps: tasks in flight, and workers."""
+"""The records the scheduler keeps: blocks of tasks, tasks with a history, and workers.
+
+A ``Block`` is consecutive tasks of the source (positions ``seq0``, ``seq0 + 1``...) leased as
+one unit: one message to the worker, one lease, one event per batch of results. Each task keeps
+its own outcome: a task that fails, hangs or moves to another step leaves its block, gets a
+``TaskRec`` (its history: failures, the workers that tried it, its steps) and a block of its own.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 TaskId = Hashable
 
 
 class _Wait:
-    """Yielded by a task source that may grow later (the executor): nothing to hand out now."""
+    """Given by a task source that may grow later (the executor): nothing to hand out now."""
 
     def __repr__(self) -> str:
         return "WAIT"
 
 
 WAIT = _Wait()
+
+
+class Chunk(NamedTuple):
+    """Consecutive tasks from a source: ids, payloads, the position of the first (the others
+    follow it), and, for a resumed multi-step task (always alone), the step it resumes at."""
+
+    tids: list[Any]
+    payloads: list[Any]
+    seq0: int
+    call: Any = None  # a steps.StepCall
+    hashes: list[int] | None = None  # each task's parameter hash, when the output keeps them
 
 
 class WorkerState(str, Enum):
@@ -61,20 +78,20 @@ TRANSITIONS: dict[tuple[WorkerState, str], WorkerState] = {
 RELEASED = frozenset({W.STOPPED, W.LOST, W.SUSPECT})  # the run need not wait for these at its end
 
 
-@dataclass
+@dataclass(eq=False)
 class TaskRec:
-    """A task that has started but not ended."""
+    """A task with a history of its own: it failed, hung, lost its worker, or has steps."""
 
     tid: TaskId
     payload: Any
-    timeout: float | None
     seq: int = -1  # position in the task source
+    timeout: float | None = None  # the lease of the step it runs (None: the task's own, or the run's)
     attempts: int = 0  # dispatches so far; the current attempt number
     failures: int = 0  # exceptions and lease expiries
     tried: set[int] = field(default_factory=set)
     last_error: str | None = None
-    rank: int | None = None  # holder of the live lease, None while queued
-    ended: bool = False
+    hash: int | None = None  # its parameter hash
+    block: Block | None = None  # the block it is in (None: waiting for a step's input or its children)
     # multi-step tasks (see steps.py)
     step: int = 0  # the step running, or to run next (0: the task function)
     call: Any = None  # what a worker gets to run ``step`` (a steps.StepCall); None: the task itself
@@ -84,18 +101,70 @@ class TaskRec:
     parent: TaskId | None = None  # a child of a fan-out
     children_left: int = 0  # a parent waits for this many children
     child_failed: str | None = None
+    ended: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
+class Block:
+    """Consecutive tasks leased as one unit. The worker runs them in order, so tasks
+    ``[0, next)`` have reported (ended, or left the block) and the task at ``next`` runs while
+    the block is at the head of its worker's queue."""
+
+    tids: list[Any]
+    payloads: list[Any]
+    seq0: int  # position of ``tids[0]``; task i is at ``seq0 + i``
+    hashes: list[int] | None = None
+    recs: dict[int, TaskRec] | None = None  # tasks with a history, by index
+    bid: int = 0  # the id of its live lease (a new one at every dispatch); 0 while queued
+    attempt: int = 0  # the attempt number of every task in it
+    rank: int | None = None  # the worker holding the lease
+    next: int = 0
+
+    def __len__(self) -> int:
+        return len(self.tids)
+
+    @property
+    def left(self) -> int:
+        """Tasks not yet reported."""
+        return len(self.tids) - self.next
+
+    def rec(self, i: int) -> TaskRec | None:
+        return self.recs.get(i) if self.recs else None
+
+    @classmethod
+    def single(cls, rec: TaskRec) -> Block:
+        """A block of one task with a history (a retry, a step handed to another worker...)."""
+        b = cls([rec.tid], [rec.payload], rec.seq, None if rec.hash is None else [rec.hash], {0: rec})
+        rec.block = b
+        return b
+
+    def cut(self, i: int) -> Block:
+        """Take tasks ``[i, len)`` out into a new (queued) block; this one keeps ``[0, i)``."""
+        tail = Block(self.tids[i:], self.payloads[i:], self.seq0 + i,
+                     None if self.hashes is None else self.hashes[i:], attempt=self.attempt)
+        if self.recs:
+            moved = {k - i: r for k, r in self.recs.items() if k >= i}
+            self.recs = {k: r for k, r in self.recs.items() if k < i} or None
+            if moved:
+                tail.recs = moved
+                for r in moved.values():
+                    r.block = tail
+        del self.tids[i:], self.payloads[i:]
+        if self.hashes is not None:
+            del self.hashes[i:]
+        return tail
+
+
+@dataclass(eq=False)
 class WorkerRec:
     rank: int
-    queue: OrderedDict[TaskId, None] = field(default_factory=OrderedDict)  # FIFO of leased tasks
+    queue: deque[Block] = field(default_factory=deque)  # leased blocks, in the order it runs them
+    held: int = 0  # tasks not yet reported in those blocks
     state: WorkerState = W.NEW
-    head_since: float = 0.0  # when the head task started running (as far as the master knows)
+    head_since: float = 0.0  # when the running task started (as far as the master knows)
     last_seen: float = 0.0
-    streaming: TaskId | None = None  # task whose result is being received
+    streaming: bool = False  # a result of its running task is being received
     revoking: bool = False  # a steal request is on its way
-    stuck: TaskId | None = None  # task it was running when its lease expired
+    stuck: TaskId | None = None  # the task it was running when its lease expired
+    stuck_at: tuple[int, int] | None = None  # (lease id, index) of that task
     kinds: frozenset[str] = frozenset()  # what the worker said it is (gpu, bigmem...)
-
-

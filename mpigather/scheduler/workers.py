@@ -25,7 +25,6 @@ class WorkersMixin(Base):
     def workers(self) -> dict[int, WorkerRec]:
         return self._workers
 
-
     def stuck_workers(self) -> dict[int, TaskId]:
         return {w.rank: w.stuck for w in self._workers.values() if w.state is W.SUSPECT and w.stuck is not None}
 
@@ -34,7 +33,6 @@ class WorkersMixin(Base):
 
     def healthy_workers(self) -> int:
         return len(self._ok)
-
 
     def worker_ready(self, rank: int, now: float, kinds: Iterable[str] = ()) -> list[Decision]:
         """A worker said hello; it may receive tasks from the next ``dispatch``."""
@@ -57,7 +55,7 @@ class WorkersMixin(Base):
         return []
 
     def worker_lost(self, rank: int, now: float) -> list[Decision]:
-        """The worker's process is gone: requeue everything it held.
+        """The worker's process is gone: everything it held goes back to the queue.
 
         The task it was running counts one failure (a task that kills its worker every time
         must end); the tasks queued behind it go back as they were.
@@ -66,25 +64,11 @@ class WorkersMixin(Base):
         if w.state is not W.LOST:
             for k in w.kinds:
                 self._kinds[k] -= 1
-            self._needs_check = bool(w.kinds)
+            if w.kinds:
+                self._needs_check = True  # steps that need its kind: can anyone else run them?
         self._transition(w, "lost")
-        w.streaming = None
-        w.revoking = False
-        out: list[Decision] = []
-        queued = list(w.queue)
-        w.queue.clear()
-        self._queue_changed(w)
-        for tid in reversed(queued):
-            rec = self._active[tid]
-            head = tid == queued[0]
-            rec.rank = None
-            if head:
-                rec.failures += 1
-                rec.last_error = f"worker {rank} was lost"
-                if rec.failures > max(self.retries, 1) or self._draining:
-                    out.extend(self._end(rec, rank, rec.attempts, ok=False, error=rec.last_error))
-                    continue
-            self._requeue(rec)
+        w.streaming = w.revoking = False
+        out, _ = self._take_back(w, f"worker {rank} was lost")
         return out
 
     def worker_stopped(self, rank: int) -> list[Decision]:
@@ -118,7 +102,7 @@ class WorkersMixin(Base):
     def _queue_changed(self, w: WorkerRec) -> None:
         if w.state is W.OK:
             self._hungry.add(w.rank)  # dispatch looks at its real level
-            if len(w.queue) > 1:
+            if w.held > 1:
                 self._multi.add(w.rank)
             else:
                 self._multi.discard(w.rank)
@@ -142,7 +126,7 @@ class WorkersMixin(Base):
             return out
         if self._count[W.LOST] == len(self._workers):  # nobody is left at all, not even a stuck worker
             left = self.abandon_running()
-            out.append(Halt(f"every worker is lost: {len(left)} unfinished task(s) are left for a resume"))
+            out.append(Halt(f"every worker is lost: {left} unfinished task(s) are left for a resume"))
             return out
         if self._no_worker_since is None:
             self._no_worker_since = now

@@ -44,6 +44,7 @@ class Sink:
     kind = "base"
     path: Path | None = None
     in_memory = False  # results stay in the master's memory, nothing is written
+    total: int | None = None  # tasks in the run, when known (the table's rows)
 
     def open(self, tid: Any, header: R.Header, meta: Meta) -> Target:
         raise NotImplementedError
@@ -51,6 +52,12 @@ class Sink:
     def put(self, tid: Any, header: R.Header, bufs: list[Any], meta: Meta) -> None:
         """Store a result whose parts' bytes are all at hand (``bufs``)."""
         fill(self.open(tid, header, meta), bufs)
+
+    def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
+        """Store the rows of a ``messages.Rows`` (only the first ``len(tids)`` of them) at
+        positions ``seq0...`` of the table. ``meta``: rank, attempt, duration, crc, bytes, hash.
+        False: they do not fit this sink's table (the master then stores each one whole)."""
+        return False
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
         """Direct mode: a worker wrote the result itself, at ``path``, and made it durable; expose it."""
@@ -70,14 +77,15 @@ class Sink:
         while the master goes on receiving: it touches only the batch's own files."""
         return []
 
-    def reconcile(self, n_done: int) -> int:
-        """On resume, with ``n_done`` results journaled as done: remove whatever the journal does
-        not call done (partial results, a commit cut short). Returns how many done results are
-        really there: ``n_done``, or fewer if the output lost some (they then run again)."""
-        return 0
+    def reconcile(self, done: Any) -> tuple[int, Any]:
+        """On resume, with ``done`` (a ``journal.DoneSet``): remove whatever the journal does not
+        call done (partial results, a commit cut short, rows it never saw). Returns how many of
+        the results it calls done whole are really there (``done.n_whole``, or fewer if the output
+        lost some), and the positions of done rows the table lost (both then run again)."""
+        return 0, ()
 
-    def done_ids(self) -> list[Any] | None:
-        """The ids of the results really stored (only asked when ``reconcile`` found fewer)."""
+    def done_ids(self) -> list[tuple[Any, int]] | None:
+        """(id, position) of the results really stored whole (asked when ``reconcile`` found fewer)."""
         return None
 
     def set_run_info(self, info: dict[str, Any]) -> None:

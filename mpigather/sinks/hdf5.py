@@ -31,6 +31,8 @@ from .. import results as R
 from ..errors import UsageError
 from . import layout as L
 from .base import Meta, Sink, Target, fsync_dir, pwrite_all, remove_quietly
+from .hdf5_table import H5Table
+from .table import Layout, RowsDone, compare_done
 
 log = logging.getLogger("mpigather")
 
@@ -247,6 +249,8 @@ class Hdf5Sink(Sink):
         self.f.flush()
         self.fd = os.open(self.partial, os.O_RDWR)
         self._ready: list[tuple[Any, Meta, str | None]] = []
+        self._rows: list[RowsDone] = []
+        self.table: H5Table | None = None if self._damage is not None else H5Table.open(self.f)
 
     def _open(self, resume: bool) -> h5py.File:
         try:
@@ -284,6 +288,20 @@ class Hdf5Sink(Sink):
                 _write_part(self.fd, place, 0, buf)
         self._done(tid, meta, stage)
 
+    def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
+        n = len(tids)
+        if self.table is None:
+            self.table = H5Table.create(self.f, Layout.first(rows.schema, rows.pschema, tids), self.total)
+        lay = self.table.layout
+        if not lay.fits(rows.schema, rows.pschema, tids):
+            return False
+        cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
+        pcols = rows.pcols if rows.pcols is None or n == rows.n else [c[:n] for c in rows.pcols]
+        self.table.write(seq0, lay.row_values(meta["rank"], meta["attempt"], tids, cols, pcols, rows.durations[:n]))
+        self._rows.append(RowsDone(seq0, n, tids, meta["crc32c"], meta["bytes"], meta["rank"], meta["attempt"],
+                                   meta["duration"], meta.get("hash", 0)))
+        return True
+
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
         name = L.check_id(tid)
         if _exists(self.results, name):
@@ -297,7 +315,10 @@ class Hdf5Sink(Sink):
 
     def take_ready(self) -> Any:
         if not self._ready:
-            return None
+            if not self._rows:
+                return None
+            only_rows, self._rows = self._rows, []
+            return only_rows
         staged, self._ready = self._ready, []
         links, results = self.staging.id.links, self.results.id
         for tid, _, stage in staged:  # link the batch's results into place, then its rows
@@ -317,14 +338,17 @@ class Hdf5Sink(Sink):
         n = self.tasks.shape[0]
         self.tasks.resize((n + len(rows),))
         self.tasks[n:] = rows
-        return ready
+        done_rows, self._rows = self._rows, []
+        return ready + done_rows
 
     def make_durable(self, batch: Any) -> list[tuple[Any, Meta]]:
         self.f.flush()  # HDF5's metadata (h5py serializes this with the master's own HDF5 calls)
         os.fsync(self.fd)
         return list(batch)
 
-    def reconcile(self, n_done: int) -> int:
+    def reconcile(self, done: Any) -> tuple[int, Any]:
+        n_done = done.n_whole
+        lost: Any = ()
         try:
             if self._damage is not None:
                 raise self._damage
@@ -339,13 +363,24 @@ class Hdf5Sink(Sink):
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             # what the killed run was writing left HDF5's metadata damaged: keep what was committed
             n_rows = self._salvage(n_done, e)
+        lost = self._reconcile_rows(done)
         if self.parts_dir.is_dir():
             linked = self._linked_parts(min(n_rows, n_done))
             for p in self.parts_dir.iterdir():
                 if p.name not in linked:
                     remove_quietly(p)
         os.fsync(self.fd)
-        return min(n_rows, n_done)
+        return min(n_rows, n_done), lost
+
+    def _reconcile_rows(self, done: Any) -> Any:
+        """Rows the journal never called done go back to empty; returns the done rows that are
+        not in the table (they run again)."""
+        if self.table is None:
+            return compare_done(np.zeros(0, dtype=bool), done)[1]
+        extra, lost = compare_done(self.table.done_mask(), done)
+        if len(extra):
+            self.table.clear(extra)
+        return lost
 
     def _salvage(self, n_done: int, why: BaseException) -> int:
         """Copy the journaled results (and their rows) into a fresh file, which replaces the
@@ -373,6 +408,12 @@ class Hdf5Sink(Sink):
                 rows.append(row)
                 saved += 1
             out.create_dataset(L.TASKS, data=np.array(rows, dtype=ROW), maxshape=(None,), chunks=(ROWS_CHUNK,))
+            try:
+                if L.TABLE in self.f:
+                    self.f.copy(self.f[L.TABLE], out, L.TABLE)
+            except Exception:  # the table is lost too: its rows run again
+                if L.TABLE in out:
+                    del out[L.TABLE]
             out.flush()
         try:
             self.f.close()
@@ -385,6 +426,7 @@ class Hdf5Sink(Sink):
                     f", {n_done - saved} that could not be read run again" if saved < n_done else "")
         self.f = _open_file(self.partial, "a")
         self.results, self.staging, self.tasks = self.f[L.RESULTS], self.f[L.STAGING], self.f[L.TASKS]
+        self.table = H5Table.open(self.f)
         self.fd = os.open(self.partial, os.O_RDWR)
         return saved
 
@@ -402,10 +444,12 @@ class Hdf5Sink(Sink):
                 if p.name.startswith(L.TMP):
                     remove_quietly(p)
 
-    def done_ids(self) -> list[Any]:
+    def done_ids(self) -> list[tuple[Any, int]]:
         ids = self.tasks.fields("id")[:]
         ints = self.tasks.fields("int_id")[:]
-        return [int(t) if i else (t.decode() if isinstance(t, bytes) else t) for t, i in zip(ids, ints)]
+        seqs = self.tasks.fields("seq")[:]
+        return [(int(t) if i else (t.decode() if isinstance(t, bytes) else t), int(s))
+                for t, i, s in zip(ids, ints, seqs)]
 
     def set_run_info(self, info: dict[str, Any]) -> None:
         self.f.attrs[L.ATTR_RUN] = json.dumps(info, default=str)
@@ -421,6 +465,8 @@ class Hdf5Sink(Sink):
             return
         if L.STAGING in self.f and len(self.f[L.STAGING]) == 0:
             del self.f[L.STAGING]
+        if self.table is not None and self.total:
+            self.table.extend(self.total)  # a row for every task
         self.f.flush()
         self.f.close()
         os.fsync(self.fd)

@@ -1,13 +1,20 @@
-"""Results kept in the master's memory (``out=None``): the summary and the executor hand them out."""
+"""Results kept in the master's memory (``out=None``): the summary and the executor hand them out.
+
+Small results are rows of a ``MemoryTable``; the others are kept whole. ``in_task_order()``
+gives both as one read-only mapping of task id to value, in task order.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from .. import results as R
+from .. import table as T
 from .base import Meta, Sink, Target
+from .table import Layout, MemoryTable, RowsDone
 
 
 class _MemoryTarget(Target):
@@ -33,9 +40,10 @@ class MemorySink(Sink):
     in_memory = True
 
     def __init__(self) -> None:
-        self.results: dict[Any, Any] = {}
+        self.results: dict[Any, Any] = {}  # the results kept whole
         self.meta: dict[Any, Meta] = {}
-        self._ready: list[tuple[Any, Any, Meta]] = []
+        self.table: MemoryTable | None = None
+        self._ready: list[Any] = []
 
     def open(self, tid: Any, header: R.Header, meta: Meta) -> Target:
         return _MemoryTarget(self, tid, header, meta)
@@ -45,22 +53,118 @@ class MemorySink(Sink):
         raws = [np.frombuffer(b, dtype=np.uint8) for b in bufs]
         self._ready.append((tid, R.assemble(header, raws), meta))
 
+    def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
+        n = len(tids)
+        cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
+        pcols = rows.pcols if rows.pcols is None or n == rows.n else [c[:n] for c in rows.pcols]
+        if self.table is None:
+            self.table = MemoryTable(Layout.first(rows.schema, rows.pschema, tids), self.total)
+        elif not self.table.layout.fits(rows.schema, rows.pschema, tids):
+            return False
+        values = self.table.layout.row_values(meta["rank"], meta["attempt"], tids, cols, pcols, rows.durations[:n])
+        self.table.put(seq0, values)
+        self._ready.append(RowsDone(seq0, n, tids, meta["crc32c"], meta["bytes"], meta["rank"], meta["attempt"],
+                                    meta["duration"], meta.get("hash", 0)))
+        return True
+
     def take_ready(self) -> Any:
         ready, self._ready = self._ready, []
         return ready or None
 
-    def make_durable(self, batch: Any) -> list[tuple[Any, Meta]]:
-        out = []
-        for tid, value, meta in batch:
+    def make_durable(self, batch: Any) -> list[Any]:
+        out: list[Any] = []
+        for entry in batch:
+            if type(entry) is RowsDone:
+                out.append(entry)
+                continue
+            tid, value, meta = entry
             self.results[tid] = value
             self.meta[tid] = meta
             out.append((tid, meta))
         return out
 
-    def in_task_order(self) -> dict[Any, Any]:
-        """The results, ordered as the tasks were (numeric ids numerically, others as first seen)."""
-        if all(type(t) is int for t in self.results):
-            order = sorted(self.results)
-        else:
-            order = sorted(self.results, key=lambda t: self.meta[t].get("seq", 0))
-        return {t: self.results[t] for t in order}
+    def in_task_order(self) -> Mapping[Any, Any]:
+        """Every result, rows and whole ones, as one mapping in task order."""
+        return InMemory(self)
+
+
+class InMemory(Mapping[Any, Any]):
+    """A run's results in memory: task id -> value, in task order (a row's value is rebuilt
+    when asked for); ``columns()`` and ``to_pandas()`` give the table of small results."""
+
+    def __init__(self, sink: MemorySink) -> None:
+        self._sink = sink
+        self._pos: dict[Any, int] | None = None
+        self._order: list[Any] | None = None
+
+    def _table_positions(self) -> dict[Any, int]:
+        if self._pos is None:
+            t = self._sink.table
+            if t is None:
+                self._pos = {}
+            else:
+                done = np.flatnonzero(t.column("done"))
+                ids = t.column("id")[done]
+                self._pos = dict(zip(ids.tolist(), done.tolist()))
+        return self._pos
+
+    def __getitem__(self, tid: Any) -> Any:
+        whole = self._sink.results
+        if tid in whole:
+            return whole[tid]
+        i = self._table_positions().get(tid)
+        if i is None:
+            raise KeyError(tid)
+        t = self._sink.table
+        assert t is not None
+        lay = t.layout
+        return T.values(lay.schema, [t.cols[name][i : i + 1] for name in lay.result_names], 0)
+
+    def __contains__(self, tid: object) -> bool:
+        return tid in self._sink.results or tid in self._table_positions()
+
+    def __len__(self) -> int:
+        return len(self._sink.results) + len(self._table_positions())
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._order is None:
+            pos = self._table_positions()
+            whole = self._sink.results
+            if all(type(t) is int for t in whole) and all(type(t) is int for t in pos):
+                keyed = [(t, t) for t in whole] + [(t, t) for t in pos]  # numeric ids numerically
+            else:
+                keyed = [(self._sink.meta[t].get("seq", 0), t) for t in whole] + [(p, t) for t, p in pos.items()]
+            keyed.sort(key=lambda x: x[0])
+            self._order = [t for _, t in keyed]
+        return iter(self._order)
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} results in memory>"
+
+    def columns(self, meta: bool = False) -> dict[str, np.ndarray]:
+        """The table of small results: a dict of numpy arrays in task order, with ``id`` and the
+        ``done`` mask (see ``reader.table_columns`` for the names)."""
+        from ..table_reader import table_columns
+
+        t = self._sink.table
+        if t is None:
+            return {}
+        return table_columns(t.layout, t.column, meta)
+
+    def to_pandas(self, meta: bool = False) -> Any:
+        """The table as a pandas DataFrame: one row per task whose result is in the table."""
+        from ..table_reader import table_frame
+
+        return table_frame(self.columns(meta))
+
+
+class ValuesSink(MemorySink):
+    """Every result kept whole, rows included (rebuilt from their columns, a column at a time):
+    the executor hands each value to its future."""
+
+    def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
+        n = len(tids)
+        cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
+        shared = {"rank": meta["rank"], "attempt": meta["attempt"], "bytes": 0}
+        self._ready.extend((tid, v, shared) for tid, v in zip(tids, T.all_values(rows.schema, cols)))
+        return True

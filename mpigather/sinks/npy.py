@@ -22,6 +22,8 @@ import numpy as np
 from .. import results as R
 from . import layout as L
 from .base import Meta, Sink, Target, fill, fsync_dir, make_files_durable, pwrite_all, remove_quietly
+from .npy_table import NpyTable
+from .table import Layout, RowsDone, compare_done
 
 
 def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -157,6 +159,8 @@ class NpyDirSink(Sink):
         self._ready: list[_NpyTarget] = []
         self._adopted: list[tuple[Path, Path, Any, Meta]] = []
         self._rows = open(self.root / L.TASKS_JSONL, "ab")
+        self.table: NpyTable | None = NpyTable.open(self.root)
+        self._ready_rows: list[RowsDone] = []
 
     def open(self, tid: Any, header: R.Header, meta: Meta) -> Target:
         return _NpyTarget(self.root, tid, header, meta, on_finish=self._finished)
@@ -164,19 +168,38 @@ class NpyDirSink(Sink):
     def _finished(self, target: _NpyTarget) -> None:
         self._ready.append(target)  # (the list is swapped by take_ready: look it up now)
 
+    def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
+        n = len(tids)
+        if self.table is None:
+            self.table = NpyTable.create(self.root, Layout.first(rows.schema, rows.pschema, tids))
+        lay = self.table.layout
+        if not lay.fits(rows.schema, rows.pschema, tids):
+            return False
+        cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
+        pcols = rows.pcols if rows.pcols is None or n == rows.n else [c[:n] for c in rows.pcols]
+        self.table.write(seq0, lay.row_values(meta["rank"], meta["attempt"], tids, cols, pcols, rows.durations[:n]))
+        self._ready_rows.append(RowsDone(seq0, n, tids, meta["crc32c"], meta["bytes"], meta["rank"],
+                                         meta["attempt"], meta["duration"], meta.get("hash", 0)))
+        return True
+
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
         """The worker made it durable under a temporary name; the commit renames the winner into place."""
         self._adopted.append((Path(path), self.root / final_name(header, L.check_id(tid)), tid, meta))
 
     def take_ready(self) -> Any:
-        if not self._ready and not self._adopted:
+        if not self._ready and not self._adopted and not self._ready_rows:
             return None
-        batch = (self._ready, self._adopted)
-        self._ready, self._adopted = [], []
+        batch = (self._ready, self._adopted, self._ready_rows)
+        self._ready, self._adopted, self._ready_rows = [], [], []
         return batch
 
-    def make_durable(self, batch: Any) -> list[tuple[Any, Meta]]:
-        ready, adopted = batch
+    def make_durable(self, batch: Any) -> list[Any]:
+        ready, adopted, rows = batch
+        if rows:
+            assert self.table is not None
+            self.table.make_durable()
+        if not ready and not adopted:
+            return list(rows)
         if ready:
             make_files_durable([f for t in ready for f in t.files], self.root)
             for t in ready:
@@ -193,9 +216,16 @@ class NpyDirSink(Sink):
         for tmp, final, _, _ in adopted:
             place(tmp, final)
         fsync_dir(self.root)
-        return done
+        return done + rows
 
-    def reconcile(self, n_done: int) -> int:
+    def reconcile(self, done: Any) -> tuple[int, Any]:
+        n_done = done.n_whole
+        lost: Any = ()
+        if self.table is not None:
+            cleared, lost = compare_done(self.table.done_mask(), done)
+            if len(cleared):
+                self.table.clear(cleared)
+            self.table.make_durable()
         for entry in os.scandir(self.root):
             if entry.name.startswith(L.TMP):
                 remove_quietly(entry.path)
@@ -213,15 +243,15 @@ class NpyDirSink(Sink):
                 f.truncate(keep_bytes)
                 os.fsync(f.fileno())
         self._rows = open(rows_path, "ab")
-        return min(n_rows, n_done)
+        return min(n_rows, n_done), lost
 
     def remove_leftovers(self) -> None:
         for entry in os.scandir(self.root):
             if entry.name.startswith(L.TMP):
                 remove_quietly(entry.path)
 
-    def done_ids(self) -> list[Any]:
-        return [row["id"] for row in read_rows(self.root / L.TASKS_JSONL)]
+    def done_ids(self) -> list[tuple[Any, int]]:
+        return [(row["id"], row.get("seq", -1)) for row in read_rows(self.root / L.TASKS_JSONL)]
 
     def set_run_info(self, info: dict[str, Any]) -> None:
         tmp = self.root / f"{L.TMP}{L.RUN_INFO}"
@@ -231,6 +261,10 @@ class NpyDirSink(Sink):
     def close(self, complete: bool) -> None:
         if not self._rows.closed:
             self._rows.close()
+        if self.table is not None:
+            if complete and self.total:
+                self.table.extend(self.total)  # a row for every task
+            self.table.close()
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

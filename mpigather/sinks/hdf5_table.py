@@ -1,0 +1,85 @@
+"""The table of small results in an HDF5 file: the group ``/table``, one chunked, extendible
+dataset per column (see ``table`` for the names), row ``i`` the task at position ``i``.
+
+Plain h5py reads it in one line (``h5py.File("out.h5")["table/result/energy"][:]``), and
+``/table/done`` says which rows hold a result. The group's attribute ``layout`` (JSON) keeps
+the schema, so that ``mpigather.load`` gives each value back with the type the task returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import layout as L
+from .table import Column, Layout, empty, runs
+
+CHUNK_BYTES = 256 << 10  # about this many bytes per chunk of a column
+_STR = h5py.string_dtype()
+
+
+def _h5_dtype(col: Column) -> Any:
+    return _STR if col.dtype == "str" else np.dtype(col.dtype)
+
+
+class H5Table:
+    """Writes rows into ``/table`` (created at the first rows, or reopened on resume)."""
+
+    def __init__(self, group: h5py.Group, layout: Layout) -> None:
+        self.g, self.layout = group, layout
+        self.specs = {c.name: c for c in layout.columns()}
+        self.ds = {name: group[name] for name in self.specs}
+        self.n = int(self.ds["id"].shape[0])
+
+    @classmethod
+    def create(cls, f: h5py.File, layout: Layout, total: int | None) -> H5Table:
+        g = f.create_group(L.TABLE)
+        g.attrs[L.ATTR_LAYOUT] = layout.to_json()
+        n = total or 0
+        for c in layout.columns():
+            item = 16 if c.dtype == "str" else np.dtype(c.dtype).itemsize * int(np.prod(c.shape, dtype=np.int64))
+            rows = max(64, min(1 << 16, CHUNK_BYTES // max(1, item)))
+            g.create_dataset(c.name, shape=(n, *c.shape), maxshape=(None, *c.shape), dtype=_h5_dtype(c),
+                             chunks=(rows, *c.shape))
+        return cls(g, layout)
+
+    @classmethod
+    def open(cls, f: h5py.File) -> H5Table | None:
+        if L.TABLE not in f:
+            return None
+        g = f[L.TABLE]
+        return cls(g, Layout.from_json(g.attrs[L.ATTR_LAYOUT]))
+
+    def write(self, seq0: int, values: dict[str, Any]) -> None:
+        end = seq0 + len(values["id"])
+        if end > self.n:
+            for ds in self.ds.values():
+                ds.resize(end, axis=0)
+            self.n = end
+        for name, v in values.items():
+            ds = self.ds[name]
+            if self.specs[name].dtype == "str":
+                ds[seq0:end] = v
+            else:  # through the low-level API: a third of the cost of ds[a:b] = v
+                arr = np.ascontiguousarray(v, dtype=ds.dtype)
+                fs = ds.id.get_space()
+                fs.select_hyperslab((seq0, *(0,) * (arr.ndim - 1)), arr.shape)
+                ds.id.write(h5py.h5s.create_simple(arr.shape), fs, arr)
+
+    def extend(self, n: int) -> None:
+        """At least ``n`` rows (the whole task list, at the end of a run)."""
+        if n > self.n:
+            for ds in self.ds.values():
+                ds.resize(n, axis=0)
+            self.n = n
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.ds["done"][:], dtype=bool)
+
+    def clear(self, positions: np.ndarray) -> None:
+        """Rows that are not done after all (a commit the journal never saw): back to empty."""
+        for start, stop in runs(positions):
+            for name, ds in self.ds.items():
+                ds[start:stop] = empty(self.specs[name], stop - start)

@@ -1,0 +1,160 @@
+"""The table of small results, as every sink lays it out: one column per field, row ``i`` the
+task at position ``i`` of the task list.
+
+Columns (names as in HDF5's ``/table`` group; a directory has ``DIR/_table/<name>.npy``):
+
+- ``id``: the task ids (int64, or strings);
+- ``done``: True where the row holds a finished task's result;
+- ``result/<field>``: the result's fields (``result/value`` for a bare number or string; a
+  nested dict's fields are ``result/a/b``);
+- ``params/<key>``: the task's parameters (a task file's keys, its ``id`` left out);
+- ``meta/rank``, ``meta/attempt``, ``meta/duration``: who ran it, which attempt, how long.
+
+The layout is fixed by the first rows: a later result with another schema (another key, dtype
+or shape) does not fit, and is stored whole, like a large result. Imports no MPI.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import table as T
+
+META = (("meta/rank", "<i4"), ("meta/attempt", "<i4"), ("meta/duration", "<f4"))
+
+
+class RowsDone(NamedTuple):
+    """Rows a sink made durable, for the journal: positions ``[seq0, seq0 + n)``."""
+
+    seq0: int
+    n: int
+    tids: list[Any]
+    crc: int
+    nbytes: int
+    rank: int
+    attempt: int
+    duration: float
+    hash: int
+
+
+class Column(NamedTuple):
+    name: str
+    dtype: str  # numpy dtype string; "str" for strings
+    shape: tuple[int, ...] = ()
+    kind: str = ""  # the table.Leaf kind, for result and parameter columns
+
+
+class Layout:
+    """What a table holds: the schema of its results and of its parameters, and its ids' type."""
+
+    def __init__(self, schema: T.Schema, pschema: T.Schema | None, ids: str) -> None:
+        self.schema, self.pschema, self.ids = schema, pschema, ids
+        self.result_names = [f"result/{T.name(leaf)}" for leaf in schema[1]]
+        self.param_names = [] if pschema is None else [f"params/{T.name(leaf)}" for leaf in pschema[1]]
+
+    @classmethod
+    def first(cls, schema: T.Schema, pschema: T.Schema | None, tids: list[Any]) -> Layout:
+        return cls(schema, pschema, "int" if all(type(t) is int for t in tids) else "str")
+
+    def fits(self, schema: T.Schema, pschema: T.Schema | None, tids: list[Any]) -> bool:
+        if schema != self.schema or pschema != self.pschema:
+            return False
+        want = int if self.ids == "int" else str
+        return all(type(t) is want for t in tids)
+
+    def columns(self) -> list[Column]:
+        cols = [Column("id", "<i8" if self.ids == "int" else "str"), Column("done", "|b1")]
+        for prefix, schema in (("result", self.schema), ("params", self.pschema)):
+            if schema is None:
+                continue
+            for leaf in schema[1]:
+                cols.append(Column(f"{prefix}/{T.name(leaf)}", "str" if leaf.kind == "str" else leaf.dtype,
+                                   leaf.shape, leaf.kind))
+        cols += [Column(n, d) for n, d in META]
+        return cols
+
+    def to_json(self) -> str:
+        return json.dumps({"version": 1, "ids": self.ids, "dict": self.schema[0], "fields": T.describe(self.schema),
+                           "params_dict": None if self.pschema is None else self.pschema[0],
+                           "params": None if self.pschema is None else T.describe(self.pschema)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Layout:
+        d = json.loads(text)
+        pschema = None if d["params"] is None else T.from_description(d["params_dict"], d["params"])
+        return cls(T.from_description(d["dict"], d["fields"]), pschema, d["ids"])
+
+    def row_values(self, rank: int, attempt: int, tids: list[Any], cols: list[Any], pcols: list[Any] | None,
+                   durations: Any) -> dict[str, Any]:
+        """Each column's values for a batch of rows, by column name."""
+        n = len(tids)
+        out: dict[str, Any] = {"id": np.array(tids, dtype=np.int64 if self.ids == "int" else object),
+                               "done": np.ones(n, dtype=bool)}
+        out.update(zip(self.result_names, cols))
+        if pcols is not None:
+            out.update(zip(self.param_names, pcols))
+        out["meta/rank"] = np.full(n, rank, dtype=np.int32)
+        out["meta/attempt"] = np.full(n, attempt, dtype=np.int32)
+        out["meta/duration"] = np.asarray(durations, dtype=np.float32)
+        return out
+
+
+def empty(col: Column, n: int) -> np.ndarray:
+    """A column of ``n`` rows not yet done: zeros, empty strings."""
+    if col.dtype == "str":
+        a = np.empty(n, dtype=object)
+        a.fill("")
+        return a
+    return np.zeros((n, *col.shape), dtype=col.dtype)
+
+
+class MemoryTable:
+    """The table kept on the master (``out=None``): numpy columns that grow as rows arrive."""
+
+    def __init__(self, layout: Layout, total: int | None) -> None:
+        self.layout = layout
+        self.cols = {c.name: empty(c, max(total or 0, 1024)) for c in layout.columns()}
+        self.specs = {c.name: c for c in layout.columns()}
+        self.n = total or 0  # rows: every task's position, as far as known
+
+    def put(self, seq0: int, values: dict[str, Any]) -> None:
+        end = seq0 + len(values["id"])
+        cap = len(self.cols["id"])
+        if end > cap:
+            grow = max(end, 2 * cap)
+            for name, a in self.cols.items():
+                b = empty(self.specs[name], grow)
+                b[:cap] = a
+                self.cols[name] = b
+        self.n = max(self.n, end)
+        for name, v in values.items():
+            self.cols[name][seq0:end] = v
+
+    def column(self, name: str) -> np.ndarray:
+        return self.cols[name][: self.n]
+
+
+def compare_done(mask: np.ndarray, done: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A table's ``done`` column against what the journal calls done (``journal.DoneSet``):
+    (rows marked done that the journal never saw: a commit cut short, to clear; rows the
+    journal calls done that are not there: to run again)."""
+    ranges = np.zeros(max(len(mask), len(done.bits)), dtype=bool)
+    for s, n, _ in done.ranges:
+        ranges[s : s + n] = True
+    want = ranges[: len(mask)]
+    return (np.flatnonzero(mask & ~want),
+            np.concatenate([np.flatnonzero(want & ~mask), np.flatnonzero(ranges[len(mask):]) + len(mask)]))
+
+
+def runs(positions: np.ndarray) -> list[tuple[int, int]]:
+    """Positions as sorted [start, stop) runs."""
+    if not len(positions):
+        return []
+    p = np.sort(positions)
+    breaks = np.flatnonzero(np.diff(p) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    stops = np.concatenate((breaks, [len(p)]))
+    return [(int(p[a]), int(p[b - 1]) + 1) for a, b in zip(starts, stops)]

@@ -1,0 +1,243 @@
+"""Small results as rows of a columnar table: which values fit, their schema, and their columns.
+
+A result fits a row when it is a number, a bool, a short string, a numpy scalar, a small
+fixed-shape array, or a dict (nested too, keys that can name datasets) of these. Its *schema*
+lists one column per leaf: the leaf's path in the dict (``()`` for a bare value), its kind and
+its dtype and shape. Consecutive results with the same schema are gathered on the worker into
+columns (one numpy array per leaf; a list of str for strings) and travel as one ``Rows`` item,
+so a tiny result costs the master a slice of a column, not an object. Imports no MPI.
+
+The kinds keep the exact Python type for reading back: ``float``, ``int`` and ``bool`` are
+Python scalars; ``generic`` is a numpy scalar of that dtype; ``array`` a numpy array; ``str``
+a Python string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+from crc32c import crc32c
+
+from .results import valid_key
+
+STR_MAX = 1024  # characters of a string that still fits a column
+ARRAY_MAX = 4096  # bytes of an array that still fits a column
+_INT64 = (-(1 << 63), 1 << 63)
+
+
+class Leaf(NamedTuple):
+    """One column of a schema: where the value sits in the result, and what it is."""
+
+    path: tuple[str, ...]  # keys from the result's top; () for a bare value
+    kind: str  # float | int | bool | str | generic | array
+    dtype: str  # numpy dtype string (".str"), "" for str
+    shape: tuple[int, ...] = ()
+
+
+Schema = tuple[bool, tuple[Leaf, ...]]  # (the result is a dict, its leaves in key order)
+
+_PY = {float: ("float", "<f8"), int: ("int", "<i8"), bool: ("bool", "|b1"), str: ("str", "")}
+_PY_TYPE = {"float": float, "int": int, "bool": bool, "str": str}
+
+
+def _leaf(value: Any, path: tuple[str, ...]) -> Leaf | None:
+    t = type(value)
+    kd = _PY.get(t)
+    if kd is not None:
+        if t is int and not _INT64[0] <= value < _INT64[1]:
+            return None
+        if t is str and (len(value) > STR_MAX or "\0" in value or not _utf8(value)):
+            return None
+        return Leaf(path, kd[0], kd[1])
+    if isinstance(value, np.generic) and value.dtype.kind in "biufc":
+        return Leaf(path, "generic", value.dtype.str)
+    if t is np.ndarray and value.dtype.kind in "biufc" and 0 < value.nbytes <= ARRAY_MAX:
+        return Leaf(path, "array", value.dtype.str, tuple(value.shape))
+    return None
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def schema_of(value: Any) -> Schema | None:
+    """The schema of a result that fits a row, else None."""
+    if type(value) is not dict:
+        leaf = _leaf(value, ())
+        return None if leaf is None else (False, (leaf,))
+    leaves: list[Leaf] = []
+    if not value or not _walk(value, (), leaves):
+        return None
+    return True, tuple(leaves)
+
+
+def _walk(d: dict[Any, Any], path: tuple[str, ...], out: list[Leaf]) -> bool:
+    for key in sorted(d) if all(type(k) is str for k in d) else ():
+        if not valid_key(key):
+            return False
+        v = d[key]
+        if type(v) is dict:
+            if not v or not _walk(v, (*path, key), out):
+                return False
+            continue
+        leaf = _leaf(v, (*path, key))
+        if leaf is None:
+            return False
+        out.append(leaf)
+    return len(out) > 0 and all(type(k) is str for k in d)
+
+
+def leaves_of(value: Any, schema: Schema) -> list[Any] | None:
+    """The leaf values of ``value`` in the order of ``schema``, or None if it does not fit it."""
+    is_dict, leaves = schema
+    if not is_dict:
+        leaf = leaves[0]
+        return [value] if _fits(value, leaf) else None
+    if type(value) is not dict:
+        return None
+    out = []
+    for leaf in leaves:
+        v: Any = value
+        for k in leaf.path:
+            if type(v) is not dict:
+                return None
+            v = v.get(k, _MISSING)
+            if v is _MISSING:
+                return None
+        if not _fits(v, leaf):
+            return None
+        out.append(v)
+    # no extra keys anywhere: the number of leaves matches the schema's
+    return out if _count_leaves(value) == len(leaves) else None
+
+
+_MISSING = object()
+
+
+def _count_leaves(d: dict[Any, Any]) -> int:
+    n = 0
+    for v in d.values():
+        n += _count_leaves(v) if type(v) is dict else 1
+    return n
+
+
+def _fits(value: Any, leaf: Leaf) -> bool:
+    kind = leaf.kind
+    v: Any = value
+    if kind in _PY_TYPE:
+        if type(value) is not _PY_TYPE[kind]:
+            return False
+        if kind == "int":
+            return bool(_INT64[0] <= v < _INT64[1])
+        if kind == "str":
+            return len(v) <= STR_MAX and "\0" not in v and _utf8(v)
+        return True
+    if kind == "generic":
+        return isinstance(v, np.generic) and v.dtype.str == leaf.dtype
+    return (type(v) is np.ndarray and v.dtype.str == leaf.dtype and tuple(v.shape) == leaf.shape)
+
+
+class RowsBuilder:
+    """Rows of one schema gathered on the worker, one list per column."""
+
+    __slots__ = ("schema", "cols", "n")
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.cols: list[list[Any]] = [[] for _ in schema[1]]
+        self.n = 0
+
+    def add(self, leaves: list[Any]) -> None:
+        for col, v in zip(self.cols, leaves):
+            col.append(v)
+        self.n += 1
+
+    def columns(self) -> list[Any]:
+        """Each column as a numpy array (a list, for strings)."""
+        return [column(leaf, values) for leaf, values in zip(self.schema[1], self.cols)]
+
+
+def column(leaf: Leaf, values: list[Any]) -> Any:
+    if leaf.kind == "str":
+        return list(values)
+    if leaf.kind == "array":
+        # (np.stack gives the native byte order: keep the task's own dtype)
+        return np.stack(values).astype(leaf.dtype, copy=False) if values else np.empty((0, *leaf.shape), leaf.dtype)
+    return np.array(values, dtype=leaf.dtype)
+
+
+def checksum(cols: list[Any], value: int = 0) -> int:
+    """crc32c of columns, in order: an array's raw bytes; strings as UTF-8, each ended by a NUL."""
+    for c in cols:
+        if isinstance(c, np.ndarray):
+            if c.size:
+                raw: Any = np.ascontiguousarray(c).reshape(-1).view(np.uint8)
+                value = crc32c(raw, value)
+        elif c:
+            value = crc32c("\0".join(c).encode() + b"\0", value)
+    return value
+
+
+def nbytes(cols: list[Any]) -> int:
+    return sum(c.nbytes if isinstance(c, np.ndarray) else sum(len(s) for s in c) for c in cols)
+
+
+def values(schema: Schema, cols: list[Any], i: int) -> Any:
+    """The value of row ``i``, rebuilt with the types the task returned."""
+    is_dict, leaves = schema
+    if not is_dict:
+        return _value(leaves[0], cols[0], i)
+    out: dict[str, Any] = {}
+    for leaf, col in zip(leaves, cols):
+        d = out
+        for k in leaf.path[:-1]:
+            d = d.setdefault(k, {})
+        d[leaf.path[-1]] = _value(leaf, col, i)
+    return out
+
+
+def _value(leaf: Leaf, col: Any, i: int) -> Any:
+    kind = leaf.kind
+    if kind == "str":
+        return str(col[i])
+    if kind == "array":
+        return np.array(col[i])
+    if kind == "generic":
+        return col[i][()] if isinstance(col[i], np.ndarray) else col[i]
+    return _PY_TYPE[kind](col[i].item() if isinstance(col[i], np.generic) else col[i])
+
+
+def all_values(schema: Schema, cols: list[Any]) -> list[Any]:
+    """Every row's value (a column at a time where it can: for a bare Python number, tolist)."""
+    is_dict, leaves = schema
+    n = len(cols[0]) if cols else 0
+    if not is_dict and leaves[0].kind in ("float", "int", "bool"):
+        return cols[0].tolist()  # type: ignore[no-any-return]
+    if not is_dict and leaves[0].kind == "str":
+        return list(cols[0])
+    return [values(schema, cols, i) for i in range(n)]
+
+
+def name(leaf: Leaf) -> str:
+    """A column's name: its path joined by '/' (``value`` for a bare result)."""
+    return "/".join(leaf.path) if leaf.path else "value"
+
+
+def describe(schema: Schema) -> list[dict[str, Any]]:
+    """The schema as JSON-ready records (stored with the table)."""
+    return [{"name": name(leaf), "path": list(leaf.path), "kind": leaf.kind, "dtype": leaf.dtype,
+             "shape": list(leaf.shape)} for leaf in schema[1]]
+
+
+def from_description(is_dict: bool, recs: list[dict[str, Any]]) -> Schema:
+    return is_dict, tuple(Leaf(tuple(r["path"]), r["kind"], r["dtype"], tuple(r["shape"])) for r in recs)
+
+
+def iter_leaves(schema: Schema) -> Iterator[Leaf]:
+    return iter(schema[1])

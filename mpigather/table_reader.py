@@ -1,0 +1,162 @@
+"""Reading the table of small results back: as columns, as a pandas DataFrame, or row by row
+for ``mpigather.load(out)[id]``; the same for HDF5, a directory and memory.
+
+Column names, for ``columns()`` and ``to_pandas()``: ``id``; ``done`` (in ``columns()``: which
+rows hold a result); each result field by its name (``energy``, ``sub/a`` for a nested dict,
+``value`` for a bare number or string); each task parameter by its key. A parameter named like
+a field (or ``id``/``done``) is ``params/<key>``; a field named ``id`` or ``done`` is
+``result/<name>``. With ``meta=True``, also ``meta/rank``, ``meta/attempt``, ``meta/duration``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import table as T
+from .sinks import layout as L
+from .sinks.table import Layout
+
+
+def table_columns(layout: Layout, column: Callable[[str], np.ndarray], meta: bool = False) -> dict[str, np.ndarray]:
+    """A table's columns in task order (names in this module's docstring); ``column(name)``
+    reads one column by its stored name."""
+    out: dict[str, np.ndarray] = {"id": column("id"), "done": np.asarray(column("done"), dtype=bool)}
+    for full in layout.result_names:
+        short = full.split("/", 1)[1]
+        out[full if short in ("id", "done") else short] = column(full)
+    for full in layout.param_names:
+        short = full.split("/", 1)[1]
+        out[full if short in out else short] = column(full)
+    if meta:
+        for name in ("meta/rank", "meta/attempt", "meta/duration"):
+            out[name] = column(name)
+    return out
+
+
+def table_frame(cols: dict[str, np.ndarray]) -> Any:
+    """A pandas DataFrame of a table's done rows: one row per task whose result is in the table
+    (pandas is imported only here)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("to_pandas() needs pandas: pip install pandas") from None
+    if not cols:
+        return pd.DataFrame()
+    done = cols["done"]
+    keep = None if bool(done.all()) else np.flatnonzero(done)
+    data = {}
+    for name, col in cols.items():
+        if name == "done":
+            continue
+        c = col if keep is None else col[keep]
+        data[name] = list(c) if c.ndim > 1 else c  # a small array per row: one object each
+    return pd.DataFrame(data)
+
+
+class StoredTable:
+    """The table of an output (HDF5 file or directory), read lazily: whole columns, or one row."""
+
+    def __init__(self, layout: Layout, read: Callable[[str, Any], np.ndarray]) -> None:
+        self.layout = layout
+        self._read = read  # (column name, slice or index) -> values
+        self._done: np.ndarray | None = None
+        self._pos: dict[str, int] | None = None
+
+    @classmethod
+    def of_hdf5(cls, f: Any) -> StoredTable | None:
+        if L.TABLE not in f:
+            return None
+        g = f[L.TABLE]
+        layout = Layout.from_json(g.attrs[L.ATTR_LAYOUT])
+        strings = {c.name for c in layout.columns() if c.dtype == "str"}
+
+        def read(name: str, where: Any) -> np.ndarray:
+            ds = g[name]
+            if name in strings:
+                return np.asarray(ds.asstr()[where], dtype=object)
+            return np.asarray(ds[where])
+
+        return cls(layout, read)
+
+    @classmethod
+    def of_dir(cls, root: Path) -> StoredTable | None:
+        p = root / L.TABLE_DIR / "layout.json"
+        if not p.exists():
+            return None
+        layout = Layout.from_json(p.read_text())
+        strings = {c.name for c in layout.columns() if c.dtype == "str"}
+        cache: dict[str, np.ndarray] = {}
+
+        def read(name: str, where: Any) -> np.ndarray:
+            a = cache.get(name)
+            if a is None:
+                a = cache[name] = np.load(root / L.TABLE_DIR / f"{name}.npy", mmap_mode="r")
+            v = np.asarray(a[where])
+            return v.astype(object) if name in strings else v  # (Python strings, as h5py gives)
+
+        return cls(layout, read)
+
+    # -- columns ------------------------------------------------------------------------------
+
+    def column(self, name: str) -> np.ndarray:
+        return self._read(name, slice(None))
+
+    def columns(self, meta: bool = False) -> dict[str, np.ndarray]:
+        return table_columns(self.layout, self.column, meta)
+
+    def to_pandas(self, meta: bool = False) -> Any:
+        return table_frame(self.columns(meta))
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def done(self) -> np.ndarray:
+        if self._done is None:
+            self._done = np.asarray(self.column("done"), dtype=bool)
+        return self._done
+
+    def positions(self) -> dict[str, int]:
+        """Task id (as str) -> row, of the done rows."""
+        if self._pos is None:
+            rows = np.flatnonzero(self.done())
+            ids = self.column("id")[rows]
+            self._pos = dict(zip((str(x) for x in ids.tolist()), rows.tolist()))
+        return self._pos
+
+    def find(self, tid: Any) -> int | None:
+        """The row of a done task, or None."""
+        if self._pos is None and self.layout.ids == "int":  # ids are often their positions: try that first
+            try:
+                i = int(str(tid))
+            except ValueError:
+                return None
+            done = self.done()
+            if 0 <= i < len(done) and done[i] and int(self._read("id", i)) == i:
+                return i
+        return self.positions().get(str(tid))
+
+    def value(self, i: int) -> Any:
+        lay = self.layout
+        return T.values(lay.schema, [self._read(name, slice(i, i + 1)) for name in lay.result_names], 0)
+
+    def attrs(self, i: int) -> dict[str, Any]:
+        """A row's task: its id, position, parameters, rank, attempt and duration."""
+        lay = self.layout
+        out: dict[str, Any] = {"id": self._read("id", i).item(), "seq": i, "kind": "row",
+                               "rank": int(self._read("meta/rank", i)),
+                               "attempt": int(self._read("meta/attempt", i)),
+                               "duration": float(self._read("meta/duration", i))}
+        if lay.pschema is not None:
+            out["params"] = T.values(lay.pschema, [self._read(name, slice(i, i + 1)) for name in lay.param_names], 0)
+        return out
+
+    def checksum(self, start: int, n: int) -> int:
+        """crc32c of rows ``[start, start + n)``'s results, as the worker summed them."""
+        cols = []
+        for leaf, name in zip(self.layout.schema[1], self.layout.result_names):
+            v = self._read(name, slice(start, start + n))
+            cols.append(list(v) if leaf.kind == "str" else np.ascontiguousarray(v, dtype=leaf.dtype))
+        return T.checksum(cols)
