@@ -29,7 +29,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import mpistacks  # noqa: E402
 from mpistacks import Stack  # noqa: E402
 
-__all__ = ["ROOT", "Stack", "env", "gather", "mpi_cmd", "mpiexec_path", "mpirun", "show", "stack"]
+__all__ = ["ROOT", "Stack", "ci", "env", "gather", "mpi_cmd", "mpiexec_path", "mpirun", "show", "stack"]
+
+
+def ci() -> bool:
+    """``CI=true`` (CI services set it, and so does .ci/run): a group of tests that this machine is
+    expected to run (Open MPI, the real Slurm) fails where it would skip, naming what is missing."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 @functools.cache

@@ -191,11 +191,12 @@ elif what == "equal_tasks":
     # worker's start-up would otherwise be timed as if the scheduler had kept it idle
     comm.Barrier()
     t0 = time.monotonic()
-    s = mpigather.run(sleepy, [0.5] * n, out=None, prefetch=2)
+    s = mpigather.run(sleepy, [1.0] * n, out=None, prefetch=2)
     if rank == 0:
         dt = time.monotonic() - t0
         assert s.done == n, s.text()
-        say(f"RESULT OK wall {dt:.2f} for {n} tasks of 0.5 s on {n} workers")
+        per_worker = sorted(w["tasks"] for w in s.workers.values())
+        say(f"RESULT OK wall {dt:.2f} for {n} tasks of 1 s on {n} workers; tasks per worker {per_worker}")
 
 elif what == "master_only":
     if rank == 0:

@@ -6,7 +6,8 @@ key, so it shares nothing with a Slurm or munge the machine may already run.
 ``stop()`` cancels what is left of its jobs and ends the three daemons by their pids.
 ``ensure_installed()`` installs slurm-wlm and munge with apt-get when they are missing and this is
 root on Debian (tests and CI run as root). ``MPIGATHER_REAL_SLURM``: ``off`` skips all that,
-``noinstall`` never runs apt-get, ``require`` makes the tests fail where they would skip.
+``noinstall`` never runs apt-get, ``require`` makes the tests fail where they would skip, and so
+does ``CI=true`` unless it is ``off`` or ``noinstall`` (``required()``).
 
 The configuration is the one the batch template meets on most clusters (MpiDefault=none,
 select/cons_tres, proctrack/linuxproc, JobRequeue=1), with short timers so that tests stay short:
@@ -43,6 +44,18 @@ TABLE = pytest.StashKey[list]()  # rows of the table that conftest.py prints in 
 
 class Unavailable(Exception):
     """This machine cannot run the local Slurm; the message says why."""
+
+
+def required() -> str:
+    """Why a real-Slurm test that cannot run must fail rather than skip ('' when it may skip):
+    MPIGATHER_REAL_SLURM=require, or CI=true where Slurm was not ruled out (.ci/run sets noinstall
+    when it could not install slurm-wlm and munge, and says so)."""
+    mode = os.environ.get("MPIGATHER_REAL_SLURM", "auto")
+    if mode == "require":
+        return "MPIGATHER_REAL_SLURM=require"
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes") and mode not in ("off", "noinstall"):
+        return f"CI=true (MPIGATHER_REAL_SLURM={mode})"
+    return ""
 
 
 def _which(name: str) -> str | None:

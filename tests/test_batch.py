@@ -7,6 +7,9 @@ the template's ``#SBATCH --signal`` line once the journal shows finished tasks. 
 must stop mpigather in order (exit 75), and the follow-up job (or the requeued one) must resume
 and finish, with exactly the results of an uninterrupted run, each task run once. A plain scancel
 ends the chain; a wall-time kill does not. tests/test_slurm_real.py runs the same on a real Slurm.
+
+No test assumes a quiet machine: a chain is followed to its end, however many allocations a loaded
+machine makes it take (``Cluster.to_the_end``), and then its outcome is checked.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ PBS = ROOT / "scripts" / "pbs.sh"
 
 
 class Cluster:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, kill_wait: float = 10) -> None:
+        """``kill_wait``: Slurm's KillWait (SIGTERM, then SIGKILL this much later). 10 s, as on the real
+        Slurm of test_slurm_real.py, is far more than an in-order stop takes (tasks of 0.3 s) even when
+        other jobs take both cores; the wall-time tests, which wait for the SIGKILL, pass 3."""
         self.bin = tmp / "fake_bin"
         shutil.copytree(Path(__file__).parent / "fake_slurm", self.bin)
         for p in self.bin.iterdir():  # keep working when a checkout lost the exec bits
@@ -46,7 +52,7 @@ class Cluster:
         self.work = tmp / "work"
         self.work.mkdir()
         self.log = tmp / "batch.log"
-        self.ctl = Controller(self.state, kill_wait=3)
+        self.ctl = Controller(self.state, kill_wait=kill_wait)
         self.env = env()
         mpi_bin = str(Path(mpiexec_path()).parent)
         self.env.update({
@@ -95,6 +101,17 @@ class Cluster:
         finally:
             final = self.ctl.finish(job, proc)
         return final, proc.returncode, sent
+
+    def to_the_end(self, most: int) -> list[tuple[dict[str, Any], int]]:
+        """Run the queued allocations until the chain ends: [(the job's final record, exit status)].
+        How many it takes depends on the machine's load; more than ``most`` fails the test."""
+        ran: list[tuple[dict[str, Any], int]] = []
+        while self.ctl.queued():
+            seen = [(j["state"], rc) for j, rc in ran]
+            assert len(ran) < most, f"more than {most} allocations: {seen}\n{self.text()}"
+            job, rc, _ = self.allocation()
+            ran.append((job, rc))
+        return ran
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -274,11 +291,13 @@ def test_slurm_scancel_usr1_stops_in_order_and_the_chain_continues(tmp_path):
 def test_slurm_wall_time_kill_continues_the_chain(tmp_path, resubmit):
     """Tasks 0 and 1 hang on their first execution, longer than the grace: the warning cannot stop
     the run in order, and Slurm kills the job at its time limit (SIGTERM, SIGKILL after KillWait).
-    The follow-up queued at the start (or the requeue from the SIGTERM trap) still finishes the run."""
-    c = Cluster(tmp_path)
+    The follow-up queued at the start (or the requeue from the SIGTERM trap) still finishes the run.
+    Every allocation has the same 6 s limit: on a loaded machine the second may be killed too before
+    the last 14 tasks are done, and a third goes on (see check_wall_time_chain)."""
+    c = Cluster(tmp_path, kill_wait=3)
     c.env.update(MPIGATHER_TEST_STUCK="0,1", MPIGATHER_TEST_STUCK_S="300")
     out = c.work / "out.h5"
-    c.submit("job.sbatch", slurm_script(resubmit=resubmit, time_limit="0:06", grace=300))
+    c.submit("job.sbatch", slurm_script(resubmit=resubmit, time_limit="0:06", grace=300, max_resubmits=8))
     job, rc, sent = c.allocation(stop_when=lambda: (c.work / "stuck.1").exists())
     log = c.text()
     assert sent is not None, log
@@ -287,11 +306,32 @@ def test_slurm_wall_time_kill_continues_the_chain(tmp_path, resubmit):
     assert len(c.ctl.queued()) == 1, f"the chain must continue after a wall-time kill\n{log}"
     if resubmit == "requeue":
         assert c.ctl.job(job["id"])["restart_count"] == 1
-    job, rc, _ = c.allocation()
-    assert rc == 0 and job["state"] == "COMPLETED", c.text()
+    check_wall_time_chain(c, out, c.to_the_end(8), killed_state="TIMEOUT" if resubmit == "sbatch" else "PENDING")
+
+
+def check_wall_time_chain(c: Cluster, out: Path, rest: list[tuple[dict[str, Any], int]], killed_state: str) -> None:
+    """After a first allocation killed at its wall time: the allocations that followed (``rest``)
+    ended the chain with the run finished, every task done exactly once, bit for bit, and a task run
+    more than once only where an allocation was killed while it ran (the two hung tasks, always).
+    ``killed_state``: what a job killed at its wall time becomes (TIMEOUT, or PENDING when requeued)."""
+    log = c.text()
+    states = ([(job["state"], code) for job, code in rest], log)
+    last, rc = rest[-1]
+    # the last one finished the run (exit 0): COMPLETED, or TIMEOUT where the kill met the run's end
+    # and mpigather finished within KillWait (the script then cancels its follow-up)
+    assert rc == 0 and last["state"] in ("COMPLETED", "TIMEOUT"), states
+    # the others were stopped by a warning (FAILED, exit 75) or killed at the wall time, like the first
+    # (a requeued job that finished the run as it was killed exits 0: its requeue finds it finished)
+    assert all((job["state"] == "FAILED" and code not in (0, 1, 2)) or job["state"] == killed_state
+               for job, code in rest[:-1]), states
     check_results(out)
+    assert sorted(done_ids(out)) == list(range(N)), "each task recorded done exactly once"
     counts = executions(c.work)
-    assert counts[0] == counts[1] == 2 and {counts[i] for i in range(2, N)} == {1}, counts
+    kills = log.count("got SIGTERM at the wall time")
+    if kills == 1:  # the usual case: only the first allocation was killed
+        assert counts[0] == counts[1] == 2 and {counts[i] for i in range(2, N)} == {1}, counts
+    else:  # a later one was killed too, and what it was running ran again
+        assert counts[0] >= 2 and counts[1] >= 2 and max(counts.values()) <= kills + 1, (kills, counts)
 
 
 def test_slurm_warning_as_mpigather_leaves_a_finished_run_ends_the_chain(tmp_path):
@@ -321,7 +361,7 @@ def test_slurm_follow_up_of_a_cancelled_job_ends_the_chain(tmp_path):
                                 then=lambda job: c.command("scancel", str(job["id"])))
     assert job1["state"] == "CANCELLED" and len(c.ctl.queued()) == 1, c.text()
     ran = executions(c.work)
-    _job2, rc, _ = c.allocation(timeout=10)
+    _job2, rc, _ = c.allocation(timeout=30)  # a hang if it takes that long (it exits at once)
     assert rc == 0 and f"job {job1['id']} was cancelled" in c.text(), c.text()
     assert executions(c.work) == ran and c.ctl.queued() == []
 
@@ -332,16 +372,16 @@ def test_slurm_follow_up_of_a_finished_run_exits_at_once(tmp_path):
     c.submit("job.sbatch", slurm_script())
     _job, rc, _ = c.allocation()
     assert rc == 0 and len(c.ctl.queued()) == 1, c.text()
-    _job, rc, _ = c.allocation(timeout=10)
+    _job, rc, _ = c.allocation(timeout=30)  # a hang if it takes that long (it exits at once)
     assert rc == 0 and "out.h5 is finished already" in c.text(), c.text()
     assert c.ctl.queued() == []
 
 
 def pbs_script(n: int = N, out: str = "out.h5", walltime: str = "04:00:00", warn_s: int = 120,
-               grace: int = 20) -> str:
+               grace: int = 20, max_resubmits: int = 3) -> str:
     return edit(PBS, {
         "FUNC": "batchfuncs:slow", "TASKS": f"(--range {n})", "OUT": out,
-        "OPTIONS": f"(--grace {grace} --prefetch 1 --progress log)", "MAX_RESUBMITS": "3",
+        "OPTIONS": f"(--grace {grace} --prefetch 1 --progress log)", "MAX_RESUBMITS": str(max_resubmits),
         "MPIGATHER": f"({sys.executable} -m mpigather)", "WARN_S": str(warn_s),
     }, {"#PBS -l select=2:ncpus=32:mpiprocs=32": "#PBS -l select=1:ncpus=3:mpiprocs=3",
         "#PBS -l walltime=04:00:00": f"#PBS -l walltime={walltime}"})
@@ -352,7 +392,7 @@ def test_pbs_timer_warning_resubmits_and_the_chain_finishes(tmp_path):
     c = Cluster(tmp_path)
     out = c.work / "out"  # a directory of .npy files this time
     n = 36  # 5.4 s of work: the warning, 5 s in, comes before the end
-    text = pbs_script(n, out="out", walltime="00:02:05")  # the warning comes 5 s in
+    text = pbs_script(n, out="out", walltime="00:02:05", max_resubmits=8)  # the warning comes 5 s in
     jid = c.submit("pbs.sh", text, cmd="qsub")
     assert jid.endswith(".fakepbs")
 
@@ -367,11 +407,9 @@ def test_pbs_timer_warning_resubmits_and_the_chain_finishes(tmp_path):
     assert job2["options"].get("W") == [f"depend=afterany:{jid}"]
 
     # every allocation gets its warning 5 s in, so the rest may take one more allocation, or two
-    # when a warning meets the run's very end (see the stop-signal-at-exit note in docs/cluster.md)
-    codes = []
-    while c.ctl.queued():
-        assert len(codes) < 3, f"more than 4 allocations: {codes}\n{c.text()}"
-        codes.append(c.allocation()[1])
+    # when a warning meets the run's very end (see the stop-signal-at-exit note in docs/cluster.md),
+    # or more on a loaded machine, where less gets done in 5 s: the chain is followed to its end
+    codes = [rc for _job, rc in c.to_the_end(8)]
     assert codes[-1] == 0 and all(x not in (0, 1, 2) for x in codes[:-1]), f"{codes}\n{c.text()}"
     check_results(out, n)
     done = done_ids(out)
@@ -392,15 +430,16 @@ def test_pbs_qdel_ends_the_chain(tmp_path):
 
 
 def test_pbs_wall_time_kill_continues_the_chain(tmp_path):
-    c = Cluster(tmp_path)
+    """As the Slurm case, with the script's own timer: its warning comes 3 s in, and cannot stop the
+    hung tasks 0 and 1, so PBS kills the first allocation at its 6 s wall time. Each follow-up gets
+    its warning 3 s in as well: on a loaded machine the second allocation may not finish the 14 other
+    tasks in that time (it then stops in order, exit 75) and a third goes on, so the chain is followed
+    to its end."""
+    c = Cluster(tmp_path, kill_wait=3)
     c.env.update(MPIGATHER_TEST_STUCK="0,1", MPIGATHER_TEST_STUCK_S="300")
-    c.submit("pbs.sh", pbs_script(walltime="00:00:06", warn_s=3, grace=300), cmd="qsub")
+    c.submit("pbs.sh", pbs_script(walltime="00:00:06", warn_s=3, grace=300, max_resubmits=8), cmd="qsub")
     job, _rc, _ = c.allocation()
     log = c.text()
     assert job["state"] == "TIMEOUT" and "got SIGTERM at the wall time" in log, log
     assert len(c.ctl.queued()) == 1, f"the chain must continue after a wall-time kill\n{log}"
-    _job, rc, _ = c.allocation()
-    assert rc == 0, c.text()
-    check_results(c.work / "out.h5")
-    counts = executions(c.work)
-    assert counts[0] == counts[1] == 2 and {counts[i] for i in range(2, N)} == {1}, counts
+    check_wall_time_chain(c, c.work / "out.h5", c.to_the_end(8), killed_state="TIMEOUT")

@@ -100,11 +100,17 @@ def test_a_second_run_on_a_live_output_is_refused_and_the_first_is_exact(tmp_pat
 
 def test_status_while_live_after_the_end_and_with_wait(tmp_path):
     out = tmp_path / "o.h5"
-    n = 100  # about 5 s
+    n = 150  # about 8 s: several status calls (a second each on a loaded machine) fit in it
     p = start(tmp_path, 3, "faultfuncs:slow", out, "--range", str(n))
     wait_for(lambda: len(done_ids(out)) >= 2, what="some tasks done")
-    wait_for(lambda: status(out)[1].get("running", 0) > 0, what="a heartbeat with running tasks")
-    rc, live = status(out)
+    seen: list = []  # the status that showed running tasks: a second call could come after the end
+
+    def running() -> bool:
+        seen[:] = status(out)
+        return seen[1].get("running", 0) > 0
+
+    wait_for(running, what="a heartbeat with running tasks")
+    rc, live = seen
     assert rc == 0 and live["state"] == "running" and live["live"] and adds_up(live), live
     assert live["running"] <= 2 and live["holder"]["pid"] > 0
     t0 = time.monotonic()
