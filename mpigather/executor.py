@@ -67,6 +67,8 @@ class GatherExecutor(Executor):
         self._lock = threading.Lock()
         self._closed = False
         self._error: BaseException | None = None
+        self._master: Any = None  # the running Master (set by its thread once it is made)
+        self._ready = threading.Event()  # every worker joined, or the executor ended
         self.num_workers = max(1, link.size - 1)
         self._thread = threading.Thread(target=self._serve, args=(worker_args or {},), name="mpigather-executor",
                                         daemon=True)
@@ -112,6 +114,7 @@ class GatherExecutor(Executor):
 
         def grab(master: Any) -> None:
             sink_of["sink"] = master.sink
+            self._master = master
 
         hooks = {"on_done": on_done, "on_failed": on_failed, "master": grab}
         wargs = {"send_exceptions": True, **worker_args}
@@ -127,12 +130,19 @@ class GatherExecutor(Executor):
         finally:
             with self._lock:
                 self._closed = True
-                left = [f for _, _, f in self._q] + list(self._futures.values())
+                queued = [f for _, _, f in self._q]
+                queued_ids = {tid for tid, _, _ in self._q}
+                handed_out = [f for tid, f in self._futures.items() if tid not in queued_ids]
                 self._q.clear()
                 self._futures.clear()
-            for fut in left:
-                if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
-                    fut.set_exception(self._error or BrokenExecutor("the executor ended before this task ran"))
+            self._ready.set()
+            error = self._error or BrokenExecutor("the executor ended before this task ran")
+            for fut in queued:  # pending, or cancelled by the caller and not yet seen by the waiters
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(error)
+            for fut in handed_out:
+                if not fut.done():
+                    fut.set_exception(error)
 
     def _one_rank(self, hooks: dict[str, Any], wargs: dict[str, Any], run_on: Any) -> None:
         """One rank: a worker thread beside this master thread, joined by a loopback link."""
@@ -183,9 +193,18 @@ class GatherExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def bootup(self, wait: bool = True) -> GatherExecutor:
-        """For mpi4py compatibility: the workers are up once the executor is entered. Returns it."""
+        """Returns the executor; with ``wait``, once every worker has joined (as mpi4py's), so that
+        a task submitted next starts at once."""
         with self._lock:
             self._check_open()
+        if wait:
+            from .scheduler import WorkerState
+
+            while not self._ready.wait(0.002):
+                master = self._master
+                if master is not None and all(w.state is not WorkerState.NEW
+                                              for w in list(master.sched.workers().values())):
+                    self._ready.set()
         return self
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
@@ -259,7 +278,10 @@ class GatherExecutor(Executor):
             else:
                 dropped = []
         for fut in dropped:
+            # cancel() alone leaves it CANCELLED, which concurrent.futures.wait and as_completed
+            # do not count as done, and nobody would ever tell them (their waiters hung forever)
             fut.cancel()
+            fut.set_running_or_notify_cancel()
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
 

@@ -855,6 +855,26 @@ def shutdown_cancel_futures(ex: Any, ctx: Ctx) -> None:
     expect(not markers(ctx.tmp), f"cancelled tasks ran: {markers(ctx.tmp)}")
 
 
+@on_root()
+def shutdown_cancel_wait(ex: Any, ctx: Ctx) -> None:
+    """mpi4py's own test: with a long queue behind busy workers, shutdown(wait=False,
+    cancel_futures=True), then concurrent.futures.wait() on the first task and the last two,
+    returns at once: the first is done, the last two are cancelled. (wait() counts a cancelled
+    future as done only once the executor has told its waiters.)"""
+    ex.bootup()
+    first = ex.submit(nap, 0.1)
+    for _ in range(100 * ctx.nw):
+        ex.submit(nap, 0.1)
+    last = [ex.submit(nap, 0.0), ex.submit(nap, 0.0)]
+    time.sleep(0.2)
+    ex.shutdown(wait=False, cancel_futures=True)
+    _, not_done = cf.wait([first, *last], timeout=WAIT)
+    if not_done:
+        raise Hang(f"concurrent.futures.wait: {len(not_done)} of 3 futures not done after {WAIT:g} s")
+    expect(not first.cancelled(), "the first task, running for 0.2 s, was cancelled")
+    expect(all(f.cancelled() for f in last), "the last two tasks were not cancelled")
+
+
 @on_every_rank()
 def leaving_waits(ctx: Ctx) -> None:
     """Leaving the with block waits for the tasks still running (shutdown(wait=True))."""
