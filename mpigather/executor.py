@@ -14,8 +14,10 @@ own future only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import pickle
+import sys
 import threading
 import time
 from collections import deque
@@ -31,19 +33,32 @@ class RemoteTaskError(MPIGatherError):
     """A task raised on a worker; the message holds the worker's traceback."""
 
 
-def _remote_exception(text: str, exc: bytes | None) -> BaseException:
-    """The task's own exception, as mpi4py.futures gives it, with the worker's traceback as its cause."""
+def _remote_exception(text: str, exc: bytes | BaseException | None) -> BaseException:
+    """The task's own exception, as mpi4py.futures gives it, with the worker's traceback as its
+    cause. ``exc``: pickled by the worker, or (a result that failed to unpickle here) itself."""
     remote = RemoteTaskError(text)
     if exc is None:
         return remote
-    try:
-        err = pickle.loads(exc)
-    except Exception:
-        return remote
+    if isinstance(exc, BaseException):
+        err = exc
+    else:
+        try:
+            err = pickle.loads(exc)
+        except Exception:
+            return remote
     if not isinstance(err, BaseException):
         return remote
     err.__cause__ = remote
     return err
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """PEP 678: shown under the traceback from Python 3.11; on 3.10 kept in ``__notes__`` only."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        with contextlib.suppress(Exception):
+            setattr(exc, "__notes__", [*getattr(exc, "__notes__", []), note])  # noqa: B010
 
 
 def _call(payload: bytes) -> Any:
@@ -107,7 +122,7 @@ class GatherExecutor(Executor):
             if fut is not None:
                 fut.set_result(value)
 
-        def on_failed(tid: int, err: str, exc: bytes | None) -> None:
+        def on_failed(tid: int, err: str, exc: bytes | BaseException | None) -> None:
             fut = self._futures.pop(tid, None)
             if fut is not None:
                 fut.set_exception(_remote_exception(err, exc))
@@ -148,6 +163,7 @@ class GatherExecutor(Executor):
         """One rank: a worker thread beside this master thread, joined by a loopback link."""
         from .api import master_run
         from .loopback import LoopbackHub
+        from .transport import no_comm_workers
         from .worker import Worker
 
         mlink, wlink = LoopbackHub(2).links()
@@ -155,7 +171,8 @@ class GatherExecutor(Executor):
 
         def work() -> None:
             try:
-                Worker(wlink, _call, self._opts, None, **wargs).run()
+                with no_comm_workers():
+                    Worker(wlink, _call, self._opts, None, **wargs).run()
             except BaseException as e:  # noqa: BLE001
                 failure.append(e)
 
@@ -173,11 +190,12 @@ class GatherExecutor(Executor):
         fut: Future = Future()
         try:
             payload = pickle.dumps((fn, args, kwargs), protocol=5)
-        except Exception as e:
+        except Exception as e:  # the error itself, as mpi4py gives it, with what it stopped
             with self._lock:
                 self._check_open()
+            _add_note(e, "cannot send this task to a worker: pickling its function or arguments failed")
             fut.set_running_or_notify_cancel()
-            fut.set_exception(TypeError(f"cannot send this task to a worker: {type(e).__name__}: {e}"))
+            fut.set_exception(e)
             return fut
         with self._lock:
             self._check_open()
@@ -297,6 +315,11 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
 
     def __init__(self, comm: Any = None, root: int = 0, *, initializer: Callable[..., Any] | None = None,
                  initargs: tuple[Any, ...] = (), **options: Any) -> None:
+        from .transport import intracomm_size
+
+        size = intracomm_size(comm)  # on every rank, before any collective: a bad value fails alike everywhere
+        if not 0 <= root < size:
+            raise ValueError(f"root must be a rank of the communicator (0 to {size - 1}), not {root}")
         self.comm, self.root = comm, root
         self.initializer, self.initargs = initializer, initargs
         self.opts = make_options(**options)
@@ -308,19 +331,16 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
 
         if self._link is not None:
             raise RuntimeError("this executor is already in use: leave it before entering it again")
-        from .transport import comm_size
-
-        size = comm_size(self.comm)
-        if not 0 <= self.root < size:
-            raise ValueError(f"root must be a rank of the communicator (0 to {size - 1}), not {self.root}")
         link = self._link = MPILink(self.comm, root=self.root)
         wargs = {"send_exceptions": True, "initializer": self.initializer, "initargs": self.initargs}
         try:
             if link.rank != 0:
                 from .api import run_on
+                from .transport import no_comm_workers
 
                 try:
-                    run_on(link, _call, None, None, self.opts, worker_args=wargs)
+                    with no_comm_workers():
+                        run_on(link, _call, None, None, self.opts, worker_args=wargs)
                 except Exception:  # the initializer failed here: the root's futures say so (BrokenExecutor)
                     pass
                 return None

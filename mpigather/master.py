@@ -64,7 +64,7 @@ class Master(StepsMixin):
         *,
         progress: Any = None,
         on_done: Callable[[Any, Meta], None] | None = None,
-        on_failed: Callable[[Any, str, bytes | None], None] | None = None,
+        on_failed: Callable[[Any, str, bytes | BaseException | None], None] | None = None,
         steps_dir: str | None = None,
         done: Any = None,
     ) -> None:
@@ -83,7 +83,7 @@ class Master(StepsMixin):
         self._t = {"recv": 0.0, "write": 0.0, "wait": 0.0}
         self._last_hb_write = 0.0
         self._hb_task: dict[int, Any] = {}
-        self._exc: dict[Any, bytes] = {}  # executor: the pickled exception of a task's last failure
+        self._exc: dict[Any, bytes | BaseException] = {}  # executor: a task's last exception (pickled if remote)
         # multi-step tasks
         self.steps_dir = steps_dir  # where step outputs are stored (None: in memory)
         self.done = done  # on resume: the tasks an earlier run finished (fan-out children among them)
@@ -495,12 +495,8 @@ class Master(StepsMixin):
         self._stored(src, stream.tid, stream.attempt, stream.meta["duration"], stream.step, now)
 
     def _rebuild_failed(self, src: int, tid: Any, attempt: int, e: BaseException, now: float) -> None:
-        from .worker import _pickled
-
-        if self.on_failed is not None:  # the executor hands the error itself to the future
-            data = _pickled(e)
-            if data is not None:
-                self._exc[tid] = data
+        if self.on_failed is not None:  # the executor hands the error itself to the future, traceback and all
+            self._exc[tid] = e
         self._task_failed(src, tid, attempt, _value_error(tid, src, e), now)
 
     def _bad_checksum(self, src: int, tid: Any, attempt: int, want: int, got: int, now: float) -> None:
