@@ -28,6 +28,9 @@ from typing import Any
 from .config import make_options
 from .errors import MPIGatherError
 
+INTERRUPTED_ROOT = "interrupted (Ctrl-C on the root)"
+INTERRUPT_WAIT = 1.0  # seconds a one-rank executor waits for its worker thread after a Ctrl-C
+
 
 class RemoteTaskError(MPIGatherError):
     """A task raised on a worker; the message holds the worker's traceback."""
@@ -84,6 +87,8 @@ class GatherExecutor(Executor):
         self._error: BaseException | None = None
         self._master: Any = None  # the running Master (set by its thread once it is made)
         self._ready = threading.Event()  # every worker joined, or the executor ended
+        self._interrupted = False
+        self._stopped = threading.Event()  # the master's loop is over (its futures may still be being failed)
         self.num_workers = max(1, link.size - 1)
         self._thread = threading.Thread(target=self._serve, args=(worker_args or {},), name="mpigather-executor",
                                         daemon=True)
@@ -129,7 +134,10 @@ class GatherExecutor(Executor):
 
         def grab(master: Any) -> None:
             sink_of["sink"] = master.sink
-            self._master = master
+            with self._lock:
+                self._master = master
+                if self._interrupted:
+                    master.interrupt(INTERRUPTED_ROOT)
 
         hooks = {"on_done": on_done, "on_failed": on_failed, "master": grab}
         wargs = {"send_exceptions": True, **worker_args}
@@ -142,7 +150,11 @@ class GatherExecutor(Executor):
             broken = BrokenExecutor(f"the executor failed: {type(e).__name__}: {e}")
             broken.__cause__ = e
             self._error = broken
+        else:
+            if self._master is not None and self._master.summary.ctrl_c:
+                self._error = BrokenExecutor("the executor was interrupted (Ctrl-C)")
         finally:
+            self._stopped.set()
             with self._lock:
                 self._closed = True
                 queued = [f for _, _, f in self._q]
@@ -153,6 +165,8 @@ class GatherExecutor(Executor):
             self._ready.set()
             error = self._error or BrokenExecutor("the executor ended before this task ran")
             for fut in queued:  # pending, or cancelled by the caller and not yet seen by the waiters
+                if self._interrupted:
+                    fut.cancel()
                 if fut.set_running_or_notify_cancel():
                     fut.set_exception(error)
             for fut in handed_out:
@@ -181,7 +195,8 @@ class GatherExecutor(Executor):
         try:
             master_run(mlink, self._source(), None, self._opts, hooks=hooks)
         finally:
-            t.join()
+            # after a Ctrl-C the task in that thread (no signal reaches it) is not waited for
+            t.join(INTERRUPT_WAIT if self._interrupted or (self._master and self._master.summary.ctrl_c) else None)
 
     # -- public -------------------------------------------------------------------------
 
@@ -284,6 +299,19 @@ class GatherExecutor(Executor):
             for f in futs:
                 f.cancel()
 
+    def _interrupt(self) -> None:
+        """A Ctrl-C on the root: the master stops at once (the workers, which got the Ctrl-C too,
+        are told to leave); returns once its loop is over. The tasks not handed out are cancelled
+        after that, by the master's thread: a million of them take seconds, which a Ctrl-C must
+        not wait for."""
+        with self._lock:
+            self._interrupted = self._closed = True
+            master = self._master
+        if master is not None:
+            master.interrupt(INTERRUPTED_ROOT)
+        while not self._stopped.wait(0.05) and self._thread.is_alive():
+            pass
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new tasks; with ``cancel_futures``, drop those not yet started. ``wait``: until all ran."""
         with self._lock:
@@ -359,10 +387,18 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
             self._close()
             raise
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        ex = self._ex
         try:
-            if self._ex is not None:
-                self._ex.shutdown(wait=True)
+            if ex is not None:
+                if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: leave now, not after the tasks
+                    ex._interrupt()
+                    return
+                try:
+                    ex.shutdown(wait=True)
+                except KeyboardInterrupt:  # a Ctrl-C while waiting for the tasks
+                    ex._interrupt()
+                    raise
         finally:
             self._close()
 
