@@ -200,6 +200,11 @@ class GatherExecutor(Executor):
 
     # -- public -------------------------------------------------------------------------
 
+    @property
+    def size(self) -> int:
+        """The number of workers, as a pool's ``size``: dynesty sizes its queue of points by it."""
+        return self.num_workers
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; an argument that cannot be pickled fails this future only."""
         fut: Future = Future()

@@ -134,6 +134,14 @@ def get_comm_workers_points_to_current_worker(comm: Any) -> None:
     assert comm_workers_error() == outside, f"after the executor: {comm_workers_error()}"
 
 
+@check
+def size_is_the_number_of_workers(comm: Any) -> None:
+    """Samplers (dynesty) size their queue from ``pool.size``."""
+    with mpigather.executor(comm) as ex:
+        if ex is not None:
+            assert ex.size == ex.num_workers == max(1, comm.Get_size() - 1), (ex.size, ex.num_workers)
+
+
 def main() -> int:
     from mpi4py import MPI
 
