@@ -183,7 +183,11 @@ def run(
         if link.rank != 0:
             return run_on(link, func, None, out, opts)
         source = source_of(tasks)
-        return run_on(link, func, source, out, opts, total=source.total)
+        summary = run_on(link, func, source, out, opts, total=source.total)
+        if summary is not None and summary.ctrl_c:  # the output is closed: now the program stops, as on every rank
+            raise KeyboardInterrupt(f"mpigather.run was interrupted: {summary.done} task(s) done"
+                                    + (f", kept in {out} (resume=True finishes the run)" if out is not None else ""))
+        return summary
     finally:
         link.close()
 
@@ -237,7 +241,10 @@ def _one_rank(func: Callable[[Any], Any], source: Any,
         pass  # the master's own error is raised below
     except BaseException as e:
         if t.is_alive():  # a real Ctrl-C in a task: let the master end in order, then go
-            wlink.send(M.Crash(f"interrupted: {type(e).__name__}"), 0, M.CTRL)
+            if isinstance(e, KeyboardInterrupt) and signals.sigint_seen():
+                wlink.send(M.Interrupted(), 0, M.CTRL)
+            else:
+                wlink.send(M.Crash(f"interrupted: {type(e).__name__}"), 0, M.CTRL)
             wlink.send(M.Bye({}), 0, M.CTRL)
             t.join(timeout=60)
         raise
@@ -296,6 +303,18 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
                     done=done)
     if "master" in hooks:
         hooks["master"](master)
+    with signals.deferred_sigint():  # a Ctrl-C stops the loop in order, and never lands inside the closing
+        summary = _drive_loop(master, progress, link, sink, journal, done, out, opts, total, n_done_before)
+    if summary.ctrl_c and master.unreleased and link.size > 1 and not getattr(link, "in_process", False):
+        log.error("ending the job: worker(s) %s did not stop on the Ctrl-C", sorted(master.unreleased))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        link.abort(summary.exit_code)  # the output is closed, and the journal says where the run stopped
+    return summary
+
+
+def _drive_loop(master: Master, progress: Any, link: Any, sink: Sink, journal: Journal | None, done: DoneSet | None,
+                out: Any, opts: Options, total: int | None, n_done_before: int) -> Summary:
     try:
         try:
             summary = master.run()

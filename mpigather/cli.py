@@ -26,6 +26,7 @@ log = logging.getLogger("mpigather")
 RANK0_LAST = 0.5  # seconds a failed rank 0 waits after MPI_Finalize, so that the workers exit first
 
 FAILED = 3  # exit status: the master itself failed (a bug, or its output became unwritable)
+CTRL_C = 130  # exit status: stopped by a Ctrl-C (summary.CTRL_C)
 _RELEASED = -1  # (a worker let go by a failed master)
 
 
@@ -237,6 +238,10 @@ def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
         return 2
     except MasterFailed:
         return _RELEASED
+    except KeyboardInterrupt:  # a Ctrl-C (mpiexec sends it to every rank); the master kept what was finished
+        if link.rank == 0:
+            print("mpigather: interrupted (Ctrl-C); --resume continues the run", file=sys.stderr)
+        return CTRL_C
     except Exception as e:  # a failure of the master itself: the workers were released before this
         if link.rank == 0:
             traceback.print_exc()

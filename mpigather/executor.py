@@ -14,8 +14,10 @@ own future only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import pickle
+import sys
 import threading
 import time
 from collections import deque
@@ -26,24 +28,40 @@ from typing import Any
 from .config import make_options
 from .errors import MPIGatherError
 
+INTERRUPTED_ROOT = "interrupted (Ctrl-C on the root)"
+INTERRUPT_WAIT = 1.0  # seconds a one-rank executor waits for its worker thread after a Ctrl-C
+
 
 class RemoteTaskError(MPIGatherError):
     """A task raised on a worker; the message holds the worker's traceback."""
 
 
-def _remote_exception(text: str, exc: bytes | None) -> BaseException:
-    """The task's own exception, as mpi4py.futures gives it, with the worker's traceback as its cause."""
+def _remote_exception(text: str, exc: bytes | BaseException | None) -> BaseException:
+    """The task's own exception, as mpi4py.futures gives it, with the worker's traceback as its
+    cause. ``exc``: pickled by the worker, or (a result that failed to unpickle here) itself."""
     remote = RemoteTaskError(text)
     if exc is None:
         return remote
-    try:
-        err = pickle.loads(exc)
-    except Exception:
-        return remote
+    if isinstance(exc, BaseException):
+        err = exc
+    else:
+        try:
+            err = pickle.loads(exc)
+        except Exception:
+            return remote
     if not isinstance(err, BaseException):
         return remote
     err.__cause__ = remote
     return err
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """PEP 678: shown under the traceback from Python 3.11; on 3.10 kept in ``__notes__`` only."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        with contextlib.suppress(Exception):
+            setattr(exc, "__notes__", [*getattr(exc, "__notes__", []), note])  # noqa: B010
 
 
 def _call(payload: bytes) -> Any:
@@ -67,6 +85,10 @@ class GatherExecutor(Executor):
         self._lock = threading.Lock()
         self._closed = False
         self._error: BaseException | None = None
+        self._master: Any = None  # the running Master (set by its thread once it is made)
+        self._ready = threading.Event()  # every worker joined, or the executor ended
+        self._interrupted = False
+        self._stopped = threading.Event()  # the master's loop is over (its futures may still be being failed)
         self.num_workers = max(1, link.size - 1)
         self._thread = threading.Thread(target=self._serve, args=(worker_args or {},), name="mpigather-executor",
                                         daemon=True)
@@ -105,13 +127,17 @@ class GatherExecutor(Executor):
             if fut is not None:
                 fut.set_result(value)
 
-        def on_failed(tid: int, err: str, exc: bytes | None) -> None:
+        def on_failed(tid: int, err: str, exc: bytes | BaseException | None) -> None:
             fut = self._futures.pop(tid, None)
             if fut is not None:
                 fut.set_exception(_remote_exception(err, exc))
 
         def grab(master: Any) -> None:
             sink_of["sink"] = master.sink
+            with self._lock:
+                self._master = master
+                if self._interrupted:
+                    master.interrupt(INTERRUPTED_ROOT)
 
         from .sinks.memory import ValuesSink
 
@@ -126,20 +152,34 @@ class GatherExecutor(Executor):
             broken = BrokenExecutor(f"the executor failed: {type(e).__name__}: {e}")
             broken.__cause__ = e
             self._error = broken
+        else:
+            if self._master is not None and self._master.summary.ctrl_c:
+                self._error = BrokenExecutor("the executor was interrupted (Ctrl-C)")
         finally:
+            self._stopped.set()
             with self._lock:
                 self._closed = True
-                left = [f for _, _, f in self._q] + list(self._futures.values())
+                queued = [f for _, _, f in self._q]
+                queued_ids = {tid for tid, _, _ in self._q}
+                handed_out = [f for tid, f in self._futures.items() if tid not in queued_ids]
                 self._q.clear()
                 self._futures.clear()
-            for fut in left:
-                if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
-                    fut.set_exception(self._error or BrokenExecutor("the executor ended before this task ran"))
+            self._ready.set()
+            error = self._error or BrokenExecutor("the executor ended before this task ran")
+            for fut in queued:  # pending, or cancelled by the caller and not yet seen by the waiters
+                if self._interrupted:
+                    fut.cancel()
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(error)
+            for fut in handed_out:
+                if not fut.done():
+                    fut.set_exception(error)
 
     def _one_rank(self, hooks: dict[str, Any], wargs: dict[str, Any], run_on: Any) -> None:
         """One rank: a worker thread beside this master thread, joined by a loopback link."""
         from .api import master_run
         from .loopback import LoopbackHub
+        from .transport import no_comm_workers
         from .worker import Worker
 
         mlink, wlink = LoopbackHub(2).links()
@@ -147,7 +187,8 @@ class GatherExecutor(Executor):
 
         def work() -> None:
             try:
-                Worker(wlink, _call, self._opts, None, **wargs).run()
+                with no_comm_workers():
+                    Worker(wlink, _call, self._opts, None, **wargs).run()
             except BaseException as e:  # noqa: BLE001
                 failure.append(e)
 
@@ -156,20 +197,27 @@ class GatherExecutor(Executor):
         try:
             master_run(mlink, self._source(), None, self._opts, hooks=hooks)
         finally:
-            t.join()
+            # after a Ctrl-C the task in that thread (no signal reaches it) is not waited for
+            t.join(INTERRUPT_WAIT if self._interrupted or (self._master and self._master.summary.ctrl_c) else None)
 
     # -- public -------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """The number of workers, as a pool's ``size``: dynesty sizes its queue of points by it."""
+        return self.num_workers
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; an argument that cannot be pickled fails this future only."""
         fut: Future = Future()
         try:
             payload = pickle.dumps((fn, args, kwargs), protocol=5)
-        except Exception as e:
+        except Exception as e:  # the error itself, as mpi4py gives it, with what it stopped
             with self._lock:
                 self._check_open()
+            _add_note(e, "cannot send this task to a worker: pickling its function or arguments failed")
             fut.set_running_or_notify_cancel()
-            fut.set_exception(TypeError(f"cannot send this task to a worker: {type(e).__name__}: {e}"))
+            fut.set_exception(e)
             return fut
         with self._lock:
             self._check_open()
@@ -185,9 +233,18 @@ class GatherExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def bootup(self, wait: bool = True) -> GatherExecutor:
-        """For mpi4py compatibility: the workers are up once the executor is entered. Returns it."""
+        """Returns the executor; with ``wait``, once every worker has joined (as mpi4py's), so that
+        a task submitted next starts at once."""
         with self._lock:
             self._check_open()
+        if wait:
+            from .scheduler import WorkerState
+
+            while not self._ready.wait(0.002):
+                master = self._master
+                if master is not None and all(w.state is not WorkerState.NEW
+                                              for w in list(master.sched.workers().values())):
+                    self._ready.set()
         return self
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
@@ -249,6 +306,19 @@ class GatherExecutor(Executor):
             for f in futs:
                 f.cancel()
 
+    def _interrupt(self) -> None:
+        """A Ctrl-C on the root: the master stops at once (the workers, which got the Ctrl-C too,
+        are told to leave); returns once its loop is over. The tasks not handed out are cancelled
+        after that, by the master's thread: a million of them take seconds, which a Ctrl-C must
+        not wait for."""
+        with self._lock:
+            self._interrupted = self._closed = True
+            master = self._master
+        if master is not None:
+            master.interrupt(INTERRUPTED_ROOT)
+        while not self._stopped.wait(0.05) and self._thread.is_alive():
+            pass
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new tasks; with ``cancel_futures``, drop those not yet started. ``wait``: until all ran."""
         with self._lock:
@@ -261,7 +331,10 @@ class GatherExecutor(Executor):
             else:
                 dropped = []
         for fut in dropped:
+            # cancel() alone leaves it CANCELLED, which concurrent.futures.wait and as_completed
+            # do not count as done, and nobody would ever tell them (their waiters hung forever)
             fut.cancel()
+            fut.set_running_or_notify_cancel()
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
 
@@ -277,6 +350,11 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
 
     def __init__(self, comm: Any = None, root: int = 0, *, initializer: Callable[..., Any] | None = None,
                  initargs: tuple[Any, ...] = (), **options: Any) -> None:
+        from .transport import intracomm_size
+
+        size = intracomm_size(comm)  # on every rank, before any collective: a bad value fails alike everywhere
+        if not 0 <= root < size:
+            raise ValueError(f"root must be a rank of the communicator (0 to {size - 1}), not {root}")
         self.comm, self.root = comm, root
         self.initializer, self.initargs = initializer, initargs
         self.opts = make_options(**options)
@@ -288,20 +366,17 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
 
         if self._link is not None:
             raise RuntimeError("this executor is already in use: leave it before entering it again")
-        from .transport import comm_size
-
-        size = comm_size(self.comm)
-        if not 0 <= self.root < size:
-            raise ValueError(f"root must be a rank of the communicator (0 to {size - 1}), not {self.root}")
         link = self._link = MPILink(self.comm, root=self.root)
         wargs = {"send_exceptions": True, "keep_params": False, "initializer": self.initializer,
                  "initargs": self.initargs}
         try:
             if link.rank != 0:
                 from .api import run_on
+                from .transport import no_comm_workers
 
                 try:
-                    run_on(link, _call, None, None, self.opts, worker_args=wargs)
+                    with no_comm_workers():
+                        run_on(link, _call, None, None, self.opts, worker_args=wargs)
                 except Exception:  # the initializer failed here: the root's futures say so (BrokenExecutor)
                     pass
                 return None
@@ -320,10 +395,18 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
             self._close()
             raise
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        ex = self._ex
         try:
-            if self._ex is not None:
-                self._ex.shutdown(wait=True)
+            if ex is not None:
+                if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: leave now, not after the tasks
+                    ex._interrupt()
+                    return
+                try:
+                    ex.shutdown(wait=True)
+                except KeyboardInterrupt:  # a Ctrl-C while waiting for the tasks
+                    ex._interrupt()
+                    raise
         finally:
             self._close()
 

@@ -39,6 +39,7 @@ log = logging.getLogger("mpigather")
 
 HOUSEKEEPING_EVERY = 0.005  # seconds between housekeeping passes while messages flow
 HEARTBEAT_MAX = 1.0  # seconds between the master's heartbeat records in the journal (status reads them)
+INTERRUPT_WAIT = 1.0  # seconds the master waits, after a Ctrl-C, for the workers' last results and goodbyes
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Master(StepsMixin):
         *,
         progress: Any = None,
         on_done: Callable[[Any, Meta], None] | None = None,
-        on_failed: Callable[[Any, str, bytes | None], None] | None = None,
+        on_failed: Callable[[Any, str, bytes | BaseException | None], None] | None = None,
         steps_dir: str | None = None,
         done: Any = None,
     ) -> None:
@@ -84,10 +85,12 @@ class Master(StepsMixin):
         self._commit_job: Future | None = None
         self._byes: set[int] = set()
         self._signal: int | None = None
+        self._interrupt: str | None = None  # why the run stops now (a Ctrl-C)
+        self.unreleased: set[int] = set()  # workers that did not leave after a Ctrl-C: the job must be aborted
         self._t = {"recv": 0.0, "write": 0.0, "wait": 0.0}
         self._last_hb_write = 0.0
         self._hb_task: dict[int, Any] = {}
-        self._exc: dict[Any, bytes] = {}  # executor: the pickled exception of a task's last failure
+        self._exc: dict[Any, bytes | BaseException] = {}  # executor: a task's last exception (pickled if remote)
         # multi-step tasks
         self.steps_dir = steps_dir  # where step outputs are stored (None: in memory)
         self.done = done  # on resume: the tasks an earlier run finished (fan-out children among them)
@@ -108,6 +111,12 @@ class Master(StepsMixin):
     def request_stop(self, signum: int) -> None:
         """Stop handing out work; let running tasks finish within the grace period."""
         self._signal = signum
+
+    def interrupt(self, reason: str) -> None:
+        """A Ctrl-C: stop now. What is finished is kept; running tasks are left for a resume.
+        May be called from any thread."""
+        if self._interrupt is None:
+            self._interrupt = reason
 
     def run(self) -> Summary:
         t0 = time.monotonic()
@@ -153,6 +162,9 @@ class Master(StepsMixin):
             if self.summary.crash is not None:
                 self.abort(self.summary.crash)
                 return
+            if self._interrupt is not None:
+                self._stop_now()
+                return
             if self.sched.over:
                 self._commit(wait=True)
                 for rank in self.sched.stuck_workers():  # should it ever come back, it finds its stop
@@ -168,6 +180,8 @@ class Master(StepsMixin):
         self._commit()
         if self._signal is None:
             self._signal = signals.stop_requested()
+        if self._interrupt is None and signals.sigint_seen():
+            self._interrupt = "interrupted (Ctrl-C)"
         if self._signal is not None and not self.sched.draining:
             log.warning("signal %d: no new tasks; running ones get %.0f s to finish", self._signal, self.opts.grace)
             self.summary.interrupted = True
@@ -320,6 +334,8 @@ class Master(StepsMixin):
                 self._decide_all(self.sched.revoked(src, cuts, now), now)
             case M.Log(level, text):
                 log.log(level, "[rank %d] %s", src, text)
+            case M.Interrupted():
+                self.interrupt(f"worker {src} was interrupted (Ctrl-C)")
             case M.Crash(text):
                 log.error("%s", text.rstrip())
                 self.summary.crash = text.strip().splitlines()[-1] if text.strip() else "a worker failed"
@@ -577,12 +593,8 @@ class Master(StepsMixin):
 
     def _rebuild_failed(self, src: int, bid: int, i: int, tid: Any, attempt: int, e: BaseException,
                         now: float) -> None:
-        from .worker import _pickled
-
-        if self.on_failed is not None:  # the executor hands the error itself to the future
-            data = _pickled(e)
-            if data is not None:
-                self._exc[tid] = data
+        if self.on_failed is not None:  # the executor hands the error itself to the future, traceback and all
+            self._exc[tid] = e
         self._task_failed(src, bid, i, tid, attempt, _value_error(tid, src, e), now)
 
     def _bad_checksum(self, src: int, bid: int, i: int, tid: Any, attempt: int, want: int, got: int,
@@ -611,6 +623,42 @@ class Master(StepsMixin):
             self._decide_all(self.sched.worker_lost(rank, now), now)
 
     # -- ending -------------------------------------------------------------------------
+
+    def _stop_now(self) -> None:
+        """A Ctrl-C (here, or forwarded to a worker): no new work; every worker is told to leave
+        at once. What they finished and send on their way out is still stored, for at most
+        INTERRUPT_WAIT seconds; then every result received is made durable. Running tasks are
+        not done: a resume runs them again. Workers still there then are in ``unreleased``."""
+        reason = self._interrupt or "interrupted"
+        log.warning("%s: stopping now; finished results are kept", reason)
+        self.summary.interrupted = self.summary.ctrl_c = True
+        now = time.monotonic()
+        self._decide_all(self.sched.drain(now), now)
+        gone = lambda: self._byes | set(self.sched.lost_workers())  # noqa: E731
+        for rank in set(range(1, self.link.size)) - gone():
+            self._post(M.Abort(reason, interrupted=True), rank)
+        end = now + INTERRUPT_WAIT
+        back = Backoff()
+        while set(range(1, self.link.size)) - gone() and time.monotonic() < end:
+            inc = self.link.poll()
+            if inc is None:
+                self.link.progress()
+                back.sleep()
+                continue
+            back.reset()
+            try:
+                self._on_message(inc, time.monotonic())
+            except (PeerLost, ProtocolError) as e:  # a half-sent result of a worker that left: dropped
+                log.debug("after the interrupt: %s", e)
+        for src, stream in self._settling:  # checksummed by now, or soon
+            self._complete(src, stream, time.monotonic())
+        self._settling.clear()
+        self._commit(wait=True)
+        self.sink_discard_open()
+        self.unreleased = set(range(1, self.link.size)) - gone()
+        if self.unreleased:
+            log.error("worker(s) %s did not leave after the interrupt", sorted(self.unreleased))
+        self.link.flush(timeout=0.2)
 
     def abort(self, reason: str) -> None:
         """Release every worker now (they raise MasterFailed) and drop the results in transfer."""

@@ -129,6 +129,11 @@ class Crash(NamedTuple):
     text: str
 
 
+class Interrupted(NamedTuple):
+    """The worker got a Ctrl-C (SIGINT): the whole run stops now. Its finished results came
+    before this, its ``Bye`` follows."""
+
+
 class Bye(NamedTuple):
     """The worker is leaving; its time accounting."""
 
@@ -168,10 +173,12 @@ class Stop(NamedTuple):
 
 
 class Abort(NamedTuple):
-    """Drop everything and say goodbye now: the master failed."""
+    """Drop everything and say goodbye now: the master failed, or (``interrupted``) the run got a
+    Ctrl-C, and the worker then raises KeyboardInterrupt."""
 
     reason: str
+    interrupted: bool = False
 
 
-TO_MASTER = (Hello, Results, Rows, Item, Failed, Step, Heartbeat, Revoked, Trailer, Log, Crash, Bye)
+TO_MASTER = (Hello, Results, Rows, Item, Failed, Step, Heartbeat, Revoked, Trailer, Log, Crash, Interrupted, Bye)
 TO_WORKER = (Tasks, Revoke, Stop, Abort)

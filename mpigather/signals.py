@@ -8,11 +8,14 @@ nor fatal.
 
 SIGINT (Ctrl-C) is recorded too, then raises KeyboardInterrupt as usual: a task that raises
 KeyboardInterrupt by itself fails like any other exception, while a real Ctrl-C ends the
-program.
+program. ``mpiexec`` forwards a Ctrl-C to every rank: the workers tell the master and leave,
+and the master, which only records it while its loop runs (``deferred_sigint``), keeps what is
+finished and lets everyone go within a second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from typing import Any
@@ -55,6 +58,28 @@ def _on_sigint(signum: int, frame: Any) -> None:
     global _sigint
     _sigint = True
     signal.default_int_handler(signum, frame)
+
+
+def _on_sigint_deferred(signum: int, frame: Any) -> None:
+    global _sigint
+    if _sigint:  # a second Ctrl-C: the master is stuck somewhere; stop it the usual way
+        signal.default_int_handler(signum, frame)
+    _sigint = True
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Any:
+    """While the master's loop runs in the main thread, a first Ctrl-C is only recorded: the loop
+    then stops in order, between two steps (a KeyboardInterrupt could land inside an HDF5 call or
+    a journal write). Elsewhere than the main thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, _on_sigint_deferred)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def install(master: bool) -> dict[int, Any]:

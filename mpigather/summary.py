@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 INTERRUPTED = 75  # exit status: stopped on a signal, resumable (EX_TEMPFAIL)
+CTRL_C = 130  # exit status: stopped by a Ctrl-C (128 + SIGINT, as shells report it), resumable
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Summary:
     bytes: int = 0
     wall: float = 0.0
     interrupted: bool = False
+    ctrl_c: bool = False  # the run was stopped by a Ctrl-C (SIGINT)
     crash: str | None = None  # a worker failed outside any task: the run could not go on
     stuck: dict[int, Any] = field(default_factory=dict)
     lost: list[int] = field(default_factory=list)
@@ -32,6 +34,8 @@ class Summary:
     def exit_code(self) -> int:
         if self.crash:
             return 3
+        if self.ctrl_c:
+            return CTRL_C
         if self.interrupted:
             return INTERRUPTED
         return 1 if self.failed or self.not_run else 0
@@ -71,5 +75,6 @@ class Summary:
         if len(self.failed) > 50:
             lines.append(f"  ... and {len(self.failed) - 50} more failures (see `mpigather status`)")
         if self.interrupted:
-            lines.append(f"  interrupted: run again with --resume to finish (exit status {INTERRUPTED})")
+            lines.append(f"  interrupted{' (Ctrl-C)' if self.ctrl_c else ''}: run again with --resume to finish"
+                         f" (exit status {self.exit_code})")
         return "\n".join(lines)

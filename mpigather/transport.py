@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 # Open MPI with ULFM (these must be in the environment before MPI_Init):
@@ -295,6 +295,48 @@ class MPILink:
                 self.comm.Free()
 
 
+NO_COMM_WORKERS = ("mpigather.executor() gives its tasks no communicator: they are prefetched and batched, so"
+                   " a collective among them could deadlock; mpigather.current_worker() tells a task where it runs")
+
+
+class _NoCommWorkers:
+    """What ``mpi4py.futures.get_comm_workers()`` returns in our tasks: any use raises RuntimeError
+    (as the call itself does outside mpi4py's tasks), saying what to use instead."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"mpi4py.futures.get_comm_workers(): {NO_COMM_WORKERS}")
+
+    def __repr__(self) -> str:
+        return "<no communicator of workers: mpigather.executor() has none, by design>"
+
+
+@contextlib.contextmanager
+def no_comm_workers() -> Iterator[None]:
+    """While this thread serves tasks, mpi4py's ``get_comm_workers()`` gives ``_NoCommWorkers``.
+    mpi4py keeps that communicator per thread, so nothing outside this thread changes."""
+    try:
+        from mpi4py.futures import _core
+
+        get, put, drop = _core.get_comm_server, _core.set_comm_server, _core.del_comm_server
+    except (ImportError, AttributeError):  # another mpi4py: its call keeps its own message
+        yield
+        return
+    try:
+        before = get()
+    except RuntimeError:
+        before = None
+    stand_in: Any = _NoCommWorkers()
+    put(stand_in)
+    try:
+        yield
+    finally:
+        if before is not None:
+            put(before)
+        else:
+            with contextlib.suppress(AttributeError):
+                drop()
+
+
 def _proc_failed_classes(MPI: Any) -> tuple[int, ...]:
     return tuple(getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
                  if hasattr(MPI, n))
@@ -329,11 +371,19 @@ def finalize() -> None:
         MPI.Finalize()
 
 
-def comm_size(comm: Any = None) -> int:
-    """The size of ``comm`` (default COMM_WORLD; starts MPI)."""
+def intracomm_size(comm: Any = None) -> int:
+    """The size of ``comm`` (default COMM_WORLD; starts MPI); ValueError unless it is an intracommunicator."""
     from mpi4py import MPI
 
-    return int((comm if comm is not None else MPI.COMM_WORLD).Get_size())
+    if comm is None:
+        comm = MPI.COMM_WORLD
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm must be an mpi4py intracommunicator, not {type(comm).__name__}")
+    if comm == MPI.COMM_NULL:
+        raise ValueError("comm must be an intracommunicator, not MPI.COMM_NULL")
+    if comm.Is_inter():
+        raise ValueError("comm must be an intracommunicator, not an intercommunicator")
+    return int(comm.Get_size())
 
 
 def world_size_and_rank() -> tuple[int, int]:

@@ -42,6 +42,7 @@ log = logging.getLogger("mpigather")
 FLUSH_BYTES = 1 << 20  # a batch of small results is sent once it holds this many bytes
 POSTED_MAX = 4  # batches of results posted to the master and not yet taken, before the worker waits
 ABORT_WAIT = 30.0  # seconds a crashed worker waits for the master to let it go
+INTERRUPT_WAIT = 1.0  # seconds a worker stopped by Ctrl-C waits for its last messages to go
 SPANS_KEPT = 5000  # per-task spans sent to the master for the timeline
 
 
@@ -130,6 +131,7 @@ class Worker:
         self.queue: deque[_Local] = deque()
         self.stopping = False
         self.aborted: str | None = None
+        self.interrupted = False  # the master stopped the run on a Ctrl-C: leave with KeyboardInterrupt
         self._cond = threading.Condition()  # guards queue (and its blocks' ends), stopping, aborted
         self._send_lock = threading.Lock()  # one sender at a time, so results precede revoke acks
         self._pending: list[Any] = []  # Item, Failed, Step and _RowsAcc, in the order they happened
@@ -295,9 +297,10 @@ class Worker:
                 with self._cond:
                     self.stopping = True
                     self._cond.notify()
-            case M.Abort(reason):
+            case M.Abort(reason, interrupted):
                 with self._cond:
                     self.aborted = reason
+                    self.interrupted = interrupted
                     self.queue.clear()
                     self.stopping = True
                     self._cond.notify()
@@ -532,7 +535,9 @@ class Worker:
                     raise self._helper_error
             except BaseException as e:
                 self._stop_helper(helper)
-                if not (isinstance(e, KeyboardInterrupt) and signals.sigint_seen()):
+                if isinstance(e, KeyboardInterrupt) and signals.sigint_seen():
+                    self._leave_interrupted(start)
+                else:
                     self._crash(e)
                 raise
         finally:
@@ -541,7 +546,9 @@ class Worker:
                 log.removeHandler(forward)
             _current = None
         self.flush()
-        self._bye(start)
+        self._bye(start, INTERRUPT_WAIT if self.interrupted else 30.0)
+        if self.interrupted:
+            raise KeyboardInterrupt(f"the run was interrupted: {self.aborted}")
         if self.aborted is not None:
             raise MasterFailed(f"the master aborted the run: {self.aborted}")
 
@@ -550,13 +557,23 @@ class Worker:
         if helper is not None and helper.is_alive():
             helper.join()
 
-    def _bye(self, start: float) -> None:
+    def _bye(self, start: float, timeout: float = 30.0) -> None:
         wall = time.perf_counter() - start
         self.stats["wall"] = wall
         self.stats["host"] = self.link.host
         self.stats["spans"] = [(str(t), a - start, d, s, n) for t, a, d, s, n in self._spans]
         self._send(M.Bye(self.stats))
-        self.link.flush()  # what was posted before Bye is complete before MPI goes away
+        self.link.flush(timeout)  # what was posted before Bye is complete before MPI goes away
+
+    def _leave_interrupted(self, start: float) -> None:
+        """A Ctrl-C here (mpiexec sends it to every rank): the finished results go first, so that
+        the master keeps them, then why this worker leaves, then its goodbye; never a long wait."""
+        try:
+            self.flush()
+            self._send(M.Interrupted())
+            self._bye(start, INTERRUPT_WAIT)
+        except Exception:  # the link is gone too: the KeyboardInterrupt goes up as it is
+            pass
 
     def _crash(self, exc: BaseException) -> None:
         """An error outside any task (the initializer, the link, a bug): tell the master, which

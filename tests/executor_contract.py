@@ -140,6 +140,13 @@ def make_unloadable() -> Unloadable:
     return Unloadable()
 
 
+class Unpicklable:
+    """Pickling it raises ZeroDivisionError (mpi4py's BadPickle)."""
+
+    def __reduce__(self) -> Any:
+        return 1 / 0
+
+
 def big_array(nbytes: int) -> np.ndarray:
     return np.full(nbytes // 8, 7.0)
 
@@ -855,6 +862,26 @@ def shutdown_cancel_futures(ex: Any, ctx: Ctx) -> None:
     expect(not markers(ctx.tmp), f"cancelled tasks ran: {markers(ctx.tmp)}")
 
 
+@on_root()
+def shutdown_cancel_wait(ex: Any, ctx: Ctx) -> None:
+    """mpi4py's own test: with a long queue behind busy workers, shutdown(wait=False,
+    cancel_futures=True), then concurrent.futures.wait() on the first task and the last two,
+    returns at once: the first is done, the last two are cancelled. (wait() counts a cancelled
+    future as done only once the executor has told its waiters.)"""
+    ex.bootup()
+    first = ex.submit(nap, 0.1)
+    for _ in range(100 * ctx.nw):
+        ex.submit(nap, 0.1)
+    last = [ex.submit(nap, 0.0), ex.submit(nap, 0.0)]
+    time.sleep(0.2)
+    ex.shutdown(wait=False, cancel_futures=True)
+    _, not_done = cf.wait([first, *last], timeout=WAIT)
+    if not_done:
+        raise Hang(f"concurrent.futures.wait: {len(not_done)} of 3 futures not done after {WAIT:g} s")
+    expect(not first.cancelled(), "the first task, running for 0.2 s, was cancelled")
+    expect(all(f.cancelled() for f in last), "the last two tasks were not cancelled")
+
+
 @on_every_rank()
 def leaving_waits(ctx: Ctx) -> None:
     """Leaving the with block waits for the tasks still running (shutdown(wait=True))."""
@@ -979,6 +1006,29 @@ def reuse_same_object(ctx: Ctx) -> None:
 
 
 @on_every_rank()
+def bad_root(ctx: Ctx) -> None:
+    """A root outside the communicator (-1, -size, size) raises ValueError on every rank as the
+    executor is made, before any rank waits for another."""
+    for root in (-1, -ctx.size, ctx.size):
+        raises(ValueError, ctx.executor, root=root, what=f"executor(root={root})")
+
+
+@on_every_rank()
+def bad_comm(ctx: Ctx) -> None:
+    """An intercommunicator raises ValueError on every rank as the executor is made."""
+    if ctx.size == 1:
+        return
+    leader = ctx.rank == 0
+    local = ctx.comm.Split(int(leader), 0)
+    inter = local.Create_intercomm(0, ctx.comm, 1 if leader else 0)
+    try:
+        raises(ValueError, ctx.executor, inter, what="an executor on an intercommunicator")
+    finally:
+        inter.Free()
+        local.Free()
+
+
+@on_every_rank()
 def nested_enter_raises(ctx: Ctx) -> None:
     """Entering a context manager object that is already in use raises RuntimeError (a clear
     error, not something else). Checked on COMM_SELF, on every rank."""
@@ -1050,6 +1100,17 @@ def unpicklable_argument(ex: Any, ctx: Ctx) -> None:
             expect(isinstance(e, (TypeError, pickle.PicklingError, AttributeError)),
                    f"{what}: the future gave {e!r}, not a pickling error")
     goes_on(ex, "unpicklable submits", after, 5)
+
+
+@on_root()
+def argument_pickle_error(ex: Any, ctx: Ctx) -> None:
+    """An argument whose pickling raises fails that future with that very exception (mpi4py:
+    ZeroDivisionError, no __cause__), and the executor goes on. With one rank nothing is pickled."""
+    e = exception_of(ex.submit(identity, Unpicklable()))
+    if ctx.size > 1:
+        expect(type(e) is ZeroDivisionError, f"the future gave {e!r}, not the ZeroDivisionError of pickling")
+        expect(e.__cause__ is None, f"a __cause__ was added: {e.__cause__!r}")
+    goes_on(ex, "an argument whose pickling raised")
 
 
 @on_root()
