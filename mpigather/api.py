@@ -291,8 +291,9 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
         raise UsageError("a resume needs the task list as a list, a range, a dict or a task file")
     tasks = source
     sink.total = total
+    own = isinstance(source, TaskSource)
     sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
-                      retries=opts.retries, timeout=opts.timeout, timeout_of=timeout_of,
+                      retries=opts.retries, timeout=opts.timeout, timeout_of=source.timeout_of if own else timeout_of,
                       block_time=opts.batch_window, hello_patience=opts.hello_patience,
                       total=None if total is None else max(0, total - n_done_before))
     if hasattr(link, "fault_behaviour"):
@@ -300,7 +301,7 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
     progress = Progress.make(opts.progress, total, done_before=n_done_before)
     master = Master(link, sched, sink, journal, opts, progress=progress, on_done=hooks.get("on_done"),
                     on_failed=hooks.get("on_failed"), steps_dir=None if out is None else str(steps_path(out)),
-                    done=done)
+                    done=done, describe=source.describe if own else None)
     if "master" in hooks:
         hooks["master"](master)
     with signals.deferred_sigint():  # a Ctrl-C stops the loop in order, and never lands inside the closing

@@ -166,9 +166,15 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
 
     # before MPI starts: a wall-time signal during start-up or shutdown must not kill rank 0
     signals.install(master=_rank_from_env() == 0)
+    source = None
+    if _rank_from_env() == 0 and a.tasks is not None and not a.resume:
+        from .tasks import JsonlSource
+
+        source = JsonlSource(a.tasks)
+        source.scan_early()  # while the other ranks start (a resume may skip it: not then)
     link = MPILink()
     try:
-        code = _run(a, argv, link)
+        code = _run(a, argv, link, source)
         if code == FAILED or code == _RELEASED:
             link.farewell()
     finally:
@@ -218,7 +224,7 @@ def _check_everywhere(a: argparse.Namespace, link: Any) -> tuple[Any, Any, str |
     return opts, func, link.bcast(next((e for e in errs if e), None))
 
 
-def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
+def _run(a: argparse.Namespace, argv: list[str], link: Any, source: Any = None) -> int:
     from .api import run_on
     from .tasks import JsonlSource, RangeSource
 
@@ -227,11 +233,13 @@ def _run(a: argparse.Namespace, argv: list[str], link: Any) -> int:
         if msg and link.rank == 0:
             print(f"mpigather: error: {msg}", file=sys.stderr)
         return 2
-    source: Any = None
-    if link.rank == 0:  # (a task file is checked once the output is locked: done tasks too)
+    if link.rank != 0:
+        source = None
+    elif source is None:  # (a task file is checked once the output is locked: done tasks too)
         source = JsonlSource(a.tasks) if a.tasks is not None else RangeSource(a.range)
     try:
-        summary = run_on(link, func, source, a.out, opts, total=source.total if source else None, argv=argv)
+        summary = run_on(link, func, source, a.out, opts, total=source.total if source else None, argv=argv,
+                         worker_args={"decode": "json"} if a.tasks is not None else None)
     except UsageError as e:
         if link.rank == 0:
             print(f"mpigather: error: {e}", file=sys.stderr)

@@ -33,11 +33,13 @@ from .sinks import Meta, Sink, Target
 from .sinks.table import RowsDone
 from .steps import step_name
 from .summary import Summary
-from .tasks import block_hash, describe
+from .tasks import block_hash
+from .tasks import describe as _describe
 
 log = logging.getLogger("mpigather")
 
 HOUSEKEEPING_EVERY = 0.005  # seconds between housekeeping passes while messages flow
+COMMIT_EVERY = 0.02  # seconds between group commits of a file output (each is an fsync of the output and journal)
 HEARTBEAT_MAX = 1.0  # seconds between the master's heartbeat records in the journal (status reads them)
 INTERRUPT_WAIT = 1.0  # seconds the master waits, after a Ctrl-C, for the workers' last results and goodbyes
 
@@ -72,17 +74,20 @@ class Master(StepsMixin):
         on_failed: Callable[[Any, str, bytes | BaseException | None], None] | None = None,
         steps_dir: str | None = None,
         done: Any = None,
+        describe: Callable[[Any], tuple[str, int]] | None = None,
     ) -> None:
         self.link, self.sched, self.sink, self.journal, self.opts = link, scheduler, sink, journal, opts
         self.progress = progress
         self.on_done, self.on_failed = on_done, on_failed
         self.summary = Summary()
-        self._describe = journal is not None or not sink.in_memory  # task parameters go with the result
+        self._params = journal is not None or not sink.in_memory  # task parameters go with the result
+        self.describe = describe or _describe  # a task's parameters as text, and their hash
         self._streams: dict[int, _Stream] = {}
         self._pipe = ChunkPipeline(opts.chunk_size)
         self._settling: list[tuple[int, _Stream]] = []  # received, last chunk still being checksummed
         self._committer: ThreadPoolExecutor | None = None
         self._commit_job: Future | None = None
+        self._last_commit = 0.0
         self._byes: set[int] = set()
         self._signal: int | None = None
         self._interrupt: str | None = None  # why the run stops now (a Ctrl-C)
@@ -213,8 +218,11 @@ class Master(StepsMixin):
                 return
             self._commit_job = None
             self._record(*job.result())
-        batch = self.sink.take_ready()
         steps = self._steps_sink.take_ready() if self._steps_sink is not None else None
+        if not (wait or steps is not None or self.sink.in_memory or t - self._last_commit >= COMMIT_EVERY):
+            return  # results keep coming: a few milliseconds more make fewer, larger commits
+        self._last_commit = t
+        batch = self.sink.take_ready()
         if batch is not None or steps is not None:
             if wait or self.sink.in_memory:
                 self._record(*self._make_durable(batch, steps))
@@ -453,8 +461,8 @@ class Master(StepsMixin):
             rec = self.sched.task(tid)
             seq, payload, h = (rec.seq, rec.payload, rec.hash) if rec is not None else (-1, None, None)
         meta["seq"] = seq
-        if self._describe and not (step is not None and step.child is not None and payload is None):
-            meta["params"], meta["hash"] = describe(payload)
+        if self._params and not (step is not None and step.child is not None and payload is None):
+            meta["params"], meta["hash"] = self.describe(payload)
             if h is not None:
                 meta["hash"] = h
         if step is not None:

@@ -13,7 +13,6 @@ from typing import Any
 
 from .sinks import Meta, Sink, check_id
 from .sinks.layout import EXT
-from .tasks import describe
 
 
 def child_id(tid: Any, k: int) -> str:
@@ -32,7 +31,8 @@ class StepsMixin:
     sink: Sink
     steps_dir: str | None
     done: Any
-    _describe: bool
+    _params: bool
+    describe: Any
     _steps_sink: Sink | None
     _fan: dict[Any, dict[int, Any]]
     _parents: set[Any]
@@ -63,8 +63,8 @@ class StepsMixin:
                 seq, payload = (b.seq0 + i, b.payloads[i]) if b is not None else (
                     (rec.seq, rec.payload) if rec is not None else (-1, None))
                 meta: Meta = {"seq": seq}
-                if self._describe and seq >= 0:
-                    meta["params"], meta["hash"] = describe(payload)
+                if self._params and seq >= 0:
+                    meta["params"], meta["hash"] = self.describe(payload)
                 self._fan_children[tid] = (meta, [c for c, *_ in children])
                 if self.journal is not None:
                     self.journal.fanout(tid, [c for c, *_ in children])

@@ -95,6 +95,49 @@ def _walk(d: dict[Any, Any], path: tuple[str, ...], out: list[Leaf]) -> bool:
 
 def leaves_of(value: Any, schema: Schema) -> list[Any] | None:
     """The leaf values of ``value`` in the order of ``schema``, or None if it does not fit it."""
+    fast = _fast.get(schema)
+    if fast is None:
+        fast = _fast[schema] = _matcher(schema)
+    if fast is not False:
+        return fast(value)  # type: ignore[operator]
+    return _leaves_slow(value, schema)
+
+
+_fast: dict[Any, Any] = {}
+
+
+def _matcher(schema: Schema) -> Any:
+    """A quick check for the common schemas, a bare Python number, bool or string, or a flat dict
+    of them: a function of the value (its leaves, or None), or False for the general way."""
+    is_dict, leaves = schema
+    if any(leaf.kind not in ("float", "int", "bool", "str") or len(leaf.path) > 1 for leaf in leaves):
+        return False
+    types = tuple(_PY_TYPE[leaf.kind] for leaf in leaves)
+    if not is_dict:
+        ty, leaf = types[0], leaves[0]
+        return lambda v: [v] if type(v) is ty and _fits(v, leaf) else None
+    pairs = tuple((leaf.path[0], ty) for leaf, ty in zip(leaves, types))
+    n = len(pairs)
+    lo, hi = _INT64
+    strings = any(leaf.kind == "str" for leaf in leaves)
+
+    def match(v: Any) -> list[Any] | None:
+        if type(v) is not dict or len(v) != n:
+            return None
+        out = []
+        for k, ty in pairs:
+            x: Any = v.get(k, _MISSING)
+            if type(x) is not ty or (ty is int and not lo <= x < hi):  # type: ignore[operator]  # (an int here)
+                return None
+            out.append(x)
+        if strings and not all(_fits(x, leaf) for x, leaf in zip(out, leaves)):
+            return None
+        return out
+
+    return match
+
+
+def _leaves_slow(value: Any, schema: Schema) -> list[Any] | None:
     is_dict, leaves = schema
     if not is_dict:
         leaf = leaves[0]
@@ -144,23 +187,26 @@ def _fits(value: Any, leaf: Leaf) -> bool:
 
 
 class RowsBuilder:
-    """Rows of one schema gathered on the worker, one list per column."""
+    """Rows of one schema gathered on the worker, a row at a time; columns when they are sent."""
 
-    __slots__ = ("schema", "cols", "n")
+    __slots__ = ("schema", "rows")
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
-        self.cols: list[list[Any]] = [[] for _ in schema[1]]
-        self.n = 0
+        self.rows: list[list[Any]] = []
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
 
     def add(self, leaves: list[Any]) -> None:
-        for col, v in zip(self.cols, leaves):
-            col.append(v)
-        self.n += 1
+        self.rows.append(leaves)
 
     def columns(self) -> list[Any]:
         """Each column as a numpy array (a list, for strings)."""
-        return [column(leaf, values) for leaf, values in zip(self.schema[1], self.cols)]
+        if not self.rows:
+            return [column(leaf, []) for leaf in self.schema[1]]
+        return [column(leaf, list(values)) for leaf, values in zip(self.schema[1], zip(*self.rows))]
 
 
 def column(leaf: Leaf, values: list[Any]) -> Any:

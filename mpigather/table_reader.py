@@ -6,6 +6,7 @@ rows hold a result); each result field by its name (``energy``, ``sub/a`` for a 
 ``value`` for a bare number or string); each task parameter by its key. A parameter named like
 a field (or ``id``/``done``) is ``params/<key>``; a field named ``id`` or ``done`` is
 ``result/<name>``. With ``meta=True``, also ``meta/rank``, ``meta/attempt``, ``meta/duration``.
+Ids stored as fixed-width bytes come back as strings.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from .sinks.table import Layout
 def table_columns(layout: Layout, column: Callable[[str], np.ndarray], meta: bool = False) -> dict[str, np.ndarray]:
     """A table's columns in task order (names in this module's docstring); ``column(name)``
     reads one column by its stored name."""
-    out: dict[str, np.ndarray] = {"id": column("id"), "done": np.asarray(column("done"), dtype=bool)}
+    ids = column("id")
+    if ids.dtype.kind == "S":  # fixed-width ASCII bytes in the file: strings to the reader
+        ids = ids.astype(object)
+        ids[:] = [b.decode() for b in ids]
+    out: dict[str, np.ndarray] = {"id": ids, "done": np.asarray(column("done"), dtype=bool)}
     for full in layout.result_names:
         short = full.split("/", 1)[1]
         out[full if short in ("id", "done") else short] = column(full)
@@ -32,8 +37,9 @@ def table_columns(layout: Layout, column: Callable[[str], np.ndarray], meta: boo
         short = full.split("/", 1)[1]
         out[full if short in out else short] = column(full)
     if meta:
-        for name in ("meta/rank", "meta/attempt", "meta/duration"):
-            out[name] = column(name)
+        m = column("meta")
+        for field in m.dtype.names or ():
+            out[f"meta/{field}"] = np.asarray(m[field])
     return out
 
 
@@ -123,7 +129,8 @@ class StoredTable:
         if self._pos is None:
             rows = np.flatnonzero(self.done())
             ids = self.column("id")[rows]
-            self._pos = dict(zip((str(x) for x in ids.tolist()), rows.tolist()))
+            keys = (x.decode() for x in ids.tolist()) if ids.dtype.kind == "S" else (str(x) for x in ids.tolist())
+            self._pos = dict(zip(keys, rows.tolist()))
         return self._pos
 
     def find(self, tid: Any) -> int | None:
@@ -145,10 +152,11 @@ class StoredTable:
     def attrs(self, i: int) -> dict[str, Any]:
         """A row's task: its id, position, parameters, rank, attempt and duration."""
         lay = self.layout
-        out: dict[str, Any] = {"id": self._read("id", i).item(), "seq": i, "kind": "row",
-                               "rank": int(self._read("meta/rank", i)),
-                               "attempt": int(self._read("meta/attempt", i)),
-                               "duration": float(self._read("meta/duration", i))}
+        tid = self._read("id", i).item()
+        m = self._read("meta", i)
+        out: dict[str, Any] = {"id": tid.decode() if isinstance(tid, bytes) else tid, "seq": i, "kind": "row",
+                               "rank": int(m["rank"]), "attempt": int(m["attempt"]),
+                               "duration": float(m["duration"])}
         if lay.pschema is not None:
             out["params"] = T.values(lay.pschema, [self._read(name, slice(i, i + 1)) for name in lay.param_names], 0)
         return out

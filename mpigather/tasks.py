@@ -24,7 +24,7 @@ import numpy as np
 from crc32c import crc32c
 
 from .errors import UsageError
-from .journal import DoneSet, id_key
+from .journal import DoneSet
 from .sinks.layout import check_id
 
 PARAMS_MAX = 10_000  # characters of a non-JSON task's repr kept in the task table
@@ -65,7 +65,7 @@ def scan_jsonl(path: str | os.PathLike[str], done: DoneSet | None = None) -> int
 def _report_duplicate(path: str | os.PathLike[str], suspects: set[int]) -> None:
     seen: dict[str, int] = {}
     for lineno, tid, _ in _iter_jsonl(path):
-        if id_key(tid) in suspects:
+        if hash((type(tid) is int, tid)) in suspects:
             name = check_id(tid)
             if name in seen:
                 raise UsageError(f"task file {path}, line {lineno}: duplicate task id {tid!r}"
@@ -160,6 +160,16 @@ class TaskSource:
 
     def hash_of(self, payload: Any, raw: bytes | None) -> int:
         return describe(payload)[1]
+
+    def describe(self, payload: Any) -> tuple[str, int]:
+        """A task's parameters as text, and their hash (for the output's task table)."""
+        return describe(payload)
+
+    def timeout_of(self, payload: Any) -> float | None:
+        """A task's own lease (its ``timeout`` key), or None."""
+        return timeout_of(payload)
+
+    decode: str | None = None  # how workers turn a payload into the task: "json" (a line of a task file)
 
     def _all(self) -> Iterator[tuple[Any, Any, int, int | None]]:
         """Every task: (id, payload, position, hash or None)."""
@@ -329,12 +339,27 @@ class JsonlSource(TaskSource):
     """A task file, one JSON object per line; a line's ``id`` key is its id, else its 0-based line
     number. Checked in one streaming pass before the run; a resume whose file did not change
     (same size and checksum) skips that pass and reads no done line. A task's parameter hash is
-    the crc32c of its line, without surrounding white space."""
+    the crc32c of its line, without surrounding white space.
+
+    During the run a task's payload is its line, as text: the worker parses it (``decode``), so
+    the master reads the file without parsing it again, but for the ids it cannot see at once."""
+
+    decode = "json"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__()
         self.path = path
         self._sig: dict[str, Any] | None = None
+        self._early: Any = None
+
+    def scan_early(self) -> None:
+        """Start the checking pass now, in a thread, while the other ranks start (MPI's waits
+        release the GIL): ``prepare`` takes its result, or its error."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="mpigather-scan")
+        self._early = pool.submit(_scan, self.path)
+        pool.shutdown(wait=False)
 
     def prepare(self, done: DoneSet | None, before: dict[str, Any] | None) -> int | None:
         if done is not None and before and before.get("kind") == "jsonl" and before.get("total") is not None:
@@ -342,7 +367,8 @@ class JsonlSource(TaskSource):
                 self.total = before["total"]
                 self._sig = dict(before)
                 return self.total  # unchanged since that run: checked then, nothing to check now
-        self.total, size, crc, hashes = _scan(self.path)
+        early, self._early = self._early, None
+        self.total, size, crc, hashes = early.result() if early is not None else _scan(self.path)
         self._sig = {"kind": "jsonl", "size": size, "crc": crc, "total": self.total}
         if done:
             for _lineno, tid, _obj, seq, h in _iter_jsonl_hashed(self.path):
@@ -357,10 +383,65 @@ class JsonlSource(TaskSource):
         return next(tid for _, tid, _, seq, _ in _iter_jsonl_hashed(self.path) if seq == pos)
 
     def hash_of(self, payload: Any, raw: bytes | None) -> int:
+        if raw is None and type(payload) is str:
+            raw = payload.encode()
         return int(crc32c(raw.strip())) if raw is not None else describe(payload)[1]
+
+    def describe(self, payload: Any) -> tuple[str, int]:
+        return describe(json.loads(payload) if type(payload) is str else payload)
+
+    def timeout_of(self, payload: Any) -> float | None:
+        if type(payload) is str:
+            if '"timeout"' not in payload:
+                return None
+            payload = json.loads(payload)
+        return timeout_of(payload)
 
     def _all(self) -> Iterator[tuple[Any, Any, int, int | None]]:
         return ((tid, obj, seq, h) for _, tid, obj, seq, h in _iter_jsonl_hashed(self.path))
+
+    def take(self, n: int) -> Any:
+        """Up to ``n`` consecutive lines not done, read (and their ids found) in one loop."""
+        from .scheduler import Chunk
+
+        if self._steps:
+            return super().take(n)  # (tasks that resume at a step: the general way)
+        if self._it is None:
+            self._it = enumerate(_open_tasks(self.path))  # type: ignore[assignment]
+            self._seq = -1
+        lines: Any = self._it
+        bits, nb, path = self._bits, len(self._bits), self.path
+        tids: list[Any] = []
+        payloads: list[Any] = []
+        hashes: list[int] | None = [] if self.hashed else None
+        seq = self._seq
+        seq0 = seq + 1
+        for i, line in lines:
+            stripped = line.strip()
+            if not stripped:
+                continue
+            seq += 1
+            if seq < nb and bits[seq]:  # done: not even parsed
+                if tids:
+                    break  # a gap ends the chunk
+                seq0 = seq + 1
+                continue
+            text = stripped.decode()
+            tid = _quick_id(text)
+            if tid is _NO_ID:
+                tid = _task_id(_parse(path, i, text), i)
+            elif tid is None:
+                tid = i
+            tids.append(tid)
+            payloads.append(text)
+            if hashes is not None:
+                hashes.append(crc32c(stripped))
+            if len(tids) >= n:
+                break
+        self._seq = seq
+        if not tids:
+            return None
+        return Chunk(tids, payloads, seq0, None, hashes)
 
     def _todo(self) -> Iterator[tuple[Any, Any, int, int | None]]:
         bits = self._bits
@@ -375,8 +456,34 @@ class JsonlSource(TaskSource):
                 seq += 1
                 if seq < len(bits) and bits[seq]:
                     continue  # done: not even parsed
-                obj = _parse(path, i, line)
-                yield _task_id(obj, i), obj, seq, crc32c(stripped)
+                text = stripped.decode()
+                tid = _quick_id(text)
+                if tid is _NO_ID:
+                    tid = _task_id(_parse(path, i, stripped), i)
+                elif tid is None:
+                    tid = i
+                yield tid, text, seq, crc32c(stripped)
+
+
+_NO_ID = object()
+_ID_PREFIX = '{"id": '
+
+
+def _quick_id(line: str) -> Any:
+    """A line's id without parsing it, where it comes first as a plain string or int
+    (``{"id": "p17", ...}``); None: the line has no ``id`` key; _NO_ID: parse the line to know."""
+    if not line.startswith(_ID_PREFIX):
+        return _NO_ID if '"id"' in line else None
+    rest = line[len(_ID_PREFIX):]
+    if rest[:1] == '"':
+        end = rest.find('"', 1)
+        tid = rest[1:end]
+        if end < 0 or "\\" in tid or rest[end + 1 : end + 2] not in (",", "}"):
+            return _NO_ID
+        return tid
+    end = next((k for k, c in enumerate(rest) if c in ",}"), -1)
+    num = rest[:end]
+    return int(num) if end > 0 and num.isdigit() and (num == "0" or num[0] != "0") else _NO_ID
 
 
 def _open_tasks(path: str | os.PathLike[str]) -> Any:
@@ -388,7 +495,7 @@ def _open_tasks(path: str | os.PathLike[str]) -> Any:
         raise UsageError(f"cannot read task file {path}: {e.strerror}") from None
 
 
-def _parse(path: str | os.PathLike[str], i: int, line: bytes) -> Any:
+def _parse(path: str | os.PathLike[str], i: int, line: bytes | str) -> Any:
     try:
         obj = json.loads(line)
     except ValueError as e:
@@ -423,7 +530,8 @@ def _file_signature(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def _scan(path: str | os.PathLike[str]) -> tuple[int, int, int, list[int]]:
-    """One pass over a task file: JSON, ids and duplicates checked, 8 bytes a task held. Returns
+    """One pass over a task file: JSON, ids and duplicates checked, 8 bytes a task held (a hash
+    of the id that this process alone uses, confirmed by a second pass on a clash). Returns
     (tasks, size, crc32c of the file, each task's hash)."""
     keys: array.array[int] = array.array("q")
     hashes: array.array[int] = array.array("I")
@@ -437,10 +545,10 @@ def _scan(path: str | os.PathLike[str]) -> tuple[int, int, int, list[int]]:
             if not stripped:
                 continue
             seq += 1
-            obj = _parse(path, i, line)
+            obj = _parse(path, i, stripped.decode())
             tid = _task_id(obj, i)
             check_id(tid)
-            keys.append(id_key(tid))
+            keys.append(hash((type(tid) is int, tid)))
             hashes.append(crc32c(stripped))
     k = np.frombuffer(keys, dtype=np.int64)
     if len(k) > 1:

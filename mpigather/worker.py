@@ -17,6 +17,7 @@ does the receiving between tasks instead, and the worker says what is lost.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -120,15 +121,18 @@ def params_of(tid: Any, payload: Any) -> Any:
 class Worker:
     def __init__(self, link: Any, func: Callable[[Any], Any], opts: Options, out: str | None, *,
                  send_exceptions: bool = False, initializer: Callable[..., Any] | None = None,
-                 initargs: tuple[Any, ...] = (), kinds: tuple[str, ...] = (), keep_params: bool = True) -> None:
+                 initargs: tuple[Any, ...] = (), kinds: tuple[str, ...] = (), keep_params: bool = True,
+                 decode: str | None = None) -> None:
         self.link, self.func, self.opts = link, func, opts
         self.out = out
         self.send_exceptions = send_exceptions  # the executor re-raises the task's own exception
         self.keep_params = keep_params  # send each row's parameters as columns too
+        self.decode = decode  # "json": a payload that is text is a line of a task file, parsed here
         self.initializer, self.initargs = initializer, initargs
         self.kinds = kinds or tuple(k.strip() for k in opts.kinds.split(",") if k.strip())
         self.writer: Any = None  # direct mode: opened at the first result
         self.queue: deque[_Local] = deque()
+        self._waiting = 0  # tasks in the queue not started yet
         self.stopping = False
         self.aborted: str | None = None
         self.interrupted = False  # the master stopped the run on a Ctrl-C: leave with KeyboardInterrupt
@@ -139,7 +143,7 @@ class Worker:
         self._pending_bytes = 0
         self._pending_since = 0.0
         # completed small results wait at most this long, so the master refills the queue in time
-        self._flush_age = opts.batch_window / 4
+        self._flush_age = opts.batch_window / 2
         self._current: tuple[Any, float] | None = None
         self._done = threading.Event()
         self._task_name = steps.step_name(steps.func_ref(func)) if _named(func) else "task"
@@ -182,7 +186,7 @@ class Worker:
 
     def _more(self) -> bool:
         """Is another task of this worker's queue waiting to run?"""
-        return any(b.next < b.end for b in self.queue)
+        return self._waiting > 0
 
     def _row(self, blk: _Local, i: int, value: Any, dt: float) -> bool:
         """Add a result to the rows of its block, if it fits a table row. False: it does not.
@@ -286,6 +290,7 @@ class Worker:
             case M.Tasks(blocks):
                 with self._cond:
                     self.queue.extend(_Local(b) for b in blocks)
+                    self._waiting += sum(len(b.tids) for b in blocks)
                     self._cond.notify()
             case M.Revoke(cuts, ack):
                 answer = self._revoke(cuts)
@@ -302,6 +307,7 @@ class Worker:
                     self.aborted = reason
                     self.interrupted = interrupted
                     self.queue.clear()
+                    self._waiting = 0
                     self.stopping = True
                     self._cond.notify()
             case _:
@@ -319,6 +325,7 @@ class Worker:
                 if b is None or k >= b.end:
                     answer.append((bid, None))
                     continue
+                self._waiting -= b.end - k
                 b.end = k
                 answer.append((bid, k))
             if any(b.next >= b.end for b in self.queue):
@@ -373,6 +380,7 @@ class Worker:
             if b.next < b.end:
                 i = b.next
                 b.next += 1
+                self._waiting -= 1
                 return b, i
             q.popleft()
         return None
@@ -408,6 +416,12 @@ class Worker:
         n, func, arg, name = 0, self.func, blk.payloads[i], self._task_name
         call = blk.calls[i] if blk.calls else None
         tid = blk.tids[i]
+        if self.decode is not None and type(arg) is str:
+            try:
+                arg = blk.payloads[i] = json.loads(arg)  # (its parameters' columns are read from it too)
+            except ValueError as exc:
+                self._task_failed(blk, i, n, name, exc, time.perf_counter(), 0.0)
+                return
         if call is not None:
             n, name = call.n, steps.step_name(call.func)
             try:

@@ -32,7 +32,7 @@ from ..errors import UsageError
 from . import layout as L
 from .base import Meta, Sink, Target, fsync_dir, pwrite_all, remove_quietly
 from .hdf5_table import H5Table
-from .table import Layout, RowsDone, compare_done
+from .table import Layout, RowsDone, Staged, compare_done
 
 log = logging.getLogger("mpigather")
 
@@ -250,6 +250,7 @@ class Hdf5Sink(Sink):
         self.fd = os.open(self.partial, os.O_RDWR)
         self._ready: list[tuple[Any, Meta, str | None]] = []
         self._rows: list[RowsDone] = []
+        self._staged = Staged()  # rows received, written at take_ready
         self.table: H5Table | None = None if self._damage is not None else H5Table.open(self.f)
 
     def _open(self, resume: bool) -> h5py.File:
@@ -297,7 +298,7 @@ class Hdf5Sink(Sink):
             return False
         cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
         pcols = rows.pcols if rows.pcols is None or n == rows.n else [c[:n] for c in rows.pcols]
-        self.table.write(seq0, lay.row_values(meta["rank"], meta["attempt"], tids, cols, pcols, rows.durations[:n]))
+        self._staged.add(seq0, lay.row_values(meta["rank"], meta["attempt"], tids, cols, pcols, rows.durations[:n]))
         self._rows.append(RowsDone(seq0, n, tids, meta["crc32c"], meta["bytes"], meta["rank"], meta["attempt"],
                                    meta["duration"], meta.get("hash", 0)))
         return True
@@ -314,6 +315,10 @@ class Hdf5Sink(Sink):
         self._ready.append((tid, meta, stage))
 
     def take_ready(self) -> Any:
+        if self._staged:
+            assert self.table is not None
+            for start, values in self._staged.take():
+                self.table.write(start, values)
         if not self._ready:
             if not self._rows:
                 return None

@@ -14,14 +14,14 @@ import h5py
 import numpy as np
 
 from . import layout as L
-from .table import Column, Layout, empty, runs
+from .table import Column, Layout, dtype_of, empty, runs
 
 CHUNK_BYTES = 256 << 10  # about this many bytes per chunk of a column
 _STR = h5py.string_dtype()
 
 
 def _h5_dtype(col: Column) -> Any:
-    return _STR if col.dtype == "str" else np.dtype(col.dtype)
+    return _STR if col.dtype == "str" else dtype_of(col)
 
 
 class H5Table:
@@ -39,7 +39,7 @@ class H5Table:
         g.attrs[L.ATTR_LAYOUT] = layout.to_json()
         n = total or 0
         for c in layout.columns():
-            item = 16 if c.dtype == "str" else np.dtype(c.dtype).itemsize * int(np.prod(c.shape, dtype=np.int64))
+            item = 16 if c.dtype == "str" else dtype_of(c).itemsize * int(np.prod(c.shape, dtype=np.int64))
             rows = max(64, min(1 << 16, CHUNK_BYTES // max(1, item)))
             g.create_dataset(c.name, shape=(n, *c.shape), maxshape=(None, *c.shape), dtype=_h5_dtype(c),
                              chunks=(rows, *c.shape))

@@ -105,7 +105,8 @@ class InMemory(Mapping[Any, Any]):
             else:
                 done = np.flatnonzero(t.column("done"))
                 ids = t.column("id")[done]
-                self._pos = dict(zip(ids.tolist(), done.tolist()))
+                keys = [x.decode() for x in ids.tolist()] if ids.dtype.kind == "S" else ids.tolist()
+                self._pos = dict(zip(keys, done.tolist()))
         return self._pos
 
     def __getitem__(self, tid: Any) -> Any:

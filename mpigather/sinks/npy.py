@@ -23,7 +23,7 @@ from .. import results as R
 from . import layout as L
 from .base import Meta, Sink, Target, fill, fsync_dir, make_files_durable, pwrite_all, remove_quietly
 from .npy_table import NpyTable
-from .table import Layout, RowsDone, compare_done
+from .table import Layout, RowsDone, Staged, compare_done
 
 
 def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -161,6 +161,7 @@ class NpyDirSink(Sink):
         self._rows = open(self.root / L.TASKS_JSONL, "ab")
         self.table: NpyTable | None = NpyTable.open(self.root)
         self._ready_rows: list[RowsDone] = []
+        self._staged = Staged()  # rows received, written at take_ready
 
     def open(self, tid: Any, header: R.Header, meta: Meta) -> Target:
         return _NpyTarget(self.root, tid, header, meta, on_finish=self._finished)
@@ -177,7 +178,7 @@ class NpyDirSink(Sink):
             return False
         cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
         pcols = rows.pcols if rows.pcols is None or n == rows.n else [c[:n] for c in rows.pcols]
-        self.table.write(seq0, lay.row_values(meta["rank"], meta["attempt"], tids, cols, pcols, rows.durations[:n]))
+        self._staged.add(seq0, lay.row_values(meta["rank"], meta["attempt"], tids, cols, pcols, rows.durations[:n]))
         self._ready_rows.append(RowsDone(seq0, n, tids, meta["crc32c"], meta["bytes"], meta["rank"],
                                          meta["attempt"], meta["duration"], meta.get("hash", 0)))
         return True
@@ -187,6 +188,10 @@ class NpyDirSink(Sink):
         self._adopted.append((Path(path), self.root / final_name(header, L.check_id(tid)), tid, meta))
 
     def take_ready(self) -> Any:
+        if self._staged:
+            assert self.table is not None
+            for start, values in self._staged.take():
+                self.table.write(start, values)
         if not self._ready and not self._adopted and not self._ready_rows:
             return None
         batch = (self._ready, self._adopted, self._ready_rows)

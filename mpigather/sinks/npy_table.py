@@ -18,13 +18,13 @@ import numpy as np
 
 from . import layout as L
 from .base import make_files_durable, pwrite_all
-from .table import Column, Layout, empty, runs
+from .table import Column, Layout, dtype_of, empty, runs
 
 HEADER = 128  # bytes of every column file's header: room for a shape of many digits
 MAGIC = b"\x93NUMPY\x01\x00"
 
 
-def _header(descr: str, shape: tuple[int, ...]) -> bytes:
+def _header(descr: Any, shape: tuple[int, ...]) -> bytes:
     text = repr({"descr": descr, "fortran_order": False, "shape": shape})
     body = text.encode("latin1")
     pad = HEADER - len(MAGIC) - 2 - len(body) - 1
@@ -44,7 +44,7 @@ class NpyColumn:
             d = ast.literal_eval(os.pread(self.fd, HEADER - 10, 10).decode("latin1").strip())
             self.dtype, self.n = np.dtype(d["descr"]), d["shape"][0]
         else:
-            self.dtype = np.dtype(f"<U{max(8, width)}") if col.dtype == "str" else np.dtype(col.dtype)
+            self.dtype = np.dtype(f"<U{max(8, width)}") if col.dtype == "str" else dtype_of(col)
             self.n = 0
             self._set_length(0)
 
@@ -54,7 +54,7 @@ class NpyColumn:
 
     def _set_length(self, n: int) -> None:
         os.ftruncate(self.fd, HEADER + n * self.row_bytes)
-        pwrite_all(self.fd, _header(str(np.lib.format.dtype_to_descr(self.dtype)), (n, *self.col.shape)), 0)
+        pwrite_all(self.fd, _header(np.lib.format.dtype_to_descr(self.dtype), (n, *self.col.shape)), 0)
         self.n = n
 
     def write(self, start: int, values: Any) -> None:

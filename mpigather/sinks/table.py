@@ -3,12 +3,14 @@ task at position ``i`` of the task list.
 
 Columns (names as in HDF5's ``/table`` group; a directory has ``DIR/_table/<name>.npy``):
 
-- ``id``: the task ids (int64, or strings);
+- ``id``: the task ids (int64; or strings: fixed-width bytes, ``S16``..., where the first ids
+  are short ASCII, else variable-length);
 - ``done``: True where the row holds a finished task's result;
 - ``result/<field>``: the result's fields (``result/value`` for a bare number or string; a
   nested dict's fields are ``result/a/b``);
 - ``params/<key>``: the task's parameters (a task file's keys, its ``id`` left out);
-- ``meta/rank``, ``meta/attempt``, ``meta/duration``: who ran it, which attempt, how long.
+- ``meta``: who ran it, which attempt, how long (one record a row: ``rank``, ``attempt``,
+  ``duration`` in seconds).
 
 The layout is fixed by the first rows: a later result with another schema (another key, dtype
 or shape) does not fit, and is stored whole, like a large result. Imports no MPI.
@@ -23,7 +25,8 @@ import numpy as np
 
 from .. import table as T
 
-META = (("meta/rank", "<i4"), ("meta/attempt", "<i4"), ("meta/duration", "<f4"))
+META = np.dtype([("rank", "<i4"), ("attempt", "<i2"), ("duration", "<f4")])  # the meta column's records
+META_FIELDS = META.names
 
 
 class RowsDone(NamedTuple):
@@ -51,29 +54,38 @@ class Layout:
     """What a table holds: the schema of its results and of its parameters, and its ids' type."""
 
     def __init__(self, schema: T.Schema, pschema: T.Schema | None, ids: str) -> None:
-        self.schema, self.pschema, self.ids = schema, pschema, ids
+        self.schema, self.pschema, self.ids = schema, pschema, ids  # ids: "int", "str" or "S<width>"
         self.result_names = [f"result/{T.name(leaf)}" for leaf in schema[1]]
         self.param_names = [] if pschema is None else [f"params/{T.name(leaf)}" for leaf in pschema[1]]
 
     @classmethod
     def first(cls, schema: T.Schema, pschema: T.Schema | None, tids: list[Any]) -> Layout:
-        return cls(schema, pschema, "int" if all(type(t) is int for t in tids) else "str")
+        if all(type(t) is int for t in tids):
+            return cls(schema, pschema, "int")
+        longest = max((len(t) for t in tids if type(t) is str), default=0)
+        if all(type(t) is str and t.isascii() for t in tids) and longest <= 32:
+            return cls(schema, pschema, f"S{max(16, 2 * longest)}")  # room for longer ones to come
+        return cls(schema, pschema, "str")
 
     def fits(self, schema: T.Schema, pschema: T.Schema | None, tids: list[Any]) -> bool:
         if schema != self.schema or pschema != self.pschema:
             return False
-        want = int if self.ids == "int" else str
-        return all(type(t) is want for t in tids)
+        if self.ids == "int":
+            return all(type(t) is int for t in tids)
+        if self.ids == "str":
+            return all(type(t) is str for t in tids)
+        width = int(self.ids[1:])
+        return all(type(t) is str and t.isascii() and len(t) <= width for t in tids)
 
     def columns(self) -> list[Column]:
-        cols = [Column("id", "<i8" if self.ids == "int" else "str"), Column("done", "|b1")]
+        cols = [Column("id", {"int": "<i8", "str": "str"}.get(self.ids, f"|{self.ids}")), Column("done", "|b1")]
         for prefix, schema in (("result", self.schema), ("params", self.pschema)):
             if schema is None:
                 continue
             for leaf in schema[1]:
                 cols.append(Column(f"{prefix}/{T.name(leaf)}", "str" if leaf.kind == "str" else leaf.dtype,
                                    leaf.shape, leaf.kind))
-        cols += [Column(n, d) for n, d in META]
+        cols.append(Column("meta", "meta"))
         return cols
 
     def to_json(self) -> str:
@@ -91,14 +103,14 @@ class Layout:
                    durations: Any) -> dict[str, Any]:
         """Each column's values for a batch of rows, by column name."""
         n = len(tids)
-        out: dict[str, Any] = {"id": np.array(tids, dtype=np.int64 if self.ids == "int" else object),
-                               "done": np.ones(n, dtype=bool)}
+        kind = {"int": np.int64, "str": object}.get(self.ids, self.ids)
+        out: dict[str, Any] = {"id": np.array(tids, dtype=kind), "done": np.ones(n, dtype=bool)}
         out.update(zip(self.result_names, cols))
         if pcols is not None:
             out.update(zip(self.param_names, pcols))
-        out["meta/rank"] = np.full(n, rank, dtype=np.int32)
-        out["meta/attempt"] = np.full(n, attempt, dtype=np.int32)
-        out["meta/duration"] = np.asarray(durations, dtype=np.float32)
+        meta = np.empty(n, dtype=META)
+        meta["rank"], meta["attempt"], meta["duration"] = rank, attempt, durations
+        out["meta"] = meta
         return out
 
 
@@ -108,7 +120,12 @@ def empty(col: Column, n: int) -> np.ndarray:
         a = np.empty(n, dtype=object)
         a.fill("")
         return a
-    return np.zeros((n, *col.shape), dtype=col.dtype)
+    return np.zeros((n, *col.shape), dtype=dtype_of(col))
+
+
+def dtype_of(col: Column) -> np.dtype:
+    """The numpy dtype of a column that is not of variable-length strings."""
+    return META if col.dtype == "meta" else np.dtype(col.dtype)
 
 
 class MemoryTable:
@@ -158,3 +175,34 @@ def runs(positions: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate(([0], breaks))
     stops = np.concatenate((breaks, [len(p)]))
     return [(int(p[a]), int(p[b - 1]) + 1) for a, b in zip(starts, stops)]
+
+
+class Staged:
+    """Rows waiting to be written, gathered into runs of consecutive positions, so that the
+    batches of one block (a few milliseconds each) become one write of each column."""
+
+    def __init__(self) -> None:
+        self._runs: dict[int, tuple[int, list[dict[str, Any]]]] = {}  # end -> (start, values)
+
+    def add(self, seq0: int, values: dict[str, Any]) -> None:
+        end = seq0 + len(values["id"])
+        run = self._runs.pop(seq0, None)
+        if run is None:
+            self._runs[end] = (seq0, [values])
+        else:
+            run[1].append(values)
+            self._runs[end] = run
+
+    def take(self) -> list[tuple[int, dict[str, Any]]]:
+        """Each run: (its first position, each column's values)."""
+        out = []
+        for start, parts in self._runs.values():
+            if len(parts) == 1:
+                out.append((start, parts[0]))
+            else:
+                out.append((start, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}))
+        self._runs.clear()
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self._runs)
