@@ -95,12 +95,18 @@ def _walk(d: dict[Any, Any], path: tuple[str, ...], out: list[Leaf]) -> bool:
 
 def leaves_of(value: Any, schema: Schema) -> list[Any] | None:
     """The leaf values of ``value`` in the order of ``schema``, or None if it does not fit it."""
+    return matcher(schema)(value)  # type: ignore[no-any-return]
+
+
+def matcher(schema: Schema) -> Any:
+    """``leaves_of`` for one schema, as a function of the value (keep it: finding it hashes the
+    schema, which costs as much as matching a small result)."""
     fast = _fast.get(schema)
     if fast is None:
         fast = _fast[schema] = _matcher(schema)
-    if fast is not False:
-        return fast(value)  # type: ignore[operator]
-    return _leaves_slow(value, schema)
+        if fast is False:
+            fast = _fast[schema] = lambda v: _leaves_slow(v, schema)
+    return fast
 
 
 _fast: dict[Any, Any] = {}

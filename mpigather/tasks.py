@@ -14,6 +14,7 @@ for other tasks) lets a resume check that each done task still has the parameter
 from __future__ import annotations
 
 import array
+import itertools
 import json
 import os
 import pickle
@@ -100,15 +101,22 @@ def range_tasks(n: int) -> Iterator[tuple[int, int, int]]:
     return ((i, i, i) for i in range(n))
 
 
-def iterable_tasks(items: Iterable[Any]) -> Iterator[tuple[Any, Any, int]]:
-    """Ids for a user's iterable (or a dict of id -> task); duplicates are caught as they appear."""
-    seen: set[str] = set()
+def iterable_tasks(items: Iterable[Any], files: bool = True) -> Iterator[tuple[Any, Any, int]]:
+    """Ids for a user's iterable (or a dict of id -> task); duplicates are caught as they appear.
+    ``files``: each id must also name a file (results may be stored whole in a file output),
+    and two ids that name the same file are duplicates; else any str or int id will do."""
+    seen: set[Any] = set()
     pairs = items.items() if isinstance(items, dict) else ((_task_id(p, i), p) for i, p in enumerate(items))
     for i, (tid, payload) in enumerate(pairs):
-        name = check_id(tid)
-        if name in seen:
+        if files:
+            key: Any = check_id(tid)
+        elif (type(tid) is str or type(tid) is int) and tid is not True:
+            key = tid
+        else:
+            key = check_id(tid)  # (raises, naming the type)
+        if key in seen:
             raise UsageError(f"task {i}: duplicate task id {tid!r}")
-        seen.add(name)
+        seen.add(key)
         yield tid, payload, i
 
 
@@ -315,24 +323,65 @@ class ItemsSource(TaskSource):
                 continue
             yield tid, payload, seq, None
 
+    def take(self, n: int) -> Any:
+        """The common case (no task resumes at a step, nothing done, no hashes) in one tight loop."""
+        if self._steps or self._bits or self.hashed:
+            return super().take(n)
+        from .scheduler import Chunk
 
-class ListSource(TaskSource):
-    """A user's list, tuple, range or dict (id -> task) of tasks: positions are indices."""
+        if self._it is None:
+            self._it = iter(self.items)  # type: ignore[assignment]
+        tids: list[Any] = []
+        payloads: list[Any] = []
+        seq0 = expect = -1
+        held, self._held = self._held, None
+        items: Any = self._it if held is None else itertools.chain([held[:3]], self._it)  # type: ignore[arg-type]
+        for tid, payload, seq in items:
+            if tids and seq != expect:
+                self._held = (tid, payload, seq, None)
+                break
+            if not tids:
+                seq0 = seq
+            tids.append(tid)
+            payloads.append(payload)
+            expect = seq + 1
+            if len(tids) >= n:
+                break
+        return Chunk(tids, payloads, seq0) if tids else None
+
+
+class ListSource(ItemsSource):
+    """A user's list, tuple, range or dict (id -> task) of tasks: positions are indices. A resume
+    checks every done task's parameters before the run."""
 
     def __init__(self, items: Any) -> None:
-        super().__init__()
-        self.items = items
-        self.total = len(items)
+        super().__init__((), len(items))
+        self.tasks = items
+
+    def skip(self, done: DoneSet | None, hashed: bool) -> None:
+        super().skip(done, hashed)
+        self.items = iterable_tasks(self.tasks, files=hashed)  # (ids name files only in a file output)
+
+    def prepare(self, done: DoneSet | None, before: dict[str, Any] | None) -> int | None:
+        return TaskSource.prepare(self, done, before)
 
     def _all(self) -> Iterator[tuple[Any, Any, int, int | None]]:
-        return ((tid, payload, seq, None) for tid, payload, seq in iterable_tasks(self.items))
+        return ((tid, payload, seq, None) for tid, payload, seq in iterable_tasks(self.tasks))
+
+    def _todo(self) -> Iterator[tuple[Any, Any, int, int | None]]:
+        return TaskSource._todo(self)  # done ones were checked by prepare
 
 
 class IterableSource(ItemsSource):
     """Any other iterable of tasks (a generator): read once, as far as needed."""
 
     def __init__(self, items: Iterable[Any]) -> None:
-        super().__init__(iterable_tasks(items))
+        super().__init__(())
+        self.tasks = items
+
+    def skip(self, done: DoneSet | None, hashed: bool) -> None:
+        super().skip(done, hashed)
+        self.items = iterable_tasks(self.tasks, files=hashed)  # (ids name files only in a file output)
 
 
 class JsonlSource(TaskSource):

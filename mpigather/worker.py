@@ -94,13 +94,16 @@ class _RowsAcc:
     """Consecutive results of one block that fit one table schema (and their parameters one
     schema, or none), gathered until the batch is sent."""
 
-    __slots__ = ("bid", "start", "tid0", "attempt", "rows", "params", "durations")
+    __slots__ = ("bid", "start", "tid0", "attempt", "rows", "params", "durations", "match", "pmatch", "next")
 
     def __init__(self, bid: int, start: int, tid0: Any, attempt: int, schema: Any, pschema: Any) -> None:
         self.bid, self.start, self.tid0, self.attempt = bid, start, tid0, attempt
         self.rows = T.RowsBuilder(schema)
         self.params = T.RowsBuilder(pschema) if pschema is not None else None
         self.durations: list[float] = []
+        self.match = T.matcher(schema)
+        self.pmatch = T.matcher(pschema) if pschema is not None else None
+        self.next = start  # the index of the task whose row would come next
 
     def message(self) -> M.Rows:
         cols = self.rows.columns()
@@ -180,13 +183,9 @@ class Worker:
     def _maybe_flush_locked(self, duration: float) -> None:
         """Send the batch when the worker has nothing more to run here, when a long task ends (the
         master must not wait for the next one), when it is large, or when it is old."""
-        if (not self._more() or duration > self._flush_age or self._pending_bytes > FLUSH_BYTES
+        if (self._waiting <= 0 or duration > self._flush_age or self._pending_bytes > FLUSH_BYTES
                 or time.monotonic() - self._pending_since > self._flush_age):
             self._flush_locked()
-
-    def _more(self) -> bool:
-        """Is another task of this worker's queue waiting to run?"""
-        return self._waiting > 0
 
     def _row(self, blk: _Local, i: int, value: Any, dt: float) -> bool:
         """Add a result to the rows of its block, if it fits a table row. False: it does not.
@@ -195,19 +194,20 @@ class Worker:
         params = params_of(tid, blk.payloads[i]) if self.keep_params else None
         with self._send_lock:
             acc = self._rows
-            if acc is not None and acc.bid == blk.bid and acc.start + acc.rows.n == i:
-                leaves = T.leaves_of(value, acc.rows.schema)
-                if acc.params is not None:
-                    pleaves = T.leaves_of(params, acc.params.schema) if params is not None else None
+            if acc is not None and acc.next == i and acc.bid == blk.bid:
+                leaves = acc.match(value)
+                if acc.pmatch is not None:
+                    pleaves = acc.pmatch(params) if params is not None else None
                     fits = pleaves is not None
                 else:  # rows without parameter columns take only rows whose parameters cannot be columns
                     pleaves = None
                     fits = params is None or T.schema_of(params) is None
                 if leaves is not None and fits:
-                    acc.rows.add(leaves)
-                    if acc.params is not None:
-                        acc.params.add(pleaves)  # type: ignore[arg-type]
+                    acc.rows.rows.append(leaves)
+                    if pleaves is not None:
+                        acc.params.rows.append(pleaves)  # type: ignore[union-attr]
                     acc.durations.append(dt)
+                    acc.next = i + 1
                     self._pending_bytes += 16 * len(leaves)
                     self._maybe_flush_locked(dt)
                     return True
@@ -220,6 +220,7 @@ class Worker:
         if acc.params is not None:
             acc.params.add(T.leaves_of(params, pschema))  # type: ignore[arg-type]
         acc.durations.append(dt)
+        acc.next = i + 1
         with self._send_lock:
             self._queue_locked(acc, 16 * len(schema[1]))
             self._rows = acc
