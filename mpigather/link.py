@@ -93,22 +93,34 @@ class Link(Protocol):
 
 class Backoff:
     """Capped exponential sleep between empty polls: low latency while messages flow,
-    about 1-2% of a core while idle (MPICH's blocking waits spin at 100%)."""
+    about 1-2% of a core while idle (MPICH's blocking waits spin at 100%).
 
-    def __init__(self, first: float = 50e-6, cap: float = 2e-3, spins: int = 50) -> None:
+    For ``warm`` seconds after the last message the sleeps stay under ``warm_cap``: an answer
+    usually comes within a millisecond or two of a request (a task's result, the next tasks),
+    and a 2 ms sleep would add as much again to every round trip. Past that the sleeps grow
+    to ``cap``."""
+
+    def __init__(self, first: float = 50e-6, cap: float = 2e-3, spins: int = 50, warm: float = 0.02,
+                 warm_cap: float = 2.5e-4) -> None:
         self.first, self.cap, self.spins = first, cap, spins
+        self.warm, self.warm_cap = warm, min(warm_cap, cap)
         self.reset()
 
     def reset(self) -> None:
         self._n = 0
         self._delay = self.first
+        self._since: float | None = None
 
     def sleep(self) -> None:
         self._n += 1
         if self._n <= self.spins:
             return  # a few free polls first: the next message is usually right behind
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
         time.sleep(self._delay)
-        self._delay = min(self.cap, self._delay * 2)
+        limit = self.warm_cap if now - self._since < self.warm else self.cap
+        self._delay = min(limit, self._delay * 2)
 
 
 def wait_until(done: Callable[[], bool], first: float = 20e-6, cap: float = 1e-3, spins: int = 200) -> None:

@@ -159,6 +159,8 @@ class Master(StepsMixin):
                 if self._lost:
                     self._on_lost(sorted(self._lost), now)
                 if now - last_house < HOUSEKEEPING_EVERY:
+                    if self.sched.hungry():  # a worker ran low: refill it now, not at the next pass
+                        self._decide_all(self.sched.dispatch(now), now)
                     continue
             self._housekeeping(now)
             if self._lost:

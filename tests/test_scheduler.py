@@ -38,6 +38,7 @@ from mpigather.scheduler import (
     Stop,
     WorkerState,
 )
+from mpigather.scheduler.queue import MIN_BLOCK_TIME
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -839,7 +840,7 @@ def rows(s, rank, n=None, now=1.0, duration=None):
     return s.rows_done(rank, b.bid, b.next, n, now, duration)
 
 
-def tiny(s, avg=1e-4):
+def tiny(s, avg=1e-3):
     """As if tasks of ``avg`` seconds had been measured."""
     s._avg = avg
 
@@ -883,9 +884,29 @@ def test_block_size_stays_within_bounds(prefetch, block_time, max_block, total, 
         s._observe(seconds, n)
         size = s.block_size()
         assert 1 <= size <= max_block
-        if total is not None and size > 1:
-            assert size <= math.ceil(total / (2 * workers))  # an equal share of what is left
+        if total is not None and size > 1:  # an equal share of what is left, or a couple of ms of work
+            floor = math.ceil(MIN_BLOCK_TIME / s._avg) if s._avg else 1
+            assert size <= max(math.ceil(total / (2 * workers)), floor)
         assert s.hold_target(size) >= prefetch
+
+
+def test_blocks_shrink_toward_the_end_but_not_below_a_round_trip_of_work():
+    s = Scheduler(((i, i, i) for i in range(100_000)), total=100_000, block_time=0.02, max_block=4096)
+    s.worker_ready(1, 0.0)
+    s.worker_ready(2, 0.0)
+    tiny(s, 1e-5)  # 10 us tasks: 2000 a block; a round trip of work is 200
+    sizes = []
+    now = 0.0
+    while not s.finished:
+        for d in of(s.dispatch(now), Send):
+            sizes += [len(b) for b in d.blocks]
+        for r in (1, 2):
+            if s.workers()[r].queue:
+                rows(s, r, now=now)
+        now += 0.01
+    assert sizes[0] == 2000 and sum(sizes) == 100_000
+    assert min(sizes) >= 200, sizes[-20:]  # never below a round trip of work...
+    assert sum(1 for x in sizes if x < 2000) <= 8, sizes[-20:]  # ...so the end takes a few rounds, not a halving each
 
 
 def test_a_block_is_one_send_one_lease_and_one_event():
@@ -906,7 +927,7 @@ def test_a_block_is_one_send_one_lease_and_one_event():
 def test_a_block_is_reported_in_batches_and_its_lease_ends_with_its_last_task():
     s = Scheduler(((i, i, i) for i in range(100)), prefetch=1, timeout=5.0, total=100)
     s.worker_ready(1, 0.0)
-    tiny(s)
+    tiny(s, 1e-4)
     s.dispatch(0.0)
     b, b2 = s.workers()[1].queue
     assert len(b) == len(b2) == 50  # an equal share of the 100 left, for one worker holding two blocks

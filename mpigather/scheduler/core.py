@@ -130,6 +130,10 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
         """Tasks leased to workers and not yet reported."""
         return sum(w.held for w in self._workers.values())
 
+    def hungry(self) -> bool:
+        """May a dispatch hand out something now? (A worker's queue shrank since the last one.)"""
+        return bool(self._hungry) and not self._draining
+
     def lease(self, rank: int, bid: int) -> Block | None:
         """The live lease ``bid`` of worker ``rank`` (None once it is over)."""
         b = self._leases.get(bid)

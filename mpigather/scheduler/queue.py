@@ -5,7 +5,8 @@ Sizes come from measured durations: a block holds about ``block_time`` seconds o
 per task. Until durations are known a block is one task. A block is never so large that a
 worker idles while another holds queued work: where the number of tasks left is known (a
 list, a range, a file, the executor's queue), no block takes more than an equal share of it,
-so blocks shrink toward the end of the run, and idle workers are filled first. Unstarted tasks
+so blocks shrink toward the end of the run (to a couple of milliseconds of work, about a
+round trip), and idle workers are filled first. Unstarted tasks
 of a worker's blocks move to an idle worker when nothing else is left (stealing).
 """
 
@@ -22,6 +23,7 @@ from .decisions import Decision, Revoke, Send, Stop
 from .types import WAIT, Block, Chunk, TaskRec, W, WorkerRec, _Wait
 
 LOOKAHEAD = 32  # requeued blocks looked at for one that suits a worker
+MIN_BLOCK_TIME = 0.002  # seconds of work below which the end of a run shrinks blocks no more
 
 
 class IterSource:
@@ -88,7 +90,11 @@ class QueueMixin(Base):
             size = max(1, math.ceil(self.block_time / a))
         left = self._known_left()
         if left is not None and size > 1:
-            size = max(1, min(size, math.ceil(left / (2 * max(1, len(self._ok))))))
+            share = math.ceil(left / (2 * max(1, len(self._ok))))
+            # ...but at the end of a known task list, not below MIN_BLOCK_TIME of work: a round trip
+            # to a worker costs about that (a batch of the executor spreads whatever its size)
+            floor = 1 if a is None or a <= 0 or self.total is None else math.ceil(MIN_BLOCK_TIME / a)
+            size = max(1, min(size, max(share, floor)))
         return size
 
     def _known_left(self) -> int | None:
