@@ -259,7 +259,8 @@ def test_progress_log_interval(monkeypatch):
     logger = logging.getLogger("mpigather")
     keep = Keep(logging.INFO)
     logger.addHandler(keep)
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    old = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the logger's cache
     try:
         pr = Progress("log", 10, interval=5.0)
         t0 = pr._t0
@@ -270,6 +271,7 @@ def test_progress_log_interval(monkeypatch):
         assert len(got) == 3 and got[-1].startswith("progress: finished: 10/10 done"), got
     finally:
         logger.removeHandler(keep)
+        logger.setLevel(old)
 
 
 def test_progress_bar_ends_on_the_final_count(monkeypatch):
