@@ -70,8 +70,46 @@ def _call(payload: bytes) -> Any:
     return fn(*args, **kwargs)
 
 
+class _Raised:
+    """In a chunk's results: the call there raised (the calls after it did not run, as in
+    mpi4py). ``exc``: the pickled exception, or None where it cannot be pickled."""
+
+    __slots__ = ("text", "exc")
+
+    def __init__(self, text: str, exc: bytes | None) -> None:
+        self.text, self.exc = text, exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Raised, (self.text, self.exc))
+
+
 def _call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    return [fn(*args) for args in chunk]
+    """Worker side: the calls of one chunk; a call that raises ends the chunk with a ``_Raised``,
+    so that the caller gets the results before it and then that exception, in its place."""
+    out: list[Any] = []
+    for args in chunk:
+        try:
+            out.append(fn(*args))
+        except Exception as e:
+            import traceback
+
+            try:
+                exc: bytes | None = pickle.dumps(e, protocol=5)
+            except Exception:
+                exc = None
+            out.append(_Raised(traceback.format_exc(), exc))
+            break
+    return out
+
+
+AUTO_CHUNKS_PER_WORKER = 8  # map without chunksize: about this many tasks per worker (at least one call each)
+
+
+def auto_chunksize(n: int, workers: int) -> int:
+    """The chunk size of ``map`` without ``chunksize`` over ``n`` calls: one call per task while
+    the map is small (it spreads over idle workers at once), then about AUTO_CHUNKS_PER_WORKER
+    tasks per worker, so that a map of many tiny calls costs a few tasks, not one per call."""
+    return max(1, n // (AUTO_CHUNKS_PER_WORKER * max(1, workers)))
 
 
 class GatherExecutor(Executor):
@@ -224,6 +262,9 @@ class GatherExecutor(Executor):
             tid = next(self._ids)
             self._futures[tid] = fut
             self._q.append((tid, payload, fut))
+            master = self._master
+        if master is not None:
+            master.wake.set()  # its loop may be sleeping: the task should not wait for it
         return fut
 
     def _check_open(self) -> None:
@@ -248,17 +289,21 @@ class GatherExecutor(Executor):
         return self
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1, buffersize: int | None = None, unordered: bool = False) -> Iterator[Any]:
+            chunksize: int | None = None, buffersize: int | None = None,
+            unordered: bool = False) -> Iterator[Any]:
         """Like ``Executor.map``: ``fn`` over the zipped iterables, results in order (or as they
-        come with ``unordered``). ``chunksize`` sends that many calls as one task; ``buffersize``
-        keeps at most that many tasks submitted ahead of the consumer."""
+        come with ``unordered``). ``chunksize`` sends that many calls as one task; without it,
+        a map of many calls is cut into about 8 tasks per worker (``auto_chunksize``), one call
+        per task when it is small. ``buffersize`` keeps at most that many tasks submitted ahead of
+        the consumer (then, without ``chunksize``, one call per task)."""
         return self.starmap(fn, zip(*iterables), timeout=timeout, chunksize=chunksize, buffersize=buffersize,
                             unordered=unordered)
 
     def starmap(self, fn: Callable[..., Any], iterable: Iterable[tuple[Any, ...]], *, timeout: float | None = None,
-                chunksize: int = 1, buffersize: int | None = None, unordered: bool = False) -> Iterator[Any]:
+                chunksize: int | None = None, buffersize: int | None = None,
+                unordered: bool = False) -> Iterator[Any]:
         """Like ``map``, with each item of ``iterable`` the argument tuple of one call."""
-        if chunksize < 1:
+        if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None:
             if not isinstance(buffersize, int) or isinstance(buffersize, bool):
@@ -268,7 +313,13 @@ class GatherExecutor(Executor):
             if unordered:
                 raise ValueError("buffersize cannot be combined with unordered")
         end = None if timeout is None else time.monotonic() + timeout
-        args = iter(iterable)
+        args: Iterator[Any] = iter(iterable)
+        if chunksize is None:
+            if buffersize is None:  # every call is submitted now anyway: count them
+                calls = list(args)
+                chunksize, args = auto_chunksize(len(calls), self.num_workers), iter(calls)
+            else:
+                chunksize = 1
         if chunksize > 1:
             chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
             submit_one = (lambda chunk: self.submit(_call_chunk, fn, chunk))  # noqa: E731
@@ -299,7 +350,10 @@ class GatherExecutor(Executor):
                     futs.append(submit_one(a))
                 value = fut.result(None if end is None else max(0.0, end - time.monotonic()))
                 if chunked:
-                    yield from value
+                    for v in value:
+                        if isinstance(v, _Raised):
+                            raise _remote_exception(v.text, v.exc)
+                        yield v
                 else:
                     yield value
         finally:

@@ -8,6 +8,7 @@ tests, and a one-rank run drives the same code as an MPI one.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -101,9 +102,10 @@ class Backoff:
     to ``cap``."""
 
     def __init__(self, first: float = 50e-6, cap: float = 2e-3, spins: int = 50, warm: float = 0.02,
-                 warm_cap: float = 2.5e-4) -> None:
+                 warm_cap: float = 2.5e-4, wake: threading.Event | None = None) -> None:
         self.first, self.cap, self.spins = first, cap, spins
         self.warm, self.warm_cap = warm, min(warm_cap, cap)
+        self.wake = wake  # set by another thread (a submit): the sleep ends at once
         self.reset()
 
     def reset(self) -> None:
@@ -114,11 +116,20 @@ class Backoff:
     def sleep(self) -> None:
         self._n += 1
         if self._n <= self.spins:
-            return  # a few free polls first: the next message is usually right behind
+            # a few quick polls first: the next message is usually right behind. Each one lets
+            # another thread run (a caller waiting on a result this loop just delivered), which
+            # would otherwise wait for the GIL until the loop sleeps
+            time.sleep(0)
+            return
         now = time.monotonic()
         if self._since is None:
             self._since = now
-        time.sleep(self._delay)
+        if self.wake is None:
+            time.sleep(self._delay)
+        elif self.wake.wait(self._delay):
+            self.wake.clear()
+            self.reset()
+            return
         limit = self.warm_cap if now - self._since < self.warm else self.cap
         self._delay = min(limit, self._delay * 2)
 

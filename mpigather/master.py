@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -91,6 +92,7 @@ class Master(StepsMixin):
         self._byes: set[int] = set()
         self._signal: int | None = None
         self._interrupt: str | None = None  # why the run stops now (a Ctrl-C)
+        self.wake = threading.Event()  # set by another thread with new tasks (the executor's submit)
         self.unreleased: set[int] = set()  # workers that did not leave after a Ctrl-C: the job must be aborted
         self._t = {"recv": 0.0, "write": 0.0, "wait": 0.0}
         self._last_hb_write = 0.0
@@ -145,7 +147,7 @@ class Master(StepsMixin):
     # -- the loop -----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        back = Backoff()
+        back = Backoff(wake=self.wake, warm_cap=1e-4)
         last_house = 0.0
         while True:
             inc = self.link.poll()
@@ -158,6 +160,8 @@ class Master(StepsMixin):
                     self._lost.update(e.ranks)
                 if self._lost:
                     self._on_lost(sorted(self._lost), now)
+                if self.on_done is not None and self.sink.in_memory:
+                    self._commit()  # (the executor) a caller waits on these results: deliver them now
                 if now - last_house < HOUSEKEEPING_EVERY:
                     if self.sched.hungry():  # a worker ran low: refill it now, not at the next pass
                         self._decide_all(self.sched.dispatch(now), now)

@@ -347,7 +347,7 @@ class Worker:
 
     def _helper(self) -> None:
         """Receive, heartbeat and flush while the main thread runs tasks."""
-        back = Backoff(cap=min(1e-3, self._flush_age))
+        back = Backoff(cap=min(1e-3, self._flush_age), warm_cap=1e-4)
         last_hb = time.monotonic()
         try:
             while not self._done.is_set():

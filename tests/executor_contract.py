@@ -493,6 +493,15 @@ def map_exception(ex: Any, ctx: Ctx) -> None:
     it = ex.map(divmod, [1, 1, 1, 1], [2, 3, 0, 5])
     expect(next(it) == (0, 1) and next(it) == (0, 1), "the results before the failure")
     raises(ZeroDivisionError, next, it, what="the third item")
+    # a map large enough to be cut into chunks (no chunksize) fails at the same place; so does
+    # ours with an explicit chunksize, the failing call in the middle of its chunk (mpi4py's
+    # loses the results of the chunk before it)
+    n = 40 * ctx.nw
+    for kw in ({}, {"chunksize": 7}) if ctx.backend == "mpigather" else ({},):
+        it = ex.map(divmod, [1] * n, [0 if i == n - 9 else 2 for i in range(n)], **kw)
+        got = [next(it) for _ in range(n - 9)]
+        expect(got == [(0, 1)] * (n - 9), f"the results before the failure ({kw})")
+        raises(ZeroDivisionError, next, it, what=f"item {n - 9} of {n} ({kw})")
 
 
 @on_root()

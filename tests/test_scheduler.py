@@ -705,7 +705,7 @@ def test_idle_worker_steals_an_unstarted_task_when_the_source_is_empty():
     assert s.dispatch(1.1) == []  # one steal request at a time
     s.revoked(1, [2], 1.2)
     assert queues(s)[1] == [0, 1]
-    assert of(s.dispatch(1.2), Sent) == [Sent(2, [(2, 2, None)])]
+    assert of(s.dispatch(1.2), Sent) == [Sent(2, [(2, 1, None)])]  # taken back unstarted: still its first attempt
 
 
 def test_steal_that_came_too_late_changes_nothing():
@@ -1020,6 +1020,8 @@ def test_steal_cuts_a_running_block_and_the_ack_says_where():
     assert len(b) == 13 and b.left == 1
     out = s.dispatch(1.0)
     assert sorted(t for x in blocks_of(out)[2] for t in x) == [13, 14, 15, 16, 17, 18, 19]
+    # tasks taken back unstarted keep their attempt number where they run next
+    assert {x.attempt for x in of(out, Send)[0].blocks} == {1}
 
 
 def test_a_revoke_ack_that_empties_the_head_block_arms_the_next():
@@ -1259,6 +1261,7 @@ class Cluster:
         self.sent_after_drain: set[Any] = set()
         self.dispatched_before_drain: set[Any] = set()
         self.last_attempt: dict[Any, int] = {}
+        self.started: set[Any] = set()  # started by a worker since they were last sent
         self.delivered_done: list[tuple] = []  # (rank, bid, index, tid, attempt) of accepted results
         self.steps = 0
         self.notices: list[Notice] = []
@@ -1286,7 +1289,12 @@ class Cluster:
                     for tid, payload in zip(b.tids, b.payloads):
                         assert payload == self.payloads[tid]
                         assert tid not in self.ended, f"ended task sent again: {tid}"
-                        assert b.attempt > self.last_attempt.get(tid, 0), f"attempt number not increasing: {tid}"
+                        # a new attempt number each time a worker started it; a task taken back
+                        # unstarted may keep its number
+                        last = self.last_attempt.get(tid, 0)
+                        assert b.attempt >= max(last, 1), f"attempt number decreasing: {tid}"
+                        assert b.attempt > last or tid not in self.started, f"attempt number not increasing: {tid}"
+                        self.started.discard(tid)
                         self.last_attempt[tid] = b.attempt
                         if self.drained:
                             self.sent_after_drain.add(tid)
@@ -1480,6 +1488,7 @@ class Cluster:
         sb = w.local[0]
         i = sb.next
         sb.next += 1
+        self.started.add(sb.tids[i])
         w.running = (sb.bid, i, sb.tids[i], sb.attempt)
         if sb.next >= sb.end:
             w.local.popleft()

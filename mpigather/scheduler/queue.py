@@ -371,6 +371,7 @@ class QueueMixin(Base):
                 continue  # that lease ended meanwhile, or nothing was dropped
             k = max(k, b.next)
             tail = b.cut(k)
+            tail.attempt -= 1  # the worker says it never started these: moving them is not an attempt
             w.held -= len(tail)
             back.append(tail)
             if b.next >= len(b):  # nothing of it is left to run there

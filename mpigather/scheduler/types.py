@@ -86,7 +86,8 @@ class TaskRec:
     payload: Any
     seq: int = -1  # position in the task source
     timeout: float | None = None  # the lease of the step it runs (None: the task's own, or the run's)
-    attempts: int = 0  # dispatches so far; the current attempt number
+    attempts: int = 0  # the current attempt number: hand-outs that may have started it (a task
+    #                      taken back unstarted, by a steal, keeps its number)
     failures: int = 0  # exceptions and lease expiries
     tried: set[int] = field(default_factory=set)
     last_error: str | None = None
