@@ -357,6 +357,27 @@ class ListSource(ItemsSource):
     def __init__(self, items: Any) -> None:
         super().__init__((), len(items))
         self.tasks = items
+        self._pos = 0  # (the fast path) the next position to hand out
+        self._sliced: bool | None = None  # (decided at the first take) chunks are slices
+
+    def take(self, n: int) -> Any:
+        """A range, or a list or tuple without dicts: every id is a position, so a chunk is a
+        slice, taken without looking at its items one by one (dicts may hold ids: the general path)."""
+        if self._sliced is None:
+            tasks = self.tasks
+            self._sliced = (not (self._steps or self._bits or self.hashed)
+                            and (type(tasks) is range or (isinstance(tasks, (list, tuple))
+                                                          and not any(isinstance(x, dict) for x in tasks))))
+        if not self._sliced:
+            return super().take(n)
+        from .scheduler import Chunk
+
+        a = self._pos
+        b = min(len(self.tasks), a + n)
+        if a >= b:
+            return None
+        self._pos = b
+        return Chunk(list(range(a, b)), list(self.tasks[a:b]), a)
 
     def skip(self, done: DoneSet | None, hashed: bool) -> None:
         super().skip(done, hashed)

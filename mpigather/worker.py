@@ -388,6 +388,10 @@ class Worker:
 
     def _next_task(self) -> tuple[_Local, int] | None:
         """The next task to run, waiting for one; None once stopped and the queue is empty."""
+        with self._cond:  # the common case, a task waiting here: no clock, no backoff
+            task = self._take()
+            if task is not None:
+                return task
         t0 = time.perf_counter()
         back = Backoff()
         try:

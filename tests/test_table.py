@@ -224,3 +224,38 @@ def test_a_sweep_killed_at_random_points_resumes_exactly(tmp_path, sink):
     recs = journal_records(out)
     print(f"\nTABLE kill/resume {sink} (seed {seed}): killed at {kills} done;"
           f" {sum(ex.values())} executions for {n} tasks; journal {len(recs)} records")
+
+
+CLASH = """
+import mpigather
+def f(task):
+    return {"id": task["seed"] * 2, "x": -task["x"], "done": False, "e": 1.5}
+tasks = [{"id": f"t{i}", "seed": i, "x": i / 4, "e": "param"} for i in range(6)]
+s = mpigather.run(f, tasks, out=None, progress="off")
+if s is not None:
+    cols = s.results.columns()
+    print("COLUMNS", sorted(cols))
+    assert list(cols["id"]) == [f"t{i}" for i in range(6)]
+    assert list(cols["result/id"]) == [2 * i for i in range(6)]
+    assert list(cols["x"]) == [-i / 4 for i in range(6)] and list(cols["params/x"]) == [i / 4 for i in range(6)]
+    assert list(cols["params/e"]) == ["param"] * 6 and list(cols["seed"]) == list(range(6))
+    assert not cols["result/done"].any() and cols["done"].all()
+    print("CLASH-OK")
+"""
+
+
+def test_column_names_when_fields_and_parameters_clash():
+    """A field named ``id`` or ``done`` is ``result/<name>``; a parameter named like a field is
+    ``params/<key>``; the others keep their names."""
+    p = mpirun(2, ["-c", CLASH], timeout=120)
+    assert p.returncode == 0 and "CLASH-OK" in p.stdout, show(p)
+
+
+def test_to_pandas_without_pandas_says_how_to_get_it(monkeypatch):
+    import sys
+
+    from mpigather.table_reader import table_frame
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
+    with pytest.raises(ImportError, match="pip install pandas"):
+        table_frame({"id": np.arange(3), "done": np.ones(3, bool)})
