@@ -121,6 +121,8 @@ def _matcher(schema: Schema) -> Any:
     types = tuple(_PY_TYPE[leaf.kind] for leaf in leaves)
     if not is_dict:
         ty, leaf = types[0], leaves[0]
+        if leaf.kind in ("float", "bool"):  # the type says it all
+            return lambda v: [v] if type(v) is ty else None
         return lambda v: [v] if type(v) is ty and _fits(v, leaf) else None
     pairs = tuple((leaf.path[0], ty) for leaf, ty in zip(leaves, types))
     n = len(pairs)

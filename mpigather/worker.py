@@ -449,7 +449,8 @@ class Worker:
             self._current = None
             dt = time.perf_counter() - t0
             self.stats["compute"] += dt
-            if not steps.is_next(value):
+            tv = type(value)
+            if (tv is not steps.NextStep and tv is not list) or not steps.is_next(value):
                 self._result(blk, i, n, name, value, t0, dt)
                 return
             nxt = self._next(blk, i, n, name, value, t0, dt)
