@@ -102,14 +102,120 @@ def _call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[An
     return out
 
 
-AUTO_CHUNKS_PER_WORKER = 8  # map without chunksize: about this many tasks per worker (at least one call each)
+def _call_timed(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> tuple[list[Any], float]:
+    """Worker side: ``_call_chunk`` and the seconds its calls took, which size the next chunks."""
+    t = time.perf_counter()
+    out = _call_chunk(fn, chunk)
+    return out, time.perf_counter() - t
 
 
-def auto_chunksize(n: int, workers: int) -> int:
-    """The chunk size of ``map`` without ``chunksize`` over ``n`` calls: one call per task while
-    the map is small (it spreads over idle workers at once), then about AUTO_CHUNKS_PER_WORKER
-    tasks per worker, so that a map of many tiny calls costs a few tasks, not one per call."""
-    return max(1, n // (AUTO_CHUNKS_PER_WORKER * max(1, workers)))
+AUTO_SMALL = 32  # map without chunksize: up to this many calls per worker, one call per task, all at once
+AUTO_TARGET = 0.02  # seconds that a chunk of a larger map lasts, once its calls are measured
+AUTO_DEPTH = 3  # chunks per worker kept submitted while a larger map is fed
+
+
+class _Feeder:
+    """``map`` without ``chunksize`` over many calls: chunks are sized from the calls' measured
+    durations, so that each lasts about AUTO_TARGET seconds (one call per chunk while a call
+    takes longer than that, so per-task timeouts and retries keep meaning one call), and shrink
+    toward the end so that the last calls spread over every worker. The first chunks hold one
+    call each; each finished chunk submits the next ones (from the master's thread), so that
+    about AUTO_DEPTH chunks per worker are always submitted, whatever the consumer does."""
+
+    def __init__(self, ex: GatherExecutor, fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> None:
+        self.ex, self.fn, self.calls = ex, fn, calls
+        self.pos = 0  # the next call to submit
+        self.spent, self.counted = 0.0, 0  # seconds and calls measured so far
+        self.inflight = 0
+        self.stopped = False  # cancelled, or a submit failed: nothing more is submitted
+        self.futs: deque[Future] = deque()  # chunks not yet taken by the consumer, in call order
+        self.changed = threading.Condition(threading.RLock())  # a done-callback may run at once, inside top_up
+        self.depth = AUTO_DEPTH * ex.num_workers
+
+    @property
+    def feeding(self) -> bool:
+        return not self.stopped and self.pos < len(self.calls)
+
+    def size(self) -> int:
+        if not self.counted:
+            return 1
+        per_call = self.spent / self.counted
+        size = int(AUTO_TARGET / per_call) if per_call > 0 else len(self.calls)
+        left = len(self.calls) - self.pos
+        return max(1, min(size, -(-left // (2 * self.ex.num_workers))))
+
+    def top_up(self) -> None:
+        with self.changed:
+            while self.feeding and self.inflight < self.depth:
+                n = self.size()
+                chunk, self.pos = self.calls[self.pos:self.pos + n], self.pos + n
+                try:
+                    fut = self.ex._submit(_call_timed, (self.fn, chunk), {}, feeder=True)
+                except BaseException as e:  # shut down (with cancel_futures), interrupted or broken
+                    fut = Future()
+                    if isinstance(e, RuntimeError) and not isinstance(e, BrokenExecutor):
+                        fut.cancel()  # the rest of the map was cancelled, as mpi4py's would be
+                    else:
+                        fut.set_exception(e)
+                    fut.set_running_or_notify_cancel()
+                    self.stop()
+                self.inflight += 1
+                self.futs.append(fut)
+                fut.add_done_callback(self._done)
+            if not self.feeding:
+                self.ex._unfeed(self)
+            self.changed.notify_all()
+
+    def _done(self, fut: Future) -> None:
+        with self.changed:
+            self.inflight -= 1
+            if fut.cancelled() or fut.exception() is not None:
+                self.stop()  # the map raises when its consumer reaches this chunk: nothing after it is needed
+                return
+            out, seconds = fut.result()
+            self.spent += seconds
+            self.counted += len(out)
+            self.top_up()
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopped = True
+            self.ex._unfeed(self)
+            self.changed.notify_all()
+
+    def results(self, end: float | None, unordered: bool) -> Iterator[Any]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        try:
+            while True:
+                with self.changed:
+                    while not self.futs and self.feeding:
+                        if not self.changed.wait(None if end is None else max(0.0, end - time.monotonic())):
+                            raise TimeoutError()
+                    if not self.futs:
+                        return
+                    pending = list(self.futs)
+                if unordered:
+                    ready, _ = wait(pending, timeout=None if end is None else max(0.0, end - time.monotonic()),
+                                    return_when=FIRST_COMPLETED)
+                    if not ready:
+                        raise TimeoutError()
+                    fut = next(f for f in pending if f in ready)
+                else:
+                    fut = pending[0]
+                with self.changed:
+                    self.futs.remove(fut)
+                out, _ = fut.result(None if end is None else max(0.0, end - time.monotonic()))
+                for v in out:
+                    if isinstance(v, _Raised):
+                        raise _remote_exception(v.text, v.exc)
+                    yield v
+        finally:
+            self.stop()
+            with self.changed:
+                left = list(self.futs)
+            for f in left:
+                f.cancel()
 
 
 class GatherExecutor(Executor):
@@ -127,6 +233,8 @@ class GatherExecutor(Executor):
         self._ready = threading.Event()  # every worker joined, or the executor ended
         self._interrupted = False
         self._stopped = threading.Event()  # the master's loop is over (its futures may still be being failed)
+        self._feeders: set[_Feeder] = set()  # maps still submitting their chunks (the master waits for them)
+        self._cancelling = False  # shutdown(cancel_futures=True) was called
         self.num_workers = max(1, link.size - 1)
         self._thread = threading.Thread(target=self._serve, args=(worker_args or {},), name="mpigather-executor",
                                         daemon=True)
@@ -142,7 +250,7 @@ class GatherExecutor(Executor):
                 item = self._q.popleft() if self._q else None
                 closed = self._closed
             if item is None:
-                if closed:
+                if closed and not self._feeders:
                     return
                 yield WAIT
                 continue
@@ -247,18 +355,24 @@ class GatherExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; an argument that cannot be pickled fails this future only."""
+        return self._submit(fn, args, kwargs)
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                feeder: bool = False) -> Future:
+        """``submit``; a ``feeder`` (the chunks of a map) may still submit after a shutdown that
+        waits for what was submitted, as its map's calls were all submitted before it."""
         fut: Future = Future()
         try:
             payload = pickle.dumps((fn, args, kwargs), protocol=5)
         except Exception as e:  # the error itself, as mpi4py gives it, with what it stopped
             with self._lock:
-                self._check_open()
+                self._check_open(feeder)
             _add_note(e, "cannot send this task to a worker: pickling its function or arguments failed")
             fut.set_running_or_notify_cancel()
             fut.set_exception(e)
             return fut
         with self._lock:
-            self._check_open()
+            self._check_open(feeder)
             tid = next(self._ids)
             self._futures[tid] = fut
             self._q.append((tid, payload, fut))
@@ -267,10 +381,18 @@ class GatherExecutor(Executor):
             master.wake.set()  # its loop may be sleeping: the task should not wait for it
         return fut
 
-    def _check_open(self) -> None:
+    def _unfeed(self, feeder: _Feeder) -> None:
+        with self._lock:
+            self._feeders.discard(feeder)
+            master = self._master
+        if master is not None:
+            master.wake.set()  # the last feeder gone: a shut-down executor's loop may end
+
+    def _check_open(self, feeder: bool = False) -> None:
         if self._error is not None:
             raise self._error
-        if self._closed:
+        if self._closed and not (feeder and not self._cancelling and not self._interrupted
+                                 and not self._stopped.is_set()):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def bootup(self, wait: bool = True) -> GatherExecutor:
@@ -293,8 +415,9 @@ class GatherExecutor(Executor):
             unordered: bool = False) -> Iterator[Any]:
         """Like ``Executor.map``: ``fn`` over the zipped iterables, results in order (or as they
         come with ``unordered``). ``chunksize`` sends that many calls as one task; without it,
-        a map of many calls is cut into about 8 tasks per worker (``auto_chunksize``), one call
-        per task when it is small. ``buffersize`` keeps at most that many tasks submitted ahead of
+        a map of up to AUTO_SMALL calls per worker sends one call per task, and a larger one is
+        cut into chunks of about AUTO_TARGET seconds each, sized from the calls' measured
+        durations (``_Feeder``). ``buffersize`` keeps at most that many tasks submitted ahead of
         the consumer (then, without ``chunksize``, one call per task)."""
         return self.starmap(fn, zip(*iterables), timeout=timeout, chunksize=chunksize, buffersize=buffersize,
                             unordered=unordered)
@@ -317,9 +440,15 @@ class GatherExecutor(Executor):
         if chunksize is None:
             if buffersize is None:  # every call is submitted now anyway: count them
                 calls = list(args)
-                chunksize, args = auto_chunksize(len(calls), self.num_workers), iter(calls)
-            else:
-                chunksize = 1
+                if len(calls) > AUTO_SMALL * self.num_workers:
+                    feeder = _Feeder(self, fn, calls)
+                    with self._lock:
+                        self._check_open()
+                        self._feeders.add(feeder)
+                    feeder.top_up()
+                    return feeder.results(end, unordered)
+                args = iter(calls)
+            chunksize = 1
         if chunksize > 1:
             chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
             submit_one = (lambda chunk: self.submit(_call_chunk, fn, chunk))  # noqa: E731
@@ -378,12 +507,16 @@ class GatherExecutor(Executor):
         with self._lock:
             self._closed = True
             if cancel_futures:
+                self._cancelling = True
+                feeders = list(self._feeders)
                 dropped = [f for _, _, f in self._q]
                 for tid, _, _ in self._q:
                     self._futures.pop(tid, None)
                 self._q.clear()
             else:
-                dropped = []
+                dropped, feeders = [], []
+        for feeder in feeders:
+            feeder.stop()
         for fut in dropped:
             # cancel() alone leaves it CANCELLED, which concurrent.futures.wait and as_completed
             # do not count as done, and nobody would ever tell them (their waiters hung forever)

@@ -602,6 +602,8 @@ def _journal_done(path: Path, state: dict[str, Any]) -> int:
     for line in lines:
         if line.startswith(b'{"ev":"done"'):
             state["done"] = state.get("done", 0) + len(json.loads(line)["id"])
+        elif line.startswith(b'{"ev":"rows"'):  # rows of the table: runs of positions
+            state["done"] = state.get("done", 0) + sum(n for _, n in json.loads(line)["pos"])
     return int(state.get("done", 0))
 
 

@@ -142,6 +142,74 @@ def size_is_the_number_of_workers(comm: Any) -> None:
             assert ex.size == ex.num_workers == max(1, comm.Get_size() - 1), (ex.size, ex.num_workers)
 
 
+def nap(x: int) -> int:
+    import time
+
+    time.sleep(0.03)  # longer than a chunk's target: each call stays a task of its own
+    return x
+
+
+def tasks_made(ex: Any) -> int:
+    """The number of tasks the executor made so far (it takes one id itself)."""
+    return next(ex._ids)
+
+
+@check
+def map_chunks_from_measured_durations(comm: Any) -> None:
+    """map without chunksize: many tiny calls become a few chunks; calls slower than a chunk's
+    target stay one per task (so that a per-task timeout or retry still means one call)."""
+    from mpigather.executor import AUTO_SMALL
+
+    with mpigather.executor(comm) as ex:
+        if ex is not None:
+            n = 20_000
+            before = tasks_made(ex)
+            assert list(ex.map(abs, range(-n, 0))) == list(range(n, 0, -1)), "wrong results"
+            made = tasks_made(ex) - before - 1
+            assert made <= n // 20, f"{made} tasks for {n} tiny calls"
+            m = AUTO_SMALL * ex.num_workers + 8
+            before = tasks_made(ex)
+            assert sorted(ex.map(nap, range(m), unordered=True)) == list(range(m)), "wrong results"
+            made = tasks_made(ex) - before - 1
+            assert made == m, f"{made} tasks for {m} slow calls"
+
+
+@check
+def map_outlives_a_waiting_shutdown(comm: Any) -> None:
+    """As with mpi4py: a map made before shutdown(wait=True) yields all of its results after it,
+    though its later chunks are submitted while the executor shuts down."""
+    with mpigather.executor(comm) as ex:
+        if ex is not None:
+            it = ex.map(abs, range(-50_000, 0))
+    if ex is not None:
+        assert list(it) == list(range(50_000, 0, -1)), "a map lost results to the shutdown"
+
+
+@check
+def map_cancelled_by_shutdown(comm: Any) -> None:
+    """shutdown(cancel_futures=True) ends a large map: its iterator raises CancelledError where
+    the cancelled calls begin, and nothing hangs; a map left half-read does not stop the next."""
+    from concurrent.futures import CancelledError
+
+    with mpigather.executor(comm) as ex:
+        if ex is not None:
+            for k, _ in enumerate(ex.map(nap, range(1000))):
+                if k == 3:
+                    break
+            assert list(ex.map(abs, range(-10_000, 0))) == list(range(10_000, 0, -1)), "the next map failed"
+            it = ex.map(nap, range(1000))
+            ex.shutdown(wait=False, cancel_futures=True)
+            got = 0
+            try:
+                for _ in it:
+                    got += 1
+            except CancelledError:
+                pass
+            else:
+                raise AssertionError(f"the map ran to its end ({got} results) after cancel_futures")
+            assert got < 1000, got
+
+
 def main() -> int:
     from mpi4py import MPI
 
