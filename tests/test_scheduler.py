@@ -130,9 +130,9 @@ class Old:
             return self._call(self.s.discarded, rank, now)
         return self._call(self.s.task_done, rank, bid, i, tid, now, duration, attempt)
 
-    def task_failed(self, rank, tid, attempt, error, now):
+    def task_failed(self, rank, tid, attempt, error, now, fatal=False):
         bid, i = self._where(rank, tid)
-        return self._call(self.s.task_failed, rank, bid, i, tid, error, now, attempt)
+        return self._call(self.s.task_failed, rank, bid, i, tid, error, now, attempt, fatal)
 
     def result_begin(self, rank, tid, attempt, now):
         bid, i = self._where(rank, tid)
@@ -2006,7 +2006,7 @@ def test_limit_reached_while_tasks_run_lets_them_finish_and_loses_nothing():
     q = queues(s)
     assert q[2] == [running[2]] and q[3] == [running[3]] and len(q[1]) == 1
     assert not of(s.dispatch(1.5), Sent)  # no new work
-    assert of(s.task_done(2, running[2], 2.0), Ended) == [Ended(running[2], 1, 2, True, None)]
+    assert of(s.task_done(2, running[2], 1, 2.0), Ended) == [Ended(running[2], 1, 2, True, None)]
     assert s.n_done == 1  # a running task that finishes in the grace period is done
     late = s.tick(20.0)  # the grace period is over: the others are left for a resume, not failed
     assert any(isinstance(d, Notice) and "2 running task(s) left for a resume" in d.text for d in late)
