@@ -111,7 +111,7 @@ def show(errors: list[dict[str, Any]], failed: int, limit: int = 10, ids: int = 
     for e in errs[:limit]:
         who = _first_ids(e, ids)
         out.append(f"  FAILED {who} ({e['count']} task{'s' if e['count'] != 1 else ''}): {e['error']}")
-        if e.get("where") and e["where"] != e["error"]:
+        if " at " in (e.get("where") or ""):
             out.append(f"      at {e['where']}")
     if len(errs) > limit:
         out.append(f"  ... and {len(errs) - limit} more distinct errors (see `mpigather status --json`)")

@@ -482,13 +482,12 @@ class Master(StepsMixin):
         top = max(self.errors.errors, key=lambda x: x.count, default=None)
         last = top.text.strip().splitlines()[-1] if top is not None and top.text.strip() else "?"
         if fatal:
-            why = f"{reason}: {last}"
+            why = f"{reason} (the error above)"
+            log.error("%s: %s", reason, last)
         else:
             flag = f"--max-failures {self.sched.max_failures}" if cli else \
                 f"max_failures={str(self.sched.max_failures)!r}"
-            why = f"{reason} ({flag}); the most frequent error: {last}"
-            if top is not None:
-                why += f" ({top.count or 1} task(s), at {top.key})" if top.key != last else ""
+            why = f"{reason} ({flag}); the most frequent error, {top.count if top else 0} time(s): {last}"
         self.summary.stopped_early = why
         self.summary.stopped_hint = (f"fix the cause, then run the same command with {self.opts.flag('resume')}:"
                                      " it runs the failed tasks and the ones not run"

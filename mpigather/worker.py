@@ -17,6 +17,7 @@ does the receiving between tasks instead, and the worker says what is lost.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -153,6 +154,7 @@ class Worker:
         self._threaded = bool(getattr(link, "threads_ok", True))
         self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
         self._spans: deque[tuple[Any, float, float, str, str]] = deque(maxlen=SPANS_KEPT)
+        self._fits: dict[Any, str | None] = {}  # the task function's signature against tasks of each shape
 
     # -- sending ------------------------------------------------------------------------
 
@@ -274,10 +276,11 @@ class Worker:
         self.stats["bytes"] += header.nbytes
 
     def _fail(self, blk: _Local, i: int, text: str, dt: float, exc: BaseException | None = None,
-              step: int = 0) -> None:
+              step: int = 0, fatal: bool = False) -> None:
         t0 = time.perf_counter()
         data = _pickled(exc) if self.send_exceptions and exc is not None else None
-        msg = M.Failed(blk.bid, i, blk.tids[i], blk.attempt, text, dt, data, step, where(exc))
+        msg = M.Failed(blk.bid, i, blk.tids[i], blk.attempt, text, dt, data, step,
+                       "the task function's signature" if fatal else where(exc), fatal)
         with self._send_lock:
             self._rows = None
             self._queue_locked(msg, len(text))
@@ -423,7 +426,15 @@ class Worker:
             except ValueError as exc:
                 self._task_failed(blk, i, n, name, exc, time.perf_counter(), 0.0)
                 return
-        if call is not None:
+        if call is None:  # the task itself (not a later step): call the function as the options say
+            try:
+                func, arg = self._entry(tid, arg)
+            except _Mismatch as exc:
+                self._fail(blk, i, f"task {tid!r} failed on rank {self.link.rank} (host {self.link.host}),"
+                                   f" attempt {blk.attempt}:\nTypeError: {exc}", 0.0, TypeError(str(exc)), fatal=True)
+                self._spans.append((tid, time.perf_counter(), 0.0, "failed", name))
+                return
+        else:
             n, name = call.n, steps.step_name(call.func)
             try:
                 func = steps.resolve(call.func)
@@ -452,6 +463,34 @@ class Worker:
             if nxt is None:
                 return
             n, func, arg, name = n + 1, nxt.func, nxt.value, steps.step_name(steps.func_ref(nxt.func))
+
+    def _entry(self, tid: Any, arg: Any) -> tuple[Callable[[Any], Any], Any]:
+        """The function and argument of a task's first call: ``func(task)``, or with ``kwargs``
+        ``func(**task)`` (its keys but ``id``). Raises ``_Mismatch`` naming what does not fit when
+        the function's signature cannot take the task: checked once per shape of task, so a
+        function that cannot work stops the run at its first task instead of failing them all."""
+        func = self.func
+        if self.opts.kwargs:
+            if type(arg) is not dict:
+                raise _Mismatch(f"{self.opts.flag('kwargs')} passes a task's keys as keyword arguments, but task"
+                                f" {tid!r} is a {type(arg).__name__}, not a dict")
+            kw = {k: v for k, v in arg.items() if k != "id"} if "id" in arg else arg
+            shape: Any = tuple(kw)
+            problem = self._fits.get(shape, _UNKNOWN)
+            if problem is _UNKNOWN:
+                problem = self._fits[shape] = _misfit(func, (), kw)
+            if problem is not None:
+                raise _Mismatch(f"{problem} (task {tid!r}, keys {', '.join(map(str, kw)) or 'none'};"
+                                f" with {self.opts.flag('kwargs')} each key but 'id' is a keyword argument)")
+            return (lambda _a: func(**kw)), None
+        problem = self._fits.get(None, _UNKNOWN)
+        if problem is _UNKNOWN:
+            problem = self._fits[None] = _misfit(func, (arg,), {})
+        if problem is not None:
+            hint = (f"; {self.opts.flag('kwargs')} passes the keys as keyword arguments instead"
+                    if type(arg) is dict else "")
+            raise _Mismatch(f"{problem} (task {tid!r}: the function gets the task as one argument{hint})")
+        return func, arg
 
     def _task_failed(self, blk: _Local, i: int, n: int, name: str, exc: BaseException, t0: float,
                      dt: float) -> None:
@@ -612,6 +651,28 @@ class Worker:
                     return
         except Exception:  # the link is broken too: the caller's error goes up as it is
             pass
+
+
+class _Mismatch(Exception):
+    """The task function's signature cannot take a task."""
+
+
+_UNKNOWN: Any = object()
+
+
+def _misfit(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Why ``func(*args, **kwargs)`` cannot be called, from its signature alone; None if it can
+    (or if its signature cannot be read: then the call itself will tell)."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+        return f"the task function {name}{sig} cannot take the task: {e}"
+    return None
 
 
 def _named(func: Any) -> bool:

@@ -252,7 +252,7 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
         no retry, and the run stops early (running tasks finish within the grace period)."""
         out = self._task_failed(rank, bid, i, tid, error, now, attempt, fatal)
         if fatal and self.stopped_early is None:
-            return out + self._stop_early(now, "the task function cannot be called with the tasks", fatal=True)
+            return out + self._stop_early(now, "the task function cannot take the tasks", fatal=True)
         return out + self._judge(now) if out else out
 
     def _task_failed(self, rank: int, bid: int, i: int, tid: TaskId, error: str, now: float,
