@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+SIGNATURE = "the task function's signature"  # the key of a task the function's signature cannot take
 SAMPLE = 5  # ids of each error's first tasks, shown in the summary
 TEXTS_KEPT = 1000  # failures whose own text the summary keeps; later ones share their error's first text
 

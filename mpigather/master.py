@@ -24,7 +24,7 @@ from . import results as R
 from . import signals
 from . import table as T
 from .errors import ChecksumError, ProtocolError
-from .failures import TEXTS_KEPT, Error, ErrorLog, error_key
+from .failures import SIGNATURE, TEXTS_KEPT, Error, ErrorLog, error_key
 from .journal import Journal
 from .link import LOST, Backoff, PeerLost
 from .master_steps import StepsMixin
@@ -480,22 +480,24 @@ class Master(StepsMixin):
         """The scheduler stopped handing out work: say why, once, and how to go on."""
         cli = self.opts.interface == "cli"
         top = max(self.errors.errors, key=lambda x: x.count, default=None)
+        if fatal:
+            top = next((e for e in self.errors.errors if e.key == SIGNATURE), top)
         last = top.text.strip().splitlines()[-1] if top is not None and top.text.strip() else "?"
         if fatal:
             why = f"{reason} (the error above)"
-            log.error("%s: %s", reason, last)
+            log.error("stopping early: %s: %s", reason, last)
         else:
             flag = f"--max-failures {self.sched.max_failures}" if cli else \
                 f"max_failures={str(self.sched.max_failures)!r}"
-            why = f"{reason} ({flag}); the most frequent error, {top.count if top else 0} time(s): {last}"
+            why = f"{reason} ({flag})"
+            log.error("stopping early: %s; the most frequent error, %d time(s): %s; no new tasks, running ones"
+                      " get %.0f s to finish", why, top.count if top else 0, last, self.opts.grace)
         self.summary.stopped_early = why
         self.summary.stopped_hint = (f"fix the cause, then run the same command with {self.opts.flag('resume')}:"
                                      " it runs the failed tasks and the ones not run"
                                      + ("" if fatal else
                                         f"; {'--max-failures none' if cli else 'max_failures=' + repr('none')}"
                                         " runs every task whatever fails"))
-        log.error("stopping early: %s; no new tasks, running ones get %.0f s to finish", why,
-                  self.opts.grace)
 
     def _meta(self, src: int, b: Any, i: int, tid: Any, attempt: int, header: R.Header, duration: float,
               step: Any = None) -> Meta:

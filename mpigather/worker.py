@@ -37,6 +37,7 @@ from . import signals, steps
 from . import table as T
 from .config import Options
 from .errors import MasterFailed, UnsupportedResultError
+from .failures import SIGNATURE
 from .link import LOST, Backoff
 
 log = logging.getLogger("mpigather")
@@ -280,7 +281,7 @@ class Worker:
         t0 = time.perf_counter()
         data = _pickled(exc) if self.send_exceptions and exc is not None else None
         msg = M.Failed(blk.bid, i, blk.tids[i], blk.attempt, text, dt, data, step,
-                       "the task function's signature" if fatal else where(exc), fatal)
+                       SIGNATURE if fatal else where(exc), fatal)
         with self._send_lock:
             self._rows = None
             self._queue_locked(msg, len(text))
