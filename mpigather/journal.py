@@ -129,7 +129,7 @@ class Journal:
         for (k, final), (pos, ids) in batch.items():
             rec: dict[str, Any] = {"ev": "failed", "err": k, "final": final}
             if pos:
-                rec["pos"] = pos
+                rec["pos"] = _merged(pos)
             if ids:
                 rec["id"] = ids
             self._write(rec)
@@ -191,6 +191,17 @@ class Journal:
                 self.commit()
             finally:
                 self._f.close()
+
+
+def _merged(ranges: list[list[int]]) -> list[list[int]]:
+    """``[[start, count]]`` sorted, touching ranges joined (workers finish blocks out of order)."""
+    out: list[list[int]] = []
+    for s0, n in sorted(ranges):
+        if out and out[-1][0] + out[-1][1] >= s0:
+            out[-1][1] = max(out[-1][1], s0 + n - out[-1][0])
+        else:
+            out.append([s0, n])
+    return out
 
 
 def _cut_torn_tail(path: Path) -> None:
