@@ -376,11 +376,11 @@ class Master(StepsMixin):
                     self._on_rows(src, item, now)
                 case M.Item():
                     self._on_result(src, item, now)
-                case M.Failed(bid, i, tid, attempt, text, _dt, exc, _step, where, fatal):
+                case M.Failed(bid, i, tid, attempt, text, dt, exc, _step, where, fatal):
                     self._hb_task.pop(src, None)
                     if exc is not None:
                         self._exc[tid] = exc
-                    self._task_failed(src, bid, i, tid, attempt, text, now, where, fatal)
+                    self._task_failed(src, bid, i, tid, attempt, text, now, where, fatal, dt)
                 case M.Step(bid, i, tid, attempt, info, duration):
                     self._on_step(src, bid, i, tid, attempt, info, duration, now)
                 case _:
@@ -457,7 +457,7 @@ class Master(StepsMixin):
         self._end_stream(src, stream, now)
 
     def _task_failed(self, src: int, bid: int, i: int, tid: Any, attempt: int, text: str, now: float,
-                     where: str = "", fatal: bool = False) -> None:
+                     where: str = "", fatal: bool = False, duration: float | None = None) -> None:
         """A task's attempt failed: its error is found (or recorded, once); the scheduler decides
         whether the task is retried or ends failed (then ``Ended`` counts it), or the run stops."""
         b = self.sched.lease(src, bid)
@@ -465,7 +465,7 @@ class Master(StepsMixin):
         e = self._error(error_key(where, text), text, tid) if counted else None
         if e is not None:
             self._failing[tid] = e
-        self._decide_all(self.sched.task_failed(src, bid, i, tid, text, now, attempt, fatal), now)
+        self._decide_all(self.sched.task_failed(src, bid, i, tid, text, now, attempt, fatal, duration), now)
         if e is not None and self._failing.pop(tid, None) is not None and self.journal is not None:
             self.journal.failed(e.k, tid, b.seq0 + i if b is not None else -1, final=False)  # retried
 

@@ -47,6 +47,7 @@ POSTED_MAX = 4  # batches of results posted to the master and not yet taken, bef
 ABORT_WAIT = 30.0  # seconds a crashed worker waits for the master to let it go
 INTERRUPT_WAIT = 1.0  # seconds a worker stopped by Ctrl-C waits for its last messages to go
 SPANS_KEPT = 5000  # per-task spans sent to the master for the timeline
+FULL_TRACEBACKS = 3  # failures of one error (type and place) sent with their whole traceback, per worker
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class Worker:
         self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
         self._spans: deque[tuple[Any, float, float, str, str]] = deque(maxlen=SPANS_KEPT)
         self._fits: dict[Any, str | None] = {}  # the task function's signature against tasks of each shape
+        self._seen: dict[str, tuple[Any, int]] = {}  # errors raised here: the first task, how many times
 
     # -- sending ------------------------------------------------------------------------
 
@@ -277,11 +279,11 @@ class Worker:
         self.stats["bytes"] += header.nbytes
 
     def _fail(self, blk: _Local, i: int, text: str, dt: float, exc: BaseException | None = None,
-              step: int = 0, fatal: bool = False) -> None:
+              step: int = 0, fatal: bool = False, key: str | None = None) -> None:
         t0 = time.perf_counter()
         data = _pickled(exc) if self.send_exceptions and exc is not None else None
         msg = M.Failed(blk.bid, i, blk.tids[i], blk.attempt, text, dt, data, step,
-                       SIGNATURE if fatal else where(exc), fatal)
+                       SIGNATURE if fatal else (key if key is not None else where(exc)), fatal)
         with self._send_lock:
             self._rows = None
             self._queue_locked(msg, len(text))
@@ -499,7 +501,14 @@ class Worker:
         self.stats["compute"] += dt
         self._spans.append((tid, t0, dt, "failed", name))
         step = f"step {n + 1} ({name})" if n else None
-        self._fail(blk, i, format_exc(tid, blk.attempt, self.link.rank, self.link.host, exc, step), dt, exc, n)
+        key = where(exc)
+        first, times = self._seen.get(key, (tid, 0))
+        self._seen[key] = (first, times + 1)
+        if times < FULL_TRACEBACKS:
+            text = format_exc(tid, blk.attempt, self.link.rank, self.link.host, exc, step)
+        else:  # the same error again: its traceback went with an earlier task (formatting one costs ~0.1 ms)
+            text = format_again(tid, blk.attempt, self.link.rank, self.link.host, exc, first, key, step)
+        self._fail(blk, i, text, dt, exc, n, key=key)
 
     def _encode(self, blk: _Local, i: int, n: int, name: str, value: Any, t0: float,
                 dt: float) -> tuple[R.Header, list[Any]] | None:
@@ -717,6 +726,15 @@ def where(exc: BaseException | None) -> str:
         return type(exc).__qualname__
     code = tb.tb_frame.f_code
     return f"{type(exc).__qualname__} at {code.co_filename}:{tb.tb_lineno} in {code.co_name}"
+
+
+def format_again(tid: Any, attempt: int, rank: int, host: str, exc: BaseException, first: Any, key: str,
+                 step: str | None = None) -> str:
+    """The error text of a failure seen before on this worker: the traceback is named, not repeated."""
+    where_ = f" in {step}" if step else ""
+    only = "".join(traceback.format_exception_only(type(exc), exc))
+    return (f"task {tid!r} failed{where_} on rank {rank} (host {host}, pid {os.getpid()}), attempt {attempt}:\n"
+            f"(the same error as task {first!r}, whose traceback was reported: {key})\n{only}")
 
 
 def format_exc(tid: Any, attempt: int, rank: int, host: str, exc: BaseException, step: str | None = None) -> str:

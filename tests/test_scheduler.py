@@ -2021,3 +2021,15 @@ def test_a_fatal_failure_stops_at_once_without_retries():
     assert of(out, Ended) == [Ended(t, 1, 1, False, "TypeError: point() missing 1 required positional argument: 'x'")]
     (stop,) = of(out, StopEarly)
     assert stop.fatal and s.draining
+
+
+def test_failed_tasks_size_blocks_as_done_ones_do():
+    """A run whose every task fails fast must not get blocks of one task (a round trip each)."""
+    s = Scheduler(((i, None) for i in range(100_000)), prefetch=2, block_time=0.02, max_failures="none")
+    s.worker_ready(1, 0.0)
+    (send,) = of(s.dispatch(0.0), Send)
+    b = send.blocks[0]
+    assert len(b.tids) == 1  # nothing measured yet
+    s.task_failed(1, b.bid, 0, b.tids[0], "TypeError: x", 0.001, duration=0.0001)
+    later = [blk for d in of(s.dispatch(0.01), Send) for blk in d.blocks]
+    assert later and max(len(blk.tids) for blk in later) > 10, [len(blk.tids) for blk in later]

@@ -246,10 +246,15 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
         return self._end_rec(rec, rank, attempt if attempt is not None else rec.attempts, ok=True, error=None) + out
 
     def task_failed(self, rank: int, bid: int, i: int, tid: TaskId, error: str, now: float,
-                    attempt: int | None = None, fatal: bool = False) -> list[Decision]:
+                    attempt: int | None = None, fatal: bool = False, duration: float | None = None,
+                    ) -> list[Decision]:
         """The task raised. Retries it alone (elsewhere when possible) or ends it as failed.
+        ``duration``: how long it ran, which sizes blocks as a result's does (without it, a run
+        whose every task fails would hand them out one round trip at a time).
         ``fatal``: the task function cannot take the tasks at all (its signature does not fit):
         no retry, and the run stops early (running tasks finish within the grace period)."""
+        if duration is not None:
+            self._observe(duration, 1)
         out = self._task_failed(rank, bid, i, tid, error, now, attempt, fatal)
         if fatal and self.stopped_early is None:
             return out + self._stop_early(now, "the task function cannot take the tasks", fatal=True)
