@@ -293,7 +293,8 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
     sink.total = total
     own = isinstance(source, TaskSource)
     sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
-                      retries=opts.retries, max_failures=opts.max_failures, grace=opts.grace, timeout=opts.timeout, timeout_of=source.timeout_of if own else timeout_of,
+                      retries=opts.retries, max_failures=opts.max_failures, grace=opts.grace, timeout=opts.timeout,
+                      timeout_of=source.timeout_of if own else timeout_of,
                       block_time=opts.batch_window, hello_patience=opts.hello_patience,
                       total=None if total is None else max(0, total - n_done_before))
     if hasattr(link, "fault_behaviour"):

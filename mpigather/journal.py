@@ -166,6 +166,11 @@ class Journal:
         self._write({"ev": "reset", "time": round(now(), 3), "reason": reason})
 
     def stats(self, rank: int, stats: dict[str, Any]) -> None:
+        """A worker's time accounting; its spans (at most ``worker.SPANS_KEPT``, for the timeline)
+        in microseconds: about 40 bytes a span instead of 70."""
+        if stats.get("spans"):
+            stats = {**stats, "spans": [[sp[0], round(sp[1], 6), round(sp[2], 6), *sp[3:]] if len(sp) > 2 else sp
+                                        for sp in stats["spans"]]}
         self._write({"ev": "stats", "rank": rank, **stats})
 
     def end(self, **info: Any) -> None:
@@ -350,8 +355,8 @@ class State:
     n_done: int = 0  # done records since the last reset (distinct when ``done_set`` was built)
     done_set: DoneSet | None = None  # with ``want_done``
     failed: dict[Any, Any] = field(default_factory=dict)  # ids of final failures not done since: their error
-    failed_at: dict[int, Any] = field(default_factory=dict)  # positions of final failures not done since: their error
-    errors: dict[Any, dict[str, Any]] = field(default_factory=dict)  # the last run's distinct errors (``error`` records)
+    failed_at: dict[int, Any] = field(default_factory=dict)  # positions of final failures not done since: error
+    errors: dict[Any, dict[str, Any]] = field(default_factory=dict)  # the last run's distinct errors (their records)
     last_record_time: float | None = None
     heartbeat: dict[str, Any] | None = None  # the last ``workers`` record of the last run
     runs: list[RunRecord] = field(default_factory=list)

@@ -29,8 +29,20 @@ from .journal import Journal
 from .link import LOST, Backoff, PeerLost
 from .master_steps import StepsMixin
 from .pipeline import ChunkPipeline
-from .scheduler import (Decision, Done, Ended, Expired, Halt, Notice, Revoke, Scheduler, Send, Stop, StopEarly,
-                        WorkerState)
+from .scheduler import (
+    Decision,
+    Done,
+    Ended,
+    Expired,
+    Halt,
+    Notice,
+    Revoke,
+    Scheduler,
+    Send,
+    Stop,
+    StopEarly,
+    WorkerState,
+)
 from .sinks import Meta, Sink, Target
 from .sinks.table import RowsDone
 from .steps import step_name

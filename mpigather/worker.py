@@ -485,7 +485,7 @@ class Worker:
             if problem is not None:
                 raise _Mismatch(f"{problem} (task {tid!r}, keys {', '.join(map(str, kw)) or 'none'};"
                                 f" with {self.opts.flag('kwargs')} each key but 'id' is a keyword argument)")
-            return (lambda _a: func(**kw)), None
+            return _Keywords(func), kw
         problem = self._fits.get(None, _UNKNOWN)
         if problem is _UNKNOWN:
             problem = self._fits[None] = _misfit(func, (arg,), {})
@@ -661,6 +661,18 @@ class Worker:
                     return
         except Exception:  # the link is broken too: the caller's error goes up as it is
             pass
+
+
+class _Keywords:
+    """Calls the task function with a dict's items as keyword arguments (``--kwargs``)."""
+
+    __slots__ = ("func",)
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+
+    def __call__(self, kw: dict[str, Any]) -> Any:
+        return self.func(**kw)
 
 
 class _Mismatch(Exception):
