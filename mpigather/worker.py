@@ -158,6 +158,7 @@ class Worker:
         self._spans: deque[tuple[Any, float, float, str, str]] = deque(maxlen=SPANS_KEPT)
         self._fits: dict[Any, str | None] = {}  # the task function's signature against tasks of each shape
         self._seen: dict[str, tuple[Any, int]] = {}  # errors raised here: the first task, how many times
+        self._plain = False  # func(task) was found to fit: later tasks skip the check
 
     # -- sending ------------------------------------------------------------------------
 
@@ -429,9 +430,10 @@ class Worker:
             except ValueError as exc:
                 self._task_failed(blk, i, n, name, exc, time.perf_counter(), 0.0)
                 return
-        if call is None:  # the task itself (not a later step): call the function as the options say
+        if call is None:  # the task itself: call the function as the options say
             try:
-                func, arg = self._entry(tid, arg)
+                if not self._plain:
+                    func, arg = self._entry(tid, arg)
             except _Mismatch as exc:
                 self._fail(blk, i, f"task {tid!r} failed on rank {self.link.rank} (host {self.link.host}),"
                                    f" attempt {blk.attempt}:\nTypeError: {exc}", 0.0, TypeError(str(exc)), fatal=True)
@@ -489,7 +491,9 @@ class Worker:
         problem = self._fits.get(None, _UNKNOWN)
         if problem is _UNKNOWN:
             problem = self._fits[None] = _misfit(func, (arg,), {})
-        if problem is not None:
+        if problem is None:
+            self._plain = True
+        else:
             hint = (f"; {self.opts.flag('kwargs')} passes the keys as keyword arguments instead"
                     if type(arg) is dict else "")
             raise _Mismatch(f"{problem} (task {tid!r}: the function gets the task as one argument{hint})")
