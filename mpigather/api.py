@@ -293,7 +293,8 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
     sink.total = total
     own = isinstance(source, TaskSource)
     sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
-                      retries=opts.retries, timeout=opts.timeout, timeout_of=source.timeout_of if own else timeout_of,
+                      retries=opts.retries, max_failures=opts.max_failures, grace=opts.grace, timeout=opts.timeout,
+                      timeout_of=source.timeout_of if own else timeout_of,
                       block_time=opts.batch_window, hello_patience=opts.hello_patience,
                       total=None if total is None else max(0, total - n_done_before))
     if hasattr(link, "fault_behaviour"):
@@ -345,7 +346,7 @@ def _drive_loop(master: Master, progress: Any, link: Any, sink: Sink, journal: J
     if sink.in_memory:
         summary.results = sink.in_task_order()  # type: ignore[attr-defined]
     try:
-        master.finish_steps(complete=not summary.interrupted and not summary.crash)
+        master.finish_steps(complete=not summary.interrupted and not summary.crash and not summary.stopped_early)
         _finish(sink, journal, summary)
     except BaseException as exc:
         _close_failed(sink, journal, 3, f"{type(exc).__name__}: {exc}")
@@ -361,14 +362,15 @@ def _finish(sink: Sink, journal: Journal | None, summary: Summary) -> None:
             "bytes": summary.bytes, "wall": summary.wall, "master": summary.master,
             "workers": {str(r): {k: v for k, v in w.items() if k != "spans"} for r, w in summary.workers.items()},
             "interrupted": summary.interrupted}
-    complete = not summary.interrupted and not summary.crash
+    complete = not summary.interrupted and not summary.crash and not summary.stopped_early
     sink.set_run_info(info)
     sink.close(complete=complete)
     if journal is not None:
         for rank, w in summary.workers.items():
             journal.stats(rank, w)
         journal.end(done=summary.done, failed=len(summary.failed), interrupted=summary.interrupted,
-                    exit=summary.exit_code, wall=summary.wall, master=summary.master)
+                    exit=summary.exit_code, wall=summary.wall, master=summary.master,
+                    **({"stopped_early": summary.stopped_early} if summary.stopped_early else {}))
         journal.close()
 
 

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prefetch", type=int, help="tasks queued at each worker (default 2)")
     r.add_argument("--timeout", type=float, help="per-task lease in seconds; a task's own 'timeout' key wins")
     r.add_argument("--retries", type=int, help="retries of a task that raised (default 0)")
+    r.add_argument("--max-failures", metavar="N|N%|auto|none",
+                   help="stop handing out tasks once more than N tasks (or N%% of those ended) have failed, a task"
+                   " counting once its retries are used up; auto (the default): stop when the first 20 tasks"
+                   " all failed and none succeeded; none: never stop early")
+    r.add_argument("--kwargs", action="store_true", default=None,
+                   help="call FUNC with a task line's keys as keyword arguments (all but 'id'), e.g."
+                   " def point(seed, x); without it FUNC gets the line's whole dict, 'id' included")
     r.add_argument("--heartbeat", type=float, help="seconds between worker heartbeats (default 5)")
     r.add_argument("--grace", type=float, help="seconds running tasks get after SIGTERM/SIGUSR1 (default 60)")
     g = r.add_mutually_exclusive_group()
@@ -157,7 +164,7 @@ def _options(a: argparse.Namespace) -> Any:
                         retries=a.retries, heartbeat=a.heartbeat, grace=a.grace, resume=a.resume,
                         overwrite=a.overwrite, progress=progress, lock=False if a.no_lock else None,
                         checkpoint=a.checkpoint, keep_steps=a.keep_steps, affinity=False if a.no_affinity else None,
-                        kinds=a.kinds, interface="cli")
+                        kinds=a.kinds, max_failures=a.max_failures, kwargs=a.kwargs, interface="cli")
 
 
 def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:

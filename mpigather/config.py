@@ -54,6 +54,8 @@ class Options:
     affinity: bool = True  # the worker that finished a step runs the next one itself when it can
     keep_steps: bool = False  # keep every step's output in the output (/steps/<id>/<n>-<step>)
     kinds: str = ""  # what this worker is, comma-separated (gpu,bigmem): steps with needs= go to such workers
+    max_failures: str = "auto"  # auto | N | N% | none: when failing tasks stop the run early (scheduler.limits)
+    kwargs: bool = False  # call the task function with a dict task's keys (but "id") as keyword arguments
     interface: str = "library"  # cli | library: how errors name the options (--resume or resume=True)
 
     def __post_init__(self) -> None:
@@ -77,6 +79,12 @@ class Options:
         if self.progress not in ("auto", "bar", "log", "off"):
             raise UsageError(f"progress must be auto, bar, log or off, not {self.progress!r}")
         self.prefetch, self.retries = int(self.prefetch), int(self.retries)
+        from .scheduler.limits import FailureLimit
+
+        try:
+            self.max_failures = str(FailureLimit.parse(self.max_failures))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
     def flag(self, name: str) -> str:
         """How the user spells an option: ``--resume`` on the command line, ``resume=True`` in Python."""

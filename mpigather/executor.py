@@ -544,7 +544,8 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
             raise ValueError(f"root must be a rank of the communicator (0 to {size - 1}), not {root}")
         self.comm, self.root = comm, root
         self.initializer, self.initargs = initializer, initargs
-        self.opts = make_options(**options)
+        # each future carries its own exception: an executor never stops early on failures
+        self.opts = make_options(**{"max_failures": "none", **options})
         self._link: Any = None
         self._ex: GatherExecutor | None = None
 

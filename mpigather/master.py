@@ -25,11 +25,25 @@ from . import results as R
 from . import signals
 from . import table as T
 from .errors import ChecksumError, ProtocolError
+from .failures import SIGNATURE, TEXTS_KEPT, Error, ErrorLog, error_key
 from .journal import Journal
 from .link import LOST, Backoff, PeerLost
 from .master_steps import StepsMixin
 from .pipeline import ChunkPipeline
-from .scheduler import Decision, Done, Ended, Expired, Halt, Notice, Revoke, Scheduler, Send, Stop, WorkerState
+from .scheduler import (
+    Decision,
+    Done,
+    Ended,
+    Expired,
+    Halt,
+    Notice,
+    Revoke,
+    Scheduler,
+    Send,
+    Stop,
+    StopEarly,
+    WorkerState,
+)
 from .sinks import Meta, Sink, Target
 from .sinks.table import RowsDone
 from .steps import step_name
@@ -112,6 +126,8 @@ class Master(StepsMixin):
         self._dead: set[int] = set()  # ranks handled as lost: their messages are dropped
         self._hosts: dict[int, str] = {}
         self._said_whole = False  # the log said once that rows of another shape are stored whole
+        self.errors = ErrorLog()  # each distinct error once, with the tasks it ended
+        self._failing: dict[Any, Error] = {}  # tasks whose failure is being decided: their error
 
     # -- public -------------------------------------------------------------------------
 
@@ -142,6 +158,7 @@ class Master(StepsMixin):
                                        cpu_pct=round(100 * cpu / max(self.summary.wall, 1e-9), 1))
             self.summary.stuck = self.sched.stuck_workers()
             self.summary.lost = self.sched.lost_workers()
+            self.summary.errors = self.errors.describe()
         return self.summary
 
     # -- the loop -----------------------------------------------------------------------
@@ -297,9 +314,12 @@ class Master(StepsMixin):
                     self._exc.pop(tid, None)
                     return
                 self._parents.discard(tid)
-                self.summary.failed[tid] = error or "failed"
+                e = self._failing.pop(tid, None) or self._error(error_key("", error), error or "failed", tid)
+                self.errors.ended(e, tid, d.seq)
+                # the first failures keep their own text; later ones share their error's (bounded memory)
+                self.summary.failed[tid] = (error or "failed") if len(self.summary.failed) < TEXTS_KEPT else e.text
                 if self.journal is not None:
-                    self.journal.failed(tid, attempt, rank, error, final=True)
+                    self.journal.failed(e.k, tid, d.seq, final=True)
                 exc = self._exc.pop(tid, None)
                 if self.on_failed is not None:
                     self.on_failed(tid, error or "failed", exc)
@@ -307,7 +327,10 @@ class Master(StepsMixin):
                 log.warning("task %r: lease expired on worker %d (attempt %d); %s", tid, rank, attempt,
                             "requeued" if requeued else "no retries left")
                 if self.journal is not None:
-                    self.journal.failed(tid, attempt, rank, "lease expired", final=False)
+                    e = self._error("lease expired", f"task {tid!r}: lease expired on worker {rank}", tid)
+                    self.journal.failed(e.k, tid, final=False)
+            case StopEarly(reason, failed, done, fatal):
+                self._stopped_early(reason, failed, done, fatal)
             case Notice(level, text):
                 (log.error if level == "error" else log.warning)("%s", text)
             case _:
@@ -369,11 +392,11 @@ class Master(StepsMixin):
                     self._on_rows(src, item, now)
                 case M.Item():
                     self._on_result(src, item, now)
-                case M.Failed(bid, i, tid, attempt, text, _dt, exc, _step, where):
+                case M.Failed(bid, i, tid, attempt, text, dt, exc, _step, where, fatal):
                     self._hb_task.pop(src, None)
                     if exc is not None:
                         self._exc[tid] = exc
-                    self._task_failed(src, bid, i, tid, attempt, text, now, where)
+                    self._task_failed(src, bid, i, tid, attempt, text, now, where, fatal, dt)
                 case M.Step(bid, i, tid, attempt, info, duration):
                     self._on_step(src, bid, i, tid, attempt, info, duration, now)
                 case _:
@@ -450,10 +473,47 @@ class Master(StepsMixin):
         self._end_stream(src, stream, now)
 
     def _task_failed(self, src: int, bid: int, i: int, tid: Any, attempt: int, text: str, now: float,
-                     where: str = "") -> None:
-        if self.journal is not None and (self.sched.lease(src, bid) is not None or self.sched.task(tid) is not None):
-            self.journal.failed(tid, attempt, src, text, final=False)
-        self._decide_all(self.sched.task_failed(src, bid, i, tid, text, now, attempt), now)
+                     where: str = "", fatal: bool = False, duration: float | None = None) -> None:
+        """A task's attempt failed: its error is found (or recorded, once); the scheduler decides
+        whether the task is retried or ends failed (then ``Ended`` counts it), or the run stops."""
+        b = self.sched.lease(src, bid)
+        counted = b is not None or self.sched.task(tid) is not None
+        e = self._error(error_key(where, text), text, tid) if counted else None
+        if e is not None:
+            self._failing[tid] = e
+        self._decide_all(self.sched.task_failed(src, bid, i, tid, text, now, attempt, fatal, duration), now)
+        if e is not None and self._failing.pop(tid, None) is not None and self.journal is not None:
+            self.journal.failed(e.k, tid, b.seq0 + i if b is not None else -1, final=False)  # retried
+
+    def _error(self, key: str, text: str, tid: Any) -> Error:
+        """The distinct error with this key; journaled once, at its first failure."""
+        e, new = self.errors.error(key, text, tid)
+        if new and self.journal is not None:
+            self.journal.error(e.k, key, text, tid)
+        return e
+
+    def _stopped_early(self, reason: str, failed: int, done: int, fatal: bool) -> None:
+        """The scheduler stopped handing out work: say why, once, and how to go on."""
+        cli = self.opts.interface == "cli"
+        top = max(self.errors.errors, key=lambda x: x.count, default=None)
+        if fatal:
+            top = next((e for e in self.errors.errors if e.key == SIGNATURE), top)
+        last = top.text.strip().splitlines()[-1] if top is not None and top.text.strip() else "?"
+        if fatal:
+            why = f"{reason} (the error above)"
+            log.error("stopping early: %s: %s", reason, last)
+        else:
+            flag = f"--max-failures {self.sched.max_failures}" if cli else \
+                f"max_failures={str(self.sched.max_failures)!r}"
+            why = f"{reason} ({flag})"
+            log.error("stopping early: %s; the most frequent error, %d time(s): %s; no new tasks, running ones"
+                      " get %.0f s to finish", why, top.count if top else 0, last, self.opts.grace)
+        self.summary.stopped_early = why
+        self.summary.stopped_hint = (f"fix the cause, then run the same command with {self.opts.flag('resume')}:"
+                                     " it runs the failed tasks and the ones not run"
+                                     + ("" if fatal else
+                                        f"; {'--max-failures none' if cli else 'max_failures=' + repr('none')}"
+                                        " runs every task whatever fails"))
 
     def _meta(self, src: int, b: Any, i: int, tid: Any, attempt: int, header: R.Header, duration: float,
               step: Any = None) -> Meta:

@@ -81,6 +81,7 @@ class Failed(NamedTuple):
     exc: bytes | None = None
     step: int = 0  # the step that failed
     where: str = ""
+    fatal: bool = False  # the task function cannot take the tasks (its signature): the run stops
 
 
 class Step(NamedTuple):

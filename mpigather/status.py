@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .failures import show
 from .journal import journal_path, load_state
 from .lock import probe
 
-SCHEMA = 1
+SCHEMA = 2  # 2: ``errors`` (each distinct error once, its tasks as ranges) replaced ``failures``
 WAIT_POLL = 0.2  # seconds between two looks at the lock while waiting for a run to end
 EXIT_TIMEOUT = 124  # --wait --timeout ran out while the run was still live (as timeout(1))
 EXIT_KILLED = 75  # a run that died without an end record: resumable
@@ -47,6 +48,9 @@ def _state(st: Any, live: bool, holder: dict[str, Any], failed: int) -> tuple[st
                            f" on {holder.get('host', st.start.get('host'))}", None)
     if end is not None and end.get("interrupted"):
         return "interrupted", "interrupted by a signal; resumable with --resume", exit_code
+    if end is not None and end.get("stopped_early"):
+        return ("stopped early", f"exit {exit_code}: {end['stopped_early']}; fix the cause, then --resume runs the"
+                                 " failed tasks and the rest", exit_code)
     if end is not None and exit_code in (0, 1):
         return "finished", f"exit {exit_code}" + (f": {failed} task(s) failed" if failed else ""), exit_code
     if end is not None:
@@ -85,7 +89,7 @@ def collect(out: str) -> dict[str, Any]:
     if live is None:  # no lock file: an output of an older version; look for its pid on this host
         live = _pid_alive(st.start)
     total = None if st.total is None else st.total + st.children  # fanned-out tasks' children count too
-    done, failed = st.n_done, len(st.failed)
+    done, failed = st.n_done, st.n_failed
     hb = st.heartbeat or {}
     running = int(hb.get("running", 0)) if live else 0
     queued = int(hb.get("queued", 0)) if live else 0
@@ -106,8 +110,8 @@ def collect(out: str) -> dict[str, Any]:
         "total": total, "done": done, "failed": failed, "running": running, "queued": queued, "pending": pending,
         "bytes": st.bytes_done, "rate_per_s": rate, "eta_s": eta, "runs": len(st.runs), "started": start_t,
         "last_heartbeat": hb.get("time") if hb else None, "last_record": st.last_record_time,
-        "holder": holder if live else None, "workers": workers, "finished": state == "finished",
-        "failures": {str(k): (v.get("error") or "").strip().splitlines()[-1:] for k, v in st.failed.items()},
+        "holder": holder if live else None, "workers": workers, "finished": state in ("finished", "stopped early"),
+        "errors": st.distinct_errors(),
         "steps": steps,
     }
 
@@ -148,8 +152,11 @@ def text(info: dict[str, Any]) -> str:
         task = f", task {w['task']!r}" if w.get("task") is not None else ""
         lines.append(f"  worker {rank}: {w['state']}, last seen {w['last_seen_s']:.1f} s ago,"
                      f" {w['queued']} queued{task}")
-    for tid, err in list(info["failures"].items())[:50]:
-        lines.append(f"  FAILED {tid}: {err[0] if err else ''}")
+    if info["errors"]:
+        lines += show(info["errors"], info["failed"])
+        if any(e["positions"] for e in info["errors"]):
+            lines.append("  (#N: the task at position N of the task list, line N+1 of a task file;"
+                         " --json lists every one)")
     return "\n".join(lines)
 
 

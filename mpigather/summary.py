@@ -11,7 +11,13 @@ CTRL_C = 130  # exit status: stopped by a Ctrl-C (128 + SIGINT, as shells report
 
 @dataclass
 class Summary:
-    """What a run did. ``results`` holds the values when the output is in memory."""
+    """What a run did. ``results`` holds the values when the output is in memory.
+
+    ``failed`` maps each failed task's id to the text of its error (the first thousand keep their
+    own text; later ones share their error's first text, so a storm of failures costs little
+    memory); ``errors`` lists each distinct error once (``failures.Error.describe``), and
+    ``stopped_early`` says why the run stopped handing out work, when it did (``max_failures``).
+    """
 
     total: int = 0
     done: int = 0
@@ -29,6 +35,9 @@ class Summary:
     master: dict[str, float] = field(default_factory=dict)
     results: dict[Any, Any] = field(default_factory=dict)
     out: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: str | None = None  # why the run stopped early (too many failures), or None
+    stopped_hint: str = ""  # how to go on after it did
 
     @property
     def exit_code(self) -> int:
@@ -69,11 +78,22 @@ class Summary:
             lines.append(f"  worker {rank} is stuck in task {tid!r} (its lease expired; it was ended at exit)")
         for rank in self.lost:
             lines.append(f"  worker {rank} was lost")
-        for tid, err in list(self.failed.items())[:50]:
-            first = err.strip().splitlines()
-            lines.append(f"  FAILED {tid!r}: {first[-1] if first else err}")
-        if len(self.failed) > 50:
-            lines.append(f"  ... and {len(self.failed) - 50} more failures (see `mpigather status`)")
+        if self.errors:
+            from .failures import show
+
+            lines += show(self.errors, len(self.failed))
+        else:
+            for tid, err in list(self.failed.items())[:50]:
+                first = err.strip().splitlines()
+                lines.append(f"  FAILED {tid!r}: {first[-1] if first else err}")
+            if len(self.failed) > 50:
+                lines.append(f"  ... and {len(self.failed) - 50} more failures (see `mpigather status`)")
+        if self.stopped_early:
+            lines.append(f"  STOPPED EARLY: {self.stopped_early}")
+            if self.not_run:
+                lines.append(f"  {self.not_run} task(s) not run")
+            if self.stopped_hint:
+                lines.append(f"  {self.stopped_hint}")
         if self.interrupted:
             lines.append(f"  interrupted{' (Ctrl-C)' if self.ctrl_c else ''}: run again with --resume to finish"
                          f" (exit status {self.exit_code})")

@@ -17,6 +17,7 @@ does the receiving between tasks instead, and the worker says what is lost.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from . import signals, steps
 from . import table as T
 from .config import Options
 from .errors import MasterFailed, UnsupportedResultError
+from .failures import SIGNATURE
 from .link import LOST, Backoff
 
 log = logging.getLogger("mpigather")
@@ -45,6 +47,7 @@ POSTED_MAX = 4  # batches of results posted to the master and not yet taken, bef
 ABORT_WAIT = 30.0  # seconds a crashed worker waits for the master to let it go
 INTERRUPT_WAIT = 1.0  # seconds a worker stopped by Ctrl-C waits for its last messages to go
 SPANS_KEPT = 5000  # per-task spans sent to the master for the timeline
+FULL_TRACEBACKS = 3  # failures of one error (type and place) sent with their whole traceback, per worker
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,9 @@ class Worker:
         self._threaded = bool(getattr(link, "threads_ok", True))
         self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
         self._spans: deque[tuple[Any, float, float, str, str]] = deque(maxlen=SPANS_KEPT)
+        self._fits: dict[Any, str | None] = {}  # the task function's signature against tasks of each shape
+        self._seen: dict[str, tuple[Any, int]] = {}  # errors raised here: the first task, how many times
+        self._plain = False  # func(task) was found to fit: later tasks skip the check
 
     # -- sending ------------------------------------------------------------------------
 
@@ -274,10 +280,11 @@ class Worker:
         self.stats["bytes"] += header.nbytes
 
     def _fail(self, blk: _Local, i: int, text: str, dt: float, exc: BaseException | None = None,
-              step: int = 0) -> None:
+              step: int = 0, fatal: bool = False, key: str | None = None) -> None:
         t0 = time.perf_counter()
         data = _pickled(exc) if self.send_exceptions and exc is not None else None
-        msg = M.Failed(blk.bid, i, blk.tids[i], blk.attempt, text, dt, data, step, where(exc))
+        msg = M.Failed(blk.bid, i, blk.tids[i], blk.attempt, text, dt, data, step,
+                       SIGNATURE if fatal else (key if key is not None else where(exc)), fatal)
         with self._send_lock:
             self._rows = None
             self._queue_locked(msg, len(text))
@@ -427,7 +434,16 @@ class Worker:
             except ValueError as exc:
                 self._task_failed(blk, i, n, name, exc, time.perf_counter(), 0.0)
                 return
-        if call is not None:
+        if call is None:  # the task itself: call the function as the options say
+            try:
+                if not self._plain:
+                    func, arg = self._entry(tid, arg)
+            except _Mismatch as exc:
+                self._fail(blk, i, f"task {tid!r} failed on rank {self.link.rank} (host {self.link.host}),"
+                                   f" attempt {blk.attempt}:\nTypeError: {exc}", 0.0, TypeError(str(exc)), fatal=True)
+                self._spans.append((tid, time.perf_counter(), 0.0, "failed", name))
+                return
+        else:
             n, name = call.n, steps.step_name(call.func)
             try:
                 func = steps.resolve(call.func)
@@ -458,13 +474,50 @@ class Worker:
                 return
             n, func, arg, name = n + 1, nxt.func, nxt.value, steps.step_name(steps.func_ref(nxt.func))
 
+    def _entry(self, tid: Any, arg: Any) -> tuple[Callable[[Any], Any], Any]:
+        """The function and argument of a task's first call: ``func(task)``, or with ``kwargs``
+        ``func(**task)`` (its keys but ``id``). Raises ``_Mismatch`` naming what does not fit when
+        the function's signature cannot take the task: checked once per shape of task, so a
+        function that cannot work stops the run at its first task instead of failing them all."""
+        func = self.func
+        if self.opts.kwargs:
+            if type(arg) is not dict:
+                raise _Mismatch(f"{self.opts.flag('kwargs')} passes a task's keys as keyword arguments, but task"
+                                f" {tid!r} is a {type(arg).__name__}, not a dict")
+            kw = {k: v for k, v in arg.items() if k != "id"} if "id" in arg else arg
+            shape: Any = tuple(kw)
+            problem = self._fits.get(shape, _UNKNOWN)
+            if problem is _UNKNOWN:
+                problem = self._fits[shape] = _misfit(func, (), kw)
+            if problem is not None:
+                raise _Mismatch(f"{problem} (task {tid!r}, keys {', '.join(map(str, kw)) or 'none'};"
+                                f" with {self.opts.flag('kwargs')} each key but 'id' is a keyword argument)")
+            return _Keywords(func), kw
+        problem = self._fits.get(None, _UNKNOWN)
+        if problem is _UNKNOWN:
+            problem = self._fits[None] = _misfit(func, (arg,), {})
+        if problem is None:
+            self._plain = True
+        else:
+            hint = (f"; {self.opts.flag('kwargs')} passes the keys as keyword arguments instead"
+                    if type(arg) is dict else "")
+            raise _Mismatch(f"{problem} (task {tid!r}: the function gets the task as one argument{hint})")
+        return func, arg
+
     def _task_failed(self, blk: _Local, i: int, n: int, name: str, exc: BaseException, t0: float,
                      dt: float) -> None:
         tid = blk.tids[i]
         self.stats["compute"] += dt
         self._spans.append((tid, t0, dt, "failed", name))
         step = f"step {n + 1} ({name})" if n else None
-        self._fail(blk, i, format_exc(tid, blk.attempt, self.link.rank, self.link.host, exc, step), dt, exc, n)
+        key = where(exc)
+        first, times = self._seen.get(key, (tid, 0))
+        self._seen[key] = (first, times + 1)
+        if times < FULL_TRACEBACKS:
+            text = format_exc(tid, blk.attempt, self.link.rank, self.link.host, exc, step)
+        else:  # the same error again: its traceback went with an earlier task (formatting one costs ~0.1 ms)
+            text = format_again(tid, blk.attempt, self.link.rank, self.link.host, exc, first, key, step)
+        self._fail(blk, i, text, dt, exc, n, key=key)
 
     def _encode(self, blk: _Local, i: int, n: int, name: str, value: Any, t0: float,
                 dt: float) -> tuple[R.Header, list[Any]] | None:
@@ -619,6 +672,40 @@ class Worker:
             pass
 
 
+class _Keywords:
+    """Calls the task function with a dict's items as keyword arguments (``--kwargs``)."""
+
+    __slots__ = ("func",)
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+
+    def __call__(self, kw: dict[str, Any]) -> Any:
+        return self.func(**kw)
+
+
+class _Mismatch(Exception):
+    """The task function's signature cannot take a task."""
+
+
+_UNKNOWN: Any = object()
+
+
+def _misfit(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Why ``func(*args, **kwargs)`` cannot be called, from its signature alone; None if it can
+    (or if its signature cannot be read: then the call itself will tell)."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+        return f"the task function {name}{sig} cannot take the task: {e}"
+    return None
+
+
 def _named(func: Any) -> bool:
     try:
         steps.func_ref(func)
@@ -660,6 +747,15 @@ def where(exc: BaseException | None) -> str:
         return type(exc).__qualname__
     code = tb.tb_frame.f_code
     return f"{type(exc).__qualname__} at {code.co_filename}:{tb.tb_lineno} in {code.co_name}"
+
+
+def format_again(tid: Any, attempt: int, rank: int, host: str, exc: BaseException, first: Any, key: str,
+                 step: str | None = None) -> str:
+    """The error text of a failure seen before on this worker: the traceback is named, not repeated."""
+    where_ = f" in {step}" if step else ""
+    only = "".join(traceback.format_exception_only(type(exc), exc))
+    return (f"task {tid!r} failed{where_} on rank {rank} (host {host}, pid {os.getpid()}), attempt {attempt}:\n"
+            f"(the same error as task {first!r}, whose traceback was reported: {key})\n{only}")
 
 
 def format_exc(tid: Any, attempt: int, rank: int, host: str, exc: BaseException, step: str | None = None) -> str:

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -796,7 +797,21 @@ def write_md(path: Path, meta: dict[str, Any], rows: list[Row], runs: dict[str, 
                  f"{fmt(min(v)) if v else '—'} | {fmt(max(v)) if v else '—'} | {unit} | {err} |")
     L += ["", "Raw numbers, per-run details (master time split, worker stats, load average) and medians: "
           "`bench/results.json`.", ""]
+    kept = _summary_section(path)  # the hand-written summary (moved from the README): kept
+    if kept:
+        at = L.index("## Targets")
+        L[at:at] = [kept, ""]
     path.write_text("\n".join(L))
+
+
+def _summary_section(path: Path) -> str:
+    """The part of an existing RESULTS.md between ``<!-- summary`` and ``<!-- /summary -->``."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    m = re.search(r"<!-- summary.*?<!-- /summary -->", text, re.S)
+    return m.group(0) if m else ""
 
 
 METHOD_NOTES = [

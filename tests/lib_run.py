@@ -58,3 +58,19 @@ elif what == "bad_output":
         print(f"USAGE {e}", flush=True)
     except mpigather.MasterFailed as e:
         print(f"RELEASED {e}", flush=True)
+
+elif what == "kwargs":
+    from failfuncs import point_py
+
+    tasks = [{"id": f"p{i}", "seed": i, "x": 0.25} for i in range(40)]
+    s = mpigather.run(point_py, tasks, out=None, kwargs=True, progress="off")
+    # a signature that cannot take the tasks: stopped at the first task, the mismatch named
+    s2 = mpigather.run(point_py, [{"seed": i} for i in range(500)], out=None, kwargs=True, progress="off")
+    if rank == 0:
+        assert s.exit_code == 0 and s.done == 40, s.text()
+        assert s.results["p7"] == 7.25 and s.results["p0"] == 0.25, s.results
+        assert s2.exit_code == 1 and s2.stopped_early and s2.done == 0, s2.text()
+        assert 1 <= len(s2.failed) <= 4 and s2.not_run >= 490, s2.text()
+        err = next(iter(s2.failed.values()))
+        assert "point_py(seed, x, scale=1.0)" in err and "missing a required argument: 'x'" in err, err
+        print("RESULT OK", flush=True)

@@ -98,7 +98,8 @@ def test_failures_of_an_earlier_run_are_pending_again_in_a_resumed_one(tmp_path)
     p = tmp_path / "j"
     j = Journal(p)
     j.start(total=2)
-    j.failed("a", 1, 1, "boom", final=True)
+    j.error(0, "ValueError at f.py:1 in g", "boom", "a")
+    j.failed(0, "a", final=True)
     j.end(exit=1)
     j.close()
     assert list(load_state(p).failed) == ["a"]
@@ -129,3 +130,46 @@ def test_done_set_keeps_the_last_hash_and_holds_12_bytes_a_task():
 
 def test_int_and_str_ids_never_share_a_key():
     assert id_key(17) != id_key("17")
+
+
+def test_a_storm_of_identical_failures_is_one_error_and_a_few_small_records(tmp_path):
+    """200,000 tasks that fail alike: one ``error`` record, then ranges of positions, batched by
+    commit; the journal stays small, and status sees each failed position and the error once."""
+    p = tmp_path / "j"
+    j = Journal(p)
+    j.start(total=200_000)
+    text = "task 0 failed on rank 1:\nTraceback (most recent call last):\n  ...\nTypeError: bad operand\n" * 3
+    j.error(0, "TypeError at f.py:3 in point", text, 0)
+    for seq in range(200_000):
+        j.failed(0, seq, seq, final=True)
+        if seq % 400 == 399:  # a commit every 400 failures (the master commits every 20 ms)
+            j.commit()
+    j.failed(0, "child-1", -1, final=True)  # a task with no position (a fan-out's child)
+    j.end(exit=1)
+    j.close()
+    assert p.stat().st_size < 100_000, p.stat().st_size
+    st = load_state(p)
+    assert st.n_failed == 200_001
+    (e,) = st.distinct_errors()
+    assert e["count"] == 200_001 and e["error"] == "TypeError: bad operand"
+    assert e["positions"] == [[0, 200_000]] and e["ids"] == ["child-1"]
+
+
+def test_failed_positions_done_in_a_later_run_are_no_longer_failed(tmp_path):
+    p = tmp_path / "j"
+    j = Journal(p)
+    j.start(total=10)
+    j.error(0, "E", "E: x", 0)
+    for seq in range(10):
+        j.failed(0, seq, seq)
+    j.failed(0, 3, 3, final=False)  # a retried attempt does not make a failed task
+    j.end(exit=1)
+    j.close()
+    assert load_state(p).n_failed == 10
+    j = Journal(p, resume=True)  # a resume: what it finishes is done, what fails again is failed again
+    j.start(total=10)
+    j.error(0, "E", "E: x", 7)
+    j.failed(0, 7, 7)
+    j.close()
+    st = load_state(p)
+    assert st.n_failed == 1 and st.distinct_errors()[0]["positions"] == [[7, 1]]

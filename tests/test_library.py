@@ -128,3 +128,9 @@ def test_an_internal_error_on_a_worker_ends_the_run_promptly_with_the_error():
 
 def test_library_errors_name_keyword_arguments(tmp_path):
     scenario(2, "existing", str(tmp_path / "o.h5"))
+
+
+def test_run_calls_with_keywords_and_stops_on_a_signature_mismatch():
+    p = mpirun(3, [SCRIPT, "kwargs"], timeout=90)
+    assert p.returncode == 0, show(p)
+    assert "RESULT OK" in p.stdout, show(p)

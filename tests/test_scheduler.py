@@ -130,9 +130,9 @@ class Old:
             return self._call(self.s.discarded, rank, now)
         return self._call(self.s.task_done, rank, bid, i, tid, now, duration, attempt)
 
-    def task_failed(self, rank, tid, attempt, error, now):
+    def task_failed(self, rank, tid, attempt, error, now, fatal=False):
         bid, i = self._where(rank, tid)
-        return self._call(self.s.task_failed, rank, bid, i, tid, error, now, attempt)
+        return self._call(self.s.task_failed, rank, bid, i, tid, error, now, attempt, fatal)
 
     def result_begin(self, rank, tid, attempt, now):
         bid, i = self._where(rank, tid)
@@ -1912,3 +1912,133 @@ def test_a_stale_steps_late_output_keeps_the_newer_lease_on_the_same_worker():
     s.worker_ready(2, 12.5)
     s.worker_lost(1, 13.0)
     assert sent(s.dispatch(13.0)) == {2: [0]}
+
+
+# -- stopping early: --max-failures (scheduler.limits) --------------------------------------
+
+from mpigather.scheduler import AUTO_FIRST, FailureLimit, StopEarly  # noqa: E402
+
+
+@pytest.mark.parametrize("text, kind, value", [("auto", "auto", 0), ("none", "none", 0), ("NONE", "none", 0),
+                                               ("0", "count", 0), ("10", "count", 10), (7, "count", 7),
+                                               ("5%", "percent", 5), ("2.5 %", "percent", 2.5)])
+def test_failure_limit_parses(text, kind, value):
+    lim = FailureLimit.parse(text)
+    assert (lim.kind, lim.value) == (kind, value)
+    assert FailureLimit.parse(str(lim)) == lim
+
+
+@pytest.mark.parametrize("bad", ["", "ten", "-1", -1, "0%", "100%", "150%", True, "5%%"])
+def test_failure_limit_rejects_bad_values_naming_them(bad):
+    with pytest.raises(ValueError, match="max failures"):
+        FailureLimit.parse(bad)
+
+
+def test_auto_stops_only_when_the_first_tasks_all_failed():
+    auto = FailureLimit.parse("auto")
+    assert auto.reached(0, AUTO_FIRST - 1) is None
+    assert "none succeeded" in auto.reached(0, AUTO_FIRST)
+    assert auto.reached(1, 10_000) is None  # one success: never stopped by the default
+    assert FailureLimit.parse("none").reached(0, 10**9) is None
+
+
+def test_count_allows_n_failures_and_stops_at_the_next():
+    lim = FailureLimit.parse("3")
+    assert lim.reached(100, 3) is None and "4 tasks failed" in lim.reached(100, 4)
+    assert FailureLimit.parse("0").reached(0, 1) is not None
+
+
+def test_percent_waits_for_a_sample_then_compares_the_rate():
+    lim = FailureLimit.parse("5%")
+    assert lim.reached(0, 1) is None  # 1 of 1 is 100%, but one task says little
+    assert lim.reached(18, 1) is None  # 1 of 19: too few
+    assert lim.reached(18, 2) is not None  # 2 of 20 = 10% > 5%
+    assert lim.reached(19, 1) is None  # 1 of 20 = 5%: not more
+    assert lim.reached(1, 2, total=30) is not None  # 2 of 30 total: more than 5% whatever comes
+    one = FailureLimit.parse("1%")
+    assert one.reached(90, 2) is None  # judged only from 100 tasks: one failure is then 1%
+    assert one.reached(98, 2) is not None
+
+
+def _fail_all(s, ranks, now):
+    """Every worker reports its running task failed, until the scheduler stops sending."""
+    out = []
+    for _ in range(1000):
+        progressed = False
+        for r in ranks:
+            q = queues(s)[r]
+            if q:
+                out += s.task_failed(r, q[0], 1, "TypeError: boom", now)
+                progressed = True
+        out += s.dispatch(now)
+        if not progressed:
+            break
+    return out
+
+
+def test_scheduler_stops_early_when_every_task_fails_and_drains():
+    s, src = make(1000, workers=(1, 2), max_failures="auto", grace=30.0, prefetch=2)
+    out = s.dispatch(0.0)
+    out += _fail_all(s, (1, 2), 1.0)
+    stops = of(out, StopEarly)
+    assert len(stops) == 1 and "none succeeded" in stops[0].reason and not stops[0].fatal
+    # the tasks running when it stopped (one per worker) still end, here failed too
+    assert stops[0].failed == AUTO_FIRST and AUTO_FIRST <= s.n_failed <= AUTO_FIRST + 2 and s.draining
+    assert s.n_done == 0 and src.pulled < 1000  # the rest was never read: left for a resume
+    assert s.finished
+
+
+def test_scheduler_without_a_limit_runs_every_task():
+    s, _ = make(200, workers=(1, 2), max_failures="none")
+    out = s.dispatch(0.0) + _fail_all(s, (1, 2), 1.0)
+    assert not of(out, StopEarly) and s.n_failed == 200 and s.finished
+
+
+def test_retried_attempts_do_not_count_until_the_task_ends_failed():
+    s, _ = make(10, workers=(1,), max_failures="0", retries=2, prefetch=1)
+    s.dispatch(0.0)
+    assert s.task_failed(1, 0, 1, "e", 1.0) == []  # attempt 1 of 3: retried, not counted
+    s.dispatch(1.0)
+    assert s.task_failed(1, 0, 2, "e", 2.0) == []
+    s.dispatch(2.0)
+    out = s.task_failed(1, 0, 3, "e", 3.0)
+    assert of(out, Ended) == [Ended(0, 3, 1, False, "e")] and len(of(out, StopEarly)) == 1
+
+
+def test_limit_reached_while_tasks_run_lets_them_finish_and_loses_nothing():
+    s, _ = make(100, workers=(1, 2, 3), max_failures="0", grace=10.0, prefetch=2)
+    s.dispatch(0.0)
+    running = {r: queues(s)[r][0] for r in (1, 2, 3)}
+    out = s.task_failed(1, running[1], 1, "boom", 1.0)
+    assert len(of(out, StopEarly)) == 1
+    # each worker keeps only the task it may have started (worker 1 went on to its next one); the rest is revoked
+    q = queues(s)
+    assert q[2] == [running[2]] and q[3] == [running[3]] and len(q[1]) == 1
+    assert not of(s.dispatch(1.5), Sent)  # no new work
+    assert of(s.task_done(2, running[2], 1, 2.0), Ended) == [Ended(running[2], 1, 2, True, None)]
+    assert s.n_done == 1  # a running task that finishes in the grace period is done
+    late = s.tick(20.0)  # the grace period is over: the others are left for a resume, not failed
+    assert any(isinstance(d, Notice) and "2 running task(s) left for a resume" in d.text for d in late)
+    assert s.n_failed == 1 and s.finished
+
+
+def test_a_fatal_failure_stops_at_once_without_retries():
+    s, _ = make(50, workers=(1, 2), retries=3, max_failures="none")
+    s.dispatch(0.0)
+    t = queues(s)[1][0]
+    out = s.task_failed(1, t, 1, "TypeError: point() missing 1 required positional argument: 'x'", 1.0, fatal=True)
+    assert of(out, Ended) == [Ended(t, 1, 1, False, "TypeError: point() missing 1 required positional argument: 'x'")]
+    (stop,) = of(out, StopEarly)
+    assert stop.fatal and s.draining
+
+
+def test_failed_tasks_size_blocks_as_done_ones_do():
+    """A run whose every task fails fast must not get blocks of one task (a round trip each)."""
+    s = Scheduler(((i, None) for i in range(100_000)), prefetch=2, block_time=0.02, max_failures="none")
+    s.worker_ready(1, 0.0)
+    (send,) = of(s.dispatch(0.0), Send)
+    b = send.blocks[0]
+    assert len(b.tids) == 1  # nothing measured yet
+    s.task_failed(1, b.bid, 0, b.tids[0], "TypeError: x", 0.001, duration=0.0001)
+    later = [blk for d in of(s.dispatch(0.01), Send) for blk in d.blocks]
+    assert later and max(len(blk.tids) for blk in later) > 10, [len(blk.tids) for blk in later]

@@ -67,8 +67,11 @@ def test_an_exception_in_a_step_retries_that_step_only(tmp_path):
     check(out, 6)
     ran = steps_log(tmp_path)
     assert ran[("3", "simulate")] == 2 and ran[("3", "fetch")] == 1 and ran[("3", "clean")] == 1, ran
-    fails = [r for r in journal_records(out) if r["ev"] == "failed"]
-    assert len(fails) == 1 and "in step 3 (simulate)" in fails[0]["error"], fails
+    recs = journal_records(out)
+    fails = [r for r in recs if r["ev"] == "failed"]
+    errors = [r for r in recs if r["ev"] == "error"]
+    assert len(fails) == 1 and not fails[0]["final"] and fails[0]["pos"] == [[3, 1]], fails
+    assert len(errors) == 1 and "in step 3 (simulate)" in errors[0]["error"], errors
 
 
 def test_a_step_that_hangs_past_its_lease_runs_again_from_its_input(tmp_path):

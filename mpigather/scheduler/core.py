@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import ProtocolError
-from .decisions import Decision, Done, Ended, Notice, Revoke
+from .decisions import Decision, Done, Ended, Notice, Revoke, StopEarly
 from .leases import LeasesMixin
+from .limits import FailureLimit
 from .queue import QueueMixin, as_source
 from .steps import StepsMixin
 from .types import Block, TaskId, TaskRec, W, WorkerRec, WorkerState
@@ -46,6 +47,8 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
     when known (blocks shrink toward the end). ``timeout_of(payload)`` gives a task's own lease
     length, or None for the default. ``expect``: the ranks that will say hello; the run is over
     only once each is released. ``block_time``: seconds of work in a block of tiny tasks.
+    ``max_failures`` (see ``limits``): when failed tasks stop the run early, as a drain with
+    ``grace`` seconds for the running tasks (default: never).
     """
 
     def __init__(
@@ -63,6 +66,8 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
         hello_patience: float = HELLO_PATIENCE,
         lost_patience: float | None = None,
         start: float = 0.0,
+        max_failures: FailureLimit | str | int = "none",
+        grace: float | None = None,
     ) -> None:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
@@ -104,6 +109,9 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
         self._needs_check = False
         self.n_done = 0
         self.n_failed = 0
+        self.max_failures = FailureLimit.parse(max_failures)
+        self.grace = grace
+        self.stopped_early: StopEarly | None = None
         for rank in expect:
             self._workers[rank] = WorkerRec(rank, last_seen=start)
             self._count[W.NEW] += 1
@@ -238,8 +246,22 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
         return self._end_rec(rec, rank, attempt if attempt is not None else rec.attempts, ok=True, error=None) + out
 
     def task_failed(self, rank: int, bid: int, i: int, tid: TaskId, error: str, now: float,
-                    attempt: int | None = None) -> list[Decision]:
-        """The task raised. Retries it alone (elsewhere when possible) or ends it as failed."""
+                    attempt: int | None = None, fatal: bool = False, duration: float | None = None,
+                    ) -> list[Decision]:
+        """The task raised. Retries it alone (elsewhere when possible) or ends it as failed.
+        ``duration``: how long it ran, which sizes blocks as a result's does (without it, a run
+        whose every task fails would hand them out one round trip at a time).
+        ``fatal``: the task function cannot take the tasks at all (its signature does not fit):
+        no retry, and the run stops early (running tasks finish within the grace period)."""
+        if duration is not None:
+            self._observe(duration, 1)
+        out = self._task_failed(rank, bid, i, tid, error, now, attempt, fatal)
+        if fatal and self.stopped_early is None:
+            return out + self._stop_early(now, "the task function cannot take the tasks", fatal=True)
+        return out + self._judge(now) if out else out
+
+    def _task_failed(self, rank: int, bid: int, i: int, tid: TaskId, error: str, now: float,
+                     attempt: int | None, fatal: bool) -> list[Decision]:
         w = self._worker(rank)
         w.last_seen = now
         w.streaming = False
@@ -254,7 +276,7 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
             self._advance(w, b, 1, now)
             rec.failures += 1
             rec.last_error = error
-            if rec.failures <= self.retries and not self._draining:
+            if rec.failures <= self.retries and not self._draining and not fatal:
                 self._requeue_rec(rec, front=False)
                 return []
             return self._end_rec(rec, rank, b.attempt, ok=False, error=error)
@@ -265,7 +287,7 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
             return []  # ended, waiting for a step's input, or a newer attempt runs: not counted against it
         late.failures += 1
         late.last_error = error
-        if late.failures <= self.retries and not self._draining:
+        if late.failures <= self.retries and not self._draining and not fatal:
             return []
         self._requeued.remove(late.block)
         late.block = None
@@ -279,7 +301,7 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
             self.n_done += 1
         else:
             self.n_failed += 1
-        return [Ended(rec.tid, attempt, rank, ok, error), *self._close_rec(rec, ok, error)]
+        return [Ended(rec.tid, attempt, rank, ok, error, rec.seq), *self._close_rec(rec, ok, error)]
 
     def _close_rec(self, rec: TaskRec, ok: bool, error: str | None) -> list[Decision]:
         """A task with a history ended (and was counted): forget it; a fan-out's parent hears."""
@@ -388,7 +410,8 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
                                              error=reason))
                 else:
                     self.n_failed += 1
-                    out.append(Ended(b.tids[i], b.attempt, b.rank if b.rank is not None else -1, False, reason))
+                    out.append(Ended(b.tids[i], b.attempt, b.rank if b.rank is not None else -1, False, reason,
+                                     b.seq0 + i))
         for rec in list(self._recs.values()):
             if not rec.ended:
                 out.extend(self._end_rec(rec, -1, rec.attempts, ok=False, error=reason))
@@ -420,4 +443,22 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
         out.extend(self._check_workers(now))
         if self._needs_check and not self._count[W.NEW]:
             out.extend(self._fail_unrunnable())
+        if self.n_failed:
+            out.extend(self._judge(now))
         return out
+
+    # -- stopping early -------------------------------------------------------------------
+
+    def _judge(self, now: float) -> list[Decision]:
+        """After a failure: has the run reached its ``max_failures``? O(1)."""
+        if self.stopped_early is not None or self._draining:
+            return []
+        reason = self.max_failures.reached(self.n_done, self.n_failed, self.total)
+        return [] if reason is None else self._stop_early(now, reason)
+
+    def _stop_early(self, now: float, reason: str, fatal: bool = False) -> list[Decision]:
+        """Stop handing out work, as a drain: running tasks finish within the grace period."""
+        if self._draining:
+            return []
+        self.stopped_early = StopEarly(reason, self.n_failed, self.n_done, fatal)
+        return [*self.drain(now, self.grace), self.stopped_early]

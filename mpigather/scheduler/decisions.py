@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .types import Block, TaskId
 
@@ -45,6 +45,7 @@ class Ended(Decision):
     rank: int
     ok: bool
     error: str | None = None
+    seq: int = field(default=-1, compare=False)  # its position in the task list (-1: none: a fan-out's child)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,18 @@ class Halt(Decision):
     """The run cannot go on (every worker is lost): what is left stays for a resume."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class StopEarly(Decision):
+    """Too many tasks failed (``--max-failures``), or the task function cannot take the tasks
+    (``fatal``): no new work is handed out; running tasks finish within the grace period, and
+    the rest is left for a resume."""
+
+    reason: str
+    failed: int
+    done: int
+    fatal: bool = False
 
 
 @dataclass(frozen=True)
