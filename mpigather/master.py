@@ -35,6 +35,7 @@ from .steps import step_name
 from .summary import Summary
 from .tasks import block_hash
 from .tasks import describe as _describe
+from .trace import open_trace
 
 log = logging.getLogger("mpigather")
 
@@ -110,6 +111,7 @@ class Master(StepsMixin):
         self._dead: set[int] = set()  # ranks handled as lost: their messages are dropped
         self._hosts: dict[int, str] = {}
         self._said_whole = False  # the log said once that rows of another shape are stored whole
+        self.trace = open_trace(link.rank)  # MPIGATHER_TRACE: when each chunk was probed and landed (None: off)
 
     # -- public -------------------------------------------------------------------------
 
@@ -140,6 +142,8 @@ class Master(StepsMixin):
                                        cpu_pct=round(100 * cpu / max(self.summary.wall, 1e-9), 1))
             self.summary.stuck = self.sched.stuck_workers()
             self.summary.lost = self.sched.lost_workers()
+            if self.trace is not None:
+                self.trace.close()
         return self.summary
 
     # -- the loop -----------------------------------------------------------------------
@@ -494,6 +498,8 @@ class Master(StepsMixin):
             target = sink.open(key, header, meta) if accept else None
             stream = _Stream(bid, i, tid, attempt, header, target, R.chunk_plan(header, self.opts.chunk_size), meta,
                              step)
+            if self.trace is not None:
+                self.trace.event("announce", tid, len(stream.plan), header.nbytes, t=now)
             self._streams[src] = stream
             if not stream.plan:
                 self._end_stream(src, stream, now)
@@ -542,7 +548,11 @@ class Master(StepsMixin):
                 buf = direct
             t = time.perf_counter()
             inc.into(buf)
-            self._t["recv"] += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            self._t["recv"] += dt
+            if self.trace is not None:
+                self.trace.event("probe", stream.tid, stream.index, n, t=now)
+                self.trace.event("landed", stream.tid, stream.index, n, dt)
             self._pipe.absorb(stream, part, off, buf, slot)
         stream.index += 1
         if stream.index == len(stream.plan):
@@ -599,6 +609,8 @@ class Master(StepsMixin):
             target.discard()
             self._rebuild_failed(src, stream.bid, stream.i, stream.tid, stream.attempt, e, now)
             return
+        if self.trace is not None:
+            self.trace.event("stored", stream.tid, len(stream.plan), stream.header.nbytes)
         self._stored(src, stream.bid, stream.i, stream.tid, stream.attempt, stream.meta["duration"], stream.step, now)
 
     def _rebuild_failed(self, src: int, bid: int, i: int, tid: Any, attempt: int, e: BaseException,

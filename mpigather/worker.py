@@ -37,6 +37,7 @@ from . import table as T
 from .config import Options
 from .errors import MasterFailed, UnsupportedResultError
 from .link import LOST, Backoff
+from .trace import open_trace
 
 log = logging.getLogger("mpigather")
 
@@ -153,6 +154,7 @@ class Worker:
         self._threaded = bool(getattr(link, "threads_ok", True))
         self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
         self._spans: deque[tuple[Any, float, float, str, str]] = deque(maxlen=SPANS_KEPT)
+        self.trace = open_trace(link.rank)  # MPIGATHER_TRACE: each chunk's post time (None: off)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -256,13 +258,19 @@ class Worker:
                 self._flush_locked()
                 plan = R.chunk_plan(header, self.opts.chunk_size)
                 crc = 0
+                tr, k = self.trace, 0
 
                 def checksum_posted(buf: Any) -> None:
                     # while the master copies this chunk (it does the copy), checksum it here
-                    nonlocal crc
+                    nonlocal crc, k
+                    if tr is not None:
+                        tr.event("post", tid, k, len(buf))
+                        k += 1
                     crc = R.crc_update(crc, buf)
 
                 self.link.send_bufs((bufs[part][off : off + n] for part, off, n in plan), on_posted=checksum_posted)
+                if tr is not None:
+                    tr.event("trailer", tid, k)
                 self.link.send(M.Trailer(tid, crc), 0, M.CTRL)
             elif checkpoint:
                 # a step's output goes at once: the next step may hang holding the GIL, and then
@@ -560,6 +568,8 @@ class Worker:
             if forward is not None:
                 log.removeHandler(forward)
             _current = None
+            if self.trace is not None:
+                self.trace.close()
         self.flush()
         self._bye(start, INTERRUPT_WAIT if self.interrupted else 30.0)
         if self.interrupted:
