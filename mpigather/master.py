@@ -183,8 +183,11 @@ class Master(StepsMixin):
                 return
             if inc is None:
                 t = time.perf_counter()
-                back.sleep()
+                # never a sleep while a large result is on its way: its next chunk is posted or about to be
+                slept = back.sleep(busy=bool(self._streams))
                 self._t["wait"] += time.perf_counter() - t
+                if self.trace is not None and slept and self._streams:
+                    self.trace.event("sleep", nbytes=len(self._streams), seconds=slept)
 
     def _housekeeping(self, now: float) -> None:
         self._complete_settled(now)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import prefault
 from .. import results as R
 from .. import table as T
 from .base import Meta, Sink, Target
@@ -21,6 +22,8 @@ class _MemoryTarget(Target):
     def __init__(self, sink: MemorySink, tid: Any, header: R.Header, meta: Meta) -> None:
         self.sink, self.tid, self.header, self.meta = sink, tid, header, meta
         self.raw = [np.empty(p.nbytes, dtype=np.uint8) for p in header.parts]
+        for raw in self.raw:  # fresh memory: its page faults happen on a helper thread, ahead of the chunks
+            prefault.ahead(raw)
 
     def buffer(self, part: int, offset: int, n: int) -> np.ndarray:
         return self.raw[part][offset : offset + n]

@@ -1,0 +1,87 @@
+"""The per-chunk trace (MPIGATHER_TRACE), the rule that the master never sleeps while a large
+result streams in, and the prefault of fresh receive memory. No MPI: the loopback link."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_loopback import run_loopback
+
+from mpigather import prefault
+from mpigather import trace as TR
+from mpigather.link import Backoff
+
+
+def big(x):
+    return np.full(300_000, x, dtype=np.float64)  # 2.4 MB: 10 chunks of 256 KiB
+
+
+def test_backoff_never_sleeps_when_busy():
+    slept: list[float] = []
+    b = Backoff(spins=3)
+    b._sleep = slept.append
+    for _ in range(1000):
+        assert b.sleep(busy=True) == 0.0
+    assert slept == []
+    got = [b.sleep() for _ in range(10)]
+    assert got[:3] == [0.0, 0.0, 0.0] and all(x > 0 for x in got[3:])  # idle: it backs off after the spins
+    assert slept == got[3:]
+
+
+def test_trace_off_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv(TR.ENV, raising=False)
+    assert TR.open_trace(0) is None
+    s, errors = run_loopback(big, list(range(3)), n_workers=1, chunk_size="256KiB")
+    assert not errors and s.done == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trace_has_every_chunk_and_no_sleep_while_streaming(tmp_path, monkeypatch):
+    monkeypatch.setenv(TR.ENV, str(tmp_path / "tr"))
+    s, errors = run_loopback(big, list(range(6)), n_workers=2, chunk_size="256KiB")
+    assert not errors and s.done == 6
+    master = TR.read(str(tmp_path / "tr.0"))
+    workers = TR.read(str(tmp_path / "tr.1")) + TR.read(str(tmp_path / "tr.2"))
+    assert master[0]["event"] == "run" and master[0]["rank"] == 0
+    nchunks = -(-300_000 * 8 // (256 << 10))
+    for ev, lines in (("post", workers), ("probe", master), ("landed", master)):
+        got = sorted((int(x["tid"]), x["chunk"]) for x in lines if x["event"] == ev)
+        assert got == [(t, k) for t in range(6) for k in range(nchunks)], ev
+    assert sorted(int(x["tid"]) for x in master if x["event"] == "stored") == list(range(6))
+    assert sorted(int(x["tid"]) for x in master if x["event"] == "announce") == list(range(6))
+    posted = {(x["tid"], x["chunk"]): x["t"] for x in workers if x["event"] == "post"}
+    for x in master:
+        if x["event"] == "probe":  # one clock for every rank of a node: a chunk is probed after its post
+            assert x["t"] >= posted[(x["tid"], x["chunk"])]
+    assert [x for x in master if x["event"] == "sleep"] == []  # never a sleep while a result streams in
+
+
+def test_trace_file_format(tmp_path):
+    tr = TR.Trace(str(tmp_path / "t"), 3)
+    tr.event("probe", "a b", 2, 64, 0.5, t=12.25)
+    tr.close()
+    text = (tmp_path / "t.3").read_text()
+    assert text == TR.HEADER + "12.250000\t3\tprobe\ta b\t2\t64\t0.500000\n"
+    assert TR.read(str(tmp_path / "t.3")) == [
+        {"t": 12.25, "rank": 3, "event": "probe", "tid": "a b", "chunk": 2, "bytes": 64, "seconds": 0.5}]
+    (tmp_path / "u").write_text("something else\n")
+    with pytest.raises(ValueError, match="not an mpigather trace"):
+        TR.read(str(tmp_path / "u"))
+
+
+def test_prefault_keeps_contents_and_covers_whole_pages():
+    if not prefault.available():
+        pytest.skip("no MADV_POPULATE_WRITE here")
+    a = np.arange(5_000_000, dtype=np.uint8)  # already written: populating must not change a byte
+    b = a.copy()
+    n = prefault.populate(a[7:], piece=1 << 20)
+    assert np.array_equal(a, b)
+    start, whole = prefault.pages(a[7:].ctypes.data, a.nbytes - 7)
+    assert n == whole and start % prefault.PAGE == 0
+
+
+def test_pages_inside_a_range():
+    assert prefault.pages(4096, 8192) == (4096, 8192)
+    assert prefault.pages(4097, 8192) == (8192, 4096)
+    assert prefault.pages(10, 100) == (4096, 0)
+
