@@ -85,3 +85,27 @@ def test_pages_inside_a_range():
     assert prefault.pages(4097, 8192) == (8192, 4096)
     assert prefault.pages(10, 100) == (4096, 0)
 
+
+@pytest.mark.parametrize("checksum", ["both", "sender"])
+def test_checksum_sender_records_the_crc_without_checking_it(checksum):
+    """What ``checksum="sender"`` gives up: a result whose bytes do not match the sender's crc
+    is kept instead of failing (the sender's crc is still recorded with it)."""
+    import threading
+
+    from test_loopback import ScriptedWorker
+
+    from mpigather.api import master_run
+    from mpigather.config import make_options
+    from mpigather.loopback import LoopbackHub
+    from mpigather.tasks import iterable_tasks
+
+    links = LoopbackHub(2).links()
+    t = threading.Thread(target=ScriptedWorker(links[1]).play, args=(np.arange(1234.0), 1), daemon=True)
+    t.start()
+    s = master_run(links[0], iterable_tasks([0]), None, make_options(progress="off", chunk_size=1000,
+                                                                     inline_max=100, checksum=checksum))
+    t.join(5)
+    if checksum == "both":
+        assert s.done == 0 and "checksum" in s.failed[0]
+    else:
+        assert s.done == 1 and np.array_equal(s.results[0], np.arange(1234.0))
