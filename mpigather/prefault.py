@@ -28,7 +28,7 @@ from typing import Any
 log = logging.getLogger("mpigather")
 
 MADV_POPULATE_WRITE = 23  # linux/mman.h (5.14+)
-PIECE = 8 << 20  # bytes per madvise call: the receive can overtake between pieces
+PIECE = 1 << 20  # bytes per madvise call: the receive can overtake between pieces, and mmap_lock is held briefly
 PAGE = 4096
 
 _lock = threading.Lock()

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=8)
     p.add_argument("--size", type=int, default=256 << 20, help="bytes per result (default 256 MiB)")
     p.add_argument("--order", choices=("mpigather-first", "loop-first"), default="mpigather-first")
-    p.add_argument("--methods", default="mpigather,loop")
+    p.add_argument("--methods", default="mpigather,loop",
+                   help="comma-separated; a variant of mpigather adds options with +, e.g."
+                   " mpigather+checksum=sender or mpigather+prefault=off (prefault: switched off in-process)")
     p.add_argument("--option", action="append", default=[], help="NAME=VALUE, an option of mpigather.run")
     p.add_argument("--trace", help="MPIGATHER_TRACE for mpigather's runs")
     p.add_argument("--json", help="write the per-run times here (rank 0)")
@@ -72,17 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     total = a.size * a.count
     for r in range(a.runs):
         for m in methods:
-            if a.trace and m == "mpigather":
+            name, *variant = m.split("+")
+            opts = dict(options, **dict(v.split("=", 1) for v in variant))
+            prefault_off = opts.pop("prefault", "on") == "off"
+            from mpigather import prefault
+
+            prefault._load()
+            saved, prefault._ok = prefault._ok, (False if prefault_off else prefault._ok)
+            if a.trace and name == "mpigather":
                 os.environ["MPIGATHER_TRACE"] = a.trace
             keep: Any = None
             comm.Barrier()
             t0 = time.perf_counter()
-            if m == "mpigather":
-                s = mpigather.run(func, range(a.count), out=None, progress="off", **options)
+            if name == "mpigather":
+                s = mpigather.run(func, range(a.count), out=None, progress="off", **opts)
                 if rank == 0:
                     assert s is not None and s.done == a.count and s.bytes == total, (s.done, s.bytes)
                     keep = s.results
-            elif m == "loop":
+            elif name == "loop":
                 if rank == 0:
                     got: dict[int, Any] = {}
                     B.hand_master(MPI, comm, a.count, False, got.__setitem__)
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             dt = time.perf_counter() - t0
             comm.Barrier()
             os.environ.pop("MPIGATHER_TRACE", None)
+            prefault._ok = saved
             if rank == 0:
                 assert len(keep) == a.count
                 if a.kind == "computed":  # every result is there and is its own
