@@ -96,3 +96,11 @@ def ahead(buf: Any) -> None:
             _pool = ThreadPoolExecutor(1, thread_name_prefix="mpigather-prefault")
         pool = _pool
     pool.submit(populate, buf)
+
+
+def wait() -> None:
+    """Until every buffer handed to ``ahead`` so far is done (tests)."""
+    with _lock:
+        pool = _pool
+    if pool is not None:
+        pool.submit(lambda: None).result()

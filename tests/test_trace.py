@@ -109,3 +109,55 @@ def test_checksum_sender_records_the_crc_without_checking_it(checksum):
         assert s.done == 0 and "checksum" in s.failed[0]
     else:
         assert s.done == 1 and np.array_equal(s.results[0], np.arange(1234.0))
+
+
+def test_recvmem_reuses_the_pages_of_a_dropped_result_only():
+    import gc
+
+    from mpigather import recvmem
+
+    n = recvmem.REUSE_MIN + 12345
+    a = recvmem.empty(n)
+    assert a.nbytes == n and a.flags.writeable
+    a[:] = 1
+    prefault.wait()
+    addr = a.ctypes.data
+    view = a[100:200]  # the program keeps a slice: the pages are still its own
+    del a
+    gc.collect()
+    b = recvmem.empty(n)
+    assert b.ctypes.data != addr and recvmem.kept() == 0
+    del view
+    gc.collect()
+    c = recvmem.empty(n)  # every view dropped: the same pages, already faulted in
+    assert c.ctypes.data == addr
+    del b, c
+    prefault.wait()  # (the helper thread holds a fresh buffer until it is faulted in)
+    gc.collect()
+    assert recvmem.kept() >= 2 * n
+    assert recvmem.trim(older_than=0) >= 2 * n and recvmem.kept() == 0
+
+
+def test_recvmem_off_and_small_parts_come_from_numpy(monkeypatch):
+    from mpigather import recvmem
+
+    recvmem.trim(older_than=0)
+    monkeypatch.setenv("MPIGATHER_REUSE", "off")
+    a = recvmem.empty(recvmem.REUSE_MIN)
+    del a
+    assert recvmem.kept() == 0
+    monkeypatch.delenv("MPIGATHER_REUSE")
+    b = recvmem.empty(1000)
+    del b
+    prefault.wait()
+    assert recvmem.kept() == 0
+
+
+def test_results_in_memory_are_whole_and_writable_with_reuse():
+    s, errors = run_loopback(lambda i: np.full(2_200_000, i, dtype=np.float64), list(range(4)), n_workers=2,
+                             chunk_size="4MiB")
+    assert not errors and s.done == 4
+    for i in range(4):
+        r = s.results[i]
+        assert r.shape == (2_200_000,) and (r == i).all()
+        r[0] = -1  # a result is the program's to change
