@@ -32,7 +32,7 @@ REUSE_MIN = 16 << 20  # smaller parts come from numpy's allocator, as before
 REUSE_SECONDS = 10.0  # kept pages unused this long go back to the system
 REUSE_MAX = 8 << 30  # at most this many bytes kept (the rest go back at once)
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # (re-entrant: a finalizer may run inside a locked section, from the GC)
 _free: dict[int, list[tuple[float, mmap.mmap]]] = {}  # size -> (released at, mapping)
 _kept = 0
 _timer: threading.Timer | None = None
