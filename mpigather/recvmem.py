@@ -28,6 +28,7 @@ import numpy as np
 
 from . import prefault
 
+_HUGE = getattr(mmap, "MADV_HUGEPAGE", 0)
 REUSE_MIN = 16 << 20  # smaller parts come from numpy's allocator, as before
 REUSE_SECONDS = 10.0  # kept pages unused this long go back to the system
 REUSE_MAX = 8 << 30  # at most this many bytes kept (the rest go back at once)
@@ -53,6 +54,8 @@ def empty(n: int) -> np.ndarray:
     m = _take(size)
     if m is None:
         m = mmap.mmap(-1, size)
+        if _HUGE:  # as numpy asks for its large arrays (no faster here; the host is the limit)
+            m.madvise(_HUGE)
         fresh = True
     else:
         fresh = False
