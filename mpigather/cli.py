@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-steps", action="store_true", default=None, help="keep every step's output in the output")
     r.add_argument("--no-affinity", action="store_true", help="multi-step tasks: hand every next step to the"
                    " scheduler instead of running it on the worker that finished the previous one")
+    r.add_argument("--checksum", choices=("both", "sender"), help="large results: the master checks each one's"
+                   " crc32c against the sender's (both, the default), or only records the sender's (sender)")
     r.add_argument("--kinds", help="what this process's workers are, e.g. gpu,bigmem (or MPIGATHER_KINDS);"
                    " steps with needs= run only on workers of that kind")
     r.add_argument("--no-lock", action="store_true", help="do not lock the output (a file system without"
@@ -164,7 +166,8 @@ def _options(a: argparse.Namespace) -> Any:
                         retries=a.retries, heartbeat=a.heartbeat, grace=a.grace, resume=a.resume,
                         overwrite=a.overwrite, progress=progress, lock=False if a.no_lock else None,
                         checkpoint=a.checkpoint, keep_steps=a.keep_steps, affinity=False if a.no_affinity else None,
-                        kinds=a.kinds, max_failures=a.max_failures, kwargs=a.kwargs, interface="cli")
+                        kinds=a.kinds, max_failures=a.max_failures, kwargs=a.kwargs, checksum=a.checksum,
+                        interface="cli")
 
 
 def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:

@@ -53,6 +53,7 @@ class Options:
     checkpoint: str = "every"  # every | none: store each step's output before the step counts as done
     affinity: bool = True  # the worker that finished a step runs the next one itself when it can
     keep_steps: bool = False  # keep every step's output in the output (/steps/<id>/<n>-<step>)
+    checksum: str = "both"  # both | sender: the master also checks each streamed result's crc32c, or only records it
     kinds: str = ""  # what this worker is, comma-separated (gpu,bigmem): steps with needs= go to such workers
     max_failures: str = "auto"  # auto | N | N% | none: when failing tasks stop the run early (scheduler.limits)
     kwargs: bool = False  # call the task function with a dict task's keys (but "id") as keyword arguments
@@ -76,6 +77,8 @@ class Options:
             raise UsageError(f"choose one of {self.flag('resume')} and {self.flag('overwrite')}")
         if self.checkpoint not in ("every", "none"):
             raise UsageError(f"checkpoint must be 'every' or 'none', not {self.checkpoint!r}")
+        if self.checksum not in ("both", "sender"):
+            raise UsageError(f"checksum must be 'both' or 'sender', not {self.checksum!r}")
         if self.progress not in ("auto", "bar", "log", "off"):
             raise UsageError(f"progress must be auto, bar, log or off, not {self.progress!r}")
         self.prefetch, self.retries = int(self.prefetch), int(self.retries)

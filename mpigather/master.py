@@ -50,6 +50,7 @@ from .steps import step_name
 from .summary import Summary
 from .tasks import block_hash
 from .tasks import describe as _describe
+from .trace import open_trace
 
 log = logging.getLogger("mpigather")
 
@@ -98,7 +99,7 @@ class Master(StepsMixin):
         self._params = journal is not None or not sink.in_memory  # task parameters go with the result
         self.describe = describe or _describe  # a task's parameters as text, and their hash
         self._streams: dict[int, _Stream] = {}
-        self._pipe = ChunkPipeline(opts.chunk_size)
+        self._pipe = ChunkPipeline(opts.chunk_size, check=opts.checksum == "both")
         self._settling: list[tuple[int, _Stream]] = []  # received, last chunk still being checksummed
         self._committer: ThreadPoolExecutor | None = None
         self._commit_job: Future | None = None
@@ -128,6 +129,7 @@ class Master(StepsMixin):
         self._said_whole = False  # the log said once that rows of another shape are stored whole
         self.errors = ErrorLog()  # each distinct error once, with the tasks it ended
         self._failing: dict[Any, Error] = {}  # tasks whose failure is being decided: their error
+        self.trace = open_trace(link.rank)  # MPIGATHER_TRACE: when each chunk was probed and landed (None: off)
 
     # -- public -------------------------------------------------------------------------
 
@@ -159,6 +161,8 @@ class Master(StepsMixin):
             self.summary.stuck = self.sched.stuck_workers()
             self.summary.lost = self.sched.lost_workers()
             self.summary.errors = self.errors.describe()
+            if self.trace is not None:
+                self.trace.close()
         return self.summary
 
     # -- the loop -----------------------------------------------------------------------
@@ -200,8 +204,11 @@ class Master(StepsMixin):
                 return
             if inc is None:
                 t = time.perf_counter()
-                back.sleep()
+                # never a sleep while a large result is on its way: its next chunk is posted or about to be
+                slept = back.sleep(busy=bool(self._streams))
                 self._t["wait"] += time.perf_counter() - t
+                if self.trace is not None and slept and self._streams:
+                    self.trace.event("sleep", nbytes=len(self._streams), seconds=slept)
 
     def _housekeeping(self, now: float) -> None:
         self._complete_settled(now)
@@ -558,6 +565,8 @@ class Master(StepsMixin):
             target = sink.open(key, header, meta) if accept else None
             stream = _Stream(bid, i, tid, attempt, header, target, R.chunk_plan(header, self.opts.chunk_size), meta,
                              step)
+            if self.trace is not None:
+                self.trace.event("announce", tid, len(stream.plan), header.nbytes, t=now)
             self._streams[src] = stream
             if not stream.plan:
                 self._end_stream(src, stream, now)
@@ -606,7 +615,11 @@ class Master(StepsMixin):
                 buf = direct
             t = time.perf_counter()
             inc.into(buf)
-            self._t["recv"] += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            self._t["recv"] += dt
+            if self.trace is not None:
+                self.trace.event("probe", stream.tid, stream.index, n, t=now)
+                self.trace.event("landed", stream.tid, stream.index, n, dt)
             self._pipe.absorb(stream, part, off, buf, slot)
         stream.index += 1
         if stream.index == len(stream.plan):
@@ -653,7 +666,7 @@ class Master(StepsMixin):
         t = time.perf_counter()
         self._pipe.settle(stream)
         self._t["write"] += time.perf_counter() - t
-        if stream.crc != want:
+        if self._pipe.check and stream.crc != want:
             target.discard()
             self._bad_checksum(src, stream.bid, stream.i, stream.tid, stream.attempt, want, stream.crc, now)
             return
@@ -663,6 +676,8 @@ class Master(StepsMixin):
             target.discard()
             self._rebuild_failed(src, stream.bid, stream.i, stream.tid, stream.attempt, e, now)
             return
+        if self.trace is not None:
+            self.trace.event("stored", stream.tid, len(stream.plan), stream.header.nbytes)
         self._stored(src, stream.bid, stream.i, stream.tid, stream.attempt, stream.meta["duration"], stream.step, now)
 
     def _rebuild_failed(self, src: int, bid: int, i: int, tid: Any, attempt: int, e: BaseException,

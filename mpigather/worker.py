@@ -39,6 +39,7 @@ from .config import Options
 from .errors import MasterFailed, UnsupportedResultError
 from .failures import SIGNATURE
 from .link import LOST, Backoff
+from .trace import open_trace
 
 log = logging.getLogger("mpigather")
 
@@ -159,6 +160,7 @@ class Worker:
         self._fits: dict[Any, str | None] = {}  # the task function's signature against tasks of each shape
         self._seen: dict[str, tuple[Any, int]] = {}  # errors raised here: the first task, how many times
         self._plain = False  # func(task) was found to fit: later tasks skip the check
+        self.trace = open_trace(link.rank)  # MPIGATHER_TRACE: each chunk's post time (None: off)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -262,13 +264,19 @@ class Worker:
                 self._flush_locked()
                 plan = R.chunk_plan(header, self.opts.chunk_size)
                 crc = 0
+                tr, k = self.trace, 0
 
                 def checksum_posted(buf: Any) -> None:
                     # while the master copies this chunk (it does the copy), checksum it here
-                    nonlocal crc
+                    nonlocal crc, k
+                    if tr is not None:
+                        tr.event("post", tid, k, len(buf))
+                        k += 1
                     crc = R.crc_update(crc, buf)
 
                 self.link.send_bufs((bufs[part][off : off + n] for part, off, n in plan), on_posted=checksum_posted)
+                if tr is not None:
+                    tr.event("trailer", tid, k)
                 self.link.send(M.Trailer(tid, crc), 0, M.CTRL)
             elif checkpoint:
                 # a step's output goes at once: the next step may hang holding the GIL, and then
@@ -618,6 +626,8 @@ class Worker:
             if forward is not None:
                 log.removeHandler(forward)
             _current = None
+            if self.trace is not None:
+                self.trace.close()
         self.flush()
         self._bye(start, INTERRUPT_WAIT if self.interrupted else 30.0)
         if self.interrupted:

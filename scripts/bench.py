@@ -39,7 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES_PY = ROOT / "scripts" / "bench_cases.py"
 MiB, GiB = 1 << 20, 1 << 30
 CASE_ORDER = ["comp", "tiny", "steps", "ulfm", "sweep", "mem", "file", "rss", "cpu", "sched", "paths", "sweep10m"]
-OPTIONAL = {"sweep10m"}  # run only when named with --only
+OPTIONAL = {"sweep10m"}
+# the large memory cases run this many times in each launch, so that the spread of runs in one
+# process (and the first run of a process) is reported, not only the median of launches
+RUNS, RUNS_QUICK = 4, 2  # run only when named with --only
 CASE_TITLES = {
     "comp": "1. Computing workers, fresh 256 MiB and 1 MiB results (-n 3)",
     "tiny": "2. Tiny tasks, computed (-n 3)",
@@ -89,6 +92,17 @@ class Run:
         v = self.values()
         return statistics.median(v) if v else None
 
+    def spread(self) -> dict[str, Any] | None:
+        """Over every run of every launch (``--runs``: several per process): the fastest, median and
+        slowest run, and the first run of a process (median and worst over the launches)."""
+        per = [r["run_values"] for r in self.records if r.get("run_values")]
+        if not per:
+            return None
+        every = [v for vs in per for v in vs]
+        firsts = [vs[0] for vs in per]
+        return {"launches": len(per), "runs": len(every), "fastest": max(every), "median": statistics.median(every),
+                "slowest": min(every), "first": statistics.median(firsts), "worst_first": min(firsts)}
+
 
 def size_name(n: int) -> str:
     if n >= GiB and n % (GiB // 4) == 0:
@@ -117,10 +131,11 @@ def comp_specs(quick: bool) -> list[Spec]:
                           needs_dir=files, note=note))
 
     e_big, e_one = big // 8, one // 8
+    runs = ["--runs", str(RUNS_QUICK if quick else RUNS)]
     for setting, np_ in ((f"{bn}-mem", 3), (f"{bn}-mem-1w", 2)):
-        add(setting, "mpigather", "mpigather.run(out=None)", e_big, nbig, np_, ["--method", "mpigather"])
+        add(setting, "mpigather", "mpigather.run(out=None)", e_big, nbig, np_, ["--method", "mpigather", *runs])
         add(setting, "raw", "raw loop: Probe + Recv into fresh np.empty", e_big, nbig, np_,
-            ["--method", "raw", "--sink", "mem"])
+            ["--method", "raw", "--sink", "mem", *runs])
         add(setting, "pickled", "pickled loop: send/recv", e_big, nbig, np_, ["--method", "pickled", "--sink", "mem"])
     for sink in ("h5", "npy"):
         for mode in ("stream", "direct"):
@@ -233,8 +248,10 @@ def plan(quick: bool, full_peers: bool, sweep_tasks: int | None = None) -> list[
         base = ["mem", "--size", str(size)]
         for method, label in [("mpigather", "mpigather.run(out=None)"), ("raw_prealloc", "raw Send/Recv, preallocated"),
                               ("raw_fresh", "raw Send/Recv, fresh np.empty")]:
-            specs.append(Spec("mem", f"mem/{method}/{sn}", label, [*base, "--method", method, "--count", str(count)],
-                              2, 300))
+            runs = (["--runs", str(RUNS_QUICK if quick else RUNS)]
+                    if size >= 64 * MiB and size * count <= 2 * GiB and method != "raw_prealloc" else [])
+            specs.append(Spec("mem", f"mem/{method}/{sn}", label, [*base, "--method", method, "--count", str(count),
+                                                                   *runs], 2, 300))
         for method, label in [("futures_pkl5", "mpi4py.futures, use_pkl5=True"), ("futures", "mpi4py.futures")]:
             n = count if full_peers else min(count, max(1, futures_budget // size))
             if size * n > futures_budget * 2 and not full_peers:
@@ -530,6 +547,25 @@ def compare(runs: dict[str, Run]) -> list[Row]:
                                 target or "(info)", None if need is None or r is None else r >= need, tid,
                                 note(key) or note(subj)))
 
+    # 1b. the spread of the large memory cases: every run, the first of a process included
+    for setting in settings:
+        if not setting.endswith(("-mem", "-mem-1w")) or setting.startswith("1MiB"):
+            continue
+        subj, peer = runs.get(f"comp/{setting}/mpigather"), runs.get(f"comp/{setting}/raw")
+        sp = subj.spread() if subj else None
+        o = med(f"comp/{setting}/raw")
+        if sp is None or peer is None:
+            continue
+        where = comp_setting(f"comp/{setting}/mpigather")
+        for what, v in (("slowest run", sp["slowest"]), ("first run of a process (worst)", sp["worst_first"])):
+            r = _ratio(v, o)
+            rows.append(Row("comp", where, f"mpigather.run(out=None), {what}", v, "GiB/s", f"{label(peer.spec.key)},"
+                            " median", o, r, ">= 0.6x", None if r is None else r >= 0.6, "comp_big_mem_spread"))
+        r = _ratio(sp["slowest"], sp["fastest"])
+        rows.append(Row("comp", where, "mpigather.run(out=None), slowest run", sp["slowest"], "GiB/s",
+                        "its fastest run", sp["fastest"], r, ">= 0.67x (within 1.5x)",
+                        None if r is None else r >= 1 / 1.5, "comp_big_mem_spread"))
+
     # 2. tiny tasks
     for subj, peers in [("tiny/mpigather_h5", [("futures_cs1", ">= 5x", 5.0, "tiny_vs_cs1"),
                                                ("raw_h5py", "", None, ""), ("futures_cs100", "", None, "")]),
@@ -694,6 +730,8 @@ def compare(runs: dict[str, Run]) -> list[Row]:
 
 TARGETS = [
     ("comp_big_mem", "Computing workers, 256 MiB results into memory >= 0.9x the raw loop (2 and 1 workers)"),
+    ("comp_big_mem_spread", "Computing workers, 256 MiB results into memory: every run, the first of a process"
+     " included, >= 0.6x the raw loop's median, and the slowest within 1.5x of the fastest"),
     ("comp_big_file", "Computing workers, 256 MiB results into HDF5 / .npy (stream, direct) >= 0.9x raw loop + write"
      " + fsync"),
     ("comp_1m_mem", "Computing workers, 1 MiB results into memory >= 1.0x the raw loop"),
@@ -786,6 +824,18 @@ def write_md(path: Path, meta: dict[str, Any], rows: list[Row], runs: dict[str, 
                 continue
             seen.add((r.case, r.setting, n))
             L.append(f"- {CASE_TITLES[r.case].split(' (')[0]}, {r.setting}, {r.subject} vs {r.versus}: {n}")
+    spreads = [(key, run, sp) for key, run in runs.items() if (sp := run.spread()) is not None]
+    if spreads:
+        L += ["", "## Spread of the large memory cases", "",
+              "Each launch runs the same job several times in one process (`--runs`); GiB/s of every run "
+              "of every launch, and of the first run of each process (the one a command-line user gets).", "",
+              "| Case | Variant | launches x runs | fastest | median | slowest | first run (median) |"
+              " first run (worst) | slowest run's time / fastest's |", "|---|---|---|---|---|---|---|---|---|"]
+        for key, run, sp in spreads:
+            n = f"{sp['launches']} x {sp['runs'] // sp['launches']}"
+            L.append(f"| {run.spec.case} | `{key}` {run.spec.label} | {n} | {fmt(sp['fastest'])} | {fmt(sp['median'])}"
+                     f" | {fmt(sp['slowest'])} | {fmt(sp['first'])} | {fmt(sp['worst_first'])}"
+                     f" | {sp['fastest'] / sp['slowest']:.2f}x |")
     L += ["", "## How it is measured", ""] + [f"- {m}" for m in METHOD_NOTES]
     L += ["", "## Every variant", "", "| Case | Variant | runs | median | min | max | unit | errors |",
           "|---|---|---|---|---|---|---|---|"]
@@ -857,6 +907,10 @@ METHOD_NOTES = [
     "results move at ~7 MiB/s whatever their size (with `MPI4PY_FUTURES_BACKOFF=0` it was ~90 MiB/s): "
     "they are measured on 32 MiB or one 64 MiB result, and not at 1 GiB and above (`--full-peers`).",
     "`comm.gather` runs on at most 512 MiB (or one result), and not above 2 GiB.",
+    "Spread (cases 1 and 6, memory, results of 64 MiB and up): each launch of mpigather and of the raw loop "
+    "runs the job 4 times in one process (2 with --quick), dropping the results between runs; the launch's value "
+    "is the median of its runs, and the spread table gives every run, and the first run of each process apart: "
+    "the first touches memory the process never used, which on this VM can cost several times a later run.",
     "Transport limit, file sinks (case 7): 2 GiB as 8 results of 256 MiB into a fresh temporary directory under "
     "/tmp (deleted after each "
     "run); the limit is one process writing the same 8 arrays with `numpy.tofile`, then `fsync` each file and "

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -159,6 +160,36 @@ def case_mem(a: argparse.Namespace) -> None:
     import mpi4py.futures  # noqa: F401 - imports stay out of the timed region
 
     import mpigather
+    if a.runs > 1 and method in ("mpigather", "raw_fresh"):  # the same job again in this process (the spread)
+        times = []
+        for _run in range(a.runs):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            if method == "mpigather":
+                s = mpigather.run(cached, range(count), out=None, progress="off",
+                                  **({"chunk_size": a.chunk} if a.chunk else {}))
+                if rank == 0:
+                    assert s is not None and s.done == count and s.bytes == total
+                    extra = {"summary_wall": s.wall, "master": s.master}
+                del s
+            elif rank == 0:
+                bufs = []
+                for _ in range(count):
+                    buf = np.empty(size, dtype=np.uint8)  # fresh memory, kept like a memory sink keeps it
+                    comm.Recv([buf, MPI.BYTE], source=1, tag=5)
+                    bufs.append(buf)
+                del bufs
+            else:
+                arr = make_array(size)
+                for _ in range(count):
+                    comm.Send([arr, MPI.BYTE], dest=0, tag=5)
+            times.append(time.perf_counter() - t0)
+        comm.Barrier()
+        dt = statistics.median(times)
+        emit(rank, {"case": "mem", "method": method, "size": size, "count": count, "bytes": total, "seconds": dt,
+                    "value": total / dt / GiB, "unit": "GiB/s", "run_seconds": times,
+                    "run_values": [total / t / GiB for t in times], **extra})
+        return
     comm.Barrier()
     t0 = time.perf_counter()
     if method == "mpigather":
@@ -332,6 +363,38 @@ def case_comp(a: argparse.Namespace) -> None:
         prewarm(total if rank == 0 else min(total, (count // max(1, nprocs - 1) + 1) * size))
     import mpi4py.futures  # noqa: F401 - imports stay out of the timed region
 
+    import mpigather  # noqa: F401
+    if method in ("raw", "pickled") and sink in ("h5",):
+        import h5py  # noqa: F401
+    runs = a.runs if sink == "mem" and method in ("mpigather", "raw") else 1
+    times: list[float] = []
+    keep: Any
+    for _run in range(runs):  # runs > 1: the same job again in this process (the spread of make bench)
+        dt, keep, extra = _comp_once(a, MPI, comm, rank, count, method, sink, base)
+        times.append(dt)
+        if rank == 0 and keep:  # every result is there and is its own
+            assert len(keep) == count and all(float(np.asarray(keep[i]).flat[0]) == i
+                                              for i in (0, count // 2, count - 1))
+        del keep
+        comm.Barrier()
+    dt = statistics.median(times)
+    rec = {"case": "comp", "method": method, "sink": sink, "mode": a.mode, "chunksize": a.chunksize, "size": size,
+           "count": count, "bytes": total, "seconds": dt, "workers": nprocs - 1, "tasks_s": count / dt, **extra}
+    if runs > 1:
+        rec["run_seconds"] = times
+        rec["run_values"] = [total / t / GiB for t in times] if n else [count / t for t in times]
+    if n:
+        rec.update(value=total / dt / GiB, unit="GiB/s")
+    else:
+        rec.update(value=count / dt, unit="tasks/s")
+    emit(rank, rec)
+
+
+def _comp_once(a: argparse.Namespace, MPI: Any, comm: Any, rank: int, count: int, method: str, sink: str,
+               base: Path | None) -> tuple[float, dict[int, Any], dict[str, Any]]:
+    """One timed run of case_comp: (seconds, the results kept in memory, details)."""
+    import mpi4py.futures
+
     import mpigather
     if method in ("raw", "pickled") and sink in ("h5",):
         import h5py
@@ -387,17 +450,7 @@ def case_comp(a: argparse.Namespace) -> None:
                 keep = dict(enumerate(ex.map(fresh, range(count), chunksize=a.chunksize)))
     else:
         raise SystemExit(f"unknown method {method}")
-    dt = time.perf_counter() - t0
-    if rank == 0 and keep:  # every result is there and is its own
-        assert len(keep) == count and all(float(np.asarray(keep[i]).flat[0]) == i for i in (0, count // 2, count - 1))
-    comm.Barrier()
-    rec = {"case": "comp", "method": method, "sink": sink, "mode": a.mode, "chunksize": a.chunksize, "size": size,
-           "count": count, "bytes": total, "seconds": dt, "workers": nprocs - 1, "tasks_s": count / dt, **extra}
-    if n:
-        rec.update(value=total / dt / GiB, unit="GiB/s")
-    else:
-        rec.update(value=count / dt, unit="tasks/s")
-    emit(rank, rec)
+    return time.perf_counter() - t0, keep, extra
 
 
 # -- multi-step tasks --------------------------------------------------------------------------
@@ -889,6 +942,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--np", type=int, default=3, help="resume: ranks of the runs it starts")
     p.add_argument("--affinity", type=int, default=1, help="steps: mpigather's affinity option (1 or 0)")
     p.add_argument("--checkpoint", default="every", help="steps: mpigather's checkpoint option (every or none)")
+    p.add_argument("--runs", type=int, default=1, help="comp (memory) and mem: timed runs in this one process;"
+                   " the record keeps each (run_values), its value is their median")
     p.add_argument("--prewarm", type=int, default=1, help="mem: touch and free the total on rank 0 first (0: off)")
     p.add_argument("--spin", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=1000)

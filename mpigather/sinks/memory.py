@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import recvmem
 from .. import results as R
 from .. import table as T
 from .base import Meta, Sink, Target
@@ -20,7 +21,8 @@ from .table import Layout, MemoryTable, RowsDone
 class _MemoryTarget(Target):
     def __init__(self, sink: MemorySink, tid: Any, header: R.Header, meta: Meta) -> None:
         self.sink, self.tid, self.header, self.meta = sink, tid, header, meta
-        self.raw = [np.empty(p.nbytes, dtype=np.uint8) for p in header.parts]
+        # pages ready before the chunks come: reused from a dropped result, or faulted in ahead
+        self.raw = [recvmem.empty(p.nbytes) for p in header.parts]
 
     def buffer(self, part: int, offset: int, n: int) -> np.ndarray:
         return self.raw[part][offset : offset + n]
