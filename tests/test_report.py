@@ -80,7 +80,8 @@ def test_stats_add_up_per_worker(run):
         assert abs(acc - w["wall"]) <= 0.05 * w["wall"], f"rank {rank}: {acc:.4f} s accounted of {w['wall']:.4f} s"
         assert len(w["spans"]) == w["tasks"]
         assert all(s[3] == "done" and s[1] >= 0 and s[2] >= 0 for s in w["spans"])
-        assert sum(s[2] for s in w["spans"]) == pytest.approx(w["compute"], rel=1e-6, abs=1e-6)
+        # the journal keeps each span to the microsecond: n spans sum to within n/2 µs of the total
+        assert sum(s[2] for s in w["spans"]) == pytest.approx(w["compute"], rel=1e-6, abs=1e-6 * len(w["spans"]))
     assert sorted(int(s[0]) for w in info["workers"].values() for s in w["spans"]) == list(range(N))
 
 

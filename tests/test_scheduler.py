@@ -885,7 +885,7 @@ def test_block_size_stays_within_bounds(prefetch, block_time, max_block, total, 
         size = s.block_size()
         assert 1 <= size <= max_block
         if total is not None and size > 1:  # an equal share of what is left, or a couple of ms of work
-            floor = math.ceil(MIN_BLOCK_TIME / s._avg) if s._avg else 1
+            floor = math.ceil(min(MIN_BLOCK_TIME / s._avg, max_block)) if s._avg else 1
             assert size <= max(math.ceil(total / (2 * workers)), floor)
         assert s.hold_target(size) >= prefetch
 

@@ -93,7 +93,8 @@ class QueueMixin(Base):
             share = math.ceil(left / (2 * max(1, len(self._ok))))
             # ...but at the end of a known task list, not below MIN_BLOCK_TIME of work: a round trip
             # to a worker costs about that (a batch of the executor spreads whatever its size)
-            floor = 1 if a is None or a <= 0 or self.total is None else math.ceil(MIN_BLOCK_TIME / a)
+            # (capped at ``size`` before rounding: a tiny measured average makes the ratio infinite)
+            floor = 1 if a is None or a <= 0 or self.total is None else math.ceil(min(MIN_BLOCK_TIME / a, size))
             size = max(1, min(size, max(share, floor)))
         return size
 
