@@ -75,23 +75,11 @@ def _report_duplicate(path: str | os.PathLike[str], suspects: set[int]) -> None:
 
 
 def _iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any, Any]]:
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise UsageError(f"task file {path} does not exist") from None
-    except OSError as e:
-        raise UsageError(f"cannot read task file {path}: {e.strerror}") from None
-    with f:
+    with _open_tasks(path) as f:
         for i, line in enumerate(f):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                msg = getattr(e, "msg", str(e))
-                raise UsageError(f"task file {path}, line {i + 1}: invalid JSON ({msg})") from None
-            if not isinstance(obj, dict):
-                raise UsageError(f"task file {path}, line {i + 1}: expected a JSON object, got {type(obj).__name__}")
+            obj = _parse(path, i, line)
             yield i + 1, _task_id(obj, i), obj
 
 

@@ -290,17 +290,13 @@ class Hdf5Sink(Sink):
         self._done(tid, meta, stage)
 
     def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
-        n = len(tids)
         if self.table is None:
             self.table = H5Table.create(self.f, Layout.first(rows.schema, rows.pschema, tids), self.total)
         lay = self.table.layout
         if not lay.fits(rows.schema, rows.pschema, tids):
             return False
-        cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
-        pcols = rows.pcols if rows.pcols is None or n == rows.n else [c[:n] for c in rows.pcols]
-        self._staged.add(seq0, lay.row_values(meta["rank"], meta["attempt"], tids, cols, pcols, rows.durations[:n]))
-        self._rows.append(RowsDone(seq0, n, tids, meta["crc32c"], meta["bytes"], meta["rank"], meta["attempt"],
-                                   meta["duration"], meta.get("hash", 0)))
+        self._staged.add(seq0, lay.batch_values(tids, rows, meta))
+        self._rows.append(RowsDone.of(seq0, tids, meta))
         return True
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:

@@ -56,17 +56,12 @@ class MemorySink(Sink):
         self._ready.append((tid, R.assemble(header, raws), meta))
 
     def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
-        n = len(tids)
-        cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
-        pcols = rows.pcols if rows.pcols is None or n == rows.n else [c[:n] for c in rows.pcols]
         if self.table is None:
             self.table = MemoryTable(Layout.first(rows.schema, rows.pschema, tids), self.total)
         elif not self.table.layout.fits(rows.schema, rows.pschema, tids):
             return False
-        values = self.table.layout.row_values(meta["rank"], meta["attempt"], tids, cols, pcols, rows.durations[:n])
-        self.table.put(seq0, values)
-        self._ready.append(RowsDone(seq0, n, tids, meta["crc32c"], meta["bytes"], meta["rank"], meta["attempt"],
-                                    meta["duration"], meta.get("hash", 0)))
+        self.table.put(seq0, self.table.layout.batch_values(tids, rows, meta))
+        self._ready.append(RowsDone.of(seq0, tids, meta))
         return True
 
     def take_ready(self) -> Any:

@@ -42,6 +42,11 @@ class RowsDone(NamedTuple):
     duration: float
     hash: int
 
+    @classmethod
+    def of(cls, seq0: int, tids: list[Any], meta: dict[str, Any]) -> RowsDone:
+        return cls(seq0, len(tids), tids, meta["crc32c"], meta["bytes"], meta["rank"], meta["attempt"],
+                   meta["duration"], meta.get("hash", 0))
+
 
 class Column(NamedTuple):
     name: str
@@ -99,18 +104,20 @@ class Layout:
         pschema = None if d["params"] is None else T.from_description(d["params_dict"], d["params"])
         return cls(T.from_description(d["dict"], d["fields"]), pschema, d["ids"])
 
-    def row_values(self, rank: int, attempt: int, tids: list[Any], cols: list[Any], pcols: list[Any] | None,
-                   durations: Any) -> dict[str, Any]:
-        """Each column's values for a batch of rows, by column name."""
+    def batch_values(self, tids: list[Any], rows: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        """Each column's values for the first ``len(tids)`` rows of a worker's batch (the rest
+        were revoked), by column name."""
         n = len(tids)
+        cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
+        pcols = rows.pcols if rows.pcols is None or n == rows.n else [c[:n] for c in rows.pcols]
         kind = {"int": np.int64, "str": object}.get(self.ids, self.ids)
         out: dict[str, Any] = {"id": np.array(tids, dtype=kind), "done": np.ones(n, dtype=bool)}
         out.update(zip(self.result_names, cols))
         if pcols is not None:
             out.update(zip(self.param_names, pcols))
-        meta = np.empty(n, dtype=META)
-        meta["rank"], meta["attempt"], meta["duration"] = rank, attempt, durations
-        out["meta"] = meta
+        rec = np.empty(n, dtype=META)
+        rec["rank"], rec["attempt"], rec["duration"] = meta["rank"], meta["attempt"], rows.durations[:n]
+        out["meta"] = rec
         return out
 
 
