@@ -53,7 +53,9 @@ def empty(n: int) -> np.ndarray:
     size = -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
     m = _take(size)
     if m is None:
-        m = mmap.mmap(-1, size)
+        # private: Python's default for an anonymous map is MAP_SHARED, i.e. shared memory
+        # (shmem), whose first touch faulted in at ~1 GiB/s here and gets no huge pages
+        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if _HUGE:  # as numpy asks for its large arrays (no faster here; the host is the limit)
             m.madvise(_HUGE)
         fresh = True
