@@ -75,6 +75,7 @@ bench: $(STAMP)
 	@$(MAKE) --no-print-directory $(OMPI_STAMP) || echo "make bench: $(OMPI_VENV) could not be built; the Open MPI rows are not run"
 	$(TESTPATH) $(BIN)/python scripts/bench.py $(BENCH_ARGS)
 	$(TESTPATH) $(BIN)/python scripts/bench_sweeps.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
+	$(TESTPATH) $(BIN)/python scripts/bench_readback.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
 
 chunk-sweep: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/chunk_sweep.py
