@@ -18,7 +18,7 @@ import itertools
 import json
 import os
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ def describe(payload: Any) -> tuple[str, int]:
     return text, crc32c(text.encode("utf-8", "surrogatepass"))
 
 
-def block_hash(hashes: list[int]) -> int:
+def block_hash(hashes: Sequence[int] | np.ndarray) -> int:
     """One parameter hash for consecutive tasks (a resume recomputes it the same way)."""
     return int(crc32c(np.asarray(hashes, dtype=np.uint32).tobytes()))
 
@@ -238,7 +238,7 @@ def _check_one(done: DoneSet, tid: Any, h: int, seq: int) -> None:
                          " changed since that run: restore it, or start a new output")
 
 
-def _check_ranges(done: DoneSet, hashes: list[int], id_at: Any) -> None:
+def _check_ranges(done: DoneSet, hashes: Sequence[int] | np.ndarray, id_at: Any) -> None:
     """Rows of the table that are done must keep the hash of their tasks' parameters
     (``id_at(position)``: a task's id, for the message)."""
     for s0, n, want in done.ranges:
@@ -587,7 +587,7 @@ def _file_signature(path: str | os.PathLike[str]) -> tuple[int, int]:
     return size, crc
 
 
-def _scan(path: str | os.PathLike[str]) -> tuple[int, int, int, list[int]]:
+def _scan(path: str | os.PathLike[str]) -> tuple[int, int, int, np.ndarray]:
     """One pass over a task file: JSON, ids and duplicates checked, 8 bytes a task held (a hash
     of the id that this process alone uses, confirmed by a second pass on a clash). Returns
     (tasks, size, crc32c of the file, each task's hash)."""
@@ -614,7 +614,7 @@ def _scan(path: str | os.PathLike[str]) -> tuple[int, int, int, list[int]]:
         dup = s[1:][s[1:] == s[:-1]]
         if len(dup):
             _report_duplicate(path, set(int(x) for x in dup))
-    return len(k), size, crc, hashes.tolist()
+    return len(k), size, crc, np.frombuffer(hashes, dtype=np.uint32)  # 4 bytes a task (a list: ~36)
 
 
 def source_of(tasks: Any) -> TaskSource:
