@@ -28,6 +28,10 @@ RANK0_LAST = 0.5  # seconds a failed rank 0 waits after MPI_Finalize, so that th
 FAILED = 3  # exit status: the master itself failed (a bug, or its output became unwritable)
 CTRL_C = 130  # exit status: stopped by a Ctrl-C (summary.CTRL_C)
 _RELEASED = -1  # (a worker let go by a failed master)
+# Seconds between the last output and MPI_Abort: the launcher forwards a rank's output through a
+# pipe, and an abort tears the job down at once, dropping what is still in it (seen under load:
+# the summary of a run that ended a stuck worker went missing)
+ABORT_DRAIN = 1.0
 
 
 def _rank_from_env() -> int:
@@ -275,6 +279,7 @@ def _run(a: argparse.Namespace, argv: list[str], link: Any, source: Any = None) 
                   len(summary.stuck))
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_DRAIN)
         link.abort(summary.exit_code)
     return summary.exit_code
 
