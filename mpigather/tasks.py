@@ -588,9 +588,10 @@ def _file_signature(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def _scan(path: str | os.PathLike[str]) -> tuple[int, int, int, np.ndarray]:
-    """One pass over a task file: JSON, ids and duplicates checked, 8 bytes a task held (a hash
-    of the id that this process alone uses, confirmed by a second pass on a clash). Returns
-    (tasks, size, crc32c of the file, each task's hash)."""
+    """One pass over a task file: JSON, ids and duplicates checked, 12 bytes a task held while it
+    runs (a hash of the id that this process alone uses, confirmed by a second pass on a clash,
+    and the line's crc32c) and 4 kept. Returns (tasks, size, crc32c of the file, each task's
+    hash as a uint32 array)."""
     keys: array.array[int] = array.array("q")
     hashes: array.array[int] = array.array("I")
     crc = size = 0
