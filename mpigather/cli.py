@@ -324,7 +324,11 @@ def cmd_template(a: argparse.Namespace) -> int:
     """The template on stdout, byte for byte, or in a new file (an existing one only with --overwrite)."""
     from . import templates
 
-    text = templates.read(a.name)
+    try:
+        text = templates.read(a.name)
+    except OSError as e:  # a broken installation
+        print(f"mpigather: error: cannot read the {a.name} template ({e}); reinstall mpigather", file=sys.stderr)
+        return 1
     if a.out is None:
         if a.overwrite:
             raise UsageError("--overwrite goes with --out FILE (printing the template overwrites nothing)")
