@@ -131,17 +131,23 @@ def build_and_install(tmp: Path) -> Path:
         step("building the wheel (--no-build-isolation)", [*build, "--no-build-isolation"], timeout=180, cwd=tmp)
     (wheel,) = wheels.glob("mpigather-*.whl")
     venv = tmp / "venv"
-    try:
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True,
-                       timeout=120)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        raise Outside(f"python -m venv failed: {e}", str(e.stderr)) from None
     py = venv / "bin" / "python"
     # pip of the test venv installs into the new one (pip >= 22.3: --python), which saves ensurepip
-    step("installing the wheel, mpich and mpi4py", [sys.executable, "-m", "pip", "--python", str(py), "install",
-                                                    *PIP, str(wheel), pinned("mpich"), pinned("mpi4py")],
-         timeout=200, cwd=tmp)
+    own_pip = key(version("pip")) >= (22, 3)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", *(["--without-pip"] if own_pip else []), str(venv)],
+                       check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise Outside(f"python -m venv failed: {e}", str(e.stderr)) from None
+    pip = [sys.executable, "-m", "pip", "--python", str(py)] if own_pip else [str(py), "-m", "pip"]
+    step("installing the wheel, mpich and mpi4py", [*pip, "install", *PIP, str(wheel), pinned("mpich"),
+                                                    pinned("mpi4py")], timeout=200, cwd=tmp)
     return venv / "bin"
+
+
+def key(v: str) -> tuple[int, ...]:
+    """A version's first three numbers, for comparing."""
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
 
 
 def setuptools_suffices(src: Path) -> bool:
@@ -151,10 +157,6 @@ def setuptools_suffices(src: Path) -> bool:
         have = version("setuptools")
     except PackageNotFoundError:
         return False
-
-    def key(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
-
     return m is not None and key(have) >= key(m.group(1))
 
 
