@@ -1,4 +1,4 @@
-"""Command line: ``run`` (under mpiexec), ``status``, ``verify`` and ``report``.
+"""Command line: ``run`` (under mpiexec), ``status``, ``verify``, ``report`` and ``template``.
 
 Bad input is found before any work starts and reported once, by rank 0, with exit status 2;
 every rank leaves together, so nothing hangs.
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import MasterFailed, UsageError
+from .templates import TEMPLATES
 
 log = logging.getLogger("mpigather")
 RANK0_LAST = 0.5  # seconds a failed rank 0 waits after MPI_Finalize, so that the workers exit first
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("path")
     rp.add_argument("--plot", metavar="PNG", help="draw a per-worker timeline")
     rp.add_argument("--json", action="store_true")
+    t = sub.add_parser("template", help="print a batch job template (slurm, pbs) to edit and submit")
+    t.add_argument("name", choices=list(TEMPLATES), help="slurm (sbatch) or pbs (qsub: PBS Pro, OpenPBS, Torque)")
+    t.add_argument("--out", metavar="FILE", help="write it to FILE instead of printing it")
+    t.add_argument("--overwrite", action="store_true", help="with --out: replace an existing FILE")
     return p
 
 
@@ -315,6 +320,38 @@ def cmd_report(a: argparse.Namespace) -> int:
     return report(a.path, plot=a.plot, as_json=a.json)
 
 
+def cmd_template(a: argparse.Namespace) -> int:
+    """The template on stdout, byte for byte, or in a new file (an existing one only with --overwrite)."""
+    from . import templates
+
+    try:
+        text = templates.read(a.name)
+    except OSError as e:  # a broken installation
+        print(f"mpigather: error: cannot read the {a.name} template ({e}); reinstall mpigather", file=sys.stderr)
+        return 1
+    if a.out is None:
+        if a.overwrite:
+            raise UsageError("--overwrite goes with --out FILE (printing the template overwrites nothing)")
+        sys.stdout.buffer.write(text)
+        sys.stdout.flush()
+        return 0
+    if os.path.isdir(a.out):
+        raise UsageError(f"--out {a.out} is a directory; name the file to write, e.g. "
+                         f"{os.path.join(a.out, templates.filename(a.name))}")
+    try:
+        with open(a.out, "wb" if a.overwrite else "xb") as f:
+            f.write(text)
+    except FileExistsError:
+        raise UsageError(f"{a.out} exists; pass --overwrite to replace it, or choose another --out") from None
+    except OSError as e:
+        raise UsageError(f"cannot write {a.out}: {e.strerror or e}") from None
+    edit = "the lines marked EDIT"
+    if a.name == "pbs" and os.path.basename(a.out) != templates.filename("pbs"):
+        edit += f" (JOB_SCRIPT={os.path.basename(a.out)})"
+    print(f"wrote {a.out}: edit {edit}, then `{TEMPLATES[a.name][1]} {a.out}`", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(argv)
@@ -325,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(a)
         if a.cmd == "verify":
             return cmd_verify(a)
+        if a.cmd == "template":
+            return cmd_template(a)
         return cmd_report(a)
     except UsageError as e:
         print(f"mpigather: error: {e}", file=sys.stderr)

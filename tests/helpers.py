@@ -24,12 +24,16 @@ import pytest
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
+# the batch templates, package data of mpigather (``mpigather template slurm|pbs`` prints them)
+SLURM_TEMPLATE = ROOT / "mpigather" / "templates" / "slurm.sbatch"
+PBS_TEMPLATE = ROOT / "mpigather" / "templates" / "pbs.sh"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import mpistacks  # noqa: E402
 from mpistacks import Stack  # noqa: E402
 
-__all__ = ["ROOT", "Stack", "ci", "env", "gather", "mpi_cmd", "mpiexec_path", "mpirun", "show", "stack"]
+__all__ = ["PBS_TEMPLATE", "ROOT", "SLURM_TEMPLATE", "Stack", "ci", "env", "gather", "mpi_cmd", "mpiexec_path",
+           "mpirun", "show", "stack"]
 
 
 def ci() -> bool:

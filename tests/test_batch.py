@@ -1,4 +1,4 @@
-"""The batch templates (scripts/slurm.sbatch, scripts/pbs.sh) on a fake Slurm/PBS (tests/fake_slurm).
+"""The batch templates (mpigather/templates/: slurm.sbatch, pbs.sh) on a fake Slurm/PBS (tests/fake_slurm).
 
 Each template is copied and edited the way a user would (only its EDIT lines), submitted with the
 fake sbatch/qsub, and run allocation by allocation by fakeslurm.Controller, which also plays
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, check_batch_results, done_ids, edit, env, executions, mpiexec_path
+from helpers import PBS_TEMPLATE, SLURM_TEMPLATE, check_batch_results, done_ids, edit, env, executions, mpiexec_path
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_slurm"))
 from fakeslurm import Controller  # noqa: E402
@@ -34,8 +34,8 @@ from fakeslurm import Controller  # noqa: E402
 pytestmark = pytest.mark.mpi
 
 N = 16  # tasks of 0.3 s on 2 workers: about 2.5 s of work
-SLURM = ROOT / "scripts" / "slurm.sbatch"
-PBS = ROOT / "scripts" / "pbs.sh"
+SLURM = SLURM_TEMPLATE  # what `mpigather template slurm` prints
+PBS = PBS_TEMPLATE
 
 
 class Cluster:

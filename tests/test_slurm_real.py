@@ -1,4 +1,5 @@
-"""scripts/slurm.sbatch on a real Slurm: a one-node cluster on localhost (tests/slurm_cluster.py).
+"""The Slurm template (mpigather/templates/slurm.sbatch: what `mpigather template slurm` prints) on a
+real Slurm: a one-node cluster on localhost (tests/slurm_cluster.py).
 
 The template is copied and edited only on its EDIT lines, submitted with the real sbatch, and left
 to Slurm: the --signal warning, the time limit, the dependency of the follow-up job, requeue,
@@ -24,12 +25,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, check_batch_results, edit, env, executions
+from helpers import ROOT, SLURM_TEMPLATE, check_batch_results, edit, env, executions
 from slurm_cluster import CRED_EXPIRE, TABLE, SlurmCluster, Unavailable, required
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
-SLURM = ROOT / "scripts" / "slurm.sbatch"
+SLURM = SLURM_TEMPLATE
 WARN = 15  # the warning margin the tests ask for (#SBATCH --signal=B:USR1@15) with --time=1: it comes
 # 15-45 s before the wall time, so 15-45 s after the start, once mpigather has started
 LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) slurm\.sbatch job (\d+)\] (.*)$", re.M)

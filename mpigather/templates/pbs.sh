@@ -1,6 +1,6 @@
 #!/bin/bash
-# mpigather on PBS Pro / OpenPBS / Torque: copy this file next to your data as pbs.sh, edit the lines
-# marked EDIT, then `qsub pbs.sh`.
+# mpigather on PBS Pro / OpenPBS / Torque: write this file next to your data as pbs.sh
+# (`mpigather template pbs > pbs.sh`), edit the lines marked EDIT, then `qsub pbs.sh`.
 #
 # The same file starts a run and continues it: when OUT's journal (OUT.journal) exists it passes --resume.
 # A run longer than one allocation becomes a chain of jobs:
