@@ -19,7 +19,12 @@ INTERRUPT_WAIT = 1.0  # seconds a one-rank executor waits for its worker thread 
 
 
 class GatherExecutor(Executor):
-    """Root side. ``submit`` and ``map`` may be called from any thread; ``shutdown`` is idempotent."""
+    """The executor that ``with mpigather.executor() as ex:`` gives on the root rank.
+
+    A ``concurrent.futures.Executor``: ``submit`` and ``map`` may be called from any thread, and
+    ``shutdown`` is safe to call twice. Values of any picklable type come back; arrays inside
+    them travel as raw buffers. A task that raises fails its own future only.
+    """
 
     def __init__(self, link: Any, opts: Any, worker_args: dict[str, Any] | None = None) -> None:
         self._link, self._opts = link, opts
@@ -215,10 +220,11 @@ class GatherExecutor(Executor):
             unordered: bool = False) -> Iterator[Any]:
         """Like ``Executor.map``: ``fn`` over the zipped iterables, results in order (or as they
         come with ``unordered``). ``chunksize`` sends that many calls as one task; without it,
-        a map of up to AUTO_SMALL calls per worker sends one call per task, and a larger one is
-        cut into chunks of about AUTO_TARGET seconds each, sized from the calls' measured
-        durations (``_Feeder``). ``buffersize`` keeps at most that many tasks submitted ahead of
-        the consumer (then, without ``chunksize``, one call per task)."""
+        a map of up to 32 calls per worker (AUTO_SMALL) sends one call per task, and a larger one
+        is cut into chunks of about 20 ms each (AUTO_TARGET), sized from the calls' measured
+        durations. ``buffersize`` keeps at most that many tasks submitted ahead of the consumer
+        (then, without ``chunksize``, one call per task). ``timeout``: seconds for the whole map,
+        after which the next result raises ``TimeoutError``."""
         return self.starmap(fn, zip(*iterables), timeout=timeout, chunksize=chunksize, buffersize=buffersize,
                             unordered=unordered)
 
