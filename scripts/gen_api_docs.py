@@ -49,6 +49,11 @@ Options left at None are "not given": each then takes the value of its environme
 that its entry gives. An explicit argument always wins. The command line takes the same options
 as flags (`--chunk-size 16MiB`); see the options table in [README.md](../README.md#options).
 
+The package ships its type hints (a `py.typed` marker), so mypy checks your calls against them
+once mpigather is installed. An editable install (`pip install -e`) puts the package on the path
+through an import hook that mypy does not follow: run mypy with `PYTHONPATH` set to the
+directory that holds the `mpigather` package.
+
 This page is generated from the code by `python scripts/gen_api_docs.py`.
 """
 
