@@ -39,6 +39,8 @@ run: $(STAMP)
 # (tests/test_ulfm.py) run; then `pytest -m matrix` under each MATRIX entry; then one summary over
 # all of them, skip reasons included. Every run goes on when one fails; the target fails at the end
 # if any test failed, and under CI=true also if a group expected here did not run (test_summary.py).
+# The whole suite includes tests/test_lint.py: `ruff check` and `mypy` (the target `lint`) as tests,
+# so that a lint error fails `make test` and shows in its summary like any failed test.
 test: $(STAMP)
 	@rm -rf $(RESULTS) && mkdir -p $(RESULTS) && date +%s > $(RESULTS)/start
 	@$(MAKE) --no-print-directory $(OMPI_STAMP) || \

@@ -8,7 +8,7 @@ Layers, bottom up (importing this package does not start MPI):
 - ``link`` (the interface), ``transport`` (MPI: the only module that calls mpi4py) and
   ``loopback`` (threads of one process);
 - ``master``, ``worker``: the two event loops around the scheduler;
-- ``api``, ``executor``, ``cli``: the ways in; ``reader``, ``status``, ``report``: the ways out.
+- ``api``, ``executor_*``, ``cli``: the ways in; ``reader``, ``status``, ``report``: the ways out.
 See docs/architecture.md.
 """
 
@@ -21,7 +21,7 @@ _WHERE = {
     "run": "api", "__version__": "api",
     "ChecksumError": "errors", "MasterFailed": "errors", "MPIGatherError": "errors",
     "UnsupportedResultError": "errors", "UsageError": "errors",
-    "GatherExecutor": "executor", "RemoteTaskError": "executor", "executor": "executor",
+    "GatherExecutor": "executor_pool", "RemoteTaskError": "executor_calls", "executor": "executor_factory",
     "Results": "reader", "load": "reader", "verify": "reader",
     "NextStep": "steps", "next_step": "steps",
     "INTERRUPTED": "summary", "Summary": "summary",
@@ -53,7 +53,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .api import __version__, run
     from .errors import ChecksumError, MasterFailed, MPIGatherError, UnsupportedResultError, UsageError
-    from .executor import GatherExecutor, RemoteTaskError, executor
+    from .executor_calls import RemoteTaskError
+    from .executor_factory import executor
+    from .executor_pool import GatherExecutor
     from .reader import Results, load, verify
     from .steps import NextStep, next_step
     from .summary import INTERRUPTED, Summary

@@ -11,27 +11,24 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import messages as M
 from . import signals
+from .config import OPTION_NAMES as _OPTION_NAMES
 from .config import Options, make_options
 from .errors import MasterFailed, MPIGatherError, UsageError
-from .journal import DoneSet, Journal, id_key, journal_path, load_state
+from .journal import DoneSet, Journal
 from .lock import OutputLock
 from .master import Master, release_workers
+from .output import check_output, open_output, steps_path
 from .progress import Progress
 from .scheduler import Scheduler
-from .sinks import Sink, is_hdf5_path, open_sink
-from .sinks import layout as L
-from .sinks.table import RowsDone
+from .sinks import Sink
 from .summary import Summary
 from .tasks import TaskSource, source_of, timeout_of
 from .worker import Worker
@@ -40,141 +37,154 @@ log = logging.getLogger("mpigather")
 
 __version__ = "0.2.0"
 
-
-def steps_path(out: str | os.PathLike[str]) -> Path:
-    """Where a run keeps its tasks' step outputs: beside the output."""
-    p = Path(out)
-    return p.with_name(p.name.rstrip("/") + ".steps")
-
-
-def _output_paths(out: Path) -> list[Path]:
-    paths = [out, journal_path(out), steps_path(out)]
-    if is_hdf5_path(out):
-        paths += [out.with_name(out.name + L.PARTIAL), out.with_name(out.name + L.PARTS)]
-    return paths
-
-
-def check_output(out: str | os.PathLike[str] | None, opts: Options, exists: bool = True) -> None:
-    """Refuse an output that cannot be written, or (``exists``) that exists, unless resuming or overwriting."""
-    if out is None:
-        if opts.mode == "direct":
-            where = "--out x.h5 or --out DIR" if opts.interface == "cli" else "out='x.h5' or out='DIR'"
-            raise UsageError(f"mode 'direct' needs a file output ({where})")
-        return
-    p = Path(out)
-    existing = [q for q in _output_paths(p) if q.exists()] if exists else []
-    if existing and not (opts.resume or opts.overwrite):
-        raise UsageError(f"output {p} already exists ({existing[0]}); pass {opts.flag('resume')} to continue that"
-                         f" run or {opts.flag('overwrite')} to replace it")
-    parent = p.absolute().parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot write output {p}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write output {p}: directory {parent} is not writable")
-    if p.exists() and not is_hdf5_path(p) and not p.is_dir():
-        raise UsageError(f"output {p} is a file; give a directory, or a name ending in .h5 for HDF5")
-    if p.is_dir() and is_hdf5_path(p):
-        raise UsageError(f"output {p} is a directory but its name says HDF5")
-
-
-def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | None,
-                argv: list[str] | None = None, source: TaskSource | None = None,
-                ) -> tuple[Sink, Journal | None, DoneSet | None, int | None]:
-    """Create or reopen the sink and journal (the caller holds the output's lock).
-
-    ``source.prepare`` checks the task list (and, on resume, that done tasks keep their
-    parameters: a changed task raises UsageError) and says how many tasks there are. Returns the
-    sink, the journal, the tasks already done (None when starting afresh) and the total.
-    """
-    check_output(out, opts)
-    if out is None:
-        return open_sink(None), None, None, source.prepare(None, None) if source is not None else total
-    p = Path(out)
-    if opts.overwrite:
-        for q in _output_paths(p):
-            if q.is_dir():
-                shutil.rmtree(q)
-            elif q.exists():
-                q.unlink()
-    jp = journal_path(p)
-    done: DoneSet | None = None
-    before = None
-    if opts.resume and jp.exists():
-        st = load_state(jp, want_done=True)
-        done = st.done_set
-        before = st.start.get("source")
-        if done is not None:
-            done.steps = st.steps
-    if source is not None:
-        total = source.prepare(done, before)
-    try:
-        sink = open_sink(p, resume=opts.resume)
-    except OSError as e:
-        raise UsageError(f"cannot write output {p}: {e.strerror or e}") from None
-    journal = Journal(jp, resume=opts.resume)
-    if done is not None:
-        done = _reconcile(sink, journal, done, p)
-    journal.start(total=total, already_done=len(done) if done else 0, argv=argv or sys.argv, pid=os.getpid(),
-                  host=socket.gethostname(), out=str(p), mode=opts.mode, chunk_size=opts.chunk_size,
-                  source=source.signature() if source is not None else None)
-    journal.commit()
-    return sink, journal, done, total
-
-
-def _reconcile(sink: Sink, journal: Journal, done: DoneSet, out: Path) -> DoneSet:
-    """On resume: the output must hold exactly what the journal calls done. What it holds beyond
-    that (a commit cut short) the sink removes; what it lost runs again."""
-    present, lost = sink.reconcile(done)
-    set_aside = getattr(sink, "set_aside", None) is not None
-    if present == done.n_whole and not len(lost) and not set_aside:
-        return done
-    whole = [] if set_aside else [(t, seq, done.lookup(t)) for t, seq in sink.done_ids() or [] if t in done]
-    ranges = [] if set_aside else _ranges_without(done.ranges, lost)
-    n_lost = len(done) - len(whole) - sum(n for _, n, _ in ranges)
-    log.warning("%d result(s) the journal calls done are missing from %s; they run again", n_lost, out)
-    journal.reset(f"{n_lost} done result(s) missing from the output")
-    journal.done([(t, {"hash": h, "seq": seq}) for t, seq, h in whole])
-    journal.rows([RowsDone(s, n, [], 0, 0, 0, 0, 0.0, h) for s, n, h in ranges])
-    return DoneSet([id_key(t) for t, _, _ in whole], [h or 0 for _, _, h in whole],
-                   [seq for _, seq, _ in whole if seq >= 0], ranges)
-
-
-def _ranges_without(ranges: list[tuple[int, int, int]], lost: Any) -> list[tuple[int, int, int]]:
-    """Ranges of done rows, less the positions ``lost``: a range cut in pieces keeps no hash."""
-    gone = set(int(x) for x in lost)
-    out = []
-    for s, n, h in ranges:
-        if not any(s <= x < s + n for x in gone):
-            out.append((s, n, h))
-            continue
-        start = None
-        for x in range(s, s + n + 1):
-            if x < s + n and x not in gone:
-                start = x if start is None else start
-            elif start is not None:
-                out.append((start, x - start, 0))
-                start = None
-    return out
+# Options that ``run`` does not take, and why (tests/test_api.py checks that these, and only
+# these, are missing from its signature)
+NOT_FOR_RUN = {
+    "abort_stuck": "the command line's: run returns summary.stuck, and the caller decides",
+    "interface": "how error messages spell an option; the command line sets it",
+}
 
 
 def run(
-    func: Callable[[Any], Any],
+    func: Callable[..., Any],
     tasks: Iterable[Any],
     out: str | os.PathLike[str] | None = None,
     comm: Any = None,
-    **options: Any,
+    *,
+    timeout: float | None = None,
+    retries: int | None = None,
+    max_failures: int | str | None = None,
+    kwargs: bool | None = None,
+    mode: Literal["stream", "direct"] | None = None,
+    chunk_size: int | str | None = None,
+    prefetch: int | None = None,
+    batch_window: float | None = None,
+    inline_max: int | None = None,
+    checksum: Literal["both", "sender"] | None = None,
+    heartbeat: float | None = None,
+    grace: float | None = None,
+    hello_patience: float | None = None,
+    resume: bool | None = None,
+    overwrite: bool | None = None,
+    lock: bool | None = None,
+    progress: Literal["auto", "bar", "log", "off"] | None = None,
+    checkpoint: Literal["every", "none"] | None = None,
+    keep_steps: bool | None = None,
+    affinity: bool | None = None,
+    kinds: str | None = None,
 ) -> Summary | None:
-    """Run ``func`` on every task over the ranks of ``comm`` (default COMM_WORLD).
+    """Run ``func`` on every task over the ranks of ``comm``, and gather what it returns.
 
-    On the master (rank 0) it returns a ``Summary``; with ``out=None`` the values are in
-    ``summary.results[task_id]``, in task order. On workers it returns None once they are
-    released. Every rank of ``comm`` must call it; ``tasks`` is only read on the master (a
-    list, any iterable, or a dict of task id to task).
+    Every rank of ``comm`` calls it. Rank 0 becomes the master and hands out the tasks; the
+    other ranks run them. With one rank, the master runs in a helper thread and the tasks in the
+    calling thread. Each option left at None takes the value of the environment variable
+    ``MPIGATHER_<NAME>`` when it is set (``MPIGATHER_CHUNK_SIZE=16MiB``), else the default given
+    below; an explicit argument always wins.
+
+    Parameters
+    ----------
+    func : callable
+        The task function, called once per task with the task (or its keys, with ``kwargs``).
+        What it returns is stored: numbers, arrays, dicts of them, any picklable value.
+    tasks : iterable
+        A list, a range, any iterable, or a dict of task id to task. Only read on rank 0.
+        Tasks of a list are named by their position; a dict task's ``"id"`` key names it.
+    out : str or os.PathLike, optional
+        ``"x.h5"`` (one HDF5 file) or a directory of ``.npy`` files. None (the default) keeps
+        the values in memory, in ``summary.results``.
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator whose ranks share the work; default ``MPI.COMM_WORLD``. The run uses
+        a private duplicate of it.
+    timeout : float, optional
+        Seconds a task may run before it is given to another worker; a dict task's own
+        ``"timeout"`` key wins. Set it when a task can hang. Default: no limit.
+    retries : int, optional
+        How many times a task that raised runs again; raise it for flaky tasks. Default 0.
+    max_failures : int or str, optional
+        When failing tasks stop the run early: ``N`` tasks, ``"N%"`` of those ended, ``"auto"``
+        (the first 20 all failed and none succeeded) or ``"none"`` (never). Default ``"auto"``.
+    kwargs : bool, optional
+        Call ``func`` with a dict task's keys (all but ``"id"``) as keyword arguments instead of
+        the dict itself. Default False.
+    mode : {"stream", "direct"}, optional
+        ``"stream"``: results travel to the master, which writes them; ``"direct"``: each worker
+        writes its own results into ``out`` (a fast parallel file system). Default ``"stream"``.
+    chunk_size : int or str, optional
+        Bytes per message of a large result (``"16MiB"`` or an int, at most 1GiB); lower it when
+        the master's memory is tight. Default ``"64MiB"``.
+    prefetch : int, optional
+        Tasks queued at each worker beyond the one it runs; use 1 for tasks of minutes.
+        Default 2.
+    batch_window : float, optional
+        Seconds of measured work handed to a worker at once when tasks are tiny. Default 0.02.
+    inline_max : int, optional
+        Bytes up to which a result travels inside its header message instead of as a stream.
+        Default 262144 (256 KiB).
+    checksum : {"both", "sender"}, optional
+        ``"both"``: the master checks each large result's crc32c against the worker's;
+        ``"sender"``: it only records the worker's (a master without a core to spare).
+        Default ``"both"``.
+    heartbeat : float, optional
+        Seconds between a busy worker's heartbeats. Default 5.0.
+    grace : float, optional
+        Seconds running tasks get to finish after SIGTERM/SIGUSR1 or an early stop. Default 60.0.
+    hello_patience : float, optional
+        Seconds before the master warns that workers have not joined. Default 10.0.
+    resume : bool, optional
+        Continue an interrupted run into the same ``out``: done tasks are skipped. Default False.
+    overwrite : bool, optional
+        Replace an existing ``out``. Default False.
+    lock : bool, optional
+        Hold an exclusive lock on ``out`` while the run writes it; turn off only on a file
+        system without working locks (then start one run at a time). Default True.
+    progress : {"auto", "bar", "log", "off"}, optional
+        Progress display: a bar on a terminal, log lines in a batch log (``"auto"``), or none.
+        Default ``"auto"``.
+    checkpoint : {"every", "none"}, optional
+        Multi-step tasks: store each step's output before the step counts as done (``"every"``),
+        or keep it in the worker's memory (``"none"``: faster; a failure restarts the task).
+        Default ``"every"``.
+    keep_steps : bool, optional
+        Multi-step tasks: keep every step's output in ``out`` as well. Default False.
+    affinity : bool, optional
+        Multi-step tasks: the worker that finished a step runs the next one itself when it can.
+        Turn off to hand every step to the scheduler. Default True.
+    kinds : str, optional
+        What this process's workers are, comma-separated (``"gpu,bigmem"``); steps with
+        ``needs=`` run only on workers of that kind. Default ``""``.
+
+    Returns
+    -------
+    Summary or None
+        On rank 0, the run's ``Summary`` (counts, failures, timings, ``exit_code``; with
+        ``out=None`` the values in ``summary.results``, in task order). On the other ranks None,
+        once they are released.
+
+    Raises
+    ------
+    UsageError
+        A bad option value or output (an existing ``out`` without ``resume`` or ``overwrite``).
+        It is raised on rank 0; the workers are released.
+    MPIGatherError
+        The run could not go on (a worker failed outside any task); what is done is kept, and
+        ``resume=True`` continues the run.
+    KeyboardInterrupt
+        A Ctrl-C: the output is closed first, and ``resume=True`` finishes the run.
+
+    Examples
+    --------
+    ::
+
+        import mpigather
+
+        summary = mpigather.run(abs, [-1, 2, -3])
+        if summary is not None:  # on rank 0
+            assert dict(summary.results) == {0: 1, 1: 2, 2: 3}
     """
+    opts = make_options(**{k: v for k, v in locals().items() if k in _OPTION_NAMES})  # (before MPI starts)
     from .launch import check as check_launch
     from .transport import MPILink
 
-    opts = make_options(**options)
     signals.reset()
     link = MPILink(comm, patience=opts.hello_patience)
     try:
@@ -394,4 +404,4 @@ def _release_workers(link: Any, reason: str) -> None:
         release_workers(link, reason, set(range(1, link.size)))
 
 
-__all__ = ["check_output", "master_run", "open_output", "run", "run_on"]
+__all__ = ["NOT_FOR_RUN", "check_output", "master_run", "open_output", "run", "run_on"]

@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kwargs", action="store_true", default=None,
                    help="call FUNC with a task line's keys as keyword arguments (all but 'id'), e.g."
                    " def point(seed, x); without it FUNC gets the line's whole dict, 'id' included")
+    r.add_argument("--batch-window", type=float, metavar="SECONDS", help="seconds of measured work handed to a"
+                   " worker at once when tasks are tiny (default 0.02)")
+    r.add_argument("--inline-max", type=int, metavar="BYTES", help="results up to this size travel inside their"
+                   " header message instead of as a stream (default 262144)")
+    r.add_argument("--hello-patience", type=float, metavar="SECONDS", help="seconds before the master warns that"
+                   " workers have not joined (default 10)")
+    r.add_argument("--no-abort-stuck", action="store_true", help="at the end of the run, leave workers stuck in a"
+                   " task running instead of ending the job with MPI_Abort")
     r.add_argument("--heartbeat", type=float, help="seconds between worker heartbeats (default 5)")
     r.add_argument("--grace", type=float, help="seconds running tasks get after SIGTERM/SIGUSR1 (default 60)")
     g = r.add_mutually_exclusive_group()
@@ -176,7 +184,8 @@ def _options(a: argparse.Namespace) -> Any:
                         overwrite=a.overwrite, progress=progress, lock=False if a.no_lock else None,
                         checkpoint=a.checkpoint, keep_steps=a.keep_steps, affinity=False if a.no_affinity else None,
                         kinds=a.kinds, max_failures=a.max_failures, kwargs=a.kwargs, checksum=a.checksum,
-                        interface="cli")
+                        batch_window=a.batch_window, inline_max=a.inline_max, hello_patience=a.hello_patience,
+                        abort_stuck=False if a.no_abort_stuck else None, interface="cli")
 
 
 def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:

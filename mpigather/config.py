@@ -130,3 +130,9 @@ def make_options(**given: Any) -> Options:
         except ValueError:
             warnings.warn(f"ignoring MPIGATHER_{name.upper()}={raw!r}: not a valid {name}", stacklevel=2)
     return Options(**values)
+
+
+# Every option's name, in the order of ``Options``: ``mpigather.run`` and ``mpigather.executor``
+# take them as keyword arguments, and the command line as flags (tests/test_api.py keeps the
+# three in step).
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))

@@ -117,7 +117,22 @@ def _npy_value(p: Path, allow_pickle: bool, name: str) -> Any:
 
 
 class Results(Mapping[str, Any]):
-    """Read-only mapping of task id (as str) to the value its task returned, loaded on access."""
+    """A run's stored results: a read-only mapping of task id (as str) to the value its task
+    returned, loaded on access, in task order. ``mpigather.load`` opens one.
+
+    Use it as a mapping (``res["3"]``, ``len(res)``, ``for tid in res``), or as a context manager
+    that closes the file. ``attrs(tid)`` gives a task's record, ``columns()`` and ``to_pandas()``
+    the table of small results, ``checksum(tid)`` a result's crc32c.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The output read: an HDF5 file or a directory.
+    allow_pickle : bool
+        Whether pickled values are unpickled (else reading one raises ValueError).
+    table : StoredTable or None
+        The table of small results (rows of one task each), read lazily; None when the run had none.
+    """
 
     def __init__(self, out: str | os.PathLike[str], *, allow_pickle: bool = False) -> None:
         self.path = Path(out)
@@ -149,6 +164,7 @@ class Results(Mapping[str, Any]):
         raise FileNotFoundError(f"no results at {self.path}")
 
     def close(self) -> None:
+        """Close the HDF5 file (a directory output holds nothing open); ``with load(...)`` does it."""
         if self._h5:
             self._f.close()
 
@@ -303,7 +319,44 @@ def load_entry(path: str | os.PathLike[str]) -> Any:
 
 
 def load(out: str | os.PathLike[str], *, allow_pickle: bool = False) -> Results:
-    """Open the results of a run for reading: ``load("out.h5")["3"]`` is what task 3 returned."""
+    """Open the results of a run for reading: ``load("out.h5")["3"]`` is what task 3 returned.
+
+    Arrays, dicts and plain values load as they were returned, the same way for every output
+    and mode; results of a run that is still writing a directory output can be read already.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The run's ``out``: an HDF5 file or a directory of ``.npy`` files.
+    allow_pickle : bool, optional
+        Unpickle values that were stored pickled (lists, dataclasses, DataFrames...). Off by
+        default, as in ``numpy.load``: a pickle runs code when it is loaded, so turn it on only
+        for outputs you trust. Default False.
+
+    Returns
+    -------
+    Results
+        A read-only mapping of task id (as str) to value, in task order.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing is at ``out``.
+    UsageError
+        ``out`` is an HDF5 file still being written, or one whose run stopped before the end
+        (resume the run, or read its ``.partial`` file).
+
+    Examples
+    --------
+    ::
+
+        import mpigather
+
+        summary = mpigather.run(abs, [-1, 2, -3], out="absolute.h5", overwrite=True)
+        if summary is not None:  # on rank 0
+            with mpigather.load("absolute.h5") as res:
+                assert [res[tid] for tid in res] == [1, 2, 3]
+    """
     return Results(out, allow_pickle=allow_pickle)
 
 

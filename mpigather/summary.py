@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,12 +12,56 @@ CTRL_C = 130  # exit status: stopped by a Ctrl-C (128 + SIGINT, as shells report
 
 @dataclass
 class Summary:
-    """What a run did. ``results`` holds the values when the output is in memory.
+    """What a run did: ``mpigather.run`` returns it on rank 0.
 
-    ``failed`` maps each failed task's id to the text of its error (the first thousand keep their
-    own text; later ones share their error's first text, so a storm of failures costs little
-    memory); ``errors`` lists each distinct error once (``failures.Error.describe``), and
-    ``stopped_early`` says why the run stopped handing out work, when it did (``max_failures``).
+    ``exit_code`` is the status the command line would exit with, and ``text()`` the report it
+    prints. A failed task does not raise: it is in ``failed``; check ``exit_code`` (0: every task
+    done) or ``failed`` after a run.
+
+    Attributes
+    ----------
+    total : int
+        Tasks in the run, those done by an earlier run included.
+    done : int
+        Tasks whose result this run stored.
+    failed : dict
+        Each failed task's id to the text of its error (its traceback). The first thousand keep
+        their own text; later ones share their error's first text, so a storm of failures costs
+        little memory.
+    skipped : int
+        Tasks done by an earlier run (``resume=True``), not run again.
+    not_run : int
+        Tasks never run: the run was interrupted or stopped early.
+    bytes : int
+        Bytes of results stored.
+    wall : float
+        Seconds the run took.
+    interrupted : bool
+        Stopped by a signal (SIGTERM, SIGUSR1, Ctrl-C) before the end; ``resume=True`` finishes it.
+    ctrl_c : bool
+        The signal was a Ctrl-C (SIGINT).
+    crash : str or None
+        Why the run could not go on (a worker failed outside any task), or None.
+    stuck : dict
+        Each worker still stuck in a task past its ``timeout`` (rank to task id); the task ran
+        elsewhere or failed. The command line ends such workers; a library caller decides.
+    lost : list of int
+        The ranks of workers that were lost (died) during the run.
+    workers : dict
+        Per worker rank: its host, tasks, and seconds computing, sending and idle.
+    master : dict
+        The master's seconds receiving, writing and waiting, its CPU use and peak memory.
+    results : mapping
+        With ``out=None``: task id to value, in task order (``columns()`` and ``to_pandas()``
+        give the table of small results). Empty when the results went to a file.
+    out : str or None
+        Where the results went; None when they are in memory.
+    errors : list of dict
+        Each distinct error once, with how many tasks it failed.
+    stopped_early : str or None
+        Why the run stopped handing out work (``max_failures``), or None.
+    stopped_hint : str
+        How to go on after it did.
     """
 
     total: int = 0
@@ -33,7 +78,7 @@ class Summary:
     lost: list[int] = field(default_factory=list)
     workers: dict[int, dict[str, Any]] = field(default_factory=dict)
     master: dict[str, float] = field(default_factory=dict)
-    results: dict[Any, Any] = field(default_factory=dict)
+    results: Mapping[Any, Any] = field(default_factory=dict)
     out: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: str | None = None  # why the run stopped early (too many failures), or None
@@ -41,6 +86,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
+        """The command line's exit status for this run: 0 every task done, 1 some failed or not
+        run, 75 interrupted (resumable), 130 a Ctrl-C, 3 the run could not go on."""
         if self.crash:
             return 3
         if self.ctrl_c:
@@ -50,6 +97,7 @@ class Summary:
         return 1 if self.failed or self.not_run else 0
 
     def text(self) -> str:
+        """The report the command line prints: counts, per-worker times, failures, what to do next."""
         gib = self.bytes / (1 << 30)
         rate = self.bytes / self.wall / (1 << 30) if self.wall > 0 else 0.0
         lines = [

@@ -29,6 +29,7 @@ GROUPS = [
     ("the dead-worker tests under Open MPI with ULFM", "main", "tests/test_ulfm.py"),
     ("the real-Slurm tests", "main", "tests/test_slurm_real.py"),
     ("the installed wheel (built from the checkout, in a fresh venv)", "main", "tests/test_wheel.py"),
+    ("the lint checks (ruff check, mypy)", "main", "tests/test_lint.py"),
     ("the network path (MPICH over TCP)", "mpich-net",
      "tests/test_mpi_stack.py::test_network_path_leaves_shared_memory"),
     ("the core tests under Open MPI", "openmpi", "tests/"),

@@ -158,7 +158,7 @@ def tasks_made(ex: Any) -> int:
 def map_chunks_from_measured_durations(comm: Any) -> None:
     """map without chunksize: many tiny calls become a few chunks; calls slower than a chunk's
     target stay one per task (so that a per-task timeout or retry still means one call)."""
-    from mpigather.executor import AUTO_SMALL
+    from mpigather.executor_feeder import AUTO_SMALL
 
     with mpigather.executor(comm) as ex:
         if ex is not None:

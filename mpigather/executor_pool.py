@@ -1,23 +1,9 @@
-"""An executor in the style of ``mpi4py.futures.MPICommExecutor``.
-
-    with mpigather.executor() as ex:
-        if ex is not None:                      # only on the root
-            squares = list(ex.map(pow, range(100), [2] * 100))
-
-Every rank enters it. On the root it yields a ``GatherExecutor`` (``submit``, ``map``,
-``starmap``, ``shutdown``...); the workers serve tasks until the root's executor shuts down,
-then get ``None``. Each executor works on its own duplicate of the communicator. Values of
-any picklable type come back; arrays inside them travel as raw buffers, never pickled. A task
-that raises, an argument that cannot be pickled, or a result that cannot be rebuilt fails its
-own future only.
-"""
+"""``GatherExecutor``: the root's executor, its futures and the master thread that serves them."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import pickle
-import sys
 import threading
 import time
 from collections import deque
@@ -25,201 +11,20 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import BrokenExecutor, Executor, Future, TimeoutError
 from typing import Any
 
-from .config import make_options
-from .errors import MPIGatherError
+from .executor_calls import _add_note, _call, _call_chunk, _Raised, _remote_exception
+from .executor_feeder import AUTO_SMALL, _Feeder
 
 INTERRUPTED_ROOT = "interrupted (Ctrl-C on the root)"
 INTERRUPT_WAIT = 1.0  # seconds a one-rank executor waits for its worker thread after a Ctrl-C
 
 
-class RemoteTaskError(MPIGatherError):
-    """A task raised on a worker; the message holds the worker's traceback."""
-
-
-def _remote_exception(text: str, exc: bytes | BaseException | None) -> BaseException:
-    """The task's own exception, as mpi4py.futures gives it, with the worker's traceback as its
-    cause. ``exc``: pickled by the worker, or (a result that failed to unpickle here) itself."""
-    remote = RemoteTaskError(text)
-    if exc is None:
-        return remote
-    if isinstance(exc, BaseException):
-        err = exc
-    else:
-        try:
-            err = pickle.loads(exc)
-        except Exception:
-            return remote
-    if not isinstance(err, BaseException):
-        return remote
-    err.__cause__ = remote
-    return err
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    """PEP 678: shown under the traceback from Python 3.11; on 3.10 kept in ``__notes__`` only."""
-    if sys.version_info >= (3, 11):
-        exc.add_note(note)
-    else:
-        with contextlib.suppress(Exception):
-            setattr(exc, "__notes__", [*getattr(exc, "__notes__", []), note])  # noqa: B010
-
-
-def _call(payload: bytes) -> Any:
-    """Worker side: the pickled (function, args, kwargs) of one submission."""
-    fn, args, kwargs = pickle.loads(payload)
-    return fn(*args, **kwargs)
-
-
-class _Raised:
-    """In a chunk's results: the call there raised (the calls after it did not run, as in
-    mpi4py). ``exc``: the pickled exception, or None where it cannot be pickled."""
-
-    __slots__ = ("text", "exc")
-
-    def __init__(self, text: str, exc: bytes | None) -> None:
-        self.text, self.exc = text, exc
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Raised, (self.text, self.exc))
-
-
-def _call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    """Worker side: the calls of one chunk; a call that raises ends the chunk with a ``_Raised``,
-    so that the caller gets the results before it and then that exception, in its place."""
-    out: list[Any] = []
-    for args in chunk:
-        try:
-            out.append(fn(*args))
-        except Exception as e:
-            import traceback
-
-            try:
-                exc: bytes | None = pickle.dumps(e, protocol=5)
-            except Exception:
-                exc = None
-            out.append(_Raised(traceback.format_exc(), exc))
-            break
-    return out
-
-
-def _call_timed(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> tuple[list[Any], float]:
-    """Worker side: ``_call_chunk`` and the seconds its calls took, which size the next chunks."""
-    t = time.perf_counter()
-    out = _call_chunk(fn, chunk)
-    return out, time.perf_counter() - t
-
-
-AUTO_SMALL = 32  # map without chunksize: up to this many calls per worker, one call per task, all at once
-AUTO_TARGET = 0.02  # seconds that a chunk of a larger map lasts, once its calls are measured
-AUTO_DEPTH = 3  # chunks per worker kept submitted while a larger map is fed
-
-
-class _Feeder:
-    """``map`` without ``chunksize`` over many calls: chunks are sized from the calls' measured
-    durations, so that each lasts about AUTO_TARGET seconds (one call per chunk while a call
-    takes longer than that, so per-task timeouts and retries keep meaning one call), and shrink
-    toward the end so that the last calls spread over every worker. The first chunks hold one
-    call each; each finished chunk submits the next ones (from the master's thread), so that
-    about AUTO_DEPTH chunks per worker are always submitted, whatever the consumer does."""
-
-    def __init__(self, ex: GatherExecutor, fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> None:
-        self.ex, self.fn, self.calls = ex, fn, calls
-        self.pos = 0  # the next call to submit
-        self.spent, self.counted = 0.0, 0  # seconds and calls measured so far
-        self.inflight = 0
-        self.stopped = False  # cancelled, or a submit failed: nothing more is submitted
-        self.futs: deque[Future] = deque()  # chunks not yet taken by the consumer, in call order
-        self.changed = threading.Condition(threading.RLock())  # a done-callback may run at once, inside top_up
-        self.depth = AUTO_DEPTH * ex.num_workers
-
-    @property
-    def feeding(self) -> bool:
-        return not self.stopped and self.pos < len(self.calls)
-
-    def size(self) -> int:
-        if not self.counted:
-            return 1
-        per_call = self.spent / self.counted
-        size = int(AUTO_TARGET / per_call) if per_call > 0 else len(self.calls)
-        left = len(self.calls) - self.pos
-        return max(1, min(size, -(-left // (2 * self.ex.num_workers))))
-
-    def top_up(self) -> None:
-        with self.changed:
-            while self.feeding and self.inflight < self.depth:
-                n = self.size()
-                chunk, self.pos = self.calls[self.pos:self.pos + n], self.pos + n
-                try:
-                    fut = self.ex._submit(_call_timed, (self.fn, chunk), {}, feeder=True)
-                except BaseException as e:  # shut down (with cancel_futures), interrupted or broken
-                    fut = Future()
-                    if isinstance(e, RuntimeError) and not isinstance(e, BrokenExecutor):
-                        fut.cancel()  # the rest of the map was cancelled, as mpi4py's would be
-                    else:
-                        fut.set_exception(e)
-                    fut.set_running_or_notify_cancel()
-                    self.stop()
-                self.inflight += 1
-                self.futs.append(fut)
-                fut.add_done_callback(self._done)
-            if not self.feeding:
-                self.ex._unfeed(self)
-            self.changed.notify_all()
-
-    def _done(self, fut: Future) -> None:
-        with self.changed:
-            self.inflight -= 1
-            if fut.cancelled() or fut.exception() is not None:
-                self.stop()  # the map raises when its consumer reaches this chunk: nothing after it is needed
-                return
-            out, seconds = fut.result()
-            self.spent += seconds
-            self.counted += len(out)
-            self.top_up()
-
-    def stop(self) -> None:
-        with self.changed:
-            self.stopped = True
-            self.ex._unfeed(self)
-            self.changed.notify_all()
-
-    def results(self, end: float | None, unordered: bool) -> Iterator[Any]:
-        from concurrent.futures import FIRST_COMPLETED, wait
-
-        try:
-            while True:
-                with self.changed:
-                    while not self.futs and self.feeding:
-                        if not self.changed.wait(None if end is None else max(0.0, end - time.monotonic())):
-                            raise TimeoutError()
-                    if not self.futs:
-                        return
-                    pending = list(self.futs)
-                if unordered:
-                    ready, _ = wait(pending, timeout=None if end is None else max(0.0, end - time.monotonic()),
-                                    return_when=FIRST_COMPLETED)
-                    if not ready:
-                        raise TimeoutError()
-                    fut = next(f for f in pending if f in ready)
-                else:
-                    fut = pending[0]
-                with self.changed:
-                    self.futs.remove(fut)
-                out, _ = fut.result(None if end is None else max(0.0, end - time.monotonic()))
-                for v in out:
-                    if isinstance(v, _Raised):
-                        raise _remote_exception(v.text, v.exc)
-                    yield v
-        finally:
-            self.stop()
-            with self.changed:
-                left = list(self.futs)
-            for f in left:
-                f.cancel()
-
-
 class GatherExecutor(Executor):
-    """Root side. ``submit`` and ``map`` may be called from any thread; ``shutdown`` is idempotent."""
+    """The executor that ``with mpigather.executor() as ex:`` gives on the root rank.
+
+    A ``concurrent.futures.Executor``: ``submit`` and ``map`` may be called from any thread, and
+    ``shutdown`` is safe to call twice. Values of any picklable type come back; arrays inside
+    them travel as raw buffers. A task that raises fails its own future only.
+    """
 
     def __init__(self, link: Any, opts: Any, worker_args: dict[str, Any] | None = None) -> None:
         self._link, self._opts = link, opts
@@ -415,10 +220,11 @@ class GatherExecutor(Executor):
             unordered: bool = False) -> Iterator[Any]:
         """Like ``Executor.map``: ``fn`` over the zipped iterables, results in order (or as they
         come with ``unordered``). ``chunksize`` sends that many calls as one task; without it,
-        a map of up to AUTO_SMALL calls per worker sends one call per task, and a larger one is
-        cut into chunks of about AUTO_TARGET seconds each, sized from the calls' measured
-        durations (``_Feeder``). ``buffersize`` keeps at most that many tasks submitted ahead of
-        the consumer (then, without ``chunksize``, one call per task)."""
+        a map of up to 32 calls per worker (AUTO_SMALL) sends one call per task, and a larger one
+        is cut into chunks of about 20 ms each (AUTO_TARGET), sized from the calls' measured
+        durations. ``buffersize`` keeps at most that many tasks submitted ahead of the consumer
+        (then, without ``chunksize``, one call per task). ``timeout``: seconds for the whole map,
+        after which the next result raises ``TimeoutError``."""
         return self.starmap(fn, zip(*iterables), timeout=timeout, chunksize=chunksize, buffersize=buffersize,
                             unordered=unordered)
 
@@ -525,80 +331,3 @@ class GatherExecutor(Executor):
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
 
-
-class executor:  # noqa: N801 - a function to its users: ``with mpigather.executor() as ex:``
-    """``with mpigather.executor(comm) as ex:``: a ``GatherExecutor`` on ``root``, None on the other
-    ranks (after they served tasks until the root's executor shut down). Every rank enters it.
-
-    ``initializer(*initargs)`` runs on each worker before its first task; if it raises, the
-    executor is broken: pending and later futures fail with ``BrokenExecutor``. The same object
-    may be entered again after it was left; entering it while in use raises RuntimeError.
-    """
-
-    def __init__(self, comm: Any = None, root: int = 0, *, initializer: Callable[..., Any] | None = None,
-                 initargs: tuple[Any, ...] = (), **options: Any) -> None:
-        from .transport import intracomm_size
-
-        size = intracomm_size(comm)  # on every rank, before any collective: a bad value fails alike everywhere
-        if not 0 <= root < size:
-            raise ValueError(f"root must be a rank of the communicator (0 to {size - 1}), not {root}")
-        self.comm, self.root = comm, root
-        self.initializer, self.initargs = initializer, initargs
-        # each future carries its own exception: an executor never stops early on failures
-        self.opts = make_options(**{"max_failures": "none", **options})
-        self._link: Any = None
-        self._ex: GatherExecutor | None = None
-
-    def __enter__(self) -> GatherExecutor | None:
-        from .transport import MPILink
-
-        if self._link is not None:
-            raise RuntimeError("this executor is already in use: leave it before entering it again")
-        link = self._link = MPILink(self.comm, root=self.root)
-        wargs = {"send_exceptions": True, "keep_params": False, "initializer": self.initializer,
-                 "initargs": self.initargs}
-        try:
-            if link.rank != 0:
-                from .api import run_on
-                from .transport import no_comm_workers
-
-                try:
-                    with no_comm_workers():
-                        run_on(link, _call, None, None, self.opts, worker_args=wargs)
-                except Exception:  # the initializer failed here: the root's futures say so (BrokenExecutor)
-                    pass
-                return None
-            if link.size > 1 and not link.threads_ok:
-                from .master import release_workers
-                from .transport import thread_level_name
-
-                reason = (f"the executor's master runs in a thread, which {thread_level_name(link.thread_level)}"
-                          " does not allow: initialize MPI with MPI_THREAD_SERIALIZED or better"
-                          " (mpi4py.rc.thread_level = 'serialized' or 'multiple')")
-                release_workers(link, reason, set(range(1, link.size)))
-                raise MPIGatherError(reason)
-            self._ex = GatherExecutor(link, self.opts, wargs)
-            return self._ex
-        except BaseException:
-            self._close()
-            raise
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        ex = self._ex
-        try:
-            if ex is not None:
-                if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: leave now, not after the tasks
-                    ex._interrupt()
-                    return
-                try:
-                    ex.shutdown(wait=True)
-                except KeyboardInterrupt:  # a Ctrl-C while waiting for the tasks
-                    ex._interrupt()
-                    raise
-        finally:
-            self._close()
-
-    def _close(self) -> None:
-        link, self._link, self._ex = self._link, None, None
-        if link is not None:
-            link.close()
