@@ -208,6 +208,8 @@ def test_the_installed_wheel_runs_and_gives_the_templates(tmp_path):
     where = ok("python", "-c", "import mpigather, shutil; print(mpigather.__file__); print(shutil.which('mpigather'))")
     module, script = where.stdout.split()
     assert Path(module).is_relative_to(bin_dir.parent) and Path(script).parent == bin_dir, where.stdout
+    # the PEP 561 marker: without it a user's type checker ignores the package's annotations
+    assert (Path(module).parent / "py.typed").is_file(), "py.typed is missing from the wheel"
 
     ok(str(bin_dir / "mpiexec"), "-n", "3", "mpigather", "run", "wheelmod:point", "--range", str(N),
        "--out", "out.h5", "--progress", "off", timeout=120)
