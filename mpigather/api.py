@@ -31,7 +31,7 @@ from .progress import Progress
 from .scheduler import Scheduler
 from .sinks import Sink, is_hdf5_path, open_sink
 from .sinks import layout as L
-from .sinks.table import RowsDone
+from .sinks.table_base import RowsDone
 from .summary import Summary
 from .tasks import TaskSource, source_of, timeout_of
 from .worker import Worker

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..journal import Journal
 from ..sinks import Meta
-from ..sinks.table import RowsDone
+from ..sinks.table_base import RowsDone
 from ..summary import Summary
 from .base import Base
 

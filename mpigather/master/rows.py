@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import messages as M
 from .. import results as R
-from .. import table as T
+from .. import table_schema as T
 from ..sinks import Meta
 from ..tasks import block_hash
 from .base import Base

@@ -31,8 +31,8 @@ from .. import results as R
 from ..errors import UsageError
 from . import layout as L
 from .base import Meta, Sink, Target, fsync_dir, pwrite_all, remove_quietly
-from .hdf5_table import H5Table
-from .table import Layout, RowsDone, Staged, compare_done
+from .table_base import Layout, RowsDone, Staged, compare_done
+from .table_hdf5 import H5Table
 
 log = logging.getLogger("mpigather")
 

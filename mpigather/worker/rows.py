@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import messages as M
-from .. import table as T
+from .. import table_schema as T
 from .base import Base
 from .queue import _Local
 
