@@ -3,12 +3,14 @@
 Layers, bottom up (importing this package does not start MPI):
 - ``scheduler``: a pure state machine (queue, leases, retries, prefetch, stealing, the run's
   end); no I/O, no MPI;
-- ``results``, ``sinks``, ``journal``, ``tasks``: what a result is, where it goes, how it is
-  recorded, where tasks come from;
+- ``results``, ``table_schema``, ``sinks``, ``journal``, ``tasks``: what a result (or a table
+  row) is, where it goes, how it is recorded, where tasks come from;
 - ``link`` (the interface), ``transport`` (MPI: the only module that calls mpi4py) and
   ``loopback`` (threads of one process);
-- ``master``, ``worker``: the two event loops around the scheduler;
-- ``api``, ``executor_*``, ``cli``: the ways in; ``reader``, ``status``, ``report``: the ways out.
+- ``master``, ``worker``: the two event loops around the scheduler, each a package of short
+  modules (one per concern) behind one class, ``Master`` and ``Worker``;
+- ``api``, ``executor_*``, ``cli``: the ways in; ``reader`` (and ``reader_table``), ``status``,
+  ``report``: the ways out.
 See docs/architecture.md.
 """
 

@@ -16,7 +16,7 @@ from .errors import UsageError
 from .journal import DoneSet, Journal, id_key, journal_path, load_state
 from .sinks import Sink, is_hdf5_path, open_sink
 from .sinks import layout as L
-from .sinks.table import RowsDone
+from .sinks.table_base import RowsDone
 from .tasks import TaskSource
 
 log = logging.getLogger("mpigather")

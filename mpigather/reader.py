@@ -20,9 +20,9 @@ import numpy as np
 from . import results as R
 from .errors import UsageError
 from .journal import done_columns, journal_path, read_records
+from .reader_table import StoredTable, table_frame
 from .sinks import layout as L
 from .sinks.npy import read_rows
-from .table_reader import StoredTable, table_frame
 
 _BLOCK = 64 << 20
 
@@ -283,7 +283,7 @@ class Results(Mapping[str, Any]):
 
     def columns(self, meta: bool = False) -> dict[str, np.ndarray]:
         """The table of small results: a dict of numpy arrays in task order, with ``id`` and the
-        ``done`` mask (names: see ``table_reader``); {} when the run had none."""
+        ``done`` mask (names: see ``reader_table``); {} when the run had none."""
         return self.table.columns(meta) if self.table is not None else {}
 
     def to_pandas(self, meta: bool = False) -> Any:

@@ -1172,7 +1172,7 @@ def test_rejected_late_result_clears_suspicion():
     s.dispatch(10.0)  # 2 <- 0
     s.task_done(2, 0, 2, 11.0)
     # rank 1 finally sends its result of task 0; the master asks result_begin, which rejects
-    # it, and (as master.py does for a rejected result) does not call task_done
+    # it, and (as the master does for a rejected result) does not call task_done
     assert s.result_begin(1, 0, 1, 12.0) is False
     assert s.workers()[1].state == "ok"  # before the fix: still "suspect"
     assert s.stuck_workers() == {}
@@ -1223,12 +1223,12 @@ class SimWorker:
 class Cluster:
     """The master loop and the workers around a Scheduler, one event at a time.
 
-    Workers behave like ``worker.py``: they read messages at any time (a helper thread does,
+    Workers behave like ``mpigather.worker``: they read messages at any time (a helper thread does,
     also while a task runs), run their blocks in order and the tasks of a block in order, drop
     what a revoke cuts and has not started, batch the results of consecutive tasks of a block
     into one message (``rows``), send a failure or a streamed result in order with them, flush
     their results before a steal's acknowledgement, and say goodbye once their queue is empty
-    after a stop. The master does what ``master.py`` does: ``accept`` before storing, then
+    after a stop. The master does what ``mpigather.master`` does: ``accept`` before storing, then
     ``rows_done`` / ``task_done`` / ``discarded``; a batch of a lease that is over is looked at
     task by task. Messages between a worker and the master keep their order. Worker 1 is never
     lost, so that the run can always finish.

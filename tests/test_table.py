@@ -254,7 +254,7 @@ def test_column_names_when_fields_and_parameters_clash():
 def test_to_pandas_without_pandas_says_how_to_get_it(monkeypatch):
     import sys
 
-    from mpigather.table_reader import table_frame
+    from mpigather.reader_table import table_frame
 
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
     with pytest.raises(ImportError, match="pip install pandas"):

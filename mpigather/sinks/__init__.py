@@ -31,7 +31,7 @@ def open_writer(out: str | os.PathLike[str], rank: int) -> Any:
     """A direct-mode worker's writer: ``write(tid, header, bufs, meta) -> path``, then ``flush()``
     makes everything written so far durable (the master is told the paths only after that)."""
     if is_hdf5_path(out):
-        from .hdf5 import Hdf5PartWriter
+        from .hdf5_parts import Hdf5PartWriter
 
         return Hdf5PartWriter(out, rank)
     from .npy import NpyWriter

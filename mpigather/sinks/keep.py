@@ -23,7 +23,7 @@ def keep_steps(sink: Sink, root: Path, journal_path: Path | None) -> None:
         return
     stored = [r for r in read_records(journal_path) if r.get("ev") == "step" and os.path.exists(r["path"])]
     if sink.kind == "hdf5":
-        from .hdf5 import _write_part, create_result
+        from .hdf5_nodes import _write_part, create_result
 
         group = sink.f.require_group("steps")  # type: ignore[attr-defined]
         for r in stored:

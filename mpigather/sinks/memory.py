@@ -13,9 +13,9 @@ import numpy as np
 
 from .. import recvmem
 from .. import results as R
-from .. import table as T
+from .. import table_schema as T
 from .base import Meta, Sink, Target
-from .table import Layout, MemoryTable, RowsDone
+from .table_base import Layout, MemoryTable, RowsDone
 
 
 class _MemoryTarget(Target):
@@ -142,7 +142,7 @@ class InMemory(Mapping[Any, Any]):
     def columns(self, meta: bool = False) -> dict[str, np.ndarray]:
         """The table of small results: a dict of numpy arrays in task order, with ``id`` and the
         ``done`` mask (see ``reader.table_columns`` for the names)."""
-        from ..table_reader import table_columns
+        from ..reader_table import table_columns
 
         t = self._sink.table
         if t is None:
@@ -151,7 +151,7 @@ class InMemory(Mapping[Any, Any]):
 
     def to_pandas(self, meta: bool = False) -> Any:
         """The table as a pandas DataFrame: one row per task whose result is in the table."""
-        from ..table_reader import table_frame
+        from ..reader_table import table_frame
 
         return table_frame(self.columns(meta))
 

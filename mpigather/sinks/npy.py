@@ -22,8 +22,8 @@ import numpy as np
 from .. import results as R
 from . import layout as L
 from .base import Meta, Sink, Target, fill, fsync_dir, make_files_durable, pwrite_all, remove_quietly
-from .npy_table import NpyTable
-from .table import Layout, RowsDone, Staged, compare_done
+from .table_base import Layout, RowsDone, Staged, compare_done
+from .table_npy import NpyTable
 
 
 def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import layout as L
 from .base import make_files_durable, pwrite_all
-from .table import Column, Layout, dtype_of, empty, runs
+from .table_base import Column, Layout, dtype_of, empty, runs
 
 HEADER = 128  # bytes of every column file's header: room for a shape of many digits
 MAGIC = b"\x93NUMPY\x01\x00"

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import table as T
+from .. import table_schema as T
 
 META = np.dtype([("rank", "<i4"), ("attempt", "<i2"), ("duration", "<f4")])  # the meta column's records
 META_FIELDS = META.names

@@ -2,7 +2,7 @@
 and its next step released to the scheduler; a fan-out's children are made once all their
 inputs are in; the step outputs of a finished task are removed (or kept, with keep_steps).
 
-A mixin of ``master.Master``: it uses the master's scheduler, journal, summary and sinks.
+Part of ``Master``: it uses the master's scheduler, journal, summary and sinks.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .sinks import Meta, Sink, check_id
-from .sinks.layout import EXT
+from ..sinks import Meta, Sink, check_id
+from ..sinks.layout import EXT
+from .base import Base
 
 
 def child_id(tid: Any, k: int) -> str:
@@ -20,28 +21,8 @@ def child_id(tid: Any, k: int) -> str:
     return f"{tid}.{k}"
 
 
-class StepsMixin:
-    """Its state is set by ``Master.__init__``: ``steps_dir``, ``done``, ``_steps_sink``, ``_fan``,
-    ``_parents``, ``_fan_children``, ``_early_calls``, ``_ckpts``."""
-
-    sched: Any
-    journal: Any
-    summary: Any
-    opts: Any
-    sink: Sink
-    steps_dir: str | None
-    done: Any
-    _params: bool
-    describe: Any
-    _steps_sink: Sink | None
-    _fan: dict[Any, dict[int, Any]]
-    _parents: set[Any]
-    _fan_children: dict[Any, tuple[Meta, list[str]]]
-    _early_calls: dict[Any, Any]
-    _ckpts: dict[Any, list[str]]
-
-    def _decide_all(self, decisions: list[Any], now: float) -> None:
-        raise NotImplementedError
+class StepsMixin(Base):
+    """Part of ``Master``: multi-step tasks (its state is declared in ``base.Base``)."""
 
     def _stored(self, src: int, bid: int, i: int, tid: Any, attempt: int, duration: float, step: Any,
                 now: float) -> None:
@@ -91,7 +72,7 @@ class StepsMixin:
     def _steps(self) -> Sink:
         """Where step outputs are stored: beside the output (workers read their inputs there), or in memory."""
         if self._steps_sink is None:
-            from .sinks import open_sink
+            from ..sinks import open_sink
 
             self._steps_sink = open_sink(self.steps_dir)
         return self._steps_sink
@@ -103,7 +84,7 @@ class StepsMixin:
 
     def _steps_stored(self, ready: list[tuple[Any, Meta]]) -> None:
         """Step outputs are durable: journal them, and let their next steps run anywhere."""
-        from .steps import StepCall
+        from ..steps import StepCall
 
         sink = self._steps()
         for key, meta in ready:
@@ -135,7 +116,7 @@ class StepsMixin:
         self._steps_sink.close(complete=True)
         root = Path(self.steps_dir or "")
         if self.opts.keep_steps and complete:
-            from .sinks.keep import keep_steps
+            from ..sinks.keep import keep_steps
 
             keep_steps(self.sink, root, None if self.journal is None else self.journal.path)
         if complete:

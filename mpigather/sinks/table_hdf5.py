@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from . import layout as L
-from .table import Column, Layout, dtype_of, empty, runs
+from .table_base import Column, Layout, dtype_of, empty, runs
 
 CHUNK_BYTES = 256 << 10  # about this many bytes per chunk of a column
 _STR = h5py.string_dtype()

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from . import table as T
+from . import table_schema as T
 from .sinks import layout as L
-from .sinks.table import Layout
+from .sinks.table_base import Layout
 
 
 def table_columns(layout: Layout, column: Callable[[str], np.ndarray], meta: bool = False) -> dict[str, np.ndarray]:

@@ -1,0 +1,93 @@
+"""Group commit: finished results are made durable (the sink's fsync, on the
+``mpigather-commit`` thread, so the disk works while the next results arrive), and only then
+journaled as done, one record of each kind and one fsync per batch (``record_done``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..journal import Journal
+from ..sinks import Meta
+from ..sinks.table_base import RowsDone
+from ..summary import Summary
+from .base import Base
+
+COMMIT_EVERY = 0.02  # seconds between group commits of a file output (each is an fsync of the output and journal)
+
+
+class CommitMixin(Base):
+    """Part of ``Master``: when to commit, and what a commit records."""
+
+    def _commit(self, wait: bool = False) -> None:
+        """Group commit: make the finished results durable, then journal them as done.
+
+        File sinks fsync on a helper thread, so the disk works while the next results arrive;
+        the journal lines are written only once that fsync returned. ``wait``: finish everything now.
+        """
+        t = time.perf_counter()
+        job = self._commit_job
+        if job is not None:
+            if not job.done() and not wait:
+                return
+            self._commit_job = None
+            self._record(*job.result())
+        steps = self._steps_sink.take_ready() if self._steps_sink is not None else None
+        if not (wait or steps is not None or self.sink.in_memory or t - self._last_commit >= COMMIT_EVERY):
+            return  # results keep coming: a few milliseconds more make fewer, larger commits
+        self._last_commit = t
+        batch = self.sink.take_ready()
+        if batch is not None or steps is not None:
+            if wait or self.sink.in_memory:
+                self._record(*self._make_durable(batch, steps))
+            else:
+                if self._committer is None:
+                    self._committer = ThreadPoolExecutor(1, thread_name_prefix="mpigather-commit")
+                self._commit_job = self._committer.submit(self._make_durable, batch, steps)
+        self._t["write"] += time.perf_counter() - t
+
+    def _make_durable(self, batch: Any, steps: Any) -> tuple[list[tuple[Any, Meta]], list[tuple[Any, Meta]]]:
+        """(On the committer thread.) Step outputs first: a result never becomes durable before
+        the outputs that led to it."""
+        stored = self._steps_sink.make_durable(steps) if steps is not None else []  # type: ignore[union-attr]
+        return (self.sink.make_durable(batch) if batch is not None else []), stored
+
+    def _record(self, ready: list[tuple[Any, Meta]], steps: list[tuple[Any, Meta]]) -> None:
+        if steps:
+            self._steps_stored(steps)
+        if ready:
+            self._record_done(ready)
+
+    def _record_done(self, ready: list[tuple[Any, Meta]]) -> None:
+        record_done(ready, self.journal, self.summary, self.on_done)
+        if self._ckpts and not self.opts.keep_steps:
+            from ..sinks.base import remove_quietly
+
+            for tid, _ in ready:  # done and journaled: its step outputs are no longer needed
+                for path in self._ckpts.pop(tid, ()):
+                    remove_quietly(path)
+
+
+def record_done(ready: list[Any], journal: Journal | None, summary: Summary,
+                on_done: Callable[[Any, Meta], None] | None) -> None:
+    """Results that the sink made durable (``(id, meta)`` of whole ones, ``RowsDone`` of rows):
+    journal them as done (one record of each kind, one fsync), count them."""
+    if not ready:
+        return
+    whole = [x for x in ready if type(x) is not RowsDone]
+    rows = [x for x in ready if type(x) is RowsDone] if len(whole) < len(ready) else []
+    if journal is not None:
+        journal.done(whole)
+        journal.rows(rows)
+        journal.commit()
+    for r in rows:
+        summary.done += r.n
+        summary.bytes += r.nbytes
+    for tid, meta in whole:
+        summary.done += 1
+        summary.bytes += meta["bytes"]
+        if on_done is not None:
+            on_done(tid, meta)

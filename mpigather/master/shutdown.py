@@ -1,0 +1,105 @@
+"""Ending: a Ctrl-C (``_stop_now``: every worker told to leave at once, their last results kept
+for at most ``INTERRUPT_WAIT`` seconds), an abort (``abort``: every worker released, results in
+transfer dropped), and ``release_workers``, which drains what workers still send until each
+says goodbye, so that no rank is left blocked in a send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from .. import messages as M
+from ..errors import ProtocolError
+from ..link import LOST, Backoff, PeerLost
+from ..pipeline import ChunkPipeline
+from .base import Base
+
+log = logging.getLogger("mpigather")
+
+INTERRUPT_WAIT = 1.0  # seconds the master waits, after a Ctrl-C, for the workers' last results and goodbyes
+
+
+class ShutdownMixin(Base):
+    """Part of ``Master``: Ctrl-C, abort, and the results left open then."""
+
+    def _stop_now(self) -> None:
+        """A Ctrl-C (here, or forwarded to a worker): no new work; every worker is told to leave
+        at once. What they finished and send on their way out is still stored, for at most
+        INTERRUPT_WAIT seconds; then every result received is made durable. Running tasks are
+        not done: a resume runs them again. Workers still there then are in ``unreleased``."""
+        reason = self._interrupt or "interrupted"
+        log.warning("%s: stopping now; finished results are kept", reason)
+        self.summary.interrupted = self.summary.ctrl_c = True
+        now = time.monotonic()
+        self._decide_all(self.sched.drain(now), now)
+        gone = lambda: self._byes | set(self.sched.lost_workers())  # noqa: E731
+        for rank in set(range(1, self.link.size)) - gone():
+            self._post(M.Abort(reason, interrupted=True), rank)
+        end = now + INTERRUPT_WAIT
+        back = Backoff()
+        while set(range(1, self.link.size)) - gone() and time.monotonic() < end:
+            inc = self.link.poll()
+            if inc is None:
+                self.link.progress()
+                back.sleep()
+                continue
+            back.reset()
+            try:
+                self._on_message(inc, time.monotonic())
+            except (PeerLost, ProtocolError) as e:  # a half-sent result of a worker that left: dropped
+                log.debug("after the interrupt: %s", e)
+        for src, stream in self._settling:  # checksummed by now, or soon
+            self._complete(src, stream, time.monotonic())
+        self._settling.clear()
+        self._commit(wait=True)
+        self.sink_discard_open()
+        self.unreleased = set(range(1, self.link.size)) - gone()
+        if self.unreleased:
+            log.error("worker(s) %s did not leave after the interrupt", sorted(self.unreleased))
+        self.link.flush(timeout=0.2)
+
+    def abort(self, reason: str) -> None:
+        """Release every worker now (they raise MasterFailed) and drop the results in transfer."""
+        release_workers(self.link, reason, set(range(1, self.link.size)) - self._byes
+                        - set(self.sched.lost_workers()), self._pipe)
+        self.sink_discard_open()
+
+    def sink_discard_open(self) -> None:
+        for stream in [*self._streams.values(), *(st for _, st in self._settling)]:
+            if stream.target is not None:
+                try:
+                    self._pipe.settle(stream)
+                except Exception:  # the run is being abandoned; the partial result goes anyway
+                    pass
+                stream.target.discard()
+        self._streams.clear()
+        self._settling.clear()
+
+
+def release_workers(link: Any, reason: str, ranks: set[int], pipe: ChunkPipeline | None = None,
+                    timeout: float = 30.0) -> bool:
+    """Tell these workers to stop at once, and drain whatever they still send until each says
+    goodbye, so that no rank is left blocked in a send. False if some did not answer in time."""
+    for rank in ranks:
+        link.post(M.Abort(reason), rank, M.TASK)
+    pipe = pipe or ChunkPipeline(1 << 20)
+    left = set(ranks)
+    end = time.monotonic() + timeout
+    back = Backoff()
+    while left and time.monotonic() < end:
+        inc = link.poll()
+        if inc is None:
+            link.progress()
+            back.sleep()
+            continue
+        back.reset()
+        if inc.tag == M.DATA:
+            inc.into(pipe.scratch(inc.count)[0])
+        elif inc.tag == LOST:
+            left -= set(inc.obj())
+        elif isinstance(inc.obj(), M.Bye):
+            left.discard(inc.source)
+    link.flush(timeout=max(0.0, end - time.monotonic()))
+    return not left

@@ -1,0 +1,155 @@
+"""Calling the user's function: a task's first call (``func(task)``, or ``func(**task)`` with
+``kwargs``), checked against the function's signature once per shape of task (``_misfit``), then
+each step it runs here; anything it raises goes back as a failure with its traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import signals, steps
+from .base import Base
+from .queue import _Local
+from .steps import _load_input
+from .tracebacks import format_again, format_exc, where
+
+FULL_TRACEBACKS = 3  # failures of one error (type and place) sent with their whole traceback, per worker
+
+
+class CallMixin(Base):
+    """Part of ``Worker``: running one task and the steps after it."""
+
+    def _run_one(self, blk: _Local, i: int) -> None:
+        """Run task ``i`` of a block, or (its ``call``) one of its later steps, and every step after
+        it that this worker may run itself; send each step's output as the run's options say."""
+        n, func, arg, name = 0, self.func, blk.payloads[i], self._task_name
+        call = blk.calls[i] if blk.calls else None
+        tid = blk.tids[i]
+        if self.decode is not None and type(arg) is str:
+            try:
+                arg = blk.payloads[i] = json.loads(arg)  # (its parameters' columns are read from it too)
+            except ValueError as exc:
+                self._task_failed(blk, i, n, name, exc, time.perf_counter(), 0.0)
+                return
+        if call is None:  # the task itself: call the function as the options say
+            try:
+                if not self._plain:
+                    func, arg = self._entry(tid, arg)
+            except _Mismatch as exc:
+                self._fail(blk, i, f"task {tid!r} failed on rank {self.link.rank} (host {self.link.host}),"
+                                   f" attempt {blk.attempt}:\nTypeError: {exc}", 0.0, TypeError(str(exc)), fatal=True)
+                self._spans.append((tid, time.perf_counter(), 0.0, "failed", name))
+                return
+        else:
+            n, name = call.n, steps.step_name(call.func)
+            try:
+                func = steps.resolve(call.func)
+                arg = call.value if call.inline else _load_input(call.path)
+            except BaseException as exc:
+                self._task_failed(blk, i, n, name, exc, time.perf_counter(), 0.0)
+                return
+        while True:
+            t0 = time.perf_counter()
+            self._current = (tid, time.monotonic())
+            try:
+                value = func(arg)
+            except BaseException as exc:  # anything the task raises goes back to the master
+                if isinstance(exc, KeyboardInterrupt) and signals.sigint_seen():
+                    raise  # a real Ctrl-C: the program stops
+                self._current = None
+                self._task_failed(blk, i, n, name, exc, t0, time.perf_counter() - t0)
+                return
+            self._current = None
+            dt = time.perf_counter() - t0
+            self.stats["compute"] += dt
+            tv = type(value)
+            if (tv is not steps.NextStep and tv is not list) or not steps.is_next(value):
+                self._result(blk, i, n, name, value, t0, dt)
+                return
+            nxt = self._next(blk, i, n, name, value, t0, dt)
+            if nxt is None:
+                return
+            n, func, arg, name = n + 1, nxt.func, nxt.value, steps.step_name(steps.func_ref(nxt.func))
+
+    def _entry(self, tid: Any, arg: Any) -> tuple[Callable[[Any], Any], Any]:
+        """The function and argument of a task's first call: ``func(task)``, or with ``kwargs``
+        ``func(**task)`` (its keys but ``id``). Raises ``_Mismatch`` naming what does not fit when
+        the function's signature cannot take the task: checked once per shape of task, so a
+        function that cannot work stops the run at its first task instead of failing them all."""
+        func = self.func
+        if self.opts.kwargs:
+            if type(arg) is not dict:
+                raise _Mismatch(f"{self.opts.flag('kwargs')} passes a task's keys as keyword arguments, but task"
+                                f" {tid!r} is a {type(arg).__name__}, not a dict")
+            kw = {k: v for k, v in arg.items() if k != "id"} if "id" in arg else arg
+            shape: Any = tuple(kw)
+            problem = self._fits.get(shape, _UNKNOWN)
+            if problem is _UNKNOWN:
+                problem = self._fits[shape] = _misfit(func, (), kw)
+            if problem is not None:
+                raise _Mismatch(f"{problem} (task {tid!r}, keys {', '.join(map(str, kw)) or 'none'};"
+                                f" with {self.opts.flag('kwargs')} each key but 'id' is a keyword argument)")
+            return _Keywords(func), kw
+        problem = self._fits.get(None, _UNKNOWN)
+        if problem is _UNKNOWN:
+            problem = self._fits[None] = _misfit(func, (arg,), {})
+        if problem is None:
+            self._plain = True
+        else:
+            hint = (f"; {self.opts.flag('kwargs')} passes the keys as keyword arguments instead"
+                    if type(arg) is dict else "")
+            raise _Mismatch(f"{problem} (task {tid!r}: the function gets the task as one argument{hint})")
+        return func, arg
+
+    def _task_failed(self, blk: _Local, i: int, n: int, name: str, exc: BaseException, t0: float,
+                     dt: float) -> None:
+        tid = blk.tids[i]
+        self.stats["compute"] += dt
+        self._spans.append((tid, t0, dt, "failed", name))
+        step = f"step {n + 1} ({name})" if n else None
+        key = where(exc)
+        first, times = self._seen.get(key, (tid, 0))
+        self._seen[key] = (first, times + 1)
+        if times < FULL_TRACEBACKS:
+            text = format_exc(tid, blk.attempt, self.link.rank, self.link.host, exc, step)
+        else:  # the same error again: its traceback went with an earlier task (formatting one costs ~0.1 ms)
+            text = format_again(tid, blk.attempt, self.link.rank, self.link.host, exc, first, key, step)
+        self._fail(blk, i, text, dt, exc, n, key=key)
+
+
+class _Keywords:
+    """Calls the task function with a dict's items as keyword arguments (``--kwargs``)."""
+
+    __slots__ = ("func",)
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+
+    def __call__(self, kw: dict[str, Any]) -> Any:
+        return self.func(**kw)
+
+
+class _Mismatch(Exception):
+    """The task function's signature cannot take a task."""
+
+
+_UNKNOWN: Any = object()
+
+
+def _misfit(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Why ``func(*args, **kwargs)`` cannot be called, from its signature alone; None if it can
+    (or if its signature cannot be read: then the call itself will tell)."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+        return f"the task function {name}{sig} cannot take the task: {e}"
+    return None
