@@ -191,15 +191,27 @@ def run(
         if comm is None:
             check_launch(link.size)
         if link.rank != 0:
-            return run_on(link, func, None, out, opts)
+            run_on(link, func, None, out, opts)
+            _leave_together(link)
+            return None
         source = source_of(tasks)
         summary = run_on(link, func, source, out, opts, total=source.total)
         if summary is not None and summary.ctrl_c:  # the output is closed: now the program stops, as on every rank
             raise KeyboardInterrupt(f"mpigather.run was interrupted: {summary.done} task(s) done"
                                     + (f", kept in {out} (resume=True finishes the run)" if out is not None else ""))
+        if summary is not None and summary.crash is None and not summary.lost:
+            _leave_together(link)  # every worker was released with a stop and waits here
         return summary
     finally:
         link.close()
+
+
+def _leave_together(link: Any) -> None:
+    """Released workers wait here, sleeping, until the master has closed the run: otherwise they
+    would go on into the program's next MPI call (or MPI_Finalize), whose waits spin, and with
+    more ranks than cores that starves the master while it collects the last goodbyes."""
+    if link.size > 1 and not getattr(link, "in_process", False):
+        link.farewell()
 
 
 def run_on(link: Any, func: Callable[[Any], Any], source: Any, out: str | os.PathLike[str] | None,

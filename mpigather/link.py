@@ -121,8 +121,9 @@ class Backoff:
         self._delay = self.first
         self._since: float | None = None
 
-    def sleep(self, busy: bool = False) -> float:
-        """Wait a little before the next poll; the seconds asked of ``time.sleep`` (0: none)."""
+    def sleep(self, busy: bool = False, limit: float | None = None) -> float:
+        """Wait a little before the next poll; the seconds asked of ``time.sleep`` (0: none).
+        ``limit``: sleep no longer than that (something is due then: a flush, a heartbeat)."""
         if busy:
             if _HAS_YIELD:
                 os.sched_yield()
@@ -137,7 +138,7 @@ class Backoff:
         now = time.monotonic()
         if self._since is None:
             self._since = now
-        delay = self._delay
+        delay = self._delay if limit is None else max(0.0, min(self._delay, limit))
         if self.wake is None:
             self._sleep(delay)
         elif self.wake.wait(delay):

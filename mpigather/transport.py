@@ -96,6 +96,9 @@ def _idup(base: Any, patience: float) -> Any:
     return comm
 
 
+FAREWELL_NAP = 0.01  # longest sleep between tests of the last barrier (many ranks wait in it at once)
+
+
 class MPILink:
     """MPI endpoint of one rank, over a private duplicate of ``comm`` (default COMM_WORLD).
 
@@ -277,7 +280,7 @@ class MPILink:
                 with self._lock:
                     return bool(req.Test()) or time.monotonic() > end
 
-            wait_until(done)
+            wait_until(done, cap=FAREWELL_NAP)
         except self._MPI.Exception:  # (ULFM) a process of the job is dead: nobody to wait for
             return False
         return time.monotonic() <= end

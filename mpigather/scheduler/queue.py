@@ -12,6 +12,7 @@ of a worker's blocks move to an idle worker when nothing else is left (stealing)
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections.abc import Iterable, Iterator
@@ -133,8 +134,26 @@ class QueueMixin(Base):
         the first to arrive does not take the work of the others.
         """
         out: list[Decision] = []
+        if self._requeued or (self._source is not None and not self._draining):
+            self._fill(now, out)
+        # (else nothing can be handed out: no pass over the hungry workers, who may be thousands
+        # at the end of a run, each message)
+        if self.finished:
+            for rank in list(self._ok):
+                w = self._workers[rank]
+                self._transition(w, "stop")
+                out.append(Stop(w.rank))
+        else:
+            out.extend(self._steal(now))
+        return out
+
+    def _fill(self, now: float, out: list[Decision]) -> None:
+        """Hand out to the hungry workers, idle ones first, until one is left without work."""
         early = bool(self._count[W.NEW]) and now - self._start < self.hello_patience
-        hungry = sorted(self._hungry, key=lambda r: self._workers[r].held) if len(self._hungry) > 1 else self._hungry
+        hungry: Iterable[int] = self._hungry
+        if len(self._hungry) > 1:  # idle ones first: two passes, no sort
+            held = {r: self._workers[r].held for r in self._hungry}
+            hungry = [r for r, h in held.items() if not h] + [r for r, h in held.items() if h]
         size = 1 if early else self.block_size()  # once for the pass: what is left is shared equally
         target = 1 if early else self.hold_target(size)
         low = target // 2 if target > 2 else target - 1
@@ -156,14 +175,6 @@ class QueueMixin(Base):
                 self._hungry.discard(rank)
             elif not self._requeued and (self._source is None or self._draining or not sent):
                 break  # nothing to hand out to anyone now
-        if self.finished:
-            for rank in list(self._ok):
-                w = self._workers[rank]
-                self._transition(w, "stop")
-                out.append(Stop(w.rank))
-        else:
-            out.extend(self._steal(now))
-        return out
 
     def _lease(self, w: WorkerRec, b: Block, now: float) -> None:
         self._next_bid += 1
@@ -331,10 +342,11 @@ class QueueMixin(Base):
                     break
         if not idle:
             return []
-        donors = sorted((self._workers[r] for r in self._multi if not self._workers[r].revoking),
-                        key=lambda w: -w.held)
+        # the busiest ``idle`` donors: a partial selection, not a sort of them all
+        donors = heapq.nlargest(idle, (self._workers[r] for r in self._multi if not self._workers[r].revoking),
+                                key=lambda w: w.held)
         out: list[Decision] = []
-        for donor in donors[:idle]:
+        for donor in donors:
             want = max(1, (donor.held - 1) // 2)
             cuts: list[tuple[int, int]] = []
             for i in range(len(donor.queue) - 1, -1, -1):

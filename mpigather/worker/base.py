@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from .rows import _RowsAcc
 
 
+HELPER_NAP = 0.05  # the helper thread's longest sleep: how late a revoke or an abort may be seen
+POSTED_NAP = 1e-3  # its longest sleep while posted results are still in flight
+
+
 class Base:
     # the run
     link: Any
@@ -51,6 +55,8 @@ class Base:
     _threaded: bool  # a second thread may call MPI
     _current: tuple[Any, float] | None  # the running task and when it started (heartbeats)
     _done: threading.Event  # the helper thread stops
+    _hungry: threading.Event  # set by the main thread when it has no task: the helper wakes
+    _recv_lock: threading.Lock  # one thread receives at a time
     _helper_error: BaseException | None = None  # what broke the helper thread
     # calling the function
     _task_name: str

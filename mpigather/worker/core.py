@@ -92,6 +92,8 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
         self._flush_age = opts.batch_window / 2
         self._current: tuple[Any, float] | None = None
         self._done = threading.Event()
+        self._hungry = threading.Event()
+        self._recv_lock = threading.Lock()
         self._task_name = steps.step_name(steps.func_ref(func)) if _named(func) else "task"
         self._threaded = bool(getattr(link, "threads_ok", True))
         self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}

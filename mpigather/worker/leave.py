@@ -23,6 +23,7 @@ class LeaveMixin(Base):
 
     def _stop_helper(self, helper: threading.Thread | None) -> None:
         self._done.set()
+        self._hungry.set()  # ends its nap
         if helper is not None and helper.is_alive():
             helper.join()
 

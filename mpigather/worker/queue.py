@@ -10,7 +10,7 @@ from collections import deque
 
 from .. import messages as M
 from ..link import Backoff
-from .base import Base
+from .base import HELPER_NAP, Base
 
 
 class _Local:
@@ -45,8 +45,14 @@ class QueueMixin(Base):
             task = self._take()
             if task is not None:
                 return task
+        if self._threaded and self._receive_all():  # the next tasks are usually here already:
+            with self._cond:  # take them without waiting for the helper's next poll
+                task = self._take()
+                if task is not None:
+                    return task
         t0 = time.perf_counter()
-        back = Backoff()
+        back = Backoff(cap=HELPER_NAP / 2)
+        hungry = False
         try:
             while True:
                 with self._cond:
@@ -56,7 +62,10 @@ class QueueMixin(Base):
                     if self.stopping:
                         return None
                     if self._threaded:
-                        self._cond.wait(0.05)
+                        if not hungry:  # once per wait: each set restarts the helper's quick polls
+                            hungry = True
+                            self._hungry.set()
+                        self._cond.wait(HELPER_NAP)
                         continue
                 if self._pending:
                     self.flush()
