@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kwargs", action="store_true", default=None,
                    help="call FUNC with a task line's keys as keyword arguments (all but 'id'), e.g."
                    " def point(seed, x); without it FUNC gets the line's whole dict, 'id' included")
+    r.add_argument("--table", action="store_true", default=None,
+                   help="store small numpy arrays (up to 4 KiB, alone or in a dict) as rows of the table of small"
+                   " results too (docs/tables.md); without it a task that returns an array gets /results/<id>")
     r.add_argument("--heartbeat", type=float, help="seconds between worker heartbeats (default 5)")
     r.add_argument("--grace", type=float, help="seconds running tasks get after SIGTERM/SIGUSR1 (default 60)")
     g = r.add_mutually_exclusive_group()
@@ -171,7 +174,7 @@ def _options(a: argparse.Namespace) -> Any:
                         overwrite=a.overwrite, progress=progress, lock=False if a.no_lock else None,
                         checkpoint=a.checkpoint, keep_steps=a.keep_steps, affinity=False if a.no_affinity else None,
                         kinds=a.kinds, max_failures=a.max_failures, kwargs=a.kwargs, checksum=a.checksum,
-                        interface="cli")
+                        table=a.table, interface="cli")
 
 
 def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
