@@ -79,8 +79,8 @@ def point(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def mixed(i: Any) -> Any:
-    """Mostly rows; every 10th task from 3 has another key (stored whole), task 5 returns a
-    1 MiB array (a large result) and task 8 a bare string of another shape."""
+    """Mostly rows; every 10th task from 3 has another key, task 5 returns a 1 MiB array (a
+    large result, stored whole) and task 8 a bare string: all rows but task 5."""
     i = int(i)
     if i == 5:
         return np.full(1 << 17, i, dtype=np.float64)

@@ -102,6 +102,15 @@ def resolve(seen: tuple[str, ...]) -> tuple[str, str, tuple[int, ...]]:
 
 
 _JSON_SEEN = ("json",)
+_ALL_SEEN = ("all", "json")  # the column of a bare result, JSON, holding every result (dicts too)
+
+
+def takes(spec: Spec, q: tuple[str, ...]) -> bool:
+    """Does the column of ``spec`` hold the field at ``q`` (itself, or one under it)? The column
+    of a bare result (path ``()``) holds only bare results, but where it holds them all."""
+    if not spec.path:
+        return not q or spec.seen == _ALL_SEEN
+    return q[: len(spec.path)] == spec.path
 ID_WIDTHS = (16, 32, 64, 128, 256)  # fixed-width ASCII ids: the narrowest of these that holds them
 
 
@@ -201,7 +210,7 @@ class Layout:
             used = 0
             for p, spec in specs.items():
                 name = f"{prefix}/{_name(p)}"
-                under = [(k, leaves[k]) for q, k in at.items() if q[: len(p)] == p]
+                under = [(k, leaves[k]) for q, k in at.items() if takes(spec, q)]
                 if not under:
                     if not spec.has:
                         return False
@@ -333,14 +342,27 @@ def _merge(specs: Specs, leaves: Any, any_done: Any, loose: set[tuple[str, tuple
     present: set[tuple[str, ...]] = set()
     for leaf in leaves:
         p = leaf.path
-        pre = next((q for q in new if len(q) < len(p) and p[: len(q)] == q), None)
+        top = new.get(())
+        if top is not None and top.seen == _ALL_SEEN:  # one JSON column holds every result
+            present.add(())
+            continue
+        if (p == () and any(q and q[0] == "value" for q in new)) or (p and p[0] == "value" and top is not None):
+            # a bare result beside a dict with a field "value": both would be the column "value"
+            has = any(s.has for s in new.values())
+            new.clear()
+            new[()] = Spec((), "json", "", (), has, _ALL_SEEN)
+            if has:
+                loose.add((side, ()))
+            present.add(())
+            continue
+        pre = next((q for q in new if 0 < len(q) < len(p) and p[: len(q)] == q), None)
         if pre is not None:  # a field that holds a value in some rows and a dict in others: JSON
             s = new[pre]
             if s.kind != "json":
                 new[pre] = s._replace(kind="json", dtype="", shape=(), seen=_JSON_SEEN)
             present.add(pre)
             continue
-        under = [q for q in new if len(q) > len(p) and q[: len(p)] == p]
+        under = [q for q in new if len(q) > len(p) > 0 and q[: len(p)] == p]
         if under:
             has = any(new[q].has for q in under)
             for q in under:
@@ -421,7 +443,7 @@ def migrate(store: TableStore, old: Layout, new: Layout) -> Layout:
                 if s.has and not o.has:  # every done row so far holds it
                     store.add_column(Column(f"has/{name}", "|b1"), done.copy() if anything else None)
                 continue
-            sources = [q for q in ospecs if q[: len(p)] == p]
+            sources = [q for q in ospecs if takes(s, q)]
             data: np.ndarray | None = None
             present: np.ndarray | None = None
             if anything and s.kind == "json" and sources:
