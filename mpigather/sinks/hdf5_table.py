@@ -71,12 +71,37 @@ class H5Table(TableStore):
         if data is not None and self.n:
             self.write(0, {col.name: data[: self.n]})
 
+    def begin_migration(self) -> None:
+        f, nxt = self.g.file, L.TABLE + L.NEXT
+        if nxt in f:
+            del f[nxt]
+        g = f.create_group(nxt)
+        for name, ds in self.ds.items():
+            g[name] = ds  # a hard link: the same dataset, not a copy
+        self._use(g)
+
+    def _use(self, g: h5py.Group) -> None:
+        self.g = g
+        self.ds = {name: g[name] for name in self.specs}
+
     def save_layout(self, layout: Layout) -> None:
         self.g.attrs[L.ATTR_LAYOUT] = layout.to_json()
         self.layout = layout
+        f = self.g.file
+        if self.g.name == f"/{L.TABLE}{L.NEXT}":  # the rewritten table replaces the old one
+            if L.TABLE in f:
+                del f[L.TABLE]
+            f.move(L.TABLE + L.NEXT, L.TABLE)
+            self._use(f[L.TABLE])
 
     @classmethod
     def open(cls, f: h5py.File) -> H5Table | None:
+        nxt = L.TABLE + L.NEXT
+        if nxt in f:  # a rewrite that a kill cut short: complete (swap it in) or not (drop it)
+            if L.TABLE in f:
+                del f[nxt]
+            else:
+                f.move(nxt, L.TABLE)
         if L.TABLE not in f:
             return None
         g = f[L.TABLE]

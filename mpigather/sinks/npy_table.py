@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import layout as L
-from .base import make_files_durable, pwrite_all
+from .base import fsync_dir, make_files_durable, pwrite_all
 from .table import Column, Layout, TableStore, dtype_of, empty, runs
 
 HEADER = 128  # bytes of every column file's header: room for a shape of many digits
@@ -142,12 +143,44 @@ class NpyTable(TableStore):
         if c.n < n:
             c._set_length(n)
 
+    def begin_migration(self) -> None:
+        nxt = self.root.with_name(L.TABLE_DIR + L.NEXT)
+        if nxt.exists():
+            shutil.rmtree(nxt)
+        for name, c in self.cols.items():
+            p = nxt / f"{name}.npy"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            os.link(c.path, p)  # the same file, not a copy
+        self._use(nxt)
+
+    def _use(self, root: Path) -> None:
+        for c in self.cols.values():
+            c.close()
+        self.root = root
+        self.cols = {name: NpyColumn(root / f"{name}.npy", c.col) for name, c in self.cols.items()}
+
     def save_layout(self, layout: Layout) -> None:
         _save(self.root, layout)
         self.layout = layout
+        if self.root.name == L.TABLE_DIR + L.NEXT:  # the rewritten table replaces the old one
+            make_files_durable([c.path for c in self.cols.values()] + [self.root / "layout.json"], self.root)
+            table, old = self.root.with_name(L.TABLE_DIR), self.root.with_name(L.TABLE_DIR + L.OLD)
+            os.replace(table, old)
+            os.replace(self.root, table)
+            fsync_dir(table.parent)
+            shutil.rmtree(old)
+            self._use(table)
 
     @classmethod
     def open(cls, out: Path) -> NpyTable | None:
+        table, nxt, old = out / L.TABLE_DIR, out / (L.TABLE_DIR + L.NEXT), out / (L.TABLE_DIR + L.OLD)
+        if nxt.exists():  # a rewrite that a kill cut short: complete (swap it in) or not (drop it)
+            if table.exists():
+                shutil.rmtree(nxt)
+            else:
+                os.replace(nxt, table)
+        if old.exists():
+            shutil.rmtree(old)
         p = out / L.TABLE_DIR / "layout.json"
         if not p.exists():
             return None

@@ -391,9 +391,14 @@ def _merge(specs: Specs, leaves: Any, any_done: Any, loose: set[tuple[str, tuple
 
 
 class TableStore:
-    """What ``migrate`` needs of a table's storage: rows, and whole columns to read, drop and create."""
+    """What ``migrate`` needs of a table's storage: rows, and whole columns to read, drop and
+    create. A file's table is rewritten as a copy (``begin_migration``: its unchanged columns
+    linked, not copied) that ``save_layout`` swaps in whole, so a kill leaves one or the other."""
 
     n: int
+
+    def begin_migration(self) -> None:
+        pass
 
     def read_column(self, name: str) -> np.ndarray:
         raise NotImplementedError
@@ -422,6 +427,7 @@ def migrate(store: TableStore, old: Layout, new: Layout) -> Layout:
     """Rewrite the columns that ``new`` changes (rare: a field that appears, a promotion, a mix
     that becomes JSON): each is read whole, converted, and written again. Returns the layout as
     stored (a collapsed field whose rows all hold it loses its mask)."""
+    store.begin_migration()
     done = np.asarray(store.read_column("done"), dtype=bool) if store.n else np.zeros(0, dtype=bool)
     anything = bool(done.any())  # else every column is created empty
     if old.ids != new.ids and not anything:
