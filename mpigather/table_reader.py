@@ -19,7 +19,7 @@ import numpy as np
 
 from . import table as T
 from .sinks import layout as L
-from .sinks.table import Layout, Spec, _name, leaf_of
+from .sinks.table import Layout, Spec, _name, cell, coded
 
 
 def table_columns(layout: Layout, column: Callable[[str], np.ndarray], meta: bool = False) -> dict[str, np.ndarray]:
@@ -107,7 +107,7 @@ def row_value(layout: Layout, read: Callable[[str, Any], np.ndarray], i: int, pr
         if spec.has and not bool(read(f"has/{name}", slice(i, i + 1))[0]):
             continue
         col = read(name, slice(i, i + 1))
-        v = T.from_json(col[0]) if spec.kind == "json" else T._value(leaf_of(spec), col, 0)
+        v = cell(spec, col, 0, read(f"type/{name}", slice(i, i + 1))[0] if coded(spec) else None)
         if not spec.path:
             return v
         d = out

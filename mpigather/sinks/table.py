@@ -11,6 +11,8 @@ Columns (names as in HDF5's ``/table`` group; a directory has ``DIR/_table/<name
 - ``params/<key>``: the task's parameters (a task file's keys, its ``id`` left out);
 - ``has/result/<field>``, ``has/params/<key>``: only for a field that some done rows lack:
   True where the row holds it;
+- ``type/result/<field>``...: only for a field of numbers of several types (promoted): each
+  row's own type, an index into the field's ``seen`` (``coded``);
 - ``meta``: who ran it, which attempt, how long (one record a row: ``rank``, ``attempt``,
   ``duration`` in seconds).
 
@@ -226,6 +228,8 @@ class Layout:
                     if leaf.path != p or token(leaf) not in spec.seen:
                         return False
                     plan.append((name, "same" if _same_type(leaf, spec) else "cast", (k, spec), prefix))
+                    if coded(spec):
+                        plan.append((f"type/{name}", "code", spec.seen.index(token(leaf)), prefix))
                 if spec.has:
                     plan.append((f"has/{name}", "present", None, prefix))
             if used != len(leaves):
@@ -253,10 +257,14 @@ class Layout:
                 out[name] = np.array([T.to_json(_subtree(p, under, src, k)) for k in range(n)], dtype=object)
             elif how == "absent":
                 out[name] = empty(Column(name, _col_dtype(arg), arg.shape), n)
+                if arg.has:
+                    out[f"has/{name}"] = np.zeros(n, dtype=bool)
+                if coded(arg):
+                    out[f"type/{name}"] = np.zeros(n, dtype=np.uint8)
+            elif how == "code":  # which of the column's types these rows had
+                out[name] = np.full(n, arg, dtype=np.uint8)
             else:  # present: the batch holds this field
                 out[name] = np.ones(n, dtype=bool)
-            if how == "absent" and arg.has:
-                out[f"has/{name}"] = np.zeros(n, dtype=bool)
         rec = np.empty(n, dtype=META)
         rec["rank"], rec["attempt"], rec["duration"] = meta["rank"], meta["attempt"], rows.durations[:n]
         out["meta"] = rec
@@ -275,6 +283,8 @@ class Layout:
             cols.append(Column(name, _col_dtype(spec), spec.shape, spec.kind))
             if spec.has:
                 cols.append(Column(f"has/{name}", "|b1"))
+            if coded(spec):
+                cols.append(Column(f"type/{name}", "|u1"))
         cols.append(Column("meta", "meta"))
         return cols
 
@@ -304,6 +314,36 @@ class Layout:
 
 def _name(path: tuple[str, ...]) -> str:
     return "/".join(path) if path else "value"
+
+
+def coded(spec: Spec) -> bool:
+    """A column of numbers (or arrays) of several types, promoted: a ``type/<name>`` column
+    keeps each row's own type (an index into ``seen``), so that its value comes back exactly."""
+    return spec.kind != "json" and len(spec.seen) > 1
+
+
+def as_token(v: Any, tok: str) -> Any:
+    """A promoted cell as the type it had (``tok``, one of its column's ``seen``)."""
+    kind, dt, _ = tok.split(" ")
+    if kind == "float":
+        return float(v)
+    if kind == "int":
+        return int(v)
+    if kind == "bool":
+        return bool(v)
+    if kind == "generic":
+        return np.dtype(dt).type(v)
+    if kind == "array":
+        return np.asarray(v).astype(dt)
+    return v
+
+
+def cell(spec: Spec, col: Any, i: int, code: Any = None) -> Any:
+    """Row ``i`` of a column, as the task returned it (``code``: the row's type/ value)."""
+    if spec.kind == "json":
+        return T.from_json(col[i])
+    v = T._value(leaf_of(spec), col, i)
+    return as_token(v, spec.seen[int(code)]) if code is not None else v
 
 
 def _col_dtype(spec: Spec) -> str:
@@ -448,6 +488,7 @@ def migrate(store: TableStore, old: Layout, new: Layout) -> Layout:
             if o is not None and (o.kind, o.dtype, o.shape) == (s.kind, s.dtype, s.shape):
                 if s.has and not o.has:  # every done row so far holds it
                     store.add_column(Column(f"has/{name}", "|b1"), done.copy() if anything else None)
+                _recode(store, name, o, s, anything)
                 continue
             sources = [q for q in ospecs if takes(s, q)]
             data: np.ndarray | None = None
@@ -457,11 +498,15 @@ def migrate(store: TableStore, old: Layout, new: Layout) -> Layout:
             elif anything and o is not None:
                 data = store.read_column(name).astype(s.dtype)
                 present = _has(store, name, o, done)
+            if o is not None and s.kind != "json":
+                _recode(store, name, o, s, anything)
             for q in sources:
                 qname = f"{prefix}/{_name(q)}"
                 store.drop_column(qname)
                 if ospecs[q].has:
                     store.drop_column(f"has/{qname}")
+                if coded(ospecs[q]) and not (q == p and coded(s)):
+                    store.drop_column(f"type/{qname}")
             if (prefix, p) in new.loose and (present is None or present[done].all()):
                 s = final[p] = s._replace(has=False)
             store.add_column(Column(name, _col_dtype(s), s.shape, s.kind), data)
@@ -470,6 +515,20 @@ def migrate(store: TableStore, old: Layout, new: Layout) -> Layout:
     out = Layout(new.ids, final_r, final_p)
     store.save_layout(out)
     return out
+
+
+def _recode(store: TableStore, name: str, o: Spec, s: Spec, anything: bool) -> None:
+    """The type/ column of a field whose set of types grew: each row's index into the new set."""
+    if not coded(s) or o.seen == s.seen:
+        return
+    remap = np.array([s.seen.index(t) for t in o.seen], dtype=np.uint8)
+    codes = None
+    if anything:
+        codes = remap[np.asarray(store.read_column(f"type/{name}"), dtype=np.intp)] if coded(o) else \
+            np.full(store.n, remap[0], dtype=np.uint8)
+    if coded(o):
+        store.drop_column(f"type/{name}")
+    store.add_column(Column(f"type/{name}", "|u1"), codes)
 
 
 def _has(store: TableStore, name: str, spec: Spec, done: np.ndarray) -> np.ndarray:
@@ -484,14 +543,14 @@ def _json_column(store: TableStore, prefix: str, ospecs: Specs, p: tuple[str, ..
     present = np.zeros(store.n, dtype=bool)
     cols = {q: store.read_column(f"{prefix}/{_name(q)}") for q in sources}
     hass = {q: _has(store, f"{prefix}/{_name(q)}", ospecs[q], done) for q in sources}
+    codes = {q: store.read_column(f"type/{prefix}/{_name(q)}") for q in sources if coded(ospecs[q])}
     for i in np.flatnonzero(done).tolist():
         out: dict[str, Any] = {}
         whole: Any = _MISSING
         for q in sources:
             if not hass[q][i]:
                 continue
-            spec = ospecs[q]
-            v = T.from_json(cols[q][i]) if spec.kind == "json" else T._value(leaf_of(spec), cols[q], i)
+            v = cell(ospecs[q], cols[q], i, codes[q][i] if q in codes else None)
             rel = q[len(p):]
             if not rel:
                 whole = v
