@@ -72,6 +72,7 @@ def run(
     keep_steps: bool | None = None,
     affinity: bool | None = None,
     kinds: str | None = None,
+    table: bool | None = None,
 ) -> Summary | None:
     """Run ``func`` on every task over the ranks of ``comm``, and gather what it returns.
 
@@ -152,6 +153,11 @@ def run(
     kinds : str, optional
         What this process's workers are, comma-separated (``"gpu,bigmem"``); steps with
         ``needs=`` run only on workers of that kind. Default ``""``.
+
+    table : bool, optional
+        Store small numpy arrays (up to 4 KiB, alone or in a dict) as rows of the table of small
+        results too, for a sweep whose records hold short vectors; without it a task that returns
+        an array gets ``/results/<id>`` (docs/tables.md). Default False.
 
     Returns
     -------

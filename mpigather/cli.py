@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    " workers have not joined (default 10)")
     r.add_argument("--no-abort-stuck", action="store_true", help="at the end of the run, leave workers stuck in a"
                    " task running instead of ending the job with MPI_Abort")
+    r.add_argument("--table", action="store_true", default=None,
+                   help="store small numpy arrays (up to 4 KiB, alone or in a dict) as rows of the table of small"
+                   " results too (docs/tables.md); without it a task that returns an array gets /results/<id>")
     r.add_argument("--heartbeat", type=float, help="seconds between worker heartbeats (default 5)")
     r.add_argument("--grace", type=float, help="seconds running tasks get after SIGTERM/SIGUSR1 (default 60)")
     g = r.add_mutually_exclusive_group()
@@ -185,7 +188,7 @@ def _options(a: argparse.Namespace) -> Any:
                         checkpoint=a.checkpoint, keep_steps=a.keep_steps, affinity=False if a.no_affinity else None,
                         kinds=a.kinds, max_failures=a.max_failures, kwargs=a.kwargs, checksum=a.checksum,
                         batch_window=a.batch_window, inline_max=a.inline_max, hello_patience=a.hello_patience,
-                        abort_stuck=False if a.no_abort_stuck else None, interface="cli")
+                        abort_stuck=False if a.no_abort_stuck else None, table=a.table, interface="cli")
 
 
 def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:

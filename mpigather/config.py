@@ -57,6 +57,7 @@ class Options:
     kinds: str = ""  # what this worker is, comma-separated (gpu,bigmem): steps with needs= go to such workers
     max_failures: str = "auto"  # auto | N | N% | none: when failing tasks stop the run early (scheduler.limits)
     kwargs: bool = False  # call the task function with a dict task's keys (but "id") as keyword arguments
+    table: bool = False  # small numpy arrays are rows of the table too (else an array is /results/<id>)
     interface: str = "library"  # cli | library: how errors name the options (--resume or resume=True)
 
     def __post_init__(self) -> None:

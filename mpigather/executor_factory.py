@@ -40,6 +40,7 @@ NOT_FOR_EXECUTOR = {
     "lock": "it has no output to lock",
     "keep_steps": "it has no output to keep the steps in",
     "kwargs": "a call gets its keyword arguments from submit(fn, *args, **kwargs)",
+    "table": "its values come back to futures, not into a table",
 }
 
 

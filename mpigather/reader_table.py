@@ -19,23 +19,25 @@ import numpy as np
 
 from . import table_schema as T
 from .sinks import layout as L
-from .sinks.table_base import Layout
+from .sinks.table_base import Layout, Spec, _name, cell, coded
 
 
 def table_columns(layout: Layout, column: Callable[[str], np.ndarray], meta: bool = False) -> dict[str, np.ndarray]:
     """A table's columns in task order (names in this module's docstring); ``column(name)``
-    reads one column by its stored name."""
+    reads one column by its stored name. A field that some done rows lack is a numpy masked
+    array (masked where the row lacks it); a field of mixed types (JSON text in the file) is an
+    array of Python objects, each as the task returned it."""
     ids = column("id")
     if ids.dtype.kind == "S":  # fixed-width ASCII bytes in the file: strings to the reader
         ids = ids.astype(object)
         ids[:] = [b.decode() for b in ids]
     out: dict[str, np.ndarray] = {"id": ids, "done": np.asarray(column("done"), dtype=bool)}
-    for full in layout.result_names:
-        short = full.split("/", 1)[1]
-        out[full if short in ("id", "done") else short] = column(full)
-    for full in layout.param_names:
-        short = full.split("/", 1)[1]
-        out[full if short in out else short] = column(full)
+    for prefix, specs in (("result", layout.results), ("params", layout.params)):
+        for spec in specs.values():
+            full = f"{prefix}/{_name(spec.path)}"
+            short = full.split("/", 1)[1]
+            taken = short in ("id", "done") if prefix == "result" else short in out
+            out[full if taken else short] = _read_field(spec, full, column)
     if meta:
         m = column("meta")
         for field in m.dtype.names or ():
@@ -43,9 +45,23 @@ def table_columns(layout: Layout, column: Callable[[str], np.ndarray], meta: boo
     return out
 
 
+def _read_field(spec: Spec, name: str, column: Callable[[str], np.ndarray]) -> np.ndarray:
+    col = column(name)
+    has = np.asarray(column(f"has/{name}"), dtype=bool) if spec.has else None
+    if spec.kind == "json":
+        dec = np.empty(len(col), dtype=object)
+        dec[:] = [T.from_json(x) if x else None for x in col.tolist()]
+        col = dec
+    if has is None:
+        return col
+    mask = np.broadcast_to((~has).reshape((-1,) + (1,) * (col.ndim - 1)), col.shape)
+    return np.ma.masked_array(col, mask=mask)
+
+
 def table_frame(cols: dict[str, np.ndarray]) -> Any:
     """A pandas DataFrame of a table's done rows: one row per task whose result is in the table
-    (pandas is imported only here)."""
+    (pandas is imported only here). A field that some rows lack: NaN in a float column, ``<NA>``
+    in an int or bool one (pandas' nullable ``Int64``/``boolean``), None in the others."""
     try:
         import pandas as pd
     except ImportError:
@@ -59,8 +75,46 @@ def table_frame(cols: dict[str, np.ndarray]) -> Any:
         if name == "done":
             continue
         c = col if keep is None else col[keep]
+        if isinstance(c, np.ma.MaskedArray):
+            data[name] = _nullable(pd, c)
+            continue
         data[name] = list(c) if c.ndim > 1 else c  # a small array per row: one object each
     return pd.DataFrame(data)
+
+
+def _nullable(pd: Any, c: np.ma.MaskedArray) -> Any:
+    missing = np.ma.getmaskarray(c).reshape(len(c), -1).any(axis=1) if c.ndim > 1 else np.ma.getmaskarray(c)
+    raw = np.asarray(c.data)
+    if c.ndim == 1 and raw.dtype.kind in "fc":
+        return np.where(missing, np.nan, raw)
+    if c.ndim == 1 and raw.dtype.kind in "iu":
+        return pd.arrays.IntegerArray(raw, missing)
+    if c.ndim == 1 and raw.dtype.kind == "b":
+        return pd.arrays.BooleanArray(raw, missing)
+    out = np.empty(len(c), dtype=object)
+    flags: list[Any] = np.asarray(missing).tolist()
+    out[:] = [None if m else v for m, v in zip(flags, list(raw))]
+    return out
+
+
+def row_value(layout: Layout, read: Callable[[str, Any], np.ndarray], i: int, prefix: str = "result") -> Any:
+    """Row ``i``'s value, rebuilt with the types the task returned (a promoted column's type
+    where the column mixes numbers: see docs/tables.md)."""
+    specs = layout.results if prefix == "result" else layout.params
+    out: dict[str, Any] = {}
+    for spec in specs.values():
+        name = f"{prefix}/{_name(spec.path)}"
+        if spec.has and not bool(read(f"has/{name}", slice(i, i + 1))[0]):
+            continue
+        col = read(name, slice(i, i + 1))
+        v = cell(spec, col, 0, read(f"type/{name}", slice(i, i + 1))[0] if coded(spec) else None)
+        if not spec.path:
+            return v
+        d = out
+        for k in spec.path[:-1]:
+            d = d.setdefault(k, {})
+        d[spec.path[-1]] = v
+    return out
 
 
 class StoredTable:
@@ -146,8 +200,7 @@ class StoredTable:
         return self.positions().get(str(tid))
 
     def value(self, i: int) -> Any:
-        lay = self.layout
-        return T.values(lay.schema, [self._read(name, slice(i, i + 1)) for name in lay.result_names], 0)
+        return row_value(self.layout, self._read, i)
 
     def attrs(self, i: int) -> dict[str, Any]:
         """A row's task: its id, position, parameters, rank, attempt and duration."""
@@ -157,14 +210,25 @@ class StoredTable:
         out: dict[str, Any] = {"id": tid.decode() if isinstance(tid, bytes) else tid, "seq": i, "kind": "row",
                                "rank": int(m["rank"]), "attempt": int(m["attempt"]),
                                "duration": float(m["duration"])}
-        if lay.pschema is not None:
-            out["params"] = T.values(lay.pschema, [self._read(name, slice(i, i + 1)) for name in lay.param_names], 0)
+        if lay.params:
+            out["params"] = row_value(lay, self._read, i, "params")
         return out
 
-    def checksum(self, start: int, n: int) -> int:
-        """crc32c of rows ``[start, start + n)``'s results, as the worker summed them."""
+    def checksum(self, start: int, n: int) -> int | None:
+        """crc32c of rows ``[start, start + n)``'s results, as the worker summed them (the
+        fields these rows hold, in the worker's order); None where a column's type changed
+        after they were written (a promotion, JSON): then only their presence is checked."""
         cols = []
-        for leaf, name in zip(self.layout.schema[1], self.layout.result_names):
+        for spec in self.layout.results.values():
+            name = f"result/{_name(spec.path)}"
+            if spec.has:
+                has = np.asarray(self._read(f"has/{name}", slice(start, start + n)), dtype=bool)
+                if not has.any():
+                    continue
+                if not has.all():  # (one batch of a worker: one schema)
+                    return None
+            if len(spec.seen) != 1 or spec.kind == "json":
+                return None
             v = self._read(name, slice(start, start + n))
-            cols.append(list(v) if leaf.kind == "str" else np.ascontiguousarray(v, dtype=leaf.dtype))
+            cols.append(list(v) if spec.kind == "str" else np.ascontiguousarray(v, dtype=spec.dtype))
         return T.checksum(cols)

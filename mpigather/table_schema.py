@@ -1,7 +1,9 @@
 """Small results as rows of a columnar table: which values fit, their schema, and their columns.
 
-A result fits a row when it is a number, a bool, a short string, a numpy scalar, a small
-fixed-shape array, or a dict (nested too, keys that can name datasets) of these. Its *schema*
+A result fits a row when it is a number, a bool, a short string, a numpy scalar, or a dict
+(nested too, keys that can name datasets) of these; and, only in a run that asks for a table of
+arrays (``table=True``), a small array. Whether a result fits depends on that result and the
+run's options alone, never on the results before it (see docs/tables.md). Its *schema*
 lists one column per leaf: the leaf's path in the dict (``()`` for a bare value), its kind and
 its dtype and shape. Consecutive results with the same schema are gathered on the worker into
 columns (one numpy array per leaf; a list of str for strings) and travel as one ``Rows`` item,
@@ -14,6 +16,8 @@ a Python string.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -42,7 +46,7 @@ _PY = {float: ("float", "<f8"), int: ("int", "<i8"), bool: ("bool", "|b1"), str:
 _PY_TYPE = {"float": float, "int": int, "bool": bool, "str": str}
 
 
-def _leaf(value: Any, path: tuple[str, ...]) -> Leaf | None:
+def _leaf(value: Any, path: tuple[str, ...], arrays: bool = False) -> Leaf | None:
     t = type(value)
     kd = _PY.get(t)
     if kd is not None:
@@ -53,7 +57,7 @@ def _leaf(value: Any, path: tuple[str, ...]) -> Leaf | None:
         return Leaf(path, kd[0], kd[1])
     if isinstance(value, np.generic) and value.dtype.kind in "biufc":
         return Leaf(path, "generic", value.dtype.str)
-    if t is np.ndarray and value.dtype.kind in "biufc" and 0 < value.nbytes <= ARRAY_MAX:
+    if arrays and t is np.ndarray and value.dtype.kind in "biufc" and 0 < value.nbytes <= ARRAY_MAX:
         return Leaf(path, "array", value.dtype.str, tuple(value.shape))
     return None
 
@@ -66,27 +70,29 @@ def _utf8(s: str) -> bool:
     return True
 
 
-def schema_of(value: Any) -> Schema | None:
-    """The schema of a result that fits a row, else None."""
+def schema_of(value: Any, arrays: bool = False) -> Schema | None:
+    """The schema of a result that fits a row, else None. ``arrays``: small numpy arrays fit
+    too (a run that asks for a table of arrays); otherwise an array anywhere in the result
+    makes it be stored whole."""
     if type(value) is not dict:
-        leaf = _leaf(value, ())
+        leaf = _leaf(value, (), arrays)
         return None if leaf is None else (False, (leaf,))
     leaves: list[Leaf] = []
-    if not value or not _walk(value, (), leaves):
+    if not value or not _walk(value, (), leaves, arrays):
         return None
     return True, tuple(leaves)
 
 
-def _walk(d: dict[Any, Any], path: tuple[str, ...], out: list[Leaf]) -> bool:
+def _walk(d: dict[Any, Any], path: tuple[str, ...], out: list[Leaf], arrays: bool) -> bool:
     for key in sorted(d) if all(type(k) is str for k in d) else ():
         if not valid_key(key):
             return False
         v = d[key]
         if type(v) is dict:
-            if not v or not _walk(v, (*path, key), out):
+            if not v or not _walk(v, (*path, key), out, arrays):
                 return False
             continue
-        leaf = _leaf(v, (*path, key))
+        leaf = _leaf(v, (*path, key), arrays)
         if leaf is None:
             return False
         out.append(leaf)
@@ -295,3 +301,39 @@ def from_description(is_dict: bool, recs: list[dict[str, Any]]) -> Schema:
 
 def iter_leaves(schema: Schema) -> Iterator[Leaf]:
     return iter(schema[1])
+
+
+# -- JSON cells: a column whose values mix types -------------------------------------------------
+
+def to_json(value: Any) -> str:
+    """A value of a column that mixes types, as JSON text that ``from_json`` gives back exactly:
+    Python numbers, bools and strings as themselves; a numpy scalar or array as
+    ``{"$np": [dtype, shape, base64 of its bytes]}``; a dict as an object (as
+    ``{"$dict": [[key, value], ...]}`` when one of its keys starts with ``$``)."""
+    return json.dumps(_enc(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def _enc(v: Any) -> Any:
+    if isinstance(v, (np.generic, np.ndarray)):
+        a = np.asarray(v)
+        return {"$np": [a.dtype.str, list(a.shape), base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()]}
+    if type(v) is dict:
+        if any(k.startswith("$") for k in v):
+            return {"$dict": [[k, _enc(x)] for k, x in v.items()]}
+        return {k: _enc(x) for k, x in v.items()}
+    return v
+
+
+def _dec(d: dict[str, Any]) -> Any:
+    if len(d) == 1:
+        if "$np" in d:
+            dt, shape, raw = d["$np"]
+            a = np.frombuffer(base64.b64decode(raw), dtype=np.dtype(dt)).reshape(shape).copy()
+            return a[()] if not shape else a
+        if "$dict" in d:
+            return dict(d["$dict"])
+    return d
+
+
+def from_json(text: str) -> Any:
+    return json.loads(text, object_hook=_dec)

@@ -7,6 +7,7 @@ count them; "once" misbehaviour is remembered by a marker file there, as in faul
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 from pathlib import Path
@@ -79,8 +80,8 @@ def point(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def mixed(i: Any) -> Any:
-    """Mostly rows; every 10th task from 3 has another key (stored whole), task 5 returns a
-    1 MiB array (a large result) and task 8 a bare string of another shape."""
+    """Mostly rows; every 10th task from 3 has another key, task 5 returns a 1 MiB array (a
+    large result, stored whole) and task 8 a bare string: all rows but task 5."""
     i = int(i)
     if i == 5:
         return np.full(1 << 17, i, dtype=np.float64)
@@ -101,3 +102,50 @@ def flaky(i: Any) -> dict[str, Any]:
     if i == 61 and _first_time("raise", i):
         raise RuntimeError(f"task {i} fails the first time")
     return {"v": float(i), "sq": i * i}
+
+
+def _jitter() -> None:
+    """A small random delay, so that results reach the master in another order each run."""
+    time.sleep(random.random() * 0.004)
+
+
+LENGTHS = (1, 3, 7, 3, 1000, 5)
+
+
+def varying(i: Any) -> np.ndarray:
+    """An array whose length cycles 1, 3, 7, 3, 1000, 5: each is /results/<id>, whatever its size."""
+    i = int(i)
+    _log(i)
+    _jitter()
+    return np.arange(LENGTHS[i % len(LENGTHS)]) + i
+
+
+def optional(i: Any) -> dict[str, Any]:
+    """A record; every 4th adds an "error" field, every 7th has an int energy (the column is float)."""
+    i = int(i)
+    _log(i)
+    _jitter()
+    r: dict[str, Any] = {"energy": i if i % 7 == 0 else i / 3, "converged": i % 5 != 0}
+    if i % 4 == 0:
+        r["error"] = f"warning {i}"
+    return r
+
+
+def spectra(i: Any) -> dict[str, Any]:
+    """A record with a small array (rows only in a table of arrays); every 9th array is longer."""
+    i = int(i)
+    _log(i)
+    _jitter()
+    return {"x": float(i), "spec": np.arange(5 if i % 9 == 0 else 4, dtype=np.float32) + i}
+
+
+def optional_slow(i: Any) -> dict[str, Any]:
+    """``optional`` with about 3 ms of work (a run that can be killed part way)."""
+    time.sleep(0.003)
+    return optional(i)
+
+
+def varying_slow(i: Any) -> np.ndarray:
+    """``varying`` with about 3 ms of work."""
+    time.sleep(0.003)
+    return varying(i)

@@ -32,7 +32,7 @@ from ..errors import UsageError
 from . import layout as L
 from .base import Meta, Sink, Target, fsync_dir, remove_quietly
 from .hdf5_nodes import _STR, _exists, _open_file, _write_part, create_result
-from .table_base import Layout, RowsDone, Staged, compare_done
+from .table_base import Layout, RowsDone, Staged, compare_done, fit_layout
 from .table_hdf5 import H5Table
 
 log = logging.getLogger("mpigather")
@@ -149,13 +149,18 @@ class Hdf5Sink(Sink):
 
     def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
         if self.table is None:
-            self.table = H5Table.create(self.f, Layout.first(rows.schema, rows.pschema, tids), self.total)
-        lay = self.table.layout
-        if not lay.fits(rows.schema, rows.pschema, tids):
-            return False
-        self._staged.add(seq0, lay.batch_values(tids, rows, meta))
+            self.table = H5Table.create(self.f, Layout.empty(), self.total)
+        t = self.table
+        t.layout = fit_layout(t, t.layout, rows, tids, self._write_staged)
+        self._staged.add(seq0, t.layout.batch_values(tids, rows, meta))
         self._rows.append(RowsDone.of(seq0, tids, meta))
         return True
+
+    def _write_staged(self) -> None:
+        if self._staged:
+            assert self.table is not None
+            for start, values in self._staged.take():
+                self.table.write(start, values)
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
         name = L.check_id(tid)
@@ -169,10 +174,7 @@ class Hdf5Sink(Sink):
         self._ready.append((tid, meta, stage))
 
     def take_ready(self) -> Any:
-        if self._staged:
-            assert self.table is not None
-            for start, values in self._staged.take():
-                self.table.write(start, values)
+        self._write_staged()
         if not self._ready:
             if not self._rows:
                 return None

@@ -15,7 +15,7 @@ from .. import recvmem
 from .. import results as R
 from .. import table_schema as T
 from .base import Meta, Sink, Target
-from .table_base import Layout, MemoryTable, RowsDone
+from .table_base import Layout, MemoryTable, RowsDone, fit_layout
 
 
 class _MemoryTarget(Target):
@@ -57,10 +57,10 @@ class MemorySink(Sink):
 
     def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
         if self.table is None:
-            self.table = MemoryTable(Layout.first(rows.schema, rows.pschema, tids), self.total)
-        elif not self.table.layout.fits(rows.schema, rows.pschema, tids):
-            return False
-        self.table.put(seq0, self.table.layout.batch_values(tids, rows, meta))
+            self.table = MemoryTable(Layout.empty(), self.total)
+        t = self.table
+        t.layout = fit_layout(t, t.layout, rows, tids, lambda: None)
+        t.put(seq0, t.layout.batch_values(tids, rows, meta))
         self._ready.append(RowsDone.of(seq0, tids, meta))
         return True
 
@@ -110,16 +110,24 @@ class InMemory(Mapping[Any, Any]):
         whole = self._sink.results
         if tid in whole:
             return whole[tid]
-        i = self._table_positions().get(tid)
+        i = self._row(tid)
         if i is None:
             raise KeyError(tid)
         t = self._sink.table
         assert t is not None
-        lay = t.layout
-        return T.values(lay.schema, [t.cols[name][i : i + 1] for name in lay.result_names], 0)
+        from ..reader_table import row_value
+
+        return row_value(t.layout, lambda name, where: t.column(name)[where], i)
+
+    def _row(self, tid: Any) -> int | None:
+        pos = self._table_positions()
+        i = pos.get(tid)
+        if i is None and type(tid) is int and self._sink.table is not None and self._sink.table.layout.ids != "int":
+            i = pos.get(str(tid))  # (int ids beside str ones are stored as text)
+        return i
 
     def __contains__(self, tid: object) -> bool:
-        return tid in self._sink.results or tid in self._table_positions()
+        return tid in self._sink.results or self._row(tid) is not None
 
     def __len__(self) -> int:
         return len(self._sink.results) + len(self._table_positions())

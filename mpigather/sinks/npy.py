@@ -22,7 +22,7 @@ import numpy as np
 from .. import results as R
 from . import layout as L
 from .base import Meta, Sink, Target, fill, fsync_dir, make_files_durable, pwrite_all, remove_quietly
-from .table_base import Layout, RowsDone, Staged, compare_done
+from .table_base import Layout, RowsDone, Staged, compare_done, fit_layout
 from .table_npy import NpyTable
 
 
@@ -171,23 +171,25 @@ class NpyDirSink(Sink):
 
     def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
         if self.table is None:
-            self.table = NpyTable.create(self.root, Layout.first(rows.schema, rows.pschema, tids))
-        lay = self.table.layout
-        if not lay.fits(rows.schema, rows.pschema, tids):
-            return False
-        self._staged.add(seq0, lay.batch_values(tids, rows, meta))
+            self.table = NpyTable.create(self.root, Layout.empty())
+        t = self.table
+        t.layout = fit_layout(t, t.layout, rows, tids, self._write_staged)
+        self._staged.add(seq0, t.layout.batch_values(tids, rows, meta))
         self._ready_rows.append(RowsDone.of(seq0, tids, meta))
         return True
+
+    def _write_staged(self) -> None:
+        if self._staged:
+            assert self.table is not None
+            for start, values in self._staged.take():
+                self.table.write(start, values)
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
         """The worker made it durable under a temporary name; the commit renames the winner into place."""
         self._adopted.append((Path(path), self.root / final_name(header, L.check_id(tid)), tid, meta))
 
     def take_ready(self) -> Any:
-        if self._staged:
-            assert self.table is not None
-            for start, values in self._staged.take():
-                self.table.write(start, values)
+        self._write_staged()
         if not self._ready and not self._adopted and not self._ready_rows:
             return None
         batch = (self._ready, self._adopted, self._ready_rows)

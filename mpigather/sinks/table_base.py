@@ -3,17 +3,22 @@ task at position ``i`` of the task list.
 
 Columns (names as in HDF5's ``/table`` group; a directory has ``DIR/_table/<name>.npy``):
 
-- ``id``: the task ids (int64; or strings: fixed-width bytes, ``S16``..., where the first ids
-  are short ASCII, else variable-length);
+- ``id``: the task ids (int64; or text: fixed-width ASCII bytes ``S16``, ``S32``... up to
+  ``S256``, the narrowest that holds every id, else variable-length strings);
 - ``done``: True where the row holds a finished task's result;
 - ``result/<field>``: the result's fields (``result/value`` for a bare number or string; a
   nested dict's fields are ``result/a/b``);
 - ``params/<key>``: the task's parameters (a task file's keys, its ``id`` left out);
+- ``has/result/<field>``, ``has/params/<key>``: only for a field that some done rows lack:
+  True where the row holds it;
+- ``type/result/<field>``...: only for a field of numbers of several types (promoted): each
+  row's own type, an index into the field's ``seen`` (``coded``);
 - ``meta``: who ran it, which attempt, how long (one record a row: ``rank``, ``attempt``,
   ``duration`` in seconds).
 
-The layout is fixed by the first rows: a later result with another schema (another key, dtype
-or shape) does not fit, and is stored whole, like a large result. Imports no MPI.
+Every field seen in any row is a column, and a column's type comes from the set of types seen
+in it (``resolve``), so the layout depends on the results, not on their order; the rule is
+docs/tables.md's. Imports no MPI.
 """
 
 from __future__ import annotations
@@ -50,75 +55,517 @@ class RowsDone(NamedTuple):
 
 class Column(NamedTuple):
     name: str
-    dtype: str  # numpy dtype string; "str" for strings
+    dtype: str  # numpy dtype string; "str" for strings (and JSON text)
     shape: tuple[int, ...] = ()
-    kind: str = ""  # the table.Leaf kind, for result and parameter columns
+    kind: str = ""  # the Spec's kind, for result and parameter columns
+
+
+class Spec(NamedTuple):
+    """A result or parameter field's column: its path in the value, what it holds, whether some
+    done rows lack it (then a ``has/<name>`` column marks the rows that hold it), and the
+    classes of the values seen in it (``kind dtype shape`` each), which alone decide the rest."""
+
+    path: tuple[str, ...]
+    kind: str  # float | int | bool | str | generic | array | json
+    dtype: str  # numpy dtype string; "" for str and json
+    shape: tuple[int, ...]
+    has: bool
+    seen: tuple[str, ...]
+
+
+def token(leaf: T.Leaf) -> str:
+    return f"{leaf.kind} {leaf.dtype} {','.join(map(str, leaf.shape))}"
+
+
+_PY_KIND = {"b": "bool", "i": "int", "u": "int", "f": "float"}
+
+
+def resolve(seen: tuple[str, ...]) -> tuple[str, str, tuple[int, ...]]:
+    """A column's kind, dtype and shape from the set of classes seen in it (so the same
+    whatever order they came in): numbers promote along numpy's lattice (bool < int < float <
+    complex); strings with strings; arrays of one shape promote their dtype; any other mix
+    (a string and a number, an array and a scalar, arrays of two shapes) is JSON text."""
+    if "json" in seen:
+        return "json", "", ()
+    parts = [t.split(" ") for t in seen]
+    kinds = {k for k, _, _ in parts}
+    if kinds == {"str"}:
+        return "str", "", ()
+    dtypes = sorted({d for _, d, _ in parts})
+    if kinds <= {"float", "int", "bool", "generic"}:
+        dt = np.result_type(*(np.dtype(d) for d in dtypes))
+        kind = next(iter(kinds)) if len(kinds) == 1 else _PY_KIND.get(dt.kind, "generic")
+        return kind, dt.str, ()
+    shapes = {s for _, _, s in parts}
+    if kinds == {"array"} and len(shapes) == 1:
+        shape = tuple(int(x) for x in next(iter(shapes)).split(",") if x)
+        return "array", np.result_type(*(np.dtype(d) for d in dtypes)).str, shape
+    return "json", "", ()
+
+
+_JSON_SEEN = ("json",)
+_ALL_SEEN = ("all", "json")  # the column of a bare result, JSON, holding every result (dicts too)
+
+
+def takes(spec: Spec, q: tuple[str, ...]) -> bool:
+    """Does the column of ``spec`` hold the field at ``q`` (itself, or one under it)? The column
+    of a bare result (path ``()``) holds only bare results, but where it holds them all."""
+    if not spec.path:
+        return not q or spec.seen == _ALL_SEEN
+    return q[: len(spec.path)] == spec.path
+ID_WIDTHS = (16, 32, 64, 128, 256)  # fixed-width ASCII ids: the narrowest of these that holds them
+
+
+def _id_width(n: int) -> int | None:
+    return next((w for w in ID_WIDTHS if n <= w), None)
+
+
+def _ids_of(tids: list[Any], int_len: Any, as_text: bool) -> str:
+    """The id column's type for these ids: int64; fixed-width ASCII bytes ``S<w>``; or
+    variable-length strings (``str``). ``as_text``: ints are stored as text too;
+    ``int_len()``: the longest int id stored so far, as text."""
+    if not as_text and all(type(t) is int for t in tids):
+        return "int"
+    texts = [str(t) for t in tids]
+    if not all(t.isascii() for t in texts):
+        return "str"
+    w = _id_width(max(max(map(len, texts), default=0), int_len()))
+    return "str" if w is None else f"S{w}"
+
+
+def _join_ids(a: str, b: str) -> str:
+    if a == b:
+        return a
+    if "str" in (a, b):
+        return "str"
+    if a == "int":
+        return b
+    if b == "int":
+        return a
+    return f"S{max(int(a[1:]), int(b[1:]))}"
+
+
+Specs = dict[tuple[str, ...], Spec]
 
 
 class Layout:
-    """What a table holds: the schema of its results and of its parameters, and its ids' type."""
+    """What a table holds: a column per field seen in any result (and parameter), and its ids'
+    type. It depends only on the set of results stored, never on their order (docs/tables.md):
+    ``merged`` gives the layout after one more batch, and ``migrate`` rewrites what changes."""
 
-    def __init__(self, schema: T.Schema, pschema: T.Schema | None, ids: str) -> None:
-        self.schema, self.pschema, self.ids = schema, pschema, ids  # ids: "int", "str" or "S<width>"
-        self.result_names = [f"result/{T.name(leaf)}" for leaf in schema[1]]
-        self.param_names = [] if pschema is None else [f"params/{T.name(leaf)}" for leaf in pschema[1]]
+    def __init__(self, ids: str, results: Specs, params: Specs) -> None:
+        self.ids = ids  # "int", "str" or "S<width>"
+        self.results = dict(sorted(results.items()))
+        self.params = dict(sorted(params.items()))
+        self.result_names = [f"result/{_name(p)}" for p in self.results]
+        self.param_names = [f"params/{_name(p)}" for p in self.params]
+        self._plans: dict[Any, Any] = {}  # (schema, pschema) -> how a batch of them fills the columns
+        self.loose: set[tuple[str, tuple[str, ...]]] = set()  # collapsed fields whose mask may go
 
     @classmethod
-    def first(cls, schema: T.Schema, pschema: T.Schema | None, tids: list[Any]) -> Layout:
-        if all(type(t) is int for t in tids):
-            return cls(schema, pschema, "int")
-        longest = max((len(t) for t in tids if type(t) is str), default=0)
-        if all(type(t) is str and t.isascii() for t in tids) and longest <= 32:
-            return cls(schema, pschema, f"S{max(16, 2 * longest)}")  # room for longer ones to come
-        return cls(schema, pschema, "str")
+    def empty(cls) -> Layout:
+        return cls("int", {}, {})
 
-    def fits(self, schema: T.Schema, pschema: T.Schema | None, tids: list[Any]) -> bool:
-        if schema != self.schema or pschema != self.pschema:
-            return False
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Layout) and self.ids == other.ids and self.results == other.results
+                and self.params == other.params)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- a batch against the layout -----------------------------------------------------------
+
+    def ids_fit(self, tids: list[Any]) -> bool:
         if self.ids == "int":
             return all(type(t) is int for t in tids)
         if self.ids == "str":
-            return all(type(t) is str for t in tids)
+            return True
         width = int(self.ids[1:])
-        return all(type(t) is str and t.isascii() and len(t) <= width for t in tids)
+        return all((type(t) is str and t.isascii() and len(t) <= width) or (type(t) is int and len(str(t)) <= width)
+                   for t in tids)
 
-    def columns(self) -> list[Column]:
-        cols = [Column("id", {"int": "<i8", "str": "str"}.get(self.ids, f"|{self.ids}")), Column("done", "|b1")]
-        for prefix, schema in (("result", self.schema), ("params", self.pschema)):
-            if schema is None:
-                continue
-            for leaf in schema[1]:
-                cols.append(Column(f"{prefix}/{T.name(leaf)}", "str" if leaf.kind == "str" else leaf.dtype,
-                                   leaf.shape, leaf.kind))
-        cols.append(Column("meta", "meta"))
-        return cols
+    def covers(self, schema: T.Schema, pschema: T.Schema | None, tids: list[Any]) -> bool:
+        """A batch of this schema fits the columns as they are (the common case, kept fast)."""
+        plan = self._plans.get((schema, pschema))
+        if plan is None:
+            plan = self._plans[(schema, pschema)] = self._plan(schema, pschema)
+        return plan is not False and self.ids_fit(tids)
 
-    def to_json(self) -> str:
-        return json.dumps({"version": 1, "ids": self.ids, "dict": self.schema[0], "fields": T.describe(self.schema),
-                           "params_dict": None if self.pschema is None else self.pschema[0],
-                           "params": None if self.pschema is None else T.describe(self.pschema)})
+    def merged(self, schema: T.Schema, pschema: T.Schema | None, tids: list[Any], any_done: Any,
+               int_len: Any) -> Layout:
+        """The layout once a batch of this schema is stored too (``any_done()``: the table holds
+        done rows; ``int_len()``: the longest int id stored, as text)."""
+        ids = self.ids if self.ids_fit(tids) else _join_ids(self.ids, _ids_of(tids, int_len, self.ids != "int"))
+        loose: set[tuple[str, tuple[str, ...]]] = set()
+        res = _merge(self.results, schema[1], any_done, loose, "result")
+        par = _merge(self.params, pschema[1] if pschema is not None else (), any_done, loose, "params")
+        out = Layout(ids, res, par)
+        out.loose = loose
+        return out
 
-    @classmethod
-    def from_json(cls, text: str) -> Layout:
-        d = json.loads(text)
-        pschema = None if d["params"] is None else T.from_description(d["params_dict"], d["params"])
-        return cls(T.from_description(d["dict"], d["fields"]), pschema, d["ids"])
+    def _plan(self, schema: T.Schema, pschema: T.Schema | None) -> Any:
+        """How each column gets its values from a batch's columns, or False when the batch
+        would change the layout."""
+        plan: list[tuple[str, str, Any, str]] = []
+        for prefix, specs, sch in (("result", self.results, schema), ("params", self.params, pschema)):
+            leaves = list(sch[1]) if sch is not None else []
+            at = {leaf.path: k for k, leaf in enumerate(leaves)}
+            used = 0
+            for p, spec in specs.items():
+                name = f"{prefix}/{_name(p)}"
+                under = [(k, leaves[k]) for q, k in at.items() if takes(spec, q)]
+                if not under:
+                    if not spec.has:
+                        return False
+                    plan.append((name, "absent", spec, prefix))
+                    continue
+                used += len(under)
+                if spec.kind == "json":
+                    plan.append((name, "json", (p, under), prefix))
+                else:
+                    if len(under) != 1:
+                        return False
+                    k, leaf = under[0]
+                    if leaf.path != p or token(leaf) not in spec.seen:
+                        return False
+                    plan.append((name, "same" if _same_type(leaf, spec) else "cast", (k, spec), prefix))
+                    if coded(spec):
+                        plan.append((f"type/{name}", "code", spec.seen.index(token(leaf)), prefix))
+                if spec.has:
+                    plan.append((f"has/{name}", "present", None, prefix))
+            if used != len(leaves):
+                return False
+        return plan
 
     def batch_values(self, tids: list[Any], rows: Any, meta: dict[str, Any]) -> dict[str, Any]:
         """Each column's values for the first ``len(tids)`` rows of a worker's batch (the rest
-        were revoked), by column name."""
+        were revoked), by column name. The batch must be ``covers``-ed by the layout."""
         n = len(tids)
         cols = rows.cols if n == rows.n else [c[:n] for c in rows.cols]
         pcols = rows.pcols if rows.pcols is None or n == rows.n else [c[:n] for c in rows.pcols]
         kind = {"int": np.int64, "str": object}.get(self.ids, self.ids)
-        out: dict[str, Any] = {"id": np.array(tids, dtype=kind), "done": np.ones(n, dtype=bool)}
-        out.update(zip(self.result_names, cols))
-        if pcols is not None:
-            out.update(zip(self.param_names, pcols))
+        out: dict[str, Any] = {"id": np.array([str(t) for t in tids] if self.ids == "str" else tids, dtype=kind),
+                               "done": np.ones(n, dtype=bool)}
+        plan = self._plans[(rows.schema, rows.pschema)]
+        for name, how, arg, prefix in plan:
+            src = cols if prefix == "result" else pcols
+            if how == "same":
+                out[name] = src[arg[0]]
+            elif how == "cast":
+                out[name] = np.asarray(src[arg[0]]).astype(arg[1].dtype)
+            elif how == "json":
+                p, under = arg
+                out[name] = np.array([T.to_json(_subtree(p, under, src, k)) for k in range(n)], dtype=object)
+            elif how == "absent":
+                out[name] = empty(Column(name, _col_dtype(arg), arg.shape), n)
+                if arg.has:
+                    out[f"has/{name}"] = np.zeros(n, dtype=bool)
+                if coded(arg):
+                    out[f"type/{name}"] = np.zeros(n, dtype=np.uint8)
+            elif how == "code":  # which of the column's types these rows had
+                out[name] = np.full(n, arg, dtype=np.uint8)
+            else:  # present: the batch holds this field
+                out[name] = np.ones(n, dtype=bool)
         rec = np.empty(n, dtype=META)
         rec["rank"], rec["attempt"], rec["duration"] = meta["rank"], meta["attempt"], rows.durations[:n]
         out["meta"] = rec
         return out
+
+    # -- columns and their description ------------------------------------------------------------
+
+    def specs(self) -> list[tuple[str, Spec]]:
+        """(column name, spec) of every result and parameter field."""
+        return ([(f"result/{_name(p)}", s) for p, s in self.results.items()]
+                + [(f"params/{_name(p)}", s) for p, s in self.params.items()])
+
+    def columns(self) -> list[Column]:
+        cols = [Column("id", {"int": "<i8", "str": "str"}.get(self.ids, f"|{self.ids}")), Column("done", "|b1")]
+        for name, spec in self.specs():
+            cols.append(Column(name, _col_dtype(spec), spec.shape, spec.kind))
+            if spec.has:
+                cols.append(Column(f"has/{name}", "|b1"))
+            if coded(spec):
+                cols.append(Column(f"type/{name}", "|u1"))
+        cols.append(Column("meta", "meta"))
+        return cols
+
+    def to_json(self) -> str:
+        def side(specs: Specs) -> list[dict[str, Any]]:
+            return [{"name": _name(p), "path": list(p), "kind": s.kind, "dtype": s.dtype, "shape": list(s.shape),
+                     "has": s.has, "seen": list(s.seen)} for p, s in specs.items()]
+
+        return json.dumps({"version": 2, "ids": self.ids, "fields": side(self.results), "params": side(self.params)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Layout:
+        d = json.loads(text)
+
+        def side(recs: list[dict[str, Any]] | None) -> Specs:
+            out: Specs = {}
+            for r in recs or ():
+                path = tuple(r["path"])
+                shape = tuple(r["shape"])
+                leaf = T.Leaf(path, r["kind"], r["dtype"], shape)
+                seen = tuple(r["seen"]) if "seen" in r else (token(leaf),)  # (a layout of version 1)
+                out[path] = Spec(path, r["kind"], r["dtype"], shape, bool(r.get("has", False)), seen)
+            return out
+
+        return cls(d["ids"], side(d["fields"]), side(d["params"]))
+
+
+def _name(path: tuple[str, ...]) -> str:
+    return "/".join(path) if path else "value"
+
+
+def coded(spec: Spec) -> bool:
+    """A column of numbers (or arrays) of several types, promoted: a ``type/<name>`` column
+    keeps each row's own type (an index into ``seen``), so that its value comes back exactly."""
+    return spec.kind != "json" and len(spec.seen) > 1
+
+
+def as_token(v: Any, tok: str) -> Any:
+    """A promoted cell as the type it had (``tok``, one of its column's ``seen``)."""
+    kind, dt, _ = tok.split(" ")
+    if kind == "float":
+        return float(v)
+    if kind == "int":
+        return int(v)
+    if kind == "bool":
+        return bool(v)
+    if kind == "generic":
+        return np.dtype(dt).type(v)
+    if kind == "array":
+        return np.asarray(v).astype(dt)
+    return v
+
+
+def cell(spec: Spec, col: Any, i: int, code: Any = None) -> Any:
+    """Row ``i`` of a column, as the task returned it (``code``: the row's type/ value)."""
+    if spec.kind == "json":
+        return T.from_json(col[i])
+    v = T._value(leaf_of(spec), col, i)
+    return as_token(v, spec.seen[int(code)]) if code is not None else v
+
+
+def _col_dtype(spec: Spec) -> str:
+    return "str" if spec.kind in ("str", "json") else spec.dtype
+
+
+def _same_type(leaf: T.Leaf, spec: Spec) -> bool:
+    if spec.kind == "str":
+        return leaf.kind == "str"
+    return leaf.dtype == spec.dtype and leaf.shape == spec.shape
+
+
+def leaf_of(spec: Spec) -> T.Leaf:
+    return T.Leaf(spec.path, spec.kind, spec.dtype, spec.shape)
+
+
+def _subtree(p: tuple[str, ...], under: list[tuple[int, T.Leaf]], cols: list[Any], k: int) -> Any:
+    """The value at ``p`` of row ``k`` of a batch, from its leaves under ``p``."""
+    out: dict[str, Any] = {}
+    for j, leaf in under:
+        v = T._value(leaf, cols[j], k)
+        rel = leaf.path[len(p):]
+        if not rel:
+            return v
+        d = out
+        for key in rel[:-1]:
+            d = d.setdefault(key, {})
+        d[rel[-1]] = v
+    return out
+
+
+def _merge(specs: Specs, leaves: Any, any_done: Any, loose: set[tuple[str, tuple[str, ...]]],
+           side: str) -> Specs:
+    """The specs of one side (results or parameters) once a batch with these leaves is stored."""
+    new = dict(specs)
+    present: set[tuple[str, ...]] = set()
+    for leaf in leaves:
+        p = leaf.path
+        top = new.get(())
+        if top is not None and top.seen == _ALL_SEEN:  # one JSON column holds every result
+            present.add(())
+            continue
+        if (p == () and any(q and q[0] == "value" for q in new)) or (p and p[0] == "value" and top is not None):
+            # a bare result beside a dict with a field "value": both would be the column "value"
+            has = any(s.has for s in new.values())
+            new.clear()
+            new[()] = Spec((), "json", "", (), has, _ALL_SEEN)
+            if has:
+                loose.add((side, ()))
+            present.add(())
+            continue
+        pre = next((q for q in new if 0 < len(q) < len(p) and p[: len(q)] == q), None)
+        if pre is not None:  # a field that holds a value in some rows and a dict in others: JSON
+            s = new[pre]
+            if s.kind != "json":
+                new[pre] = s._replace(kind="json", dtype="", shape=(), seen=_JSON_SEEN)
+            present.add(pre)
+            continue
+        under = [q for q in new if len(q) > len(p) > 0 and q[: len(p)] == p]
+        if under:
+            has = any(new[q].has for q in under)
+            for q in under:
+                del new[q]
+            new[p] = Spec(p, "json", "", (), has, _JSON_SEEN)
+            if has:
+                loose.add((side, p))
+            present.add(p)
+            continue
+        tok = token(leaf)
+        got = new.get(p)
+        if got is None:
+            kind, dt, shape = resolve((tok,))
+            new[p] = Spec(p, kind, dt, shape, bool(any_done()), (tok,))
+        elif got.kind != "json" and tok not in got.seen:
+            seen = tuple(sorted({*got.seen, tok}))
+            kind, dt, shape = resolve(seen)
+            new[p] = Spec(p, kind, dt, shape, got.has, _JSON_SEEN if kind == "json" else seen)
+        present.add(p)
+    for q, s in new.items():
+        if q not in present:
+            loose.discard((side, q))
+            if not s.has:
+                new[q] = s._replace(has=True)
+    return new
+
+
+class TableStore:
+    """What ``migrate`` needs of a table's storage: rows, and whole columns to read, drop and
+    create. A file's table is rewritten as a copy (``begin_migration``: its unchanged columns
+    linked, not copied) that ``save_layout`` swaps in whole, so a kill leaves one or the other."""
+
+    n: int
+
+    def begin_migration(self) -> None:
+        pass
+
+    def read_column(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def drop_column(self, name: str) -> None:
+        raise NotImplementedError
+
+    def add_column(self, col: Column, data: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def save_layout(self, layout: Layout) -> None:
+        raise NotImplementedError
+
+
+def int_len(store: TableStore) -> int:
+    """The longest int id in a table's id column, as text (0 when it holds none)."""
+    if store.n == 0:
+        return 0
+    ids = store.read_column("id")
+    if ids.dtype.kind not in "iu" or not len(ids):
+        return 0
+    return max(len(str(int(ids.max()))), len(str(int(ids.min()))))
+
+
+def migrate(store: TableStore, old: Layout, new: Layout) -> Layout:
+    """Rewrite the columns that ``new`` changes (rare: a field that appears, a promotion, a mix
+    that becomes JSON): each is read whole, converted, and written again. Returns the layout as
+    stored (a collapsed field whose rows all hold it loses its mask)."""
+    store.begin_migration()
+    done = np.asarray(store.read_column("done"), dtype=bool) if store.n else np.zeros(0, dtype=bool)
+    anything = bool(done.any())  # else every column is created empty
+    if old.ids != new.ids and not anything:
+        store.drop_column("id")
+        store.add_column(new.columns()[0], None)
+    elif old.ids != new.ids:  # ids as text now, or wider text
+        texts = [x.decode() if isinstance(x, bytes) else str(x) for x in store.read_column("id").tolist()]
+        store.drop_column("id")
+        ids = (np.array(texts, dtype=object) if new.ids == "str"
+               else np.array([t.encode() for t in texts], dtype=f"|{new.ids}"))
+        store.add_column(new.columns()[0], ids if texts else None)
+    final_r, final_p = dict(new.results), dict(new.params)
+    for prefix, ospecs, nspecs, final in (("result", old.results, new.results, final_r),
+                                          ("params", old.params, new.params, final_p)):
+        for p, s in nspecs.items():
+            name = f"{prefix}/{_name(p)}"
+            o = ospecs.get(p)
+            if o is not None and (o.kind, o.dtype, o.shape) == (s.kind, s.dtype, s.shape):
+                if s.has and not o.has:  # every done row so far holds it
+                    store.add_column(Column(f"has/{name}", "|b1"), done.copy() if anything else None)
+                _recode(store, name, o, s, anything)
+                continue
+            sources = [q for q in ospecs if takes(s, q)]
+            data: np.ndarray | None = None
+            present: np.ndarray | None = None
+            if anything and s.kind == "json" and sources:
+                data, present = _json_column(store, prefix, ospecs, p, sources, done)
+            elif anything and o is not None:
+                data = store.read_column(name).astype(s.dtype)
+                present = _has(store, name, o, done)
+            if o is not None and s.kind != "json":
+                _recode(store, name, o, s, anything)
+            for q in sources:
+                qname = f"{prefix}/{_name(q)}"
+                store.drop_column(qname)
+                if ospecs[q].has:
+                    store.drop_column(f"has/{qname}")
+                if coded(ospecs[q]) and not (q == p and coded(s)):
+                    store.drop_column(f"type/{qname}")
+            if (prefix, p) in new.loose and (present is None or present[done].all()):
+                s = final[p] = s._replace(has=False)
+            store.add_column(Column(name, _col_dtype(s), s.shape, s.kind), data)
+            if s.has:
+                store.add_column(Column(f"has/{name}", "|b1"), present)
+    out = Layout(new.ids, final_r, final_p)
+    store.save_layout(out)
+    return out
+
+
+def _recode(store: TableStore, name: str, o: Spec, s: Spec, anything: bool) -> None:
+    """The type/ column of a field whose set of types grew: each row's index into the new set."""
+    if not coded(s) or o.seen == s.seen:
+        return
+    remap = np.array([s.seen.index(t) for t in o.seen], dtype=np.uint8)
+    codes = None
+    if anything:
+        codes = remap[np.asarray(store.read_column(f"type/{name}"), dtype=np.intp)] if coded(o) else \
+            np.full(store.n, remap[0], dtype=np.uint8)
+    if coded(o):
+        store.drop_column(f"type/{name}")
+    store.add_column(Column(f"type/{name}", "|u1"), codes)
+
+
+def _has(store: TableStore, name: str, spec: Spec, done: np.ndarray) -> np.ndarray:
+    return np.asarray(store.read_column(f"has/{name}"), dtype=bool) if spec.has else done.copy()
+
+
+def _json_column(store: TableStore, prefix: str, ospecs: Specs, p: tuple[str, ...], sources: list[Any],
+                 done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The JSON text of field ``p`` in every done row, from the columns of the fields under it."""
+    data = np.empty(store.n, dtype=object)
+    data.fill("")
+    present = np.zeros(store.n, dtype=bool)
+    cols = {q: store.read_column(f"{prefix}/{_name(q)}") for q in sources}
+    hass = {q: _has(store, f"{prefix}/{_name(q)}", ospecs[q], done) for q in sources}
+    codes = {q: store.read_column(f"type/{prefix}/{_name(q)}") for q in sources if coded(ospecs[q])}
+    for i in np.flatnonzero(done).tolist():
+        out: dict[str, Any] = {}
+        whole: Any = _MISSING
+        for q in sources:
+            if not hass[q][i]:
+                continue
+            v = cell(ospecs[q], cols[q], i, codes[q][i] if q in codes else None)
+            rel = q[len(p):]
+            if not rel:
+                whole = v
+                continue
+            d = out
+            for key in rel[:-1]:
+                d = d.setdefault(key, {})
+            d[rel[-1]] = v
+        if whole is not _MISSING or out:
+            data[i] = T.to_json(whole if whole is not _MISSING else out)
+            present[i] = True
+    return data, present
+
+
+_MISSING = object()
 
 
 def empty(col: Column, n: int) -> np.ndarray:
@@ -135,20 +582,21 @@ def dtype_of(col: Column) -> np.dtype:
     return META if col.dtype == "meta" else np.dtype(col.dtype)
 
 
-class MemoryTable:
+class MemoryTable(TableStore):
     """The table kept on the master (``out=None``): numpy columns that grow as rows arrive."""
 
     def __init__(self, layout: Layout, total: int | None) -> None:
         self.layout = layout
-        self.cols = {c.name: empty(c, max(total or 0, 1024)) for c in layout.columns()}
+        self.cap = max(total or 0, 1024)
+        self.cols = {c.name: empty(c, self.cap) for c in layout.columns()}
         self.specs = {c.name: c for c in layout.columns()}
         self.n = total or 0  # rows: every task's position, as far as known
 
     def put(self, seq0: int, values: dict[str, Any]) -> None:
         end = seq0 + len(values["id"])
-        cap = len(self.cols["id"])
+        cap = self.cap
         if end > cap:
-            grow = max(end, 2 * cap)
+            grow = self.cap = max(end, 2 * cap)
             for name, a in self.cols.items():
                 b = empty(self.specs[name], grow)
                 b[:cap] = a
@@ -159,6 +607,39 @@ class MemoryTable:
 
     def column(self, name: str) -> np.ndarray:
         return self.cols[name][: self.n]
+
+    def read_column(self, name: str) -> np.ndarray:
+        return self.column(name)
+
+    def drop_column(self, name: str) -> None:
+        del self.cols[name], self.specs[name]
+
+    def add_column(self, col: Column, data: np.ndarray | None) -> None:
+        a = empty(col, self.cap)
+        if data is not None:
+            a[: len(data)] = data
+        self.cols[col.name], self.specs[col.name] = a, col
+
+    def save_layout(self, layout: Layout) -> None:
+        self.layout = layout
+
+
+def fit_layout(store: TableStore, lay: Layout, rows: Any, tids: list[Any], write_pending: Any) -> Layout:
+    """The layout that holds a batch of rows: ``lay`` itself (the common case, checked once per
+    schema), or the layout merged with the batch, its changed columns rewritten (the rows not
+    yet written go first: ``write_pending()``)."""
+    if lay.covers(rows.schema, rows.pschema, tids):
+        return lay
+    write_pending()
+
+    def any_done() -> bool:
+        return store.n > 0 and bool(np.any(store.read_column("done")))
+
+    new = lay.merged(rows.schema, rows.pschema, tids, any_done, lambda: int_len(store))
+    new = migrate(store, lay, new)
+    if not new.covers(rows.schema, rows.pschema, tids):
+        raise AssertionError(f"the table's layout {new.to_json()} does not hold a batch of {rows.schema}")
+    return new
 
 
 def compare_done(mask: np.ndarray, done: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from . import layout as L
-from .table_base import Column, Layout, dtype_of, empty, runs
+from .table_base import Column, Layout, TableStore, dtype_of, empty, runs
 
 CHUNK_BYTES = 256 << 10  # about this many bytes per chunk of a column
 _STR = h5py.string_dtype()
@@ -24,7 +24,14 @@ def _h5_dtype(col: Column) -> Any:
     return _STR if col.dtype == "str" else dtype_of(col)
 
 
-class H5Table:
+def _create(g: h5py.Group, c: Column, n: int) -> h5py.Dataset:
+    item = 16 if c.dtype == "str" else dtype_of(c).itemsize * int(np.prod(c.shape, dtype=np.int64))
+    rows = max(64, min(1 << 16, CHUNK_BYTES // max(1, item)))
+    return g.create_dataset(c.name, shape=(n, *c.shape), maxshape=(None, *c.shape), dtype=_h5_dtype(c),
+                            chunks=(rows, *c.shape))
+
+
+class H5Table(TableStore):
     """Writes rows into ``/table`` (created at the first rows, or reopened on resume)."""
 
     def __init__(self, group: h5py.Group, layout: Layout) -> None:
@@ -37,23 +44,71 @@ class H5Table:
     def create(cls, f: h5py.File, layout: Layout, total: int | None) -> H5Table:
         g = f.create_group(L.TABLE)
         g.attrs[L.ATTR_LAYOUT] = layout.to_json()
-        n = total or 0
         for c in layout.columns():
-            item = 16 if c.dtype == "str" else dtype_of(c).itemsize * int(np.prod(c.shape, dtype=np.int64))
-            rows = max(64, min(1 << 16, CHUNK_BYTES // max(1, item)))
-            g.create_dataset(c.name, shape=(n, *c.shape), maxshape=(None, *c.shape), dtype=_h5_dtype(c),
-                             chunks=(rows, *c.shape))
+            _create(g, c, total or 0)
         return cls(g, layout)
+
+    # -- TableStore: a column rewritten when the layout changes ---------------------------------
+
+    def read_column(self, name: str) -> np.ndarray:
+        ds = self.ds[name]
+        if self.specs[name].dtype == "str":
+            return np.asarray(ds.asstr()[:], dtype=object)
+        return np.asarray(ds[:])
+
+    def drop_column(self, name: str) -> None:
+        del self.g[name], self.ds[name], self.specs[name]
+        parent = name.rsplit("/", 1)[0] if "/" in name else ""
+        while parent and len(self.g[parent]) == 0:  # no empty groups left behind
+            del self.g[parent]
+            parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
+
+    def add_column(self, col: Column, data: np.ndarray | None) -> None:
+        if col.name in self.g:  # left by a rewrite that a kill cut short
+            del self.g[col.name]
+        self.ds[col.name] = _create(self.g, col, self.n)
+        self.specs[col.name] = col
+        if data is not None and self.n:
+            self.write(0, {col.name: data[: self.n]})
+
+    def begin_migration(self) -> None:
+        f, nxt = self.g.file, L.TABLE + L.NEXT
+        if nxt in f:
+            del f[nxt]
+        g = f.create_group(nxt)
+        for name, ds in self.ds.items():
+            g[name] = ds  # a hard link: the same dataset, not a copy
+        self._use(g)
+
+    def _use(self, g: h5py.Group) -> None:
+        self.g = g
+        self.ds = {name: g[name] for name in self.specs}
+
+    def save_layout(self, layout: Layout) -> None:
+        self.g.attrs[L.ATTR_LAYOUT] = layout.to_json()
+        self.layout = layout
+        f = self.g.file
+        if self.g.name == f"/{L.TABLE}{L.NEXT}":  # the rewritten table replaces the old one
+            if L.TABLE in f:
+                del f[L.TABLE]
+            f.move(L.TABLE + L.NEXT, L.TABLE)
+            self._use(f[L.TABLE])
 
     @classmethod
     def open(cls, f: h5py.File) -> H5Table | None:
+        nxt = L.TABLE + L.NEXT
+        if nxt in f:  # a rewrite that a kill cut short: complete (swap it in) or not (drop it)
+            if L.TABLE in f:
+                del f[nxt]
+            else:
+                f.move(nxt, L.TABLE)
         if L.TABLE not in f:
             return None
         g = f[L.TABLE]
         return cls(g, Layout.from_json(g.attrs[L.ATTR_LAYOUT]))
 
     def write(self, seq0: int, values: dict[str, Any]) -> None:
-        end = seq0 + len(values["id"])
+        end = seq0 + len(next(iter(values.values())))
         if end > self.n:
             for ds in self.ds.values():
                 ds.resize(end, axis=0)

@@ -3,22 +3,24 @@ column (``id.npy``, ``done.npy``, ``result/energy.npy``, ``params/seed.npy``...)
 alone reads (``np.load("DIR/_table/result/energy.npy")``), and ``layout.json``.
 
 Each file is written in place: its header leaves room for the shape to grow, and rows go at
-their offsets with ``pwrite``. Strings are fixed-width unicode (``<U8``...): a longer one makes
-the column be rewritten twice as wide, so that numpy reads it without pickles.
+their offsets with ``pwrite``. Strings are fixed-width unicode (``<U8``, ``<U16``...: the power
+of two that holds the longest, at least 8): a longer one makes the column be rewritten wider,
+so that numpy reads it without pickles.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import layout as L
-from .base import make_files_durable, pwrite_all
-from .table_base import Column, Layout, dtype_of, empty, runs
+from .base import fsync_dir, make_files_durable, pwrite_all
+from .table_base import Column, Layout, TableStore, dtype_of, empty, runs
 
 HEADER = 128  # bytes of every column file's header: room for a shape of many digits
 MAGIC = b"\x93NUMPY\x01\x00"
@@ -73,9 +75,10 @@ class NpyColumn:
             pwrite_all(self.fd, arr.reshape(-1).view(np.uint8), HEADER + start * self.row_bytes)
 
     def _widen(self, width: int) -> None:
-        """Strings longer than the column holds: rewrite it at least twice as wide."""
+        """Strings longer than the column holds: rewrite it as wide as the power of two that
+        holds them (so a column's width depends on its longest string, not on their order)."""
         old = self.read()
-        self.dtype = np.dtype(f"<U{max(width, 2 * (self.dtype.itemsize // 4))}")
+        self.dtype = np.dtype(f"<U{1 << (width - 1).bit_length()}")
         self._set_length(self.n)
         if len(old):
             pwrite_all(self.fd, np.ascontiguousarray(old, dtype=self.dtype).reshape(-1).view(np.uint8), HEADER)
@@ -90,7 +93,7 @@ class NpyColumn:
             self.fd = -1
 
 
-class NpyTable:
+class NpyTable(TableStore):
     """Writes rows into ``DIR/_table`` (created at the first rows, or reopened on resume)."""
 
     def __init__(self, root: Path, layout: Layout) -> None:
@@ -105,13 +108,79 @@ class NpyTable:
     def create(cls, out: Path, layout: Layout) -> NpyTable:
         root = out / L.TABLE_DIR
         root.mkdir(exist_ok=True)
-        tmp = root / f"{L.TMP}layout.json"
-        tmp.write_text(layout.to_json())
-        os.replace(tmp, root / "layout.json")
+        _save(root, layout)
         return cls(root, layout)
+
+    # -- TableStore: a column rewritten when the layout changes ---------------------------------
+
+    @property
+    def n(self) -> int:  # type: ignore[override]
+        return max((c.n for c in self.cols.values()), default=0)
+
+    def read_column(self, name: str) -> np.ndarray:
+        c = self.cols[name]
+        a = c.read()
+        return np.array(a.tolist(), dtype=object) if c.col.dtype == "str" else a
+
+    def drop_column(self, name: str) -> None:
+        c = self.cols.pop(name)
+        c.close()
+        c.path.unlink()
+        d = c.path.parent
+        while d != self.root and not any(d.iterdir()):  # no empty directories left behind
+            d.rmdir()
+            d = d.parent
+
+    def add_column(self, col: Column, data: np.ndarray | None) -> None:
+        n = self.n
+        p = self.root / f"{col.name}.npy"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.exists():  # left by a rewrite that a kill cut short
+            p.unlink()
+        c = self.cols[col.name] = NpyColumn(p, col)
+        if data is not None and n:
+            c.write(0, list(data[:n]) if col.dtype == "str" else data[:n])
+        if c.n < n:
+            c._set_length(n)
+
+    def begin_migration(self) -> None:
+        nxt = self.root.with_name(L.TABLE_DIR + L.NEXT)
+        if nxt.exists():
+            shutil.rmtree(nxt)
+        for name, c in self.cols.items():
+            p = nxt / f"{name}.npy"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            os.link(c.path, p)  # the same file, not a copy
+        self._use(nxt)
+
+    def _use(self, root: Path) -> None:
+        for c in self.cols.values():
+            c.close()
+        self.root = root
+        self.cols = {name: NpyColumn(root / f"{name}.npy", c.col) for name, c in self.cols.items()}
+
+    def save_layout(self, layout: Layout) -> None:
+        _save(self.root, layout)
+        self.layout = layout
+        if self.root.name == L.TABLE_DIR + L.NEXT:  # the rewritten table replaces the old one
+            make_files_durable([c.path for c in self.cols.values()] + [self.root / "layout.json"], self.root)
+            table, old = self.root.with_name(L.TABLE_DIR), self.root.with_name(L.TABLE_DIR + L.OLD)
+            os.replace(table, old)
+            os.replace(self.root, table)
+            fsync_dir(table.parent)
+            shutil.rmtree(old)
+            self._use(table)
 
     @classmethod
     def open(cls, out: Path) -> NpyTable | None:
+        table, nxt, old = out / L.TABLE_DIR, out / (L.TABLE_DIR + L.NEXT), out / (L.TABLE_DIR + L.OLD)
+        if nxt.exists():  # a rewrite that a kill cut short: complete (swap it in) or not (drop it)
+            if table.exists():
+                shutil.rmtree(nxt)
+            else:
+                os.replace(nxt, table)
+        if old.exists():
+            shutil.rmtree(old)
         p = out / L.TABLE_DIR / "layout.json"
         if not p.exists():
             return None
@@ -142,6 +211,12 @@ class NpyTable:
     def close(self) -> None:
         for c in self.cols.values():
             c.close()
+
+
+def _save(root: Path, layout: Layout) -> None:
+    tmp = root / f"{L.TMP}layout.json"
+    tmp.write_text(layout.to_json())
+    os.replace(tmp, root / "layout.json")
 
 
 def read_layout(out: Path) -> Layout | None:

@@ -73,7 +73,7 @@ class RowsMixin(Base):
                     self._pending_bytes += 16 * len(leaves)
                     self._maybe_flush_locked(dt)
                     return True
-        schema = T.schema_of(value)
+        schema = T.schema_of(value, self.opts.table)  # arrays are rows only in a table of arrays
         if schema is None:
             return False
         pschema = T.schema_of(params) if params is not None else None
