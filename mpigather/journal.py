@@ -19,10 +19,14 @@ Record types (key ``ev``), each written by one method of ``Journal``:
   ids of tasks with no position (``id``): a storm of 200,000 identical failures writes a few
   hundred such small records, not 200,000 tracebacks. (Older journals have one record per
   failed attempt: id, position, attempt, rank, error, final; they are still read.)
-- ``workers``: every few seconds, the master's heartbeat: each worker's state, and how many
-  tasks are running and queued;
+- ``workers``: every second or so, the master's heartbeat: how many tasks are running and
+  queued, and each worker's state up to ``workerstats.LIST_MAX`` workers; above, the count of
+  workers in each state and only the few that are not ok or silent longest (under 1 KB);
 - ``reset``: the output was found damaged and set aside: forget the earlier done records;
-- ``stats``: per-rank time accounting at the end of a run; ``end``: how the run ended.
+- ``stats``: per-rank time accounting at the end of a run (every worker up to
+  ``workerstats.LANES_MAX``; above, the outliers only); ``fleet``: the workers' totals,
+  percentiles, outliers and busy workers over time (``workerstats.summarise``; journals of
+  older versions have none, and their stats records say it all); ``end``: how the run ended.
 
 A torn last line (the job was killed mid-write) is ignored and cut off before appending.
 Reading is streamed, so a journal of ten million tasks is read in bounded memory.
@@ -41,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import workerstats
 
 SUFFIX = ".journal"
 _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -139,7 +145,7 @@ class Journal:
         """The master's heartbeat; flushed to the file system (not fsynced) so that status sees it."""
         self._write_failed()
         rec = {"ev": "workers", "time": round(now(), 3), "running": running, "queued": queued,
-               "done": done, "failed": failed, "table": table}
+               "done": done, "failed": failed, **workerstats.heartbeat(table)}
         if by_step:
             rec["steps"] = by_step
         self._write(rec)
@@ -172,6 +178,10 @@ class Journal:
             stats = {**stats, "spans": [[sp[0], round(sp[1], 6), round(sp[2], 6), *sp[3:]] if len(sp) > 2 else sp
                                         for sp in stats["spans"]]}
         self._write({"ev": "stats", "rank": rank, **stats})
+
+    def fleet(self, summary: dict[str, Any]) -> None:
+        """The workers' totals, percentiles, outliers and profiles (``workerstats.summarise``)."""
+        self._write({"ev": "fleet", **summary})
 
     def end(self, **info: Any) -> None:
         self._write_failed()
@@ -342,6 +352,7 @@ class RunRecord:
 
     start: dict[str, Any]
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fleet: dict[str, Any] | None = None  # the ``fleet`` record (newer journals)
     end: dict[str, Any] | None = None
     done: int = 0
     failed: int = 0
@@ -541,6 +552,10 @@ class _Loader:
     def _on_end(self, rec: dict[str, Any], t: float | None) -> None:
         if self.st.runs:
             self.st.runs[-1].end = rec
+
+    def _on_fleet(self, rec: dict[str, Any], t: float | None) -> None:
+        if self.st.runs:
+            self.st.runs[-1].fleet = {k: v for k, v in rec.items() if k != "ev"}
 
     def _on_stats(self, rec: dict[str, Any], t: float | None) -> None:
         if self.st.runs:

@@ -40,6 +40,7 @@ from .errors import MasterFailed, UnsupportedResultError
 from .failures import SIGNATURE
 from .link import LOST, Backoff
 from .trace import open_trace
+from .workerstats import SpanLog
 
 log = logging.getLogger("mpigather")
 
@@ -156,7 +157,7 @@ class Worker:
         self._task_name = steps.step_name(steps.func_ref(func)) if _named(func) else "task"
         self._threaded = bool(getattr(link, "threads_ok", True))
         self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
-        self._spans: deque[tuple[Any, float, float, str, str]] = deque(maxlen=SPANS_KEPT)
+        self._spans = SpanLog(SPANS_KEPT)  # the last spans, and every one in a profile of busy time
         self._fits: dict[Any, str | None] = {}  # the task function's signature against tasks of each shape
         self._seen: dict[str, tuple[Any, int]] = {}  # errors raised here: the first task, how many times
         self._plain = False  # func(task) was found to fit: later tasks skip the check
@@ -644,7 +645,7 @@ class Worker:
         wall = time.perf_counter() - start
         self.stats["wall"] = wall
         self.stats["host"] = self.link.host
-        self.stats["spans"] = [(str(t), a - start, d, s, n) for t, a, d, s, n in self._spans]
+        self.stats.update(self._spans.export(start, self.link.size - 1))  # spans, failed, profile
         self._send(M.Bye(self.stats))
         self.link.flush(timeout)  # what was posted before Bye is complete before MPI goes away
 
