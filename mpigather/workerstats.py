@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 import time
 from collections.abc import Iterable
@@ -40,6 +41,7 @@ SPANS_AT_SCALE = 500  # the last spans a worker sends when the run has more than
 PROFILE_BINS = 256  # bins of a profile of busy time; their width doubles as the run goes on
 PROFILE_WIDTH = 0.01  # seconds: the first width of a bin
 BATCH = 1 << 16  # intervals a profile collects before it adds them in one go
+PROFILES_BATCH = 256  # workers' profiles the master collects before it adds them in one go
 PCTS = ("min", "p10", "p50", "p90", "max")
 METRICS = ("busy_pct", "tasks", "compute", "send", "idle", "wall", "per_task")
 KINDS = ("slowest", "least_busy", "failed", "lost", "stuck")  # kinds of outliers, in the order texts show them
@@ -114,6 +116,20 @@ class Profile:
         self.later(t0 + np.arange(len(vals)) * width, np.full(len(vals), float(width)), vals)
         if not later:
             self.flush()
+
+    def merge_many(self, profiles: list[tuple[float, float, list[float]]]) -> None:
+        """``merge`` each (t0, width, values) of ``profiles``, in one batch."""
+        profiles = [(t0, w, v) for t0, w, v in profiles if v and w > 0]
+        if not profiles:
+            return
+        lens = np.array([len(v) for _t, _w, v in profiles])
+        widths = np.repeat(np.array([w for _t, w, _v in profiles], dtype=float), lens)
+        first = np.repeat(np.cumsum(lens) - lens, lens)
+        a = np.repeat(np.array([t0 for t0, _w, _v in profiles], dtype=float), lens)
+        a += (np.arange(int(lens.sum())) - first) * widths
+        vals = np.fromiter(itertools.chain.from_iterable(v for _t, _w, v in profiles), dtype=float,
+                           count=int(lens.sum()))
+        self.later(a, widths, vals)
 
     def later(self, a: np.ndarray, d: np.ndarray, mass: np.ndarray | None = None) -> None:
         """``add_many`` with the next batch (at the latest when ``BATCH`` intervals wait)."""
@@ -245,14 +261,26 @@ class Fleet:
         self.alive = Profile()
         self._top = {"slowest": _Top(OUTLIERS), "least_busy": _Top(OUTLIERS), "failed": _Top(OUTLIERS)}
         self._with_spans: set[int] = set()
+        self._profiles: list[tuple[float, float, list[float]]] = []  # not yet added to ``busy``
+        self._walls: list[float] = []  # not yet added to ``alive``
+
+    def _flush(self) -> None:
+        self.busy.merge_many(self._profiles)
+        self._profiles = []
+        if self._walls:
+            walls = np.array(self._walls)
+            self.alive.later(np.zeros(len(walls)), walls)
+            self._walls = []
 
     def add(self, rank: int, stats: dict[str, Any]) -> dict[str, Any]:
         """A worker's goodbye (``worker`` stats): keep its record, maybe its spans; sum its profile."""
         w = dict(stats)
         prof = w.pop("profile", None)
         if prof:
-            self.busy.merge(float(prof.get("t0") or 0.0), float(prof.get("w") or PROFILE_WIDTH), prof.get("v") or (),
-                            later=True)
+            self._profiles.append((float(prof.get("t0") or 0.0), float(prof.get("w") or PROFILE_WIDTH),
+                                   prof.get("v") or []))
+            if len(self._profiles) >= PROFILES_BATCH:
+                self._flush()
         elif w.get("spans"):  # a worker of an older version: its spans are all there is
             try:
                 self.busy.later(np.array([float(sp[1]) for sp in w["spans"]]),
@@ -261,7 +289,7 @@ class Fleet:
                 pass
         wall = _f(w, "wall")
         if wall > 0:
-            self.alive.later(np.zeros(1), np.array([wall]))
+            self._walls.append(wall)
         w["failed"] = failed_of(w)
         self.records[rank] = w
         if w.get("spans") is not None:
@@ -286,6 +314,7 @@ class Fleet:
         self._with_spans.discard(rank)
 
     def profiles(self) -> dict[str, Any]:
+        self._flush()
         return {"busy": self.busy.export(), "alive": self.alive.export()}
 
 
