@@ -94,18 +94,20 @@ class Profile:
         n = int(i1.max()) + 1
         if len(self.v) < n:
             self.v = np.concatenate([self.v, np.zeros(n - len(self.v))])
-        v = self.v
+        size = len(self.v)
+
+        def at(idx: np.ndarray, x: np.ndarray) -> np.ndarray:  # np.add.at, ten times faster
+            return np.bincount(idx, weights=x, minlength=size)[:size].astype(float, copy=False)
+
         one = i0 == i1
-        np.add.at(v, i0[one], mass[one])
+        acc = at(i0[one], mass[one])
         m = ~one  # across bin edges: its first and last bins in part, the ones between whole
         if m.any():
             j0, j1, am, per_s = i0[m], i1[m], a[m], mass[m] / d[m]
-            np.add.at(v, j0, ((j0 + 1) * w - am) * per_s)
-            np.add.at(v, j1, (am + d[m] - j1 * w) * per_s)
-            diff = np.zeros(len(v) + 1)
-            np.add.at(diff, j0 + 1, w * per_s)
-            np.add.at(diff, j1, -w * per_s)
-            v += np.cumsum(diff)[: len(v)]
+            acc += at(j0, ((j0 + 1) * w - am) * per_s) + at(j1, (am + d[m] - j1 * w) * per_s)
+            mid = at(j0 + 1, w * per_s) - at(j1, w * per_s)  # + from the second bin, - from the last
+            acc += np.cumsum(mid)
+        self.v += acc
 
     def merge(self, t0: float, width: float, values: Iterable[float], *, later: bool = False) -> None:
         """Add another profile, whose first bin starts at ``t0`` seconds; ``later``: with the next
@@ -174,8 +176,7 @@ class SpanLog:
         if len(self._spans) >= 2 * self.keep:
             old = self._spans[: -self.keep]
             del self._spans[: -self.keep]
-            self._fold(self._folded, old)
-            self._failed += sum(1 for s in old if s[3] == "failed")
+            self._failed += self._fold(self._folded, old)
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -183,20 +184,22 @@ class SpanLog:
     def __iter__(self) -> Any:
         return iter(self._spans[-self.keep :])
 
-    def _fold(self, prof: Profile, spans: list[Span]) -> None:
-        if spans:
-            a = np.fromiter((s[1] for s in spans), dtype=float, count=len(spans)) - self.origin
-            prof.add_many(a, np.fromiter((s[2] for s in spans), dtype=float, count=len(spans)))
+    def _fold(self, prof: Profile, spans: list[Span]) -> int:
+        """Add ``spans`` to ``prof``; return how many of them failed."""
+        if not spans:
+            return 0
+        _t, a, d, outcome, _n = zip(*spans)  # columns, transposed in C
+        prof.add_many(np.array(a, dtype=float) - self.origin, np.array(d, dtype=float))
+        return outcome.count("failed")
 
     def export(self, start: float, n_workers: int = 1) -> dict[str, Any]:
         """What a worker's goodbye carries: its last spans (offsets from ``start``), how many of its
         tasks failed, and its profile of busy time (seconds from ``start``)."""
         prof = Profile(self._folded.width, self._folded.bins)
         prof.v = self._folded.v.copy()
-        self._fold(prof, self._spans)
+        failed = self._failed + self._fold(prof, self._spans)
         limit = self.keep if n_workers <= LANES_MAX else min(self.keep, SPANS_AT_SCALE)
         spans = [(str(t), a - start, d, s, n) for t, a, d, s, n in self._spans[-limit:]]
-        failed = self._failed + sum(1 for s in self._spans if s[3] == "failed")
         return {"spans": spans, "failed": failed, "profile": prof.export(self.origin - start)}
 
 
