@@ -272,3 +272,32 @@ def test_status_of_a_live_run_of_10000_workers(tmp_path, monkeypatch):
     assert len(text.splitlines()) <= 16, text
     assert "10000 workers (9997 ok, 2 suspect, 1 lost); last heard from: p50 " in text
     assert "worker 4711: ok, last seen 4" in text
+
+
+# -- the thresholds ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [WS.LIST_MAX, WS.LIST_MAX + 1, WS.LANES_MAX, WS.LANES_MAX + 1])
+def test_where_texts_and_pictures_start_to_summarise(n, tmp_path):
+    s = fleet_summary(n)
+    listed = n <= WS.LIST_MAX
+    assert ("  rank  host" in s.text().splitlines()[1]) is listed
+    assert sum("spans" in w for w in s.workers.values()) == (n if n <= WS.LANES_MAX else
+                                                             len(s.fleet.kept() & set(s.workers)))
+    write_journal(tmp_path / "o.h5", s)
+    info = R.collect(str(tmp_path / "o.h5"))
+    assert len(info["workers"]) == (n if n <= WS.LANES_MAX else len(WS.journaled(info["fleet"], s.workers)))
+    text = R.text(info)
+    assert (f"{n} workers" in text) is not listed
+    assert sum(1 for ln in text.splitlines() if ln.split() and ln.split()[0].isdigit()) <= max(n, 3 * WS.OUTLIERS)
+    import matplotlib.image as mpimg
+
+    from mpigather.timeline import draw
+
+    img = mpimg.imread(str(draw(info, tmp_path / "t.png")))[..., :3]
+    done = (np.abs(img - np.array([0x4C, 0x72, 0xB0]) / 255).max(axis=2) < 0.02).sum(axis=1) >= 60
+    bands = int(np.count_nonzero(done[1:] & ~done[:-1])) + int(done[0])
+    if n <= WS.LANES_MAX:
+        assert bands == n  # a lane per worker
+    else:
+        assert bands <= 3 * WS.OUTLIERS + 1  # the busy area, and a lane per outlier
