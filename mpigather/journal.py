@@ -242,8 +242,12 @@ def _cut_torn_tail(path: Path) -> None:
         f.truncate(0)
 
 
-def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every complete record of a journal, streamed; a torn or corrupt last line is skipped."""
+HEARTBEAT_PREFIX = b'{"ev":"workers",'  # how the master's heartbeat lines start (``Journal.workers``)
+
+
+def read_records(path: str | os.PathLike[str], *, lazy: bytes | None = None) -> Iterator[dict[str, Any]]:
+    """Every complete record of a journal, streamed; a torn or corrupt last line is skipped.
+    Lines that start with ``lazy`` are not parsed: they come as ``{"ev": None, "raw": line}``."""
     with open(path, "rb") as f:
         lineno = 0
         pending: bytes | None = None  # a corrupt line is an error only if another follows it
@@ -253,6 +257,9 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"journal {path}, line {lineno - 1}: corrupt record")
             if not line.endswith(b"\n"):
                 return  # torn tail
+            if lazy is not None and line.startswith(lazy):
+                yield {"ev": None, "raw": line}
+                continue
             try:
                 rec = json.loads(line)
             except ValueError:
@@ -435,8 +442,25 @@ class _Loader:
         self.positions: array.array[int] = array.array("q")  # of whole results
         self.ranges: list[tuple[int, int, int]] = []  # rows: (first position, count, hash)
         self.unplaced = 0
+        self.heartbeat_line: bytes | None = None  # the last heartbeat, parsed at the end
+
+    def finish(self) -> None:
+        """Parse the last heartbeat of the last run (a long run writes one a second: status reads one)."""
+        if self.heartbeat_line is not None:
+            try:
+                rec = json.loads(self.heartbeat_line)
+            except ValueError:  # a damaged line: as if there were no heartbeat
+                return
+            self.heartbeat_line = None
+            self.st.heartbeat = rec
+            t = rec.get("time")
+            if t is not None and (self.st.last_record_time is None or t > self.st.last_record_time):
+                self.st.last_record_time = t
 
     def feed(self, rec: dict[str, Any]) -> None:
+        if "raw" in rec and rec.get("ev") is None:  # a heartbeat: only the last one of the run counts
+            self.heartbeat_line = rec["raw"]
+            return
         t = rec.get("time") or rec.get("t")
         if t is not None:
             self.st.last_record_time = t
@@ -501,6 +525,7 @@ class _Loader:
         st.errors.clear()
         st.runs.append(RunRecord(rec))
         st.heartbeat = None
+        self.heartbeat_line = None
         st.done_in_run = 0
         st.first_done_in_run = None
 
@@ -565,8 +590,9 @@ class _Loader:
 def load_state(path: str | os.PathLike[str], *, want_done: bool = False) -> State:
     """Read a whole journal, streamed. ``want_done`` also builds the set of done ids (for a resume)."""
     loader = _Loader(want_done)
-    for rec in read_records(path):
+    for rec in read_records(path, lazy=HEARTBEAT_PREFIX):
         loader.feed(rec)
+    loader.finish()
     st = loader.st
     if want_done:
         st.done_set = DoneSet(np.frombuffer(loader.keys, dtype=np.int64),

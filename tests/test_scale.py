@@ -243,8 +243,8 @@ def test_heartbeat_is_under_a_kilobyte_at_10000_workers(tmp_path):
 
 
 def test_status_of_a_live_run_of_10000_workers(tmp_path, monkeypatch):
-    """An hour of heartbeats of 10,000 workers and 1M tasks done: status answers in under a second,
-    in a few lines."""
+    """Ten hours of heartbeats of 10,000 workers and 1M tasks done: status answers in under a
+    second (it parses only the last heartbeat), in a few lines."""
     out = tmp_path / "o.h5"
     j = Journal(journal_path(out))
     j.start(total=2_000_000, time=time.time() - 3600, pid=1, host="h")
@@ -256,11 +256,11 @@ def test_status_of_a_live_run_of_10000_workers(tmp_path, monkeypatch):
     rows = [{"ev": "rows", "t": time.time() - 3600 + k, "pos": [[k * 1000, 1000]], "h": [1], "att": [1], "rank": [1],
              "bytes": [8000], "crc": [0], "dur": [1.0]} for k in range(1000)]
     with open(journal_path(out), "ab") as f:
-        for k in range(3600):
+        for k in range(36_000):
             f.write(hb)
             if k < len(rows):
                 f.write(json.dumps(rows[k]).encode() + b"\n")
-    assert journal_path(out).stat().st_size < 5_000_000  # an hour: 1 KB a second, and the done rows
+    assert journal_path(out).stat().st_size < 40_000_000  # 10 hours: under 1 KB a second, and the done rows
     monkeypatch.setattr(S, "probe", lambda _out: (True, {"pid": 1, "host": "h"}))
     t = time.perf_counter()
     info = S.collect(str(out))
