@@ -167,6 +167,7 @@ def test_journal_report_and_timeline_at_scale(big, tmp_path):
     text = R.text(info)
     assert len(text.splitlines()) <= 50, text
     assert "the 10 slowest workers (most seconds per task):" in text
+    assert "15 worker(s) lost (the first 10): rank 9000, 9001" in text and "12 worker(s) stuck" in text
     assert "    busy " in text and "p50" in text
 
     from mpigather.timeline import draw
