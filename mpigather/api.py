@@ -32,6 +32,7 @@ from .sinks import Sink
 from .summary import Summary
 from .tasks import TaskSource, source_of, timeout_of
 from .worker import Worker
+from .workerstats import journaled
 
 log = logging.getLogger("mpigather")
 
@@ -386,16 +387,21 @@ def _drive_loop(master: Master, progress: Any, link: Any, sink: Sink, journal: J
 
 
 def _finish(sink: Sink, journal: Journal | None, summary: Summary) -> None:
+    fleet = summary.fleet_summary()
+    ranks = journaled(fleet, summary.workers)  # every worker of a small run; the outliers of a large one
     info = {"version": __version__, "done": summary.done, "failed": len(summary.failed),
             "bytes": summary.bytes, "wall": summary.wall, "master": summary.master,
-            "workers": {str(r): {k: v for k, v in w.items() if k != "spans"} for r, w in summary.workers.items()},
+            "workers": {str(r): {k: v for k, v in summary.workers[r].items() if k != "spans"} for r in ranks},
             "interrupted": summary.interrupted}
+    if len(ranks) < len(summary.workers):
+        info["fleet"] = {k: v for k, v in fleet.items() if k != "profiles"}
     complete = not summary.interrupted and not summary.crash and not summary.stopped_early
     sink.set_run_info(info)
     sink.close(complete=complete)
     if journal is not None:
-        for rank, w in summary.workers.items():
-            journal.stats(rank, w)
+        for rank in ranks:
+            journal.stats(rank, summary.workers[rank])
+        journal.fleet(fleet)
         journal.end(done=summary.done, failed=len(summary.failed), interrupted=summary.interrupted,
                     exit=summary.exit_code, wall=summary.wall, master=summary.master,
                     **({"stopped_early": summary.stopped_early} if summary.stopped_early else {}))

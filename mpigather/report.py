@@ -1,5 +1,9 @@
 """``mpigather report PATH``: where the time went, per worker, from the journal's stats records.
 
+Up to ``workerstats.LIST_MAX`` workers it lists each one; above, it shows totals, percentiles
+(min, p10, p50, p90, max) and the outliers: the slowest, least busy, failed, lost and stuck
+workers (the journal keeps the stats of those only, and a ``fleet`` record of the rest).
+
 A journal can hold several runs (``--resume``). The report is about the last run that left
 worker statistics (each run writes them when it ends, interrupted or not); ``runs`` and
 ``run`` say which one that is, so that ranks of an earlier, larger run never mix in.
@@ -12,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import workerstats as WS
 from .journal import journal_path, load_state
 
 
@@ -23,7 +28,7 @@ def collect(out: str) -> dict[str, Any]:
     if not runs:
         return {"out": str(out), "workers": {}, "master": {}, "wall": None, "runs": 0, "run": 0,
                 "done": 0, "failed": 0, "interrupted": False, "exit": None, "totals": {}}
-    idx = max((i for i, r in enumerate(runs) if r.stats or r.end), default=len(runs) - 1)
+    idx = max((i for i, r in enumerate(runs) if r.stats or r.end or r.fleet), default=len(runs) - 1)
     run = runs[idx]
     end = run.end or {}
     workers: dict[str, Any] = {}
@@ -32,16 +37,19 @@ def collect(out: str) -> dict[str, Any]:
         wall = float(w.get("wall") or 0.0)
         acc = sum(float(w.get(k) or 0.0) for k in ("compute", "send", "idle"))
         w["other"] = max(wall - acc, 0.0)  # time not in a measured state (loop overhead)
-        w["busy_pct"] = round(100.0 * float(w.get("compute") or 0.0) / wall, 1) if wall > 0 else None
-        w["failed"] = sum(1 for sp in w.get("spans") or [] if len(sp) > 3 and sp[3] == "failed")
+        w["busy_pct"] = WS.busy_pct(w)
+        w["failed"] = WS.failed_of(w)
         workers[rank] = w
-    totals = {k: sum(float(w.get(k) or 0.0) for w in workers.values()) for k in ("compute", "send", "idle", "wall")}
-    totals["tasks"] = sum(int(w.get("tasks") or 0) for w in workers.values())
-    totals["failed"] = sum(int(w.get("failed") or 0) for w in workers.values())
-    totals["bytes"] = sum(int(w.get("bytes") or 0) for w in workers.values())
+    fleet = run.fleet
+    if fleet is None:  # a journal of an older version: every worker's stats are there; sum them here
+        f = WS.Fleet(lanes=len(run.stats))
+        for rank, w in run.stats.items():
+            f.add(int(rank), w)
+        fleet = WS.summarise(f.records, profiles=f.profiles())
     return {"out": str(out), "workers": workers, "master": end.get("master", {}), "wall": end.get("wall"),
             "runs": len(runs), "run": idx + 1, "done": run.done, "failed": run.failed,
-            "interrupted": bool(end.get("interrupted")), "exit": end.get("exit"), "totals": totals}
+            "interrupted": bool(end.get("interrupted")), "exit": end.get("exit"), "totals": fleet["totals"],
+            "fleet": fleet}
 
 
 def _gib(n: float) -> str:
@@ -56,18 +64,19 @@ def text(info: dict[str, Any]) -> str:
         state = f", exit {info['exit']}" + (" (interrupted, resumable)" if info.get("interrupted") else "")
     lines.append(f"{info['out']}{run}: wall {info['wall'] or 0:.2f} s, {info.get('done', 0)} done,"
                  f" {info.get('failed', 0)} failed{state}")
-    if not info["workers"]:
+    if not info["workers"] and not (info.get("fleet") or {}).get("n"):
         lines.append("  no worker statistics yet (they are written when a run ends)")
     else:
-        lines.append("  rank  host                done failed   compute     send     idle     wall   busy  (seconds)")
-        for rank, w in info["workers"].items():
-            busy = f"{w['busy_pct']:>5.0f}%" if w.get("busy_pct") is not None else "     ?"
-            lines.append(f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6}"
-                         f" {w.get('failed', 0):>6} {w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f}"
-                         f" {w.get('idle', 0):>8.2f}"
-                         f" {w.get('wall', 0):>8.2f} {busy}")
+        head = "  rank  host                done failed   compute     send     idle     wall   busy  (seconds)"
+        fleet = info.get("fleet") or {}
+        n = int(fleet.get("n") or len(info["workers"]))
+        if n <= WS.LIST_MAX and len(info["workers"]) >= n:
+            lines.append(head)
+            lines += [_row(rank, w) for rank, w in info["workers"].items()]
+        else:
+            lines += WS.lines(fleet, info["workers"], _row, head)
         t = info["totals"]
-        if len(info["workers"]) > 1:
+        if n > 1:
             all_busy = 100.0 * t["compute"] / t["wall"] if t["wall"] > 0 else 0.0
             lines.append(f"  {'all':>4}  {'':<16} {t['tasks']:>6} {t['failed']:>6} {t['compute']:>9.2f}"
                          f" {t['send']:>8.2f} {t['idle']:>8.2f} {t['wall']:>8.2f} {all_busy:>5.0f}%")
@@ -81,11 +90,19 @@ def text(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _row(rank: Any, w: dict[str, Any]) -> str:
+    busy = f"{w['busy_pct']:>5.0f}%" if w.get("busy_pct") is not None else "     ?"
+    return (f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6}"
+            f" {w.get('failed', 0):>6} {w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f}"
+            f" {w.get('idle', 0):>8.2f} {w.get('wall', 0):>8.2f} {busy}")
+
+
 def _hints(info: dict[str, Any]) -> list[str]:
     """One-line readings of the numbers, for the common ways a run loses time."""
     t = info["totals"]
     out: list[str] = []
-    if t["wall"] <= 0 or t["wall"] / max(len(info["workers"]), 1) < 5.0:
+    n = int((info.get("fleet") or {}).get("n") or len(info["workers"]))
+    if t["wall"] <= 0 or t["wall"] / max(n, 1) < 5.0:
         return out  # a run of a few seconds says little about where time goes
     if t["idle"] / t["wall"] > 0.25 and t["tasks"]:
         per_task = t["compute"] / max(t["tasks"], 1)

@@ -3,7 +3,9 @@
 A run is live exactly while its master holds the output's lock (the kernel drops it when the
 process dies, however it dies), so a dead run is never called running. The counts always
 add up: done + failed + running + queued + pending = total, where running tasks are being
-computed now and queued ones wait at a worker. ``--json`` prints the schema documented in
+computed now and queued ones wait at a worker. A run of many workers is summed up: how many
+are in each state, percentiles of the time since each was heard from, and the few workers that
+are not ok or silent longest (``workerstats.heartbeat``). ``--json`` prints the schema documented in
 docs/status.md. Reading takes no lock the master needs and costs the master nothing.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 from .failures import show
 from .journal import journal_path, load_state
 from .lock import probe
+from .workerstats import LIST_MAX, PCTS, percentiles
 
 SCHEMA = 2  # 2: ``errors`` (each distinct error once, its tasks as ranges) replaced ``failures``
 WAIT_POLL = 0.2  # seconds between two looks at the lock while waiting for a run to end
@@ -65,7 +68,8 @@ def _state(st: Any, live: bool, holder: dict[str, Any], failed: int) -> tuple[st
 
 
 def _live_parts(st: Any, hb: dict[str, Any], live: bool) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
-    """Each worker as the last heartbeat saw it (live runs only), and the tasks at each step."""
+    """The workers as the last heartbeat saw them (live runs only): every one in a run of up to
+    ``workerstats.LIST_MAX`` workers, the outliers in a larger one; and the tasks at each step."""
     workers = {}
     if live and hb:
         lag = time.time() - hb.get("time", time.time())
@@ -78,6 +82,24 @@ def _live_parts(st: Any, hb: dict[str, Any], live: bool) -> tuple[dict[str, Any]
         for name, (r, q) in (hb.get("steps") or {}).items():
             steps.setdefault(name, {"done": 0, "running": 0, "queued": 0}).update(running=r, queued=q)
     return workers, steps
+
+
+def _fleet(hb: dict[str, Any], live: bool) -> dict[str, Any]:
+    """How many workers a live run has, in which states, and how long since each was heard from
+    (min, p10, p50, p90, max seconds); from the last heartbeat."""
+    if not (live and hb):
+        return {"n_workers": None, "worker_states": {}, "last_seen_s": None}
+    lag = max(time.time() - hb.get("time", time.time()), 0.0)
+    table = hb.get("table") or {}
+    if "n" in hb:  # a large run: its heartbeat names only the outliers
+        seen = {k: round(float(v) + lag, 1) for k, v in (hb.get("seen") or {}).items()}
+        return {"n_workers": hb["n"], "worker_states": hb.get("states") or {}, "last_seen_s": seen or None}
+    states: dict[str, int] = {}
+    for w in table.values():
+        states[str(w.get("state"))] = states.get(str(w.get("state")), 0) + 1
+    pct = percentiles([float(w.get("seen_ago") or 0.0) + lag for w in table.values()])
+    return {"n_workers": len(table), "worker_states": states,
+            "last_seen_s": {k: round(pct[k], 1) for k in PCTS} if pct else None}
 
 
 def collect(out: str) -> dict[str, Any]:
@@ -105,12 +127,14 @@ def collect(out: str) -> dict[str, Any]:
     state, detail, exit_code = _state(st, bool(live), holder, failed)
     eta = (pending + queued + running) / rate if live and rate and pending is not None else None
     workers, steps = _live_parts(st, hb, bool(live))
+    fleet = _fleet(hb, bool(live))
     return {
         "schema": SCHEMA, "out": str(out), "state": state, "detail": detail, "live": bool(live), "exit": exit_code,
         "total": total, "done": done, "failed": failed, "running": running, "queued": queued, "pending": pending,
         "bytes": st.bytes_done, "rate_per_s": rate, "eta_s": eta, "runs": len(st.runs), "started": start_t,
         "last_heartbeat": hb.get("time") if hb else None, "last_record": st.last_record_time,
-        "holder": holder if live else None, "workers": workers, "finished": state in ("finished", "stopped early"),
+        "holder": holder if live else None, "workers": workers, **fleet,
+        "finished": state in ("finished", "stopped early"),
         "errors": st.distinct_errors(),
         "steps": steps,
     }
@@ -148,6 +172,16 @@ def text(info: dict[str, Any]) -> str:
     if info["rate_per_s"]:
         eta = f", ETA {info['eta_s']:.0f} s" if info["eta_s"] is not None else ""
         lines.append(f"  rate {info['rate_per_s']:.2f} tasks/s{eta}")
+    n = info.get("n_workers")
+    if n is not None and n > LIST_MAX:
+        states = ", ".join(f"{c} {s}" for s, c in sorted((info.get("worker_states") or {}).items(),
+                                                          key=lambda kv: (-kv[1], kv[0])))
+        seen = info.get("last_seen_s") or {}
+        heard = (f"; last heard from: p50 {seen['p50']:.1f} s ago, p90 {seen['p90']:.1f} s, max {seen['max']:.1f} s"
+                 if {"p50", "p90", "max"} <= set(seen) else "")
+        lines.append(f"  {n} workers ({states}){heard}")
+        if info["workers"]:
+            lines.append("  not ok, or silent longest:")
     for rank, w in sorted(info["workers"].items(), key=lambda kv: int(kv[0])):
         task = f", task {w['task']!r}" if w.get("task") is not None else ""
         lines.append(f"  worker {rank}: {w['state']}, last seen {w['last_seen_s']:.1f} s ago,"

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import workerstats as WS
+
 INTERRUPTED = 75  # exit status: stopped on a signal, resumable (EX_TEMPFAIL)
 CTRL_C = 130  # exit status: stopped by a Ctrl-C (128 + SIGINT, as shells report it), resumable
 
@@ -62,6 +64,10 @@ class Summary:
         Why the run stopped handing out work (``max_failures``), or None.
     stopped_hint : str
         How to go on after it did.
+    fleet : workerstats.Fleet
+        The workers seen at scale: ``workers`` with their spans kept for at most 64 of them (then
+        for the outliers only) and their busy-time profiles summed; ``fleet_summary()`` gives
+        totals, percentiles and outliers.
     """
 
     total: int = 0
@@ -83,6 +89,25 @@ class Summary:
     errors: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: str | None = None  # why the run stopped early (too many failures), or None
     stopped_hint: str = ""  # how to go on after it did
+    fleet: WS.Fleet = field(init=False, repr=False, compare=False)  # ``workers`` with bounded spans, profiles
+
+    def __post_init__(self) -> None:
+        self.fleet = WS.Fleet(self.workers)
+
+    def add_worker(self, rank: int, stats: dict[str, Any]) -> None:
+        """A worker's goodbye: its record in ``workers``; its spans only while few workers have
+        theirs (``workerstats.LANES_MAX``), then only the outliers'."""
+        self.fleet.add(rank, stats)
+
+    def fleet_summary(self) -> dict[str, Any]:
+        """Totals, percentiles and outliers of the workers (``workerstats.summarise``; a few tenths
+        of a second for 10,000 workers, so it is computed once for the summary and the journal)."""
+        key = (len(self.workers), len(self.lost), len(self.stuck))
+        cached = getattr(self, "_fleet_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._fleet_cache = (key, WS.summarise(self.workers, lost=self.lost, stuck=self.stuck,
+                                                            profiles=self.fleet.profiles()))
+        return cached[1]
 
     @property
     def exit_code(self) -> int:
@@ -108,13 +133,12 @@ class Summary:
             + (f" -> {self.out}" if self.out else "")
         ]
         if self.workers:
-            lines.append("  rank  host              tasks   compute     send     idle   (seconds)")
-            for rank in sorted(self.workers):
-                w = self.workers[rank]
-                lines.append(
-                    f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6} "
-                    f"{w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f} {w.get('idle', 0):>8.2f}"
-                )
+            head = "  rank  host              tasks   compute     send     idle   (seconds)"
+            if len(self.workers) <= WS.LIST_MAX:
+                lines.append(head)
+                lines += [_row(rank, self.workers[rank]) for rank in sorted(self.workers)]
+            else:
+                lines += WS.lines(self.fleet_summary(), self.workers, _row, head)
         if self.master:
             m = self.master
             lines.append(
@@ -122,10 +146,16 @@ class Summary:
                 f" waiting {m.get('wait', 0):.2f} s; CPU {m.get('cpu_pct', 0):.0f}% of a core,"
                 f" peak RSS {m.get('peak_rss_mib', 0):.0f} MiB"
             )
-        for rank, tid in sorted(self.stuck.items()):
+        stuck = sorted(self.stuck.items()) if len(self.workers) <= WS.LIST_MAX else []  # else in the lines above
+        lost = self.lost if len(self.workers) <= WS.LIST_MAX else []
+        for rank, tid in stuck[: WS.OUTLIERS]:
             lines.append(f"  worker {rank} is stuck in task {tid!r} (its lease expired; it was ended at exit)")
-        for rank in self.lost:
+        if len(stuck) > WS.OUTLIERS:
+            lines.append(f"  ... and {len(stuck) - WS.OUTLIERS} more stuck workers")
+        for rank in lost[: WS.OUTLIERS]:
             lines.append(f"  worker {rank} was lost")
+        if len(lost) > WS.OUTLIERS:
+            lines.append(f"  ... and {len(lost) - WS.OUTLIERS} more lost workers")
         if self.errors:
             from .failures import show
 
@@ -146,3 +176,8 @@ class Summary:
             lines.append(f"  interrupted{' (Ctrl-C)' if self.ctrl_c else ''}: run again with --resume to finish"
                          f" (exit status {self.exit_code})")
         return "\n".join(lines)
+
+
+def _row(rank: Any, w: dict[str, Any]) -> str:
+    return (f"  {rank:>4}  {str(w.get('host', '?'))[:16]:<16} {w.get('tasks', 0):>6} "
+            f"{w.get('compute', 0):>9.2f} {w.get('send', 0):>8.2f} {w.get('idle', 0):>8.2f}")

@@ -5,6 +5,10 @@ the gaps between bars are the time the worker spent waiting for work or sending 
 The data are the ``spans`` each worker sends in its BYE message: (task id, start offset,
 duration, outcome), the offset counted from that worker's own start.
 
+Above ``workerstats.LANES_MAX`` workers, lanes would be hairlines: the picture shows instead how
+many workers were busy (and alive) over time, from the profiles the workers send, and below it a
+lane for each outlier worker (the slowest, the least busy, those with failed tasks, the lost).
+
 matplotlib is imported lazily (Agg backend, no display needed); it is an optional
 dependency: ``pip install mpigather[plot]``.
 """
@@ -15,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from . import workerstats as WS
 from .errors import UsageError
 
 DONE_COLOR = "#4C72B0"  # blue: finished tasks
@@ -143,8 +148,12 @@ def _title_and_legend(fig: Any, ax: Any, info: dict[str, Any], lanes: list[tuple
 
 def draw(info: dict[str, Any], png_path: str | Path) -> Path:
     """Draw the per-worker timeline of ``info`` (from ``report.collect``) into ``png_path``; the
-    steps of multi-step tasks get a color each."""
+    steps of multi-step tasks get a color each. A run of more than ``workerstats.LANES_MAX``
+    workers gets the busy workers over time, and a lane per outlier."""
     plt = _import_pyplot()
+    n_fleet = int((info.get("fleet") or {}).get("n") or 0)
+    if n_fleet > WS.LANES_MAX:
+        return _draw_fleet(plt, info, png_path)
     lanes = _lanes(info)
     n = max(len(lanes), 1)
     xmax = max([1e-9, *(float(w.get("wall") or 0.0) for _r, w, _s in lanes),
@@ -166,6 +175,103 @@ def draw(info: dict[str, Any], png_path: str | Path) -> Path:
                         ha="left", va="center", fontsize=7, color="#555555")
         _axes(ax, lanes, xmax)
         _title_and_legend(fig, ax, info, lanes, colors)
+        fig.tight_layout(rect=(0, min(0.35 / height, 0.2), 1, 1))
+        out = Path(png_path)
+        fig.savefig(out, dpi=100)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _curve(rec: dict[str, Any] | None) -> tuple[list[float], list[float]]:
+    """A profile (``workerstats.Profile.export``) as a step curve: workers busy (or alive) on average
+    in each bin, against the bins' edges."""
+    if not rec or not rec.get("v"):
+        return [], []
+    t0, w, v = float(rec.get("t0") or 0.0), float(rec.get("w") or 1.0), rec["v"]
+    xs, ys = [], []
+    for i, x in enumerate(v):
+        xs += [t0 + i * w, t0 + (i + 1) * w]
+        ys += [float(x) / w] * 2
+    return xs, ys
+
+
+def _outlier_lanes(info: dict[str, Any]) -> list[tuple[int, dict[str, Any], list[Span], str]]:
+    """The outlier workers whose stats the journal kept, in the order of ``workerstats.KINDS``."""
+    fleet = info.get("fleet") or {}
+    by_rank = {r: (w, spans) for r, w, spans in _lanes(info)}
+    kinds: dict[int, list[str]] = {}  # in the order of the kinds, then of each kind's list
+    for kind in WS.KINDS:
+        for r in (fleet.get("outliers") or {}).get(kind) or []:
+            if r in by_rank:
+                kinds.setdefault(r, []).append(kind.replace("_", " "))
+    return [(r, *by_rank[r], ", ".join(k)) for r, k in kinds.items()]
+
+
+def _draw_fleet(plt: Any, info: dict[str, Any], png_path: str | Path) -> Path:
+    """Many workers: busy and alive workers over time on top, a lane per outlier below."""
+    from matplotlib.patches import Patch
+
+    fleet = info.get("fleet") or {}
+    prof = fleet.get("profiles") or {}
+    lanes = _outlier_lanes(info)
+    plain = [(r, w, s) for r, w, s, _k in lanes]
+    colors = _colors(plain)
+    bx, by = _curve(prof.get("busy"))
+    ax_, ay = _curve(prof.get("alive"))
+    xmax = max([1e-9, *bx, *ax_, *(float(w.get("wall") or 0.0) for _r, w, _s in plain),
+                *(a + d for _r, _w, s in plain for _t, a, d, _o, _n in s)])
+    n_l = max(len(lanes), 1)
+    lane_h = 0.32
+    height = min(3.6 + 1.2 + lane_h * n_l, 40.0)
+    fig, (top, ax) = plt.subplots(2, 1, figsize=(11.0, height), dpi=100, sharex=True,
+                                  gridspec_kw={"height_ratios": [3.0, max(lane_h * n_l, 1.0)]})
+    try:
+        if bx:
+            top.fill_between(bx, by, color=DONE_COLOR, linewidth=0, label="busy workers")
+        if ax_:
+            top.plot(ax_, ay, color="#555555", linewidth=1.0, label="workers alive")
+        n = int(fleet.get("n") or 0)
+        top.set_ylim(0, max([n, *ay, *by, 1]) * 1.05)
+        top.set_ylabel("workers")
+        top.grid(color="#DDDDDD", linewidth=0.6)
+        top.legend(loc="upper right", fontsize=8, frameon=False)
+        for side in ("top", "right"):
+            top.spines[side].set_visible(False)
+        t = fleet.get("totals") or {}
+        busy = 100.0 * float(t.get("compute") or 0.0) / float(t["wall"]) if t.get("wall") else 0.0
+        name = Path(str(info.get("out", ""))).name or "run"
+        run_note = f", run {info.get('run')} of {info['runs']}" if int(info.get("runs", 1) or 1) > 1 else ""
+        wall_note = f", wall {_fmt_s(float(info['wall']))}" if info.get("wall") else ""
+        top.set_title(f"mpigather timeline: {name}{run_note} \u2014 {n} workers, {t.get('tasks', 0)} task(s),"
+                      f" {t.get('failed', 0)} failed, {busy:.0f}% busy{wall_note}", fontsize=10)
+        width_px = fig.get_figwidth() * fig.dpi * 0.8
+        for y, (_r, w, spans, _k) in enumerate(lanes):
+            _draw_lane(ax, y, w, spans, colors, xmax / width_px, 0.72)
+            b = WS.busy_pct(w)
+            if b is not None:
+                ax.text(1.005, y, f"{b:.0f}% busy", transform=ax.get_yaxis_transform(), ha="left", va="center",
+                        fontsize=7, color="#555555")
+        ax.set_yticks(list(range(len(lanes))))
+        ax.set_yticklabels([f"rank {r} ({k})" for r, _w, _s, k in lanes], fontsize=7)
+        ax.set_ylim(n_l - 0.5, -0.5)
+        ax.set_xlim(0, xmax * 1.01)
+        ax.set_xlabel("seconds since the workers started")
+        ax.set_ylabel("outlier workers")
+        ax.grid(axis="x", color="#DDDDDD", linewidth=0.6, zorder=0)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        if not lanes:
+            ax.text(0.5, 0.5, "no outlier worker's spans in this journal", transform=ax.transAxes, ha="center",
+                    va="center", color="#777777")
+        handles = ([Patch(facecolor=c, label=f"step {s}") for s, c in colors.items()] if len(colors) > 1
+                   else [Patch(facecolor=DONE_COLOR, label="task done")])
+        handles += [Patch(facecolor=FAILED_COLOR, label="failed"),
+                    Patch(facecolor=LANE_COLOR, edgecolor="#BBBBBB", linewidth=0.5,
+                          label="gap: waiting for work or sending")]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
         fig.tight_layout(rect=(0, min(0.35 / height, 0.2), 1, 1))
         out = Path(png_path)
         fig.savefig(out, dpi=100)

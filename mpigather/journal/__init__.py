@@ -19,10 +19,14 @@ Record types (key ``ev``), each written by one method of ``Journal``:
   ids of tasks with no position (``id``): a storm of 200,000 identical failures writes a few
   hundred such small records, not 200,000 tracebacks. (Older journals have one record per
   failed attempt: id, position, attempt, rank, error, final; they are still read.)
-- ``workers``: every few seconds, the master's heartbeat: each worker's state, and how many
-  tasks are running and queued;
+- ``workers``: every second or so, the master's heartbeat: how many tasks are running and
+  queued, and each worker's state up to ``workerstats.LIST_MAX`` workers; above, the count of
+  workers in each state and only the few that are not ok or silent longest (under 1 KB);
 - ``reset``: the output was found damaged and set aside: forget the earlier done records;
-- ``stats``: per-rank time accounting at the end of a run; ``end``: how the run ended.
+- ``stats``: per-rank time accounting at the end of a run (every worker up to
+  ``workerstats.LANES_MAX``; above, the outliers only); ``fleet``: the workers' totals,
+  percentiles, outliers and busy workers over time (``workerstats.summarise``; journals of
+  older versions have none, and their stats records say it all); ``end``: how the run ended.
 
 A torn last line (the job was killed mid-write) is ignored and cut off before appending.
 Reading is streamed, so a journal of ten million tasks is read in bounded memory.
@@ -33,9 +37,10 @@ One file per concern: ``writer`` (``Journal``, group commit, the torn tail), ``r
 """
 
 from .doneset import DoneSet, id_key
-from .records import done_columns, read_records
+from .records import HEARTBEAT_PREFIX, done_columns, read_records
 from .state import RunRecord, State, load_state
 from .writer import SUFFIX, Journal, journal_path, now
 
-__all__ = ["SUFFIX", "DoneSet", "Journal", "RunRecord", "State", "done_columns", "id_key", "journal_path",
+__all__ = ["HEARTBEAT_PREFIX", "SUFFIX", "DoneSet",
+           "Journal", "RunRecord", "State", "done_columns", "id_key", "journal_path",
            "load_state", "now", "read_records"]

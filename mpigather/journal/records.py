@@ -8,9 +8,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+HEARTBEAT_PREFIX = b'{"ev":"workers",'  # how the master's heartbeat lines start (``Journal.workers``)
 
-def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every complete record of a journal, streamed; a torn or corrupt last line is skipped."""
+
+def read_records(path: str | os.PathLike[str], *, lazy: bytes | None = None) -> Iterator[dict[str, Any]]:
+    """Every complete record of a journal, streamed; a torn or corrupt last line is skipped.
+    Lines that start with ``lazy`` are not parsed: they come as ``{"ev": None, "raw": line}``."""
     with open(path, "rb") as f:
         lineno = 0
         pending: bytes | None = None  # a corrupt line is an error only if another follows it
@@ -20,6 +23,9 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"journal {path}, line {lineno - 1}: corrupt record")
             if not line.endswith(b"\n"):
                 return  # torn tail
+            if lazy is not None and line.startswith(lazy):
+                yield {"ev": None, "raw": line}
+                continue
             try:
                 rec = json.loads(line)
             except ValueError:

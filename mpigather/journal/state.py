@@ -4,6 +4,7 @@ record type; the basis of ``--resume``, ``status`` and ``report``."""
 from __future__ import annotations
 
 import array
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .doneset import DoneSet, id_key
-from .records import done_columns, read_records
+from .records import HEARTBEAT_PREFIX, done_columns, read_records
 
 
 @dataclass
@@ -20,6 +21,7 @@ class RunRecord:
 
     start: dict[str, Any]
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fleet: dict[str, Any] | None = None  # the ``fleet`` record (newer journals)
     end: dict[str, Any] | None = None
     done: int = 0
     failed: int = 0
@@ -100,8 +102,25 @@ class _Loader:
         self.positions: array.array[int] = array.array("q")  # of whole results
         self.ranges: list[tuple[int, int, int]] = []  # rows: (first position, count, hash)
         self.unplaced = 0
+        self.heartbeat_line: bytes | None = None  # the last heartbeat, parsed at the end
+
+    def finish(self) -> None:
+        """Parse the last heartbeat of the last run (a long run writes one a second: status reads one)."""
+        if self.heartbeat_line is not None:
+            try:
+                rec = json.loads(self.heartbeat_line)
+            except ValueError:  # a damaged line: as if there were no heartbeat
+                return
+            self.heartbeat_line = None
+            self.st.heartbeat = rec
+            t = rec.get("time")
+            if t is not None and (self.st.last_record_time is None or t > self.st.last_record_time):
+                self.st.last_record_time = t
 
     def feed(self, rec: dict[str, Any]) -> None:
+        if "raw" in rec and rec.get("ev") is None:  # a heartbeat: only the last one of the run counts
+            self.heartbeat_line = rec["raw"]
+            return
         t = rec.get("time") or rec.get("t")
         if t is not None:
             self.st.last_record_time = t
@@ -166,6 +185,7 @@ class _Loader:
         st.errors.clear()
         st.runs.append(RunRecord(rec))
         st.heartbeat = None
+        self.heartbeat_line = None
         st.done_in_run = 0
         st.first_done_in_run = None
 
@@ -218,6 +238,10 @@ class _Loader:
         if self.st.runs:
             self.st.runs[-1].end = rec
 
+    def _on_fleet(self, rec: dict[str, Any], t: float | None) -> None:
+        if self.st.runs:
+            self.st.runs[-1].fleet = {k: v for k, v in rec.items() if k != "ev"}
+
     def _on_stats(self, rec: dict[str, Any], t: float | None) -> None:
         if self.st.runs:
             self.st.runs[-1].stats[str(rec["rank"])] = {k: v for k, v in rec.items() if k != "ev"}
@@ -225,8 +249,9 @@ class _Loader:
 def load_state(path: str | os.PathLike[str], *, want_done: bool = False) -> State:
     """Read a whole journal, streamed. ``want_done`` also builds the set of done ids (for a resume)."""
     loader = _Loader(want_done)
-    for rec in read_records(path):
+    for rec in read_records(path, lazy=HEARTBEAT_PREFIX):
         loader.feed(rec)
+    loader.finish()
     st = loader.st
     if want_done:
         st.done_set = DoneSet(np.frombuffer(loader.keys, dtype=np.int64),

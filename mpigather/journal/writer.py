@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import workerstats
+
 SUFFIX = ".journal"
 _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
@@ -104,7 +106,7 @@ class Journal:
         """The master's heartbeat; flushed to the file system (not fsynced) so that status sees it."""
         self._write_failed()
         rec = {"ev": "workers", "time": round(now(), 3), "running": running, "queued": queued,
-               "done": done, "failed": failed, "table": table}
+               "done": done, "failed": failed, **workerstats.heartbeat(table)}
         if by_step:
             rec["steps"] = by_step
         self._write(rec)
@@ -137,6 +139,10 @@ class Journal:
             stats = {**stats, "spans": [[sp[0], round(sp[1], 6), round(sp[2], 6), *sp[3:]] if len(sp) > 2 else sp
                                         for sp in stats["spans"]]}
         self._write({"ev": "stats", "rank": rank, **stats})
+
+    def fleet(self, summary: dict[str, Any]) -> None:
+        """The workers' totals, percentiles, outliers and profiles (``workerstats.summarise``)."""
+        self._write({"ev": "fleet", **summary})
 
     def end(self, **info: Any) -> None:
         self._write_failed()

@@ -139,7 +139,7 @@ class LoopMixin(Base):
                 self.summary.crash = text.strip().splitlines()[-1] if text.strip() else "a worker failed"
             case M.Bye(stats):
                 self._byes.add(src)
-                self.summary.workers[src] = stats
+                self.summary.add_worker(src, stats)
                 self._decide_all(self.sched.worker_stopped(src), now)
             case msg:
                 raise ProtocolError(f"unknown message {msg!r} from rank {src}")

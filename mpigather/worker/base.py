@@ -13,6 +13,7 @@ from .. import results as R
 from ..config import Options
 
 if TYPE_CHECKING:
+    from ..workerstats import SpanLog
     from .queue import _Local
     from .rows import _RowsAcc
 
@@ -36,7 +37,7 @@ class Base:
     writer: Any  # direct mode: opened at the first result
     trace: Any
     stats: dict[str, Any]
-    _spans: deque[tuple[Any, float, float, str, str]]
+    _spans: SpanLog  # the last spans, and every one in a profile of busy time
     # the local queue (guarded by _cond, with stopping and aborted)
     queue: deque[_Local]
     _waiting: int  # tasks in the queue not started yet

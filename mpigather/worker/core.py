@@ -18,6 +18,7 @@ from .. import signals, steps
 from ..config import Options
 from ..errors import MasterFailed
 from ..trace import open_trace
+from ..workerstats import SpanLog
 from .call import CallMixin
 from .helper import HelperMixin
 from .leave import INTERRUPT_WAIT, LeaveMixin
@@ -97,7 +98,7 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
         self._task_name = steps.step_name(steps.func_ref(func)) if _named(func) else "task"
         self._threaded = bool(getattr(link, "threads_ok", True))
         self.stats: dict[str, Any] = {"compute": 0.0, "send": 0.0, "idle": 0.0, "tasks": 0, "bytes": 0}
-        self._spans: deque[tuple[Any, float, float, str, str]] = deque(maxlen=SPANS_KEPT)
+        self._spans = SpanLog(SPANS_KEPT)  # the last spans, and every one in a profile of busy time
         self._fits: dict[Any, str | None] = {}  # the task function's signature against tasks of each shape
         self._seen: dict[str, tuple[Any, int]] = {}  # errors raised here: the first task, how many times
         self._plain = False  # func(task) was found to fit: later tasks skip the check

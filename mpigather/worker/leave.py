@@ -31,7 +31,7 @@ class LeaveMixin(Base):
         wall = time.perf_counter() - start
         self.stats["wall"] = wall
         self.stats["host"] = self.link.host
-        self.stats["spans"] = [(str(t), a - start, d, s, n) for t, a, d, s, n in self._spans]
+        self.stats.update(self._spans.export(start, self.link.size - 1))  # spans, failed, profile
         self._send(M.Bye(self.stats))
         self.link.flush(timeout)  # what was posted before Bye is complete before MPI goes away
 
