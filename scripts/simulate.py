@@ -572,7 +572,8 @@ def _probe_status(out: str, sim: SimLink, after: float, done: threading.Event, b
 
 def simulate(args: argparse.Namespace) -> dict[str, Any]:
     opts = make_options(progress="off", chunk_size=args.chunk_size, prefetch=args.prefetch,
-                        heartbeat=args.heartbeat, batch_window=args.batch_window, overwrite=args.overwrite or None)
+                        heartbeat=args.heartbeat, batch_window=args.batch_window, timeout=args.timeout,
+                        overwrite=args.overwrite or None)
     tmp = None
     if args.out is None:
         tmp = tempfile.mkdtemp(prefix="mpigather-sim-")
@@ -604,6 +605,7 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
         import cProfile
 
         prof = cProfile.Profile()
+    masters: list[Any] = []  # the Master object, to read what it left behind
     rss0 = _rss_mib()
     cpu0 = time.process_time()
     sim.start()
@@ -612,7 +614,7 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if prof is not None:
             prof.enable()
-        summary = run_on(sim, _never, source, out, opts, total=args.tasks)
+        summary = run_on(sim, _never, source, out, opts, total=args.tasks, hooks={"master": masters.append})
     finally:
         if prof is not None:
             prof.disable()
@@ -656,6 +658,8 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
     if kill_at:
         res["ctrlc_s"] = round(t_exit - kill_at[0], 3)
         res["interrupted"] = summary.ctrl_c
+        # workers whose goodbye the master had not handled when it gave up waiting (an MPI run then aborts)
+        res["unreleased"] = len(masters[0].unreleased) if masters else None
     if prof is not None:
         prof.dump_stats(args.profile)
         res["profile"] = args.profile
@@ -709,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-size", default=None, help="the run's chunk size (default: mpigather's)")
     p.add_argument("--prefetch", type=int, default=None)
     p.add_argument("--heartbeat", type=float, default=None)
+    p.add_argument("--timeout", type=float, default=None, help="the run's per-task lease (seconds)")
     p.add_argument("--batch-window", type=float, default=None)
     p.add_argument("--per-node", type=int, default=64, help="simulated workers per host name")
     p.add_argument("--hello-spread", type=float, default=0.0, help="workers say hello over this many seconds")
