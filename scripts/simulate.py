@@ -53,11 +53,12 @@ sys.path.insert(0, str(ROOT))  # this checkout's mpigather, whatever the venv ha
 from mpigather import messages as M  # noqa: E402
 from mpigather import results as R  # noqa: E402
 from mpigather import signals  # noqa: E402
-from mpigather import table as T  # noqa: E402
+from mpigather import table_schema as T  # noqa: E402
 from mpigather.api import run_on  # noqa: E402
 from mpigather.config import make_options  # noqa: E402
 from mpigather.journal import journal_path  # noqa: E402
 from mpigather.tasks import source_of  # noqa: E402
+from mpigather.workerstats import SpanLog  # noqa: E402
 
 # what worker.py uses (kept equal by hand: the simulated workers follow its rules)
 FLUSH_BYTES = 1 << 20
@@ -201,7 +202,7 @@ class _Worker:
         self.tasks = self.nbytes = 0
         self.idle_since: float | None = None
         self.start = 0.0
-        self.spans: deque[tuple[str, float, float, str, str]] = deque(maxlen=SPANS_KEPT)
+        self.spans = SpanLog(SPANS_KEPT)  # as a real worker keeps them (times from its start)
 
 
 class SimLink:
@@ -469,7 +470,7 @@ class SimLink:
                 w.pending_bytes += 16 * len(leaves)
                 self._maybe_flush(w, dt, t)
                 return
-        schema = T.schema_of(value)
+        schema = T.schema_of(value, True)  # (a record, or an array in a run with table=True)
         assert schema is not None
         acc = _Rows(b.bid, i, b.tids[i], b.attempt, schema)
         acc.rows.add(T.leaves_of(value, schema))  # type: ignore[arg-type]
@@ -527,10 +528,10 @@ class SimLink:
             w.idle += t - w.idle_since
             w.idle_since = None
         stats = {"compute": w.compute, "send": 0.0, "idle": w.idle, "tasks": w.tasks, "bytes": w.nbytes,
-                 "wall": t - w.start, "host": w.host, "spans": list(w.spans)}
+                 "wall": t - w.start, "host": w.host, **w.spans.export(0.0, len(self.workers))}
         self._emit(w, M.Bye(stats))
         w.gone = True
-        w.spans.clear()
+        w.spans = SpanLog(SPANS_KEPT)
         self.byes += 1
 
 
@@ -573,7 +574,9 @@ def _probe_status(out: str, sim: SimLink, after: float, done: threading.Event, b
 def simulate(args: argparse.Namespace) -> dict[str, Any]:
     opts = make_options(progress="off", chunk_size=args.chunk_size, prefetch=args.prefetch,
                         heartbeat=args.heartbeat, batch_window=args.batch_window, timeout=args.timeout,
-                        overwrite=args.overwrite or None)
+                        overwrite=args.overwrite or None,
+                        # arrays small enough for a row travel as rows, as in a run that asks for a table of arrays
+                        table=0 < args.result_bytes <= T.ARRAY_MAX or None)
     tmp = None
     if args.out is None:
         tmp = tempfile.mkdtemp(prefix="mpigather-sim-")
