@@ -24,7 +24,7 @@ from .config import Options, make_options
 from .errors import MasterFailed, MPIGatherError, UsageError
 from .journal import DoneSet, Journal
 from .lock import OutputLock
-from .master import Master, release_workers
+from .master import Master, ranks_text, release_workers
 from .output import check_output, open_output, steps_path
 from .progress import Progress
 from .scheduler import Scheduler
@@ -337,7 +337,7 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
     with signals.deferred_sigint():  # a Ctrl-C stops the loop in order, and never lands inside the closing
         summary = _drive_loop(master, progress, link, sink, journal, done, out, opts, total, n_done_before)
     if summary.ctrl_c and master.unreleased and link.size > 1 and not getattr(link, "in_process", False):
-        log.error("ending the job: worker(s) %s did not stop on the Ctrl-C", sorted(master.unreleased))
+        log.error("ending the job: worker(s) %s did not stop on the Ctrl-C", ranks_text(master.unreleased))
         sys.stdout.flush()
         sys.stderr.flush()
         link.abort(summary.exit_code)  # the output is closed, and the journal says where the run stopped

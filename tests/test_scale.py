@@ -228,7 +228,7 @@ def test_heartbeat_is_under_a_kilobyte_at_10000_workers(tmp_path):
     j = Journal(tmp_path / "x.journal")
     tb = table(10_000)
     t = time.perf_counter()
-    j.workers(tb, 9_990, 9_000, 123_456, 7, None)
+    j.workers(WS.heartbeat(tb), 9_990, 9_000, 123_456, 7, None)
     assert time.perf_counter() - t < 0.1
     j.close()
     rec = (tmp_path / "x.journal").read_bytes()
@@ -238,7 +238,7 @@ def test_heartbeat_is_under_a_kilobyte_at_10000_workers(tmp_path):
     assert set(hb["table"]) == {"17", "18", "19", "4711", *{str(r) for r in range(99, 10_001, 100)[:4]}}
     assert hb["seen"]["max"] == 42.0 and hb["seen"]["p50"] == pytest.approx(0.25, abs=0.06)
     small = Journal(tmp_path / "y.journal")
-    small.workers(table(3), 3, 0, 0, 0, None)
+    small.workers(WS.heartbeat(table(3)), 3, 0, 0, 0, None)
     small.close()
     assert set(json.loads((tmp_path / "y.journal").read_bytes())["table"]) == {"1", "2", "3"}  # as before
 
@@ -251,7 +251,7 @@ def test_status_of_a_live_run_of_10000_workers(tmp_path, monkeypatch):
     j.start(total=2_000_000, time=time.time() - 3600, pid=1, host="h")
     j.close()
     jb = Journal(tmp_path / "hb.journal")
-    jb.workers(table(10_000), 9_990, 9_000, 1_000_000, 0, None)
+    jb.workers(WS.heartbeat(table(10_000)), 9_990, 9_000, 1_000_000, 0, None)
     jb.close()
     hb = (tmp_path / "hb.journal").read_bytes()
     rows = [{"ev": "rows", "t": time.time() - 3600 + k, "pos": [[k * 1000, 1000]], "h": [1], "att": [1], "rank": [1],
@@ -302,3 +302,28 @@ def test_where_texts_and_pictures_start_to_summarise(n, tmp_path):
         assert bands == n  # a lane per worker
     else:
         assert bands <= 3 * WS.OUTLIERS + 1  # the busy area, and a lane per outlier
+
+
+def test_the_masters_heartbeat_at_10000_workers_is_the_tables_without_building_it():
+    """The master summarises its 10,000 workers in one pass (``master.workers.heartbeat``): the
+    same counts, percentiles and outliers as ``workerstats.heartbeat`` of the whole table."""
+    from mpigather.master.workers import heartbeat, worker_table
+    from mpigather.scheduler import Scheduler
+
+    s = Scheduler([(i, i) for i in range(30_000)], prefetch=2)
+    for r in range(1, 10_001):
+        s.worker_ready(r, 0.0)
+    s.dispatch(0.0)
+    for r in range(1, 10_001):
+        s.seen(r, 1.0 + (r % 97) / 100)
+    s.seen(4711, 0.5)  # silent longest
+    now = 3.0
+    t = time.perf_counter()
+    part, running, queued, by_step = heartbeat(s, {}, False, now)
+    fast = time.perf_counter() - t
+    table, running2, queued2, _ = worker_table(s.workers(), {}, False, now)
+    whole = WS.heartbeat(table)
+    assert (running, queued, by_step) == (running2, queued2, {})
+    assert part == whole, (part, whole)
+    assert "4711" in {str(k) for k in part["table"]} and len(json.dumps(part)) < 1024
+    print(f"\nheartbeat of 10,000 workers: {fast * 1e3:.1f} ms")

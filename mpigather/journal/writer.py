@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import workerstats
-
 SUFFIX = ".journal"
 _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
@@ -101,12 +99,13 @@ class Journal:
                 rec["id"] = ids
             self._write(rec)
 
-    def workers(self, table: dict[int, dict[str, Any]], running: int, queued: int, done: int,
+    def workers(self, part: dict[str, Any], running: int, queued: int, done: int,
                 failed: int, by_step: dict[str, list[int]] | None = None) -> None:
-        """The master's heartbeat; flushed to the file system (not fsynced) so that status sees it."""
+        """The master's heartbeat; flushed to the file system (not fsynced) so that status sees it.
+        ``part``: its workers, as ``workerstats.heartbeat`` gives them (bounded above 16 workers)."""
         self._write_failed()
         rec = {"ev": "workers", "time": round(now(), 3), "running": running, "queued": queued,
-               "done": done, "failed": failed, **workerstats.heartbeat(table)}
+               "done": done, "failed": failed, **part}
         if by_step:
             rec["steps"] = by_step
         self._write(rec)

@@ -25,8 +25,8 @@ One file per room, and one facade, ``Master``, that ``api`` and ``executor`` tal
 from .commit import COMMIT_EVERY, record_done
 from .core import Master
 from .loop import HEARTBEAT_MAX, HOUSEKEEPING_EVERY
-from .shutdown import INTERRUPT_WAIT, release_workers
+from .shutdown import INTERRUPT_WAIT, ranks_text, release_workers
 from .steps import child_id
 
 __all__ = ["COMMIT_EVERY", "HEARTBEAT_MAX", "HOUSEKEEPING_EVERY", "INTERRUPT_WAIT", "Master", "child_id",
-           "record_done", "release_workers"]
+           "ranks_text", "record_done", "release_workers"]

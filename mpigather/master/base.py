@@ -52,6 +52,7 @@ class Base:
     _commit_job: Future | None
     _last_commit: float
     _last_hb_write: float
+    _hb_every: float  # seconds between heartbeat records (longer when one costs more: many workers)
     # stopping
     _signal: int | None
     _interrupt: str | None

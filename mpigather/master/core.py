@@ -72,6 +72,7 @@ class Master(LoopMixin, DecisionsMixin, StreamsMixin, RowsMixin, CommitMixin, Fa
         self.unreleased: set[int] = set()  # workers that did not leave after a Ctrl-C: the job must be aborted
         self._t = {"recv": 0.0, "write": 0.0, "wait": 0.0}
         self._last_hb_write = 0.0
+        self._hb_every = min(opts.heartbeat, 1.0)
         self._exc: dict[Any, bytes | BaseException] = {}  # executor: a task's last exception (pickled if remote)
         # multi-step tasks
         self.steps_dir = steps_dir  # where step outputs are stored (None: in memory)
@@ -125,7 +126,7 @@ class Master(LoopMixin, DecisionsMixin, StreamsMixin, RowsMixin, CommitMixin, Fa
     def worker_table(self, now: float) -> tuple[dict[int, dict[str, Any]], int, int, dict[str, list[int]]]:
         """Each worker's state, queue length and last-seen age; how many tasks run and wait; and
         for multi-step tasks, how many run and wait at each step ({step: [running, queued]})."""
-        return worker_table(self.sched, self._hb_task, self._multistep, now)
+        return worker_table(self.sched.workers(), self._hb_task, self._multistep, now)
 
 
 def _peak_rss_mib() -> float:

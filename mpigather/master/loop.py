@@ -16,11 +16,13 @@ from .. import signals
 from ..errors import ProtocolError
 from ..link import LOST, Backoff, PeerLost
 from .base import Base
+from .workers import heartbeat
 
 log = logging.getLogger("mpigather")
 
 HOUSEKEEPING_EVERY = 0.005  # seconds between housekeeping passes while messages flow
 HEARTBEAT_MAX = 1.0  # seconds between the master's heartbeat records in the journal (status reads them)
+HEARTBEAT_SHARE = 0.02  # ... or more, so that writing them takes at most this share of the master's time
 
 
 class LoopMixin(Base):
@@ -87,17 +89,20 @@ class LoopMixin(Base):
             self._decide_all(self.sched.drain(now, self.opts.grace), now)
         self._decide_all(self.sched.tick(now), now)
         self._decide_all(self.sched.dispatch(now), now)
-        if self.journal is not None and now - self._last_hb_write >= min(self.opts.heartbeat, HEARTBEAT_MAX):
+        if self.journal is not None and now - self._last_hb_write >= self._hb_every:
             self._last_hb_write = now
+            t = time.perf_counter()
             self._heartbeat(now)
+            # one pass over the workers each: 20 ms at 10,000 of them, so at 100,000 every 10 s
+            self._hb_every = max(min(self.opts.heartbeat, HEARTBEAT_MAX), (time.perf_counter() - t) / HEARTBEAT_SHARE)
         self.link.progress()
         if self.progress is not None:
             self.progress.update(self.sched, self.summary, now)
 
     def _heartbeat(self, now: float) -> None:
-        table, running, queued, by_step = self.worker_table(now)
+        part, running, queued, by_step = heartbeat(self.sched, self._hb_task, self._multistep, now)
         assert self.journal is not None
-        self.journal.workers(table, running, queued, self.summary.done, len(self.summary.failed), by_step)
+        self.journal.workers(part, running, queued, self.summary.done, len(self.summary.failed), by_step)
 
     def _on_message(self, inc: Any, now: float) -> None:
         src = inc.source
