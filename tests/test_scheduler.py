@@ -1600,6 +1600,9 @@ class Cluster:
                 assert tid not in self.ended or (len(b) == 1 and b.recs[0].ended), f"ended task {tid} queued"
                 seen.add(tid)
         assert s.in_flight() == held
+        # the sets kept up to date instead of passes over the workers
+        assert s._idle == {r for r, w in s.workers().items() if w.state == "ok" and not w.held}
+        assert s._multi == {r for r, w in s.workers().items() if w.state == "ok" and w.held > 1}
         ok = sum(1 for e in self.ended.values() if e[0])
         assert (s.n_done, s.n_failed) == (ok, len(self.ended) - ok)
         if self.drained:
@@ -2064,3 +2067,13 @@ def test_dispatch_at_the_end_of_a_run_does_not_pass_over_the_idle_workers():
     for i in range(100):
         assert s.dispatch(1.0 + i) == []
     assert Counting.gets < 1000, Counting.gets
+
+
+@pytest.mark.xfail(strict=True, reason="known: a task of a block cut back after its worker's lease expired is"
+                   " sent again with the attempt number it already ran under (found by hypothesis; open)")
+def test_regression_a_started_task_sent_again_gets_a_new_attempt_number():
+    """Hypothesis found it: 6 tasks, 4 workers (2 joining late), prefetch 1, 1 s leases. A block
+    (t4, t5) expires at a worker; t5 later goes out again under attempt 2 after a worker had
+    already started it under attempt 2, so two executions share an attempt number. Not yet
+    understood: kept here until it is fixed (the model's check stops at the repeated number)."""
+    run_cluster(1654, 6, 4, 1, 0, 1.0, [], 40, 0.0, 2, drain_at=None, tiny=None, known_total=False)

@@ -104,6 +104,7 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin):
         self._ok: set[int] = set()
         self._hungry: set[int] = set()
         self._multi: set[int] = set()
+        self._idle: set[int] = set()
         self._avg: float | None = None
         self._kinds: dict[str, int] = {}
         self._needs_check = False

@@ -333,18 +333,22 @@ class QueueMixin(Base):
         """
         if not self._starved or self._requeued or not self._multi:
             return []
-        idle = 0
-        for r in self._hungry:  # every idle healthy worker is in there
-            w = self._workers[r]
-            if w.state is W.OK and not w.held:
-                idle += 1
-                if idle >= len(self._multi):
-                    break
+        idle = min(len(self._idle), len(self._multi))  # (kept up to date: no pass over the workers)
         if not idle:
             return []
-        # the busiest ``idle`` donors: a partial selection, not a sort of them all
-        donors = heapq.nlargest(idle, (self._workers[r] for r in self._multi if not self._workers[r].revoking),
-                                key=lambda w: w.held)
+        # the busiest ``idle`` donors. Most hold the most a worker is given (``top``): the first
+        # found will do, so a steal costs O(idle), not a pass over thousands of donors per message
+        top = self.target_outstanding()
+        donors: list[WorkerRec] = []
+        for r in self._multi:
+            w = self._workers[r]
+            if not w.revoking and w.held >= top:
+                donors.append(w)
+                if len(donors) >= idle:
+                    break
+        if len(donors) < idle:
+            donors = heapq.nlargest(idle, (self._workers[r] for r in self._multi if not self._workers[r].revoking),
+                                    key=lambda w: w.held)
         out: list[Decision] = []
         for donor in donors:
             want = max(1, (donor.held - 1) // 2)

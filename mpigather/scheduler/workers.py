@@ -106,9 +106,14 @@ class WorkersMixin(Base):
                 self._multi.add(w.rank)
             else:
                 self._multi.discard(w.rank)
+            if w.held:
+                self._idle.discard(w.rank)
+            else:
+                self._idle.add(w.rank)
         else:
             self._hungry.discard(w.rank)
             self._multi.discard(w.rank)
+            self._idle.discard(w.rank)
 
     def _check_workers(self, now: float) -> list[Decision]:
         """Warn about workers that never said hello; give up when no healthy worker is left."""
