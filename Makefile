@@ -78,6 +78,8 @@ bench: $(STAMP)
 	$(TESTPATH) $(BIN)/python scripts/bench.py $(BENCH_ARGS)
 	$(TESTPATH) $(BIN)/python scripts/bench_sweeps.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
 	$(TESTPATH) $(BIN)/python scripts/bench_readback.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
+	$(TESTPATH) $(BIN)/python scripts/bench_many.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
+	$(TESTPATH) $(BIN)/python scripts/bench_simulate.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
 
 chunk-sweep: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/chunk_sweep.py

@@ -110,10 +110,12 @@ def test_ten_thousand_workers(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Master._stop_now does O(workers) work per message while it waits"
-                                       " at most 1 s for the goodbyes: at 10,000 workers none is released")
 def test_ctrl_c_releases_ten_thousand_workers():
+    """A Ctrl-C at 10,000 workers releases every one of them (the master once did a pass over all
+    workers per goodbye and gave up after 1 s with none released), and the run ends soon after:
+    the bound is loose, for a busy machine (about 2 s here)."""
     r = sim("--workers", "10000", "--tasks", "100000", "--task-seconds", "2", "--out", "none",
             "--interrupt-after", "5", "--status-after", "-1", timeout=600)
     assert r["interrupted"] is True
     assert r["unreleased"] == 0
+    assert r["ctrlc_s"] < 20, r
