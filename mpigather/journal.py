@@ -7,6 +7,8 @@ durability costs one fsync per batch of completions, not one per task.
 
 Record types (key ``ev``), each written by one method of ``Journal``:
 - ``start``: the run's parameters (total, argv, pid, host, mode...);
+- ``source``: the total and signature of a task file checked while the run went on (they
+  complete the ``start`` record, which could not say them yet);
 - ``done``: a batch of finished tasks, column by column (ids, positions, parameter hashes,
   attempts, ranks, bytes, crc32c, durations, and paths in direct mode): about 40 bytes a task;
 - ``rows``: a batch of rows of the table of small results: their positions in the task list
@@ -75,6 +77,9 @@ class Journal:
 
     def start(self, **info: Any) -> None:
         self._write({"ev": "start", "time": round(now(), 3), **info})
+
+    def source(self, **info: Any) -> None:
+        self._write({"ev": "source", "time": round(now(), 3), **info})
 
     def done(self, ready: list[tuple[Any, dict[str, Any]]]) -> None:
         """A batch of results that the sink made durable, as one record."""
@@ -492,6 +497,10 @@ class _Loader:
         st.heartbeat = None
         st.done_in_run = 0
         st.first_done_in_run = None
+
+    def _on_source(self, rec: dict[str, Any], t: float | None) -> None:
+        self.st.start["total"] = rec.get("total")  # (the run's record too: it holds the same dict)
+        self.st.start["source"] = rec.get("source")
 
     def _on_error(self, rec: dict[str, Any], t: float | None) -> None:
         self.st.errors[rec["k"]] = rec

@@ -13,6 +13,14 @@ from crc32c import crc32c
 from ..errors import UsageError
 from .params import _task_id
 
+try:
+    from orjson import loads as _orjson_loads
+except ImportError:  # (optional: ``pip install mpigather[fast]``) the standard library's json parses every line
+    _orjson_loads = None  # type: ignore[assignment]
+
+_FAST: Any = _orjson_loads  # the fast parser, or None (tests set None to check the fallback)
+_REFUSED = object()
+
 
 def _iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any, Any]]:
     with _open_tasks(path) as f:
@@ -54,11 +62,26 @@ def _open_tasks(path: str | os.PathLike[str]) -> Any:
 
 
 def _parse(path: str | os.PathLike[str], i: int, line: bytes | str) -> Any:
-    try:
-        obj = json.loads(line)
-    except ValueError as e:
-        msg = getattr(e, "msg", str(e))
-        raise UsageError(f"task file {path}, line {i + 1}: invalid JSON ({msg})") from None
+    """A line's object (a dict), or UsageError naming the line. orjson, where installed, parses
+    the lines it accepts (about 6x faster); a line it refuses is parsed again by ``json``, which
+    decides, so that both accept the same lines (``json`` also takes NaN, 1e400 and lone
+    surrogates) and a bad line gets the same message; an id that orjson reads as a float is read
+    again too (an integer beyond 64 bits, which json keeps an int)."""
+    obj: Any = _REFUSED
+    if _FAST is not None:
+        try:
+            obj = _FAST(line)
+        except ValueError:
+            pass
+        else:
+            if type(obj) is dict and type(obj.get("id")) is float:
+                obj = _REFUSED  # (orjson reads an integer beyond 64 bits as a float: json keeps it an int)
+    if obj is _REFUSED:
+        try:
+            obj = json.loads(line.decode() if type(line) is bytes else line)
+        except ValueError as e:  # (a line that is not UTF-8 too)
+            msg = getattr(e, "msg", str(e))
+            raise UsageError(f"task file {path}, line {i + 1}: invalid JSON ({msg})") from None
     if not isinstance(obj, dict):
         raise UsageError(f"task file {path}, line {i + 1}: expected a JSON object, got {type(obj).__name__}")
     return obj
