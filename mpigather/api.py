@@ -307,8 +307,12 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
         hooks["master"](master)
     if own and hasattr(source, "on_total"):
         source.on_total = _total_known(sched, sink, journal, progress, n_done_before)
-    with signals.deferred_sigint():  # a Ctrl-C stops the loop in order, and never lands inside the closing
-        summary = _drive_loop(master, progress, link, sink, journal, done, out, opts, total, n_done_before)
+    try:
+        with signals.deferred_sigint():  # a Ctrl-C stops the loop in order, and never lands inside the closing
+            summary = _drive_loop(master, progress, link, sink, journal, done, out, opts, total, n_done_before)
+    finally:
+        if own:
+            source.close()  # (a task file's pass, if the run ended before it did)
     if summary.ctrl_c and master.unreleased and link.size > 1 and not getattr(link, "in_process", False):
         log.error("ending the job: worker(s) %s did not stop on the Ctrl-C", sorted(master.unreleased))
         sys.stdout.flush()

@@ -180,3 +180,12 @@ def test_duplicates_are_found_across_blocks(tmp_path, monkeypatch):
         with pytest.raises(UsageError, match=rf"line {again + 1}: duplicate task id {first} \(also on line"
                                              rf" {first + 1}\)"):
             scan_jsonl(p)
+
+
+def test_a_pass_the_run_no_longer_needs_stops_at_its_next_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(scan, "FIRST_BLOCK", 10)
+    p = write_tasks(tmp_path / "t.jsonl", n=100)
+    s = scan.Scan(p)
+    s.stop = True
+    s.run()
+    assert s.finished and s.ready == 0 and isinstance(s.error, UsageError) and s.result is None

@@ -55,7 +55,7 @@ class JsonlSource(TaskSource):
     def scan_early(self) -> None:
         """Start the checking pass now, in a thread, while the other ranks start (MPI's waits
         release the GIL): ``prepare`` takes its result, or its error."""
-        self._scan = Scan(self.path).start()
+        self._scan = Scan(self.path, hashes=False).start()  # (not a resume: no done task to check)
 
     def prepare(self, done: DoneSet | None, before: dict[str, Any] | None) -> int | None:
         if done is not None and before and before.get("kind") == "jsonl" and before.get("total") is not None:
@@ -63,7 +63,9 @@ class JsonlSource(TaskSource):
                 self.total = before["total"]
                 self._sig = dict(before)
                 return self.total  # unchanged since that run: checked then, nothing to check now
-        scan, self._scan = self._scan or Scan(self.path).start(), None
+        scan, self._scan = self._scan, None
+        if scan is None or (done and not scan.hashes):
+            scan = Scan(self.path, hashes=bool(done)).start()
         scan.wait(STREAM_AFTER if self.stream and not done else None)  # (raises a bad line's error)
         if not scan.finished:
             self._scan = scan  # the rest is checked while the first tasks run
@@ -90,6 +92,10 @@ class JsonlSource(TaskSource):
         self._found(scan)
         if self.on_total is not None:
             self.on_total(self.total or 0, dict(self._sig or {}))
+
+    def close(self) -> None:
+        if self._scan is not None:
+            self._scan.stop = True  # (it ends at its next block)
 
     def available(self) -> int:
         """Tasks that could be handed out now (checked, not yet read), done ones counted too."""

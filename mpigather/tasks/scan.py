@@ -44,10 +44,13 @@ class Scan:
     runs (a hash of the id that this process alone uses, confirmed by a second pass on a clash,
     and the line's crc32c) and 4 kept. ``run`` does it (on a thread: ``start``); ``ready``: tasks
     checked so far; ``wait`` blocks until enough are; ``result``: (tasks, size, crc32c of the
-    file, each task's hash as a uint32 array), once it ended without ``error``."""
+    file, each task's hash as a uint32 array: empty unless ``hashes``, for a resume's checks),
+    once it ended without ``error``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], hashes: bool = True) -> None:
         self.path = path
+        self.hashes = hashes
+        self.stop = False  # set: end at the next block (the run no longer needs it)
         self.ready = 0
         self.finished = False
         self.error: BaseException | None = None
@@ -82,6 +85,7 @@ class Scan:
         path = self.path
         keys: array.array[int] = array.array("q")
         hashes: array.array[int] = array.array("I")
+        keep = hashes.append if self.hashes else None
         crc = size = 0
         seq = -1
         block = FIRST_BLOCK
@@ -96,8 +100,11 @@ class Scan:
                 tid = _task_id(_parse(path, i, stripped), i)
                 check_id(tid)
                 keys.append(hash((type(tid) is int, tid)))
-                hashes.append(crc32c(stripped))
+                if keep is not None:
+                    keep(crc32c(stripped))
                 if len(keys) >= block:
+                    if self.stop:
+                        raise UsageError("the check of the task file was stopped")
                     self._checked(keys, i + 1)
                     keys = array.array("q")
                     block = min(2 * block, MAX_BLOCK)

@@ -67,6 +67,9 @@ class TaskSource:
             self.check(done)
         return self.total
 
+    def close(self) -> None:
+        """The run is over: stop any work still going on for it."""
+
     def signature(self) -> dict[str, Any] | None:
         """What the journal keeps of the source, so that a resume can tell it did not change."""
         return None
