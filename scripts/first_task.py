@@ -57,7 +57,7 @@ def one_run(tasks: Path, code: Path, first_only: bool) -> dict[str, float | None
                str(tasks), "--out", str(out), "--progress", "off"]
         t0 = time.time()
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                             cwd=str(ROOT), start_new_session=True)
+                             cwd=str(code), start_new_session=True)  # (-m: the code in cwd comes first)
         first = None
         while first_only and p.poll() is None and first is None:
             time.sleep(0.05)

@@ -170,6 +170,7 @@ def test_the_parser_and_its_fallback_accept_and_refuse_the_same_lines(tmp_path, 
 def test_duplicates_are_found_across_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr(scan, "FIRST_BLOCK", 3)
     monkeypatch.setattr(scan, "MAX_BLOCK", 8)
+    monkeypatch.setattr(scan, "MAX_RUN", 16)  # (several runs of the largest size, each looked at)
     p = tmp_path / "t.jsonl"
     ids = list(range(100))
     p.write_text("".join(json.dumps({"id": i}) + "\n" for i in ids))

@@ -22,6 +22,7 @@ from .params import _task_id
 
 FIRST_BLOCK = 1024  # lines checked before the first ones are handed out
 MAX_BLOCK = 65536  # lines checked at a time, at most (blocks double up to this)
+MAX_RUN = 1 << 21  # ids in one sorted run, at most: a merge needs no more than 32 MB more, whatever the file
 
 
 def _report_duplicate(path: str | os.PathLike[str], suspects: set[int], stop: int | None = None) -> None:
@@ -114,7 +115,8 @@ class Scan:
 
     def _checked(self, keys: array.array[int], lineno: int | None) -> None:
         """A block of ids (up to line ``lineno``) parsed: check that none was seen before, then
-        say its tasks are ready. Sorted runs of doubling length keep this O(n log n) overall."""
+        say its tasks are ready. Sorted runs of doubling length (up to ``MAX_RUN``) keep this
+        O(n log n) overall."""
         s = np.sort(np.frombuffer(keys, dtype=np.int64))
         if not len(s):
             return
@@ -127,7 +129,7 @@ class Scan:
             _report_duplicate(self.path, set(int(x) for x in suspects), lineno)
         runs = self._runs
         runs.append(s)
-        while len(runs) > 1 and len(runs[-2]) <= len(runs[-1]):
+        while len(runs) > 1 and len(runs[-2]) <= len(runs[-1]) and len(runs[-2]) + len(runs[-1]) <= MAX_RUN:
             merged = np.concatenate(runs[-2:])
             del runs[-2:]
             merged.sort(kind="stable")  # (two sorted runs: merged in linear time)
