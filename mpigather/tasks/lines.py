@@ -63,7 +63,7 @@ def _open_tasks(path: str | os.PathLike[str]) -> Any:
 
 def _parse(path: str | os.PathLike[str], i: int, line: bytes | str) -> Any:
     """A line's object (a dict), or UsageError naming the line. orjson, where installed, parses
-    the lines it accepts (about 6x faster); a line it refuses is parsed again by ``json``, which
+    the lines it accepts (several times faster than json); a line it refuses is parsed again by ``json``, which
     decides, so that both accept the same lines (``json`` also takes NaN, 1e400 and lone
     surrogates) and a bad line gets the same message; an id that orjson reads as a float is read
     again too (an integer beyond 64 bits, which json keeps an int)."""
