@@ -1,4 +1,4 @@
-"""The task file source: one JSON object per line, checked in one pass before the run."""
+"""The task file source: one JSON object per line, checked in one pass while its first tasks run."""
 
 from __future__ import annotations
 
