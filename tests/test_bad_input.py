@@ -53,8 +53,9 @@ def test_duplicate_ids(tmp_path):
 @pytest.mark.parametrize("last,needle", [('{"id": "x", "seed": ', "invalid JSON"),
                                          ('{"id": "run-7", "seed": 7}', "duplicate task id 'run-7' (also on line 8)")])
 def test_a_bad_line_late_in_a_long_task_file(tmp_path, last, needle):
-    """Found while the first tasks run (the file is checked as they do): the run stops, as for
-    a bad line at the start, with one message and exit status 2."""
+    """Past the lines checked before the run starts: found before or while the first tasks run
+    (the file is checked as they do, and may be done by then), the message and exit status are
+    those of a bad line at the start."""
     from mpigather.tasks.jsonl import STREAM_AFTER
 
     t, n = tmp_path / "t.jsonl", STREAM_AFTER + 20_000

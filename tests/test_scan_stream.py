@@ -89,12 +89,12 @@ def check_all(out: Path, n: int, extra: int = 0) -> None:
     assert np.array_equal(c["value"][:n], np.arange(n, dtype=np.float64))
 
 
-def test_a_result_is_recorded_before_the_check_of_the_file_ends(tmp_path, monkeypatch):
-    """The pass may not end before the journal holds a result (it waits for one): a source that
-    waited for the whole pass would never get there, and the order in the journal shows it."""
-    tasks, out = write_tasks(tmp_path / "t.jsonl"), tmp_path / "o.h5"
+def hold_the_pass(monkeypatch: Any, out: Path) -> list[int]:
+    """Once the run may start, the pass waits (up to 60 s) until the journal holds a result: the
+    rest of the file is checked while tasks run, whatever the speed of each. Returns the list
+    that gets how many tasks were checked when it waited."""
     checked = scan.Scan._checked
-    waited = []
+    waited: list[int] = []
 
     def gated(self: scan.Scan, keys: Any, lineno: int | None) -> None:
         checked(self, keys, lineno)
@@ -106,6 +106,14 @@ def test_a_result_is_recorded_before_the_check_of_the_file_ends(tmp_path, monkey
             waited.append(self.ready)
 
     monkeypatch.setattr(scan.Scan, "_checked", gated)
+    return waited
+
+
+def test_a_result_is_recorded_before_the_check_of_the_file_ends(tmp_path, monkeypatch):
+    """The pass may not end before the journal holds a result (it waits for one): a source that
+    waited for the whole pass would never get there, and the order in the journal shows it."""
+    tasks, out = write_tasks(tmp_path / "t.jsonl"), tmp_path / "o.h5"
+    waited = hold_the_pass(monkeypatch, out)
     s = run_file(tasks, out)
     assert s.done == N and s.total == N and not s.failed
     evs = [r["ev"] for r in records(out)]
@@ -116,10 +124,15 @@ def test_a_result_is_recorded_before_the_check_of_the_file_ends(tmp_path, monkey
     check_all(out, N)
 
 
-def test_a_bad_line_late_in_the_file_stops_the_run_and_a_resume_finishes_it(tmp_path):
+def test_a_bad_line_late_in_the_file_stops_the_run_and_a_resume_finishes_it(tmp_path, monkeypatch):
     tasks, out = write_tasks(tmp_path / "t.jsonl", last='{"id": "x", "seed": '), tmp_path / "o.h5"
+    hold_the_pass(monkeypatch, out)
     with pytest.raises(UsageError, match=rf"t.jsonl, line {N + 1}: invalid JSON"):
         run_file(tasks, out)
+    monkeypatch.undo()
+    monkeypatch.setattr(jsonl, "STREAM_AFTER", STREAM)
+    evs = [r["ev"] for r in records(out)]
+    assert "rows" in evs and "source" not in evs  # tasks ran, then the bad line stopped the run
     end = [r for r in records(out) if r["ev"] == "end"]
     assert end and end[-1]["exit"] == 2
     write_tasks(tasks, last='{"id": "x", "seed": -1}')  # fixed in place: the lines before it did not change
@@ -130,10 +143,14 @@ def test_a_bad_line_late_in_the_file_stops_the_run_and_a_resume_finishes_it(tmp_
         assert float(res["x"]) == -1.0
 
 
-def test_a_duplicate_id_late_in_the_file_stops_the_run(tmp_path):
-    tasks = write_tasks(tmp_path / "t.jsonl", last='{"id": "run-7", "seed": 7}')
+def test_a_duplicate_id_late_in_the_file_stops_the_run(tmp_path, monkeypatch):
+    tasks, out = write_tasks(tmp_path / "t.jsonl", last='{"id": "run-7", "seed": 99}'), tmp_path / "o.h5"
+    hold_the_pass(monkeypatch, out)
     with pytest.raises(UsageError, match=rf"line {N + 1}: duplicate task id 'run-7' \(also on line 8\)"):
-        run_file(tasks, tmp_path / "o.h5")
+        run_file(tasks, out)
+    rows = [(s0, k) for r in records(out) if r["ev"] == "rows" for s0, k in r["pos"]]
+    assert rows  # found while tasks ran...
+    assert all(s0 + k <= N for s0, k in rows)  # ...and the duplicate's line was never handed out
 
 
 def test_a_resume_after_a_streamed_run_still_checks_each_done_task(tmp_path):
