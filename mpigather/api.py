@@ -334,14 +334,37 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
                     done=done, describe=source.describe if own else None)
     if "master" in hooks:
         hooks["master"](master)
-    with signals.deferred_sigint():  # a Ctrl-C stops the loop in order, and never lands inside the closing
-        summary = _drive_loop(master, progress, link, sink, journal, done, out, opts, total, n_done_before)
+    if own and hasattr(source, "on_total"):
+        source.on_total = _total_known(sched, sink, journal, progress, n_done_before)
+    try:
+        with signals.deferred_sigint():  # a Ctrl-C stops the loop in order, and never lands inside the closing
+            summary = _drive_loop(master, progress, link, sink, journal, done, out, opts, total, n_done_before)
+    finally:
+        if own:
+            source.close()  # (a task file's pass, if the run ended before it did)
     if summary.ctrl_c and master.unreleased and link.size > 1 and not getattr(link, "in_process", False):
         log.error("ending the job: worker(s) %s did not stop on the Ctrl-C", ranks_text(master.unreleased))
         sys.stdout.flush()
         sys.stderr.flush()
         link.abort(summary.exit_code)  # the output is closed, and the journal says where the run stopped
     return summary
+
+
+def _total_known(sched: Scheduler, sink: Sink, journal: Journal | None, progress: Any,
+                 n_done_before: int) -> Any:
+    """What to do once a task file checked during the run has been checked whole: its total is
+    known (to the scheduler, the output's table and the progress), and the journal keeps it with
+    the file's signature (so that a resume of an unchanged file need not check it again)."""
+
+    def known(total: int, signature: dict[str, Any]) -> None:
+        sched.total = max(0, total - n_done_before)
+        sink.total = total
+        if progress is not None:
+            progress.set_total(total)
+        if journal is not None:
+            journal.source(total=total, source=signature)
+
+    return known
 
 
 def _drive_loop(master: Master, progress: Any, link: Any, sink: Sink, journal: Journal | None, done: DoneSet | None,
@@ -352,6 +375,8 @@ def _drive_loop(master: Master, progress: Any, link: Any, sink: Sink, journal: J
         finally:
             if progress is not None:
                 progress.close()
+        if total is None and master.sched.total is not None:  # a task file checked while the run went on
+            total = master.sched.total + n_done_before
     except BaseException as exc:
         # release the workers before the error goes up, so that no rank is left waiting
         if not isinstance(exc, UsageError):

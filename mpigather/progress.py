@@ -95,6 +95,13 @@ class Progress:
             mode = "bar" if _isatty(sys.stderr) else "log"
         return cls(mode, total, interval, done_before=done_before)
 
+    def set_total(self, total: int) -> None:
+        """The total, once known (a task file checked while the run went on)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
     # -- updates --------------------------------------------------------------------------
 
     def update(self, sched: Any, summary: Any, now: float) -> None:

@@ -50,6 +50,20 @@ def test_duplicate_ids(tmp_path):
               "line 3: duplicate task id 'a'")
 
 
+@pytest.mark.parametrize("last,needle", [('{"id": "x", "seed": ', "invalid JSON"),
+                                         ('{"id": "run-7", "seed": 7}', "duplicate task id 'run-7' (also on line 8)")])
+def test_a_bad_line_late_in_a_long_task_file(tmp_path, last, needle):
+    """Past the lines checked before the run starts: found before or while the first tasks run
+    (the file is checked as they do, and may be done by then), the message and exit status are
+    those of a bad line at the start."""
+    from mpigather.tasks.jsonl import STREAM_AFTER
+
+    t, n = tmp_path / "t.jsonl", STREAM_AFTER + 20_000
+    t.write_text("".join(f'{{"id": "run-{i}", "seed": {i}}}\n' for i in range(n)) + last + "\n")
+    one_error(gather(3, "quickfuncs:seed_value", tmp_path / "o.h5", "--tasks", str(t), timeout=120),
+              f"line {n + 1}: {needle}")
+
+
 def test_negative_range(tmp_path):
     one_error(gather(3, "taskfuncs:every_type", tmp_path / "o.h5", "--range", "-4", timeout=60),
               "--range must be 0 or more, not -4")

@@ -7,6 +7,8 @@ durability costs one fsync per batch of completions, not one per task.
 
 Record types (key ``ev``), each written by one method of ``Journal``:
 - ``start``: the run's parameters (total, argv, pid, host, mode...);
+- ``source``: the total and signature of a task file checked while the run went on (they
+  complete the ``start`` record, which could not say them yet);
 - ``done``: a batch of finished tasks, column by column (ids, positions, parameter hashes,
   attempts, ranks, bytes, crc32c, durations, and paths in direct mode): about 40 bytes a task;
 - ``rows``: a batch of rows of the table of small results: their positions in the task list

@@ -189,6 +189,10 @@ class _Loader:
         st.done_in_run = 0
         st.first_done_in_run = None
 
+    def _on_source(self, rec: dict[str, Any], t: float | None) -> None:
+        self.st.start["total"] = rec.get("total")  # (the run's record too: it holds the same dict)
+        self.st.start["source"] = rec.get("source")
+
     def _on_error(self, rec: dict[str, Any], t: float | None) -> None:
         self.st.errors[rec["k"]] = rec
 

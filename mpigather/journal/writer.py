@@ -41,6 +41,9 @@ class Journal:
     def start(self, **info: Any) -> None:
         self._write({"ev": "start", "time": round(now(), 3), **info})
 
+    def source(self, **info: Any) -> None:
+        self._write({"ev": "source", "time": round(now(), 3), **info})
+
     def done(self, ready: list[tuple[Any, dict[str, Any]]]) -> None:
         """A batch of results that the sink made durable, as one record."""
         if not ready:
