@@ -1,10 +1,9 @@
 """`make bench` (many workers): more ranks than cores, tasks that sleep (as I/O, a GPU call or an
 external solver would), side by side with ``MPICommExecutor`` and a hand-written loop, in one launch.
 
-    python scripts/bench_many.py                  # 32 x 50 ms, 64 x 0.5 s, 128 x 0.5 s
+    python scripts/bench_many.py                  # 32 x 50 ms, 64 x 0.5 s, 128 x 0.5 s, 32 x 3 s
     python scripts/bench_many.py --quick          # 8 and 32 workers
     python scripts/bench_many.py --cases 128:0.5 --rounds 3
-    python scripts/bench_many.py --idle 32:3      # CPU of a worker whose task sleeps 3 s
 
 Each case is one ``mpiexec -n N+1`` command with a timeout. Inside it every variant runs once
 per round, interleaved (mpigather, ``MPICommExecutor().map``, a hand-written ``recv(ANY_SOURCE)``
@@ -154,7 +153,7 @@ def main() -> None:
     elif a.quick:
         cases = [("8", "0.05", "20"), ("32", "0.05", "20")]
     else:
-        cases = [("32", "0.05", "40"), ("64", "0.5", "4"), ("128", "0.5", "4")]
+        cases = [("32", "0.05", "40"), ("64", "0.5", "4"), ("128", "0.5", "4"), ("32", "3", "1")]
     results = []
     for c in cases:
         workers, seconds = int(c[0]), float(c[1])
