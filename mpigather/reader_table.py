@@ -19,7 +19,7 @@ import numpy as np
 
 from . import table_schema as T
 from .sinks import layout as L
-from .sinks.table_base import Layout, Spec, _name, cell, coded
+from .sinks.table_layout import Layout, Spec, _name, cell, coded
 
 
 def table_columns(layout: Layout, column: Callable[[str], np.ndarray], meta: bool = False) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ import mpigather
 from mpigather import messages as M
 from mpigather import table_schema as T
 from mpigather.sinks import open_sink
-from mpigather.sinks.table_base import resolve, token
+from mpigather.sinks.table_layout import resolve, token
 
 N = 60
 

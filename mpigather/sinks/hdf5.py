@@ -32,8 +32,10 @@ from ..errors import UsageError
 from . import layout as L
 from .base import Meta, Sink, Target, fsync_dir, remove_quietly
 from .hdf5_nodes import _STR, _exists, _open_file, _write_part, create_result
-from .table_base import Layout, RowsDone, Staged, compare_done, fit_layout
+from .table_base import RowsDone, Staged, compare_done
 from .table_hdf5 import H5Table
+from .table_layout import Layout
+from .table_store import fit_layout
 
 log = logging.getLogger("mpigather")
 

@@ -17,7 +17,7 @@ from .base import Sink
 
 def keep_steps(sink: Sink, root: Path, journal_path: Path | None) -> None:
     from ..journal import read_records
-    from ..reader import load_entry
+    from ..reader_whole import load_entry
 
     if journal_path is None or not root.is_dir():
         return

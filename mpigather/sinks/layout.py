@@ -7,7 +7,7 @@ HDF5 (``--out x.h5``)::
                             or a group (dict: one member per key; object: "pickle", "0", "1"...)
     /tasks                  one row per result stored whole: id, its parameters (JSON), rank,
                             attempt, duration, bytes, crc32c, position in the task list
-    /table/...              the table of small results, one dataset per column (sinks/table_base.py)
+    /table/...              the table of small results, one dataset per column (sinks/table_layout.py)
     attribute "kind"        on every node inside a result that is not a plain array, and on
                             groups (see ``results``); a dataset at the top of a result has
                             none: its kind is the task table's
@@ -25,7 +25,7 @@ A directory (``--out DIR``)::
     DIR/<id>.bytes          bytes
     DIR/<id>.none           None
     DIR/_tasks.jsonl        one line per result stored whole (as /tasks above)
-    DIR/_table/<col>.npy    the table of small results, one .npy file per column (sinks/table_base.py)
+    DIR/_table/<col>.npy    the table of small results, one .npy file per column (sinks/table_layout.py)
     DIR/_mpigather.json     how the run went
 
 Names that start with ``.tmp.`` are results being written; they never count.
@@ -50,7 +50,7 @@ LOCK = ".lock"  # suffix of the output's lock file
 RESULTS = "results"
 STAGING = "_staging"
 TASKS = "tasks"
-TABLE = "table"  # the table of small results (see sinks/table_base.py)
+TABLE = "table"  # the table of small results (see sinks/table_layout.py)
 ATTR_LAYOUT = "layout"  # on /table: its schema, as JSON
 TABLE_DIR = "_table"  # a directory's table: DIR/_table/<column>.npy and layout.json
 NEXT = ".next"  # suffix of a table being rewritten (a change of its layout): swapped in whole when done

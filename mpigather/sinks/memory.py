@@ -15,7 +15,9 @@ from .. import recvmem
 from .. import results as R
 from .. import table_schema as T
 from .base import Meta, Sink, Target
-from .table_base import Layout, MemoryTable, RowsDone, fit_layout
+from .table_base import RowsDone
+from .table_layout import Layout
+from .table_store import MemoryTable, fit_layout
 
 
 class _MemoryTarget(Target):

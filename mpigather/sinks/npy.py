@@ -22,8 +22,10 @@ import numpy as np
 from .. import results as R
 from . import layout as L
 from .base import Meta, Sink, Target, fill, fsync_dir, make_files_durable, pwrite_all, remove_quietly
-from .table_base import Layout, RowsDone, Staged, compare_done, fit_layout
+from .table_base import RowsDone, Staged, compare_done
+from .table_layout import Layout
 from .table_npy import NpyTable
+from .table_store import fit_layout
 
 
 def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:

@@ -14,7 +14,9 @@ import h5py
 import numpy as np
 
 from . import layout as L
-from .table_base import Column, Layout, TableStore, dtype_of, empty, runs
+from .table_base import Column, dtype_of, empty, runs
+from .table_layout import Layout
+from .table_store import TableStore
 
 CHUNK_BYTES = 256 << 10  # about this many bytes per chunk of a column
 _STR = h5py.string_dtype()

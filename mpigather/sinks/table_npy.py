@@ -20,7 +20,9 @@ import numpy as np
 
 from . import layout as L
 from .base import fsync_dir, make_files_durable, pwrite_all
-from .table_base import Column, Layout, TableStore, dtype_of, empty, runs
+from .table_base import Column, dtype_of, empty, runs
+from .table_layout import Layout
+from .table_store import TableStore
 
 HEADER = 128  # bytes of every column file's header: room for a shape of many digits
 MAGIC = b"\x93NUMPY\x01\x00"

@@ -45,7 +45,7 @@ class StepsMixin(Base):
 
 def _load_input(path: str | None) -> Any:
     """A step's input, stored by the master as a result of its own (a file of the output's steps)."""
-    from ..reader import load_entry
+    from ..reader_whole import load_entry
 
     if path is None:
         raise ValueError("the step's input was not stored")
