@@ -29,6 +29,7 @@ class Base:
     total: int | None  # tasks in the source, when known
     _starved: bool  # the last look at the source found nothing to hand out now
     _draining: bool
+    _grace_end: float | None  # when a drain's running tasks are abandoned
     _avg: float | None  # measured seconds per task
     _timeout_of: Any
     prefetch: int
@@ -94,6 +95,12 @@ class Base:
         raise NotImplementedError
 
     def give_up(self, reason: str) -> list[Decision]:
+        raise NotImplementedError
+
+    def _forget(self, b: Block) -> None:
+        raise NotImplementedError
+
+    def in_flight(self) -> int:
         raise NotImplementedError
 
     def abandon_running(self) -> int:
