@@ -22,8 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from crc32c import crc32c
 
+from .crc import crc32c
 from .errors import UsageError
 from .journal import DoneSet
 from .sinks.layout import check_id

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +29,7 @@ os.environ.setdefault("OMPI_MCA_async_mpi_finalize", "1")
 if os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes", "on"):
     os.environ.setdefault("OMPI_MCA_btl_tcp_flags", "send,inplace,need-ack,need-csum,hetero-rdma")
 
-from .link import LOST, Backoff, PeerLost, wait_until
+from .link import LOST, Backoff, PeerLost, hostname, wait_until
 
 log = logging.getLogger("mpigather")
 
@@ -121,7 +120,7 @@ class MPILink:
         self._owned = dup or bool(root)
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        self.host = socket.gethostname()
+        self.host = hostname()
         self._status = MPI.Status()
         self._pending: list[Any] = []  # posted sends not yet complete (they hold their buffers)
         self._pending_lock = threading.Lock()  # a real lock even when MPI needs none: Python's list
