@@ -8,9 +8,10 @@ Every measurement is one fresh ``mpiexec -n N`` launch of this script (``--child
 cases interleaved so that a busy machine slows them alike. Each child has numpy and
 ``mpi4py.MPI`` imported already (as a user's program has), waits on a barrier, then times:
 
-- ``executor``: ``with mpigather.executor() as ex`` (the lazy import of ``mpigather.executor``
-  included): the time to enter, then the first result of ``ex.submit(pow, 2, 3)``;
-- ``MPICommExecutor``: the same with ``mpi4py.futures.MPICommExecutor`` (its import included);
+- ``executor``: ``import mpigather; mpigather.executor`` (the import), then
+  ``with mpigather.executor() as ex`` (to enter), then the first result of
+  ``ex.submit(pow, 2, 3)``, then leaving the block (exit);
+- ``MPICommExecutor``: the same with ``from mpi4py.futures import MPICommExecutor``;
 - ``run``: ``mpigather.run(sq, range(4))`` (in memory) twice in the process, first and second;
 - ``MPICommExecutor map``: ``with MPICommExecutor() as ex: list(ex.map(sq, range(4)))``, twice.
 
@@ -59,12 +60,13 @@ def child(case: str) -> None:
             from mpi4py.futures import MPICommExecutor
 
             make = MPICommExecutor
+        ti = time.perf_counter()
         with make() as ex:
             t1 = time.perf_counter()
             if ex is not None:
                 ex.submit(pow, 2, 3).result()
                 t2 = time.perf_counter()
-                row = {"enter": t1 - t0, "first result": t2 - t1}
+                row = {"import": ti - t0, "enter": t1 - ti, "first result": t2 - t1}
         row["exit"] = time.perf_counter() - t0 - sum(row.values())
     else:
         times = []
