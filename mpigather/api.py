@@ -15,24 +15,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import messages as M
 from . import signals
 from .config import OPTION_NAMES as _OPTION_NAMES
 from .config import Options, make_options
 from .errors import MasterFailed, MPIGatherError, UsageError
-from .journal import DoneSet, Journal
-from .lock import OutputLock
-from .master import Master, ranks_text, release_workers
-from .output import check_output, open_output, steps_path
-from .progress import Progress
-from .scheduler import Scheduler
-from .sinks import Sink
-from .summary import Summary
-from .tasks import TaskSource, source_of, timeout_of
-from .worker import Worker
-from .workerstats import journaled
+from .worker import Worker, serve
+
+# The master's code (scheduler, master loop, output, journal, lock, task sources) is imported
+# by the master only, where it runs: a worker rank of a run does not pay for it at its start.
+if TYPE_CHECKING:
+    from .journal import DoneSet, Journal
+    from .master import Master
+    from .scheduler import Scheduler
+    from .sinks import Sink
+    from .summary import Summary
 
 log = logging.getLogger("mpigather")
 
@@ -201,6 +200,8 @@ def run(
             run_on(link, func, None, out, opts)
             _leave_together(link)
             return None
+        from .tasks import source_of
+
         source = source_of(tasks)
         summary = run_on(link, func, source, out, opts, total=source.total)
         if summary is not None and summary.ctrl_c:  # the output is closed: now the program stops, as on every rank
@@ -233,11 +234,7 @@ def run_on(link: Any, func: Callable[[Any], Any], source: Any, out: str | os.Pat
     """
     wargs = worker_args or {}
     if link.rank != 0:
-        old = signals.install(master=False)  # workers leave SIGTERM/SIGUSR1 to the master
-        try:
-            Worker(link, func, opts, None if out is None else str(out), **wargs).run()
-        finally:
-            signals.restore(old)
+        serve(link, func, opts, None if out is None else str(out), **wargs)
         return None
     assert source is not None
     kw: dict[str, Any] = {"total": total, "argv": argv, "hooks": hooks}
@@ -289,6 +286,10 @@ def master_run(link: Any, source: Any, out: str | os.PathLike[str] | None, opts:
                total: int | None = None, argv: list[str] | None = None,
                hooks: dict[str, Any] | None = None) -> Summary:
     """The master's whole run: lock and open the output, run the loop, close and report."""
+    from .lock import OutputLock
+    from .output import check_output, open_output
+    from .tasks import TaskSource
+
     lock = OutputLock(out) if out is not None and opts.lock else None
     try:
         if lock is not None:
@@ -313,6 +314,12 @@ def master_run(link: Any, source: Any, out: str | os.PathLike[str] | None, opts:
 
 def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: DoneSet | None, out: Any,
            opts: Options, total: int | None, hooks: dict[str, Any]) -> Summary:
+    from .master import Master, ranks_text
+    from .output import steps_path
+    from .progress import Progress
+    from .scheduler import Scheduler
+    from .tasks import TaskSource, timeout_of
+
     n_done_before = len(done) if done else 0
     if isinstance(source, TaskSource):
         source.skip(done, hashed=journal is not None)
@@ -412,6 +419,8 @@ def _drive_loop(master: Master, progress: Any, link: Any, sink: Sink, journal: J
 
 
 def _finish(sink: Sink, journal: Journal | None, summary: Summary) -> None:
+    from .workerstats import journaled
+
     fleet = summary.fleet_summary()
     ranks = journaled(fleet, summary.workers)  # every worker of a small run; the outliers of a large one
     info = {"version": __version__, "done": summary.done, "failed": len(summary.failed),
@@ -450,7 +459,9 @@ def _close_failed(sink: Sink, journal: Journal | None, code: int, error: str) ->
 def _release_workers(link: Any, reason: str) -> None:
     """The master failed before its loop: let every worker go instead of leaving it waiting."""
     if link.size > 1:
+        from .master import release_workers
+
         release_workers(link, reason, set(range(1, link.size)))
 
 
-__all__ = ["NOT_FOR_RUN", "check_output", "master_run", "open_output", "run", "run_on"]
+__all__ = ["NOT_FOR_RUN", "master_run", "run", "run_on"]

@@ -175,25 +175,34 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
         self._ex: GatherExecutor | None = None
 
     def __enter__(self) -> GatherExecutor | None:
-        from .transport import MPILink
+        from .transport import MPILink, intracomm_size, rank_and_threads
 
-        if self._link is not None:
+        if self._link is not None or self._ex is not None:
             raise RuntimeError("this executor is already in use: leave it before entering it again")
-        link = self._link = MPILink(self.comm, root=self.root)
         wargs = {"send_exceptions": True, "keep_params": False, "initializer": self.initializer,
                  "initargs": self.initargs}
+        size = intracomm_size(self.comm)
+        rank, threads_ok = rank_and_threads(self.comm)
+        if rank == self.root and (size == 1 or threads_ok):
+            # the root returns at once: its master thread makes the link (which waits for every
+            # rank to enter) and imports the master's code, while the caller submits its tasks
+            comm, root = self.comm, self.root
+            self._ex = GatherExecutor(lambda cancelled: MPILink(comm, root=root, cancelled=cancelled), self.opts,
+                                      wargs, size=size)
+            return self._ex
+        link = self._link = MPILink(self.comm, root=self.root)
         try:
             if link.rank != 0:
-                from .api import run_on
                 from .transport import no_comm_workers
+                from .worker import serve  # (not the master's code: no output, journal, scheduler)
 
                 try:
                     with no_comm_workers():
-                        run_on(link, _call, None, None, self.opts, worker_args=wargs)
+                        serve(link, _call, self.opts, None, **wargs)
                 except Exception:  # the initializer failed here: the root's futures say so (BrokenExecutor)
                     pass
                 return None
-            if link.size > 1 and not link.threads_ok:
+            if not link.threads_ok:  # (more than one rank: checked above)
                 from .master import release_workers
                 from .transport import thread_level_name
 
@@ -202,8 +211,7 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
                           " (mpi4py.rc.thread_level = 'serialized' or 'multiple')")
                 release_workers(link, reason, set(range(1, link.size)))
                 raise MPIGatherError(reason)
-            self._ex = GatherExecutor(link, self.opts, wargs)
-            return self._ex
+            raise AssertionError("the root's executor is made above")
         except BaseException:
             self._close()
             raise

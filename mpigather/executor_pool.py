@@ -26,8 +26,15 @@ class GatherExecutor(Executor):
     them travel as raw buffers. A task that raises fails its own future only.
     """
 
-    def __init__(self, link: Any, opts: Any, worker_args: dict[str, Any] | None = None) -> None:
-        self._link, self._opts = link, opts
+    def __init__(self, link: Any, opts: Any, worker_args: dict[str, Any] | None = None, *,
+                 size: int | None = None) -> None:
+        """``link``: the master's link; or, with ``size`` (the ranks'), a function that makes it,
+        ``link(cancelled)``, called first by the master thread and closed by it at the end (an MPI
+        link waits for every rank to join: the executor is ready before that, and its tasks
+        queue). ``cancelled()`` says when to give up waiting (a Ctrl-C on the root)."""
+        self._make_link = link if size is not None else None
+        self._link: Any = None if size is not None else link
+        self._opts = opts
         self._q: deque[tuple[int, bytes, Future]] = deque()
         self._futures: dict[int, Future] = {}
         self._ids = itertools.count()
@@ -40,7 +47,7 @@ class GatherExecutor(Executor):
         self._stopped = threading.Event()  # the master's loop is over (its futures may still be being failed)
         self._feeders: set[_Feeder] = set()  # maps still submitting their chunks (the master waits for them)
         self._cancelling = False  # shutdown(cancel_futures=True) was called
-        self.num_workers = max(1, link.size - 1)
+        self.num_workers = max(1, (size if size is not None else link.size) - 1)
         self._thread = threading.Thread(target=self._serve, args=(worker_args or {},), name="mpigather-executor",
                                         daemon=True)
         self._thread.start()
@@ -66,6 +73,25 @@ class GatherExecutor(Executor):
                 self._futures.pop(tid, None)
 
     def _serve(self, worker_args: dict[str, Any]) -> None:
+        try:
+            if self._make_link is not None:  # first: the workers import the same code meanwhile
+                self._link = self._make_link(lambda: self._interrupted)
+            try:
+                self._serve_on(worker_args)
+            finally:
+                if self._make_link is not None and self._link is not None:
+                    self._link.close()
+        except BaseException as e:  # noqa: BLE001 - handed to every waiting future
+            broken = BrokenExecutor(f"the executor failed: {type(e).__name__}: {e}")
+            broken.__cause__ = e
+            self._error = broken
+        else:
+            if self._master is not None and self._master.summary.ctrl_c:
+                self._error = BrokenExecutor("the executor was interrupted (Ctrl-C)")
+        finally:
+            self._end()
+
+    def _serve_on(self, worker_args: dict[str, Any]) -> None:
         from .api import master_run, run_on
         from .sinks.memory import MemorySink
 
@@ -94,37 +120,31 @@ class GatherExecutor(Executor):
 
         hooks = {"on_done": on_done, "on_failed": on_failed, "master": grab, "sink": ValuesSink()}
         wargs = {"send_exceptions": True, "keep_params": False, **worker_args}
-        try:
-            if self._link.size > 1:
-                master_run(self._link, self._source(), None, self._opts, hooks=hooks)
-            else:
-                self._one_rank(hooks, wargs, run_on)
-        except BaseException as e:  # noqa: BLE001 - handed to every waiting future
-            broken = BrokenExecutor(f"the executor failed: {type(e).__name__}: {e}")
-            broken.__cause__ = e
-            self._error = broken
+        if self._link.size > 1:
+            master_run(self._link, self._source(), None, self._opts, hooks=hooks)
         else:
-            if self._master is not None and self._master.summary.ctrl_c:
-                self._error = BrokenExecutor("the executor was interrupted (Ctrl-C)")
-        finally:
-            self._stopped.set()
-            with self._lock:
-                self._closed = True
-                queued = [f for _, _, f in self._q]
-                queued_ids = {tid for tid, _, _ in self._q}
-                handed_out = [f for tid, f in self._futures.items() if tid not in queued_ids]
-                self._q.clear()
-                self._futures.clear()
-            self._ready.set()
-            error = self._error or BrokenExecutor("the executor ended before this task ran")
-            for fut in queued:  # pending, or cancelled by the caller and not yet seen by the waiters
-                if self._interrupted:
-                    fut.cancel()
-                if fut.set_running_or_notify_cancel():
-                    fut.set_exception(error)
-            for fut in handed_out:
-                if not fut.done():
-                    fut.set_exception(error)
+            self._one_rank(hooks, wargs, run_on)
+
+    def _end(self) -> None:
+        """The master's loop is over: the futures still waiting fail (or are cancelled)."""
+        self._stopped.set()
+        with self._lock:
+            self._closed = True
+            queued = [f for _, _, f in self._q]
+            queued_ids = {tid for tid, _, _ in self._q}
+            handed_out = [f for tid, f in self._futures.items() if tid not in queued_ids]
+            self._q.clear()
+            self._futures.clear()
+        self._ready.set()
+        error = self._error or BrokenExecutor("the executor ended before this task ran")
+        for fut in queued:  # pending, or cancelled by the caller and not yet seen by the waiters
+            if self._interrupted:
+                fut.cancel()
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(error)
+        for fut in handed_out:
+            if not fut.done():
+                fut.set_exception(error)
 
     def _one_rank(self, hooks: dict[str, Any], wargs: dict[str, Any], run_on: Any) -> None:
         """One rank: a worker thread beside this master thread, joined by a loopback link."""

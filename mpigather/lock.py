@@ -18,12 +18,12 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .link import hostname
 
 SUFFIX = ".lock"
 RETRY = 1.0  # seconds the master keeps trying a lock that a status check may hold for a moment
@@ -81,7 +81,7 @@ class OutputLock:
                 continue
             break
         self._fd = fd
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "argv": argv or []}
+        info = {"pid": os.getpid(), "host": hostname(), "time": time.time(), "argv": argv or []}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
 

@@ -9,7 +9,6 @@ send complete, as with MPI's rendezvous, so a sender keeps its buffer until then
 from __future__ import annotations
 
 import pickle
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .link import wait_until
+from .link import hostname, wait_until
 
 
 class _Message:
@@ -82,7 +81,7 @@ class LoopbackLink:
 
     def __init__(self, hub: LoopbackHub, rank: int) -> None:
         self.hub, self.rank, self.size = hub, rank, hub.size
-        self.host = socket.gethostname()
+        self.host = hostname()
         self._posted: list[_Message] = []
         self._coll: dict[str, Any] = {}
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 from .config import Options
 from .errors import UsageError
 from .journal import DoneSet, Journal, id_key, journal_path, load_state
+from .link import hostname
 from .sinks import Sink, is_hdf5_path, open_sink
 from .sinks import layout as L
 from .sinks.table_base import RowsDone
@@ -74,6 +73,8 @@ def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | 
     if opts.overwrite:
         for q in _output_paths(p):
             if q.is_dir():
+                import shutil  # (only to overwrite: not at every start)
+
                 shutil.rmtree(q)
             elif q.exists():
                 q.unlink()
@@ -96,7 +97,7 @@ def open_output(out: str | os.PathLike[str] | None, opts: Options, total: int | 
     if done is not None:
         done = _reconcile(sink, journal, done, p)
     journal.start(total=total, already_done=len(done) if done else 0, argv=argv or sys.argv, pid=os.getpid(),
-                  host=socket.gethostname(), out=str(p), mode=opts.mode, chunk_size=opts.chunk_size,
+                  host=hostname(), out=str(p), mode=opts.mode, chunk_size=opts.chunk_size,
                   source=source.signature() if source is not None else None)
     journal.commit()
     return sink, journal, done, total

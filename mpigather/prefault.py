@@ -17,7 +17,6 @@ Where the kernel lacks it (older Linux, other systems) nothing is done: ``availa
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -44,6 +43,8 @@ def _load() -> bool:
         if sys.platform.startswith("linux") and os.environ.get("MPIGATHER_PREFAULT", "on").lower() not in (
                 "0", "off", "no", "false"):
             try:
+                import ctypes.util  # (here, not at start: it imports shutil, subprocess and tempfile)
+
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
                 _madvise = libc.madvise
                 _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]

@@ -22,8 +22,8 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
-from crc32c import crc32c as _crc32c
 
+from .crc import crc32c as _crc32c
 from .errors import UnsupportedResultError
 
 OOB_MIN = 64 << 10  # buffers inside a pickled object at least this large travel out of band

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
-from crc32c import crc32c
 
+from .crc import crc32c
 from .results import valid_key
 
 STR_MAX = 1024  # characters of a string that still fits a column

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +29,7 @@ os.environ.setdefault("OMPI_MCA_async_mpi_finalize", "1")
 if os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes", "on"):
     os.environ.setdefault("OMPI_MCA_btl_tcp_flags", "send,inplace,need-ack,need-csum,hetero-rdma")
 
-from .link import LOST, Backoff, PeerLost, wait_until
+from .link import LOST, Backoff, PeerLost, hostname, wait_until
 
 log = logging.getLogger("mpigather")
 
@@ -79,14 +78,21 @@ def thread_level_name(level: int) -> str:
 JOIN_PATIENCE = 10.0  # seconds a rank waits for the others to join a run before it says so
 
 
-def _idup(base: Any, patience: float) -> Any:
+class JoinCancelled(Exception):
+    """The wait for the other ranks to join was given up (``MPILink``'s ``cancelled``)."""
+
+
+def _idup(base: Any, patience: float, cancelled: Callable[[], bool] | None = None) -> Any:
     """``MPI_Comm_idup``, waited for politely: a rank whose partners never call in (only the
-    master called ``mpigather.run``, say) says why it waits instead of spinning in silence."""
+    master called ``mpigather.run``, say) says why it waits instead of spinning in silence.
+    ``cancelled``: asked between tests; when it says True, JoinCancelled (the request stays posted)."""
     comm, req = base.Idup()
     start = time.monotonic()
     back = Backoff()
     warned = False
     while not req.Test():
+        if cancelled is not None and cancelled():
+            raise JoinCancelled("the other ranks had not joined")
         if not warned and time.monotonic() - start > patience:
             warned = True
             log.warning("rank %d of %d has waited %.0f s for the other ranks to join: every rank of the"
@@ -107,7 +113,7 @@ class MPILink:
     """
 
     def __init__(self, comm: Any = None, *, dup: bool = True, root: int = 0,
-                 patience: float = JOIN_PATIENCE) -> None:
+                 patience: float = JOIN_PATIENCE, cancelled: Callable[[], bool] | None = None) -> None:
         from mpi4py import MPI
 
         self._MPI = MPI
@@ -115,13 +121,13 @@ class MPILink:
         if root:  # the same group, reordered so that ``root`` is rank 0: the master
             self.comm = base.Split(0, 0 if base.Get_rank() == root else base.Get_rank() + 1)
         elif dup:
-            self.comm = _idup(base, patience)
+            self.comm = _idup(base, patience, cancelled)
         else:
             self.comm = base
         self._owned = dup or bool(root)
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        self.host = socket.gethostname()
+        self.host = hostname()
         self._status = MPI.Status()
         self._pending: list[Any] = []  # posted sends not yet complete (they hold their buffers)
         self._pending_lock = threading.Lock()  # a real lock even when MPI needs none: Python's list
@@ -387,6 +393,15 @@ def intracomm_size(comm: Any = None) -> int:
     if comm.Is_inter():
         raise ValueError("comm must be an intracommunicator, not an intercommunicator")
     return int(comm.Get_size())
+
+
+def rank_and_threads(comm: Any = None) -> tuple[int, bool]:
+    """This process's rank in ``comm`` (default COMM_WORLD), and whether MPI allows a thread of
+    it to make the MPI calls (``MPI_THREAD_SERIALIZED`` or better)."""
+    from mpi4py import MPI
+
+    base = comm if comm is not None else MPI.COMM_WORLD
+    return int(base.Get_rank()), MPI.Query_thread() >= MPI.THREAD_SERIALIZED
 
 
 def world_size_and_rank() -> tuple[int, int]:

@@ -3,7 +3,6 @@ position, ranges of table rows) and ``id_key``, the stable key of a task id."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,8 +11,10 @@ import numpy as np
 
 def id_key(tid: Any) -> int:
     """A stable 64-bit key of a task id (ids of any length, ten million of them in 80 MB)."""
+    from hashlib import blake2b  # (here: loading OpenSSL costs a few ms of every start)
+
     raw = (b"i" + str(tid).encode()) if type(tid) is int else (b"s" + str(tid).encode("utf-8", "surrogatepass"))
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
+    return int.from_bytes(blake2b(raw, digest_size=8).digest(), "little", signed=True)
 
 def _array(values: Iterable[int], dtype: Any) -> np.ndarray:
     if isinstance(values, np.ndarray):

@@ -109,10 +109,10 @@ class StepsMixin(Base):
     def finish_steps(self, complete: bool) -> None:
         """The run ended: keep every step's output in the output (``keep_steps``) or remove the
         folder of step outputs once no unfinished task needs it."""
-        import shutil
-
         if self._steps_sink is None or self._steps_sink.in_memory:
             return
+        import shutil
+
         self._steps_sink.close(complete=True)
         root = Path(self.steps_dir or "")
         if self.opts.keep_steps and complete:

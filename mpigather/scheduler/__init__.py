@@ -13,14 +13,40 @@ One file per concern, and one facade, ``Scheduler``, that the master talks to:
 - ``core``: the facade, the events that end tasks, and the run's end.
 """
 
-from .core import Scheduler
-from .decisions import Decision, Done, Ended, Expired, Halt, Notice, Revoke, Send, Stop, StopEarly
-from .leases import STREAM_RECHECK
-from .limits import AUTO_FIRST, FailureLimit
-from .queue import IterSource
-from .types import RELEASED, TRANSITIONS, WAIT, Block, Chunk, TaskId, TaskRec, W, WorkerRec, WorkerState
-from .workers import HELLO_PATIENCE, LOST_PATIENCE
+from typing import TYPE_CHECKING, Any
+
+# Where each name lives, imported on first use (PEP 562): ``scheduler.limits`` alone (the
+# options check ``max_failures`` with it) does not import the whole state machine.
+_WHERE = {
+    "Scheduler": "core", "Decision": "decisions", "Done": "decisions", "Ended": "decisions", "Expired": "decisions",
+    "Halt": "decisions", "Notice": "decisions", "Revoke": "decisions", "Send": "decisions", "Stop": "decisions",
+    "StopEarly": "decisions", "STREAM_RECHECK": "leases", "AUTO_FIRST": "limits", "FailureLimit": "limits",
+    "IterSource": "queue", "RELEASED": "types", "TRANSITIONS": "types", "WAIT": "types", "Block": "types",
+    "Chunk": "types", "TaskId": "types", "TaskRec": "types", "W": "types", "WorkerRec": "types",
+    "WorkerState": "types", "HELLO_PATIENCE": "workers", "LOST_PATIENCE": "workers",
+}
 
 __all__ = ["AUTO_FIRST", "HELLO_PATIENCE", "LOST_PATIENCE", "RELEASED", "STREAM_RECHECK", "TRANSITIONS", "WAIT",
            "Block", "Chunk", "Decision", "Done", "Ended", "Expired", "FailureLimit", "Halt", "IterSource", "Notice",
            "Revoke", "Scheduler", "Send", "Stop", "StopEarly", "TaskId", "TaskRec", "W", "WorkerRec", "WorkerState"]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # for type checkers: the same names, imported eagerly
+    from .core import Scheduler
+    from .decisions import Decision, Done, Ended, Expired, Halt, Notice, Revoke, Send, Stop, StopEarly
+    from .leases import STREAM_RECHECK
+    from .limits import AUTO_FIRST, FailureLimit
+    from .queue import IterSource
+    from .types import RELEASED, TRANSITIONS, WAIT, Block, Chunk, TaskId, TaskRec, W, WorkerRec, WorkerState
+    from .workers import HELLO_PATIENCE, LOST_PATIENCE

@@ -10,8 +10,6 @@ journal may call it done. A result is never visible under its final name before 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 from pathlib import Path
 from typing import Any
@@ -137,6 +135,8 @@ SYNCFS_MIN_FILES = 8  # below this many files, one fsync each is cheaper than fl
 def _syncfs(fd: int) -> bool:
     global _libc
     if _libc is None:
+        import ctypes.util  # (here: it imports shutil, subprocess and tempfile, ~10 ms a process pays at start)
+
         name = ctypes.util.find_library("c")
         try:
             _libc = ctypes.CDLL(name, use_errno=True) if name else False

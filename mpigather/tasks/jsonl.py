@@ -7,8 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from crc32c import crc32c
-
+from ..crc import crc32c
 from ..journal import DoneSet
 from .lines import _NO_ID, _file_signature, _iter_jsonl_hashed, _open_tasks, _parse, _quick_id
 from .params import _check_one, _check_ranges, _task_id, describe, timeout_of

@@ -8,8 +8,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from crc32c import crc32c
-
+from ..crc import crc32c
 from ..errors import UsageError
 from .params import _task_id
 

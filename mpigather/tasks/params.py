@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from crc32c import crc32c
 
+from ..crc import crc32c
 from ..errors import UsageError
 from ..journal import DoneSet
 

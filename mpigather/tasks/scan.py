@@ -13,8 +13,8 @@ import os
 import threading
 
 import numpy as np
-from crc32c import crc32c
 
+from ..crc import crc32c
 from ..errors import UsageError
 from ..sinks.layout import check_id
 from .lines import _iter_jsonl, _open_tasks, _parse

@@ -25,15 +25,15 @@ One file per room, and one facade, ``Worker``, that ``api`` and ``executor`` tal
 - ``steps``: what runs after a step of a multi-step task;
 - ``leave``: the goodbye, leaving on a Ctrl-C, and the crash;
 - ``tracebacks``: the text of a failure (``where``, ``format_exc``, ``format_again``);
-- ``core``: the facade, its state, ``run``, and ``current_worker()``.
+- ``core``: the facade, its state, ``run``, ``serve`` (a worker rank's part) and ``current_worker()``.
 """
 
 from .call import FULL_TRACEBACKS
-from .core import SPANS_KEPT, Worker, WorkerInfo, current_worker
+from .core import SPANS_KEPT, Worker, WorkerInfo, current_worker, serve
 from .leave import ABORT_WAIT, INTERRUPT_WAIT
 from .rows import params_of
 from .send import FLUSH_BYTES, POSTED_MAX
 from .tracebacks import format_again, format_exc, where
 
 __all__ = ["ABORT_WAIT", "FLUSH_BYTES", "FULL_TRACEBACKS", "INTERRUPT_WAIT", "POSTED_MAX", "SPANS_KEPT", "Worker",
-           "WorkerInfo", "current_worker", "format_again", "format_exc", "params_of", "where"]
+           "WorkerInfo", "current_worker", "format_again", "format_exc", "params_of", "serve", "where"]

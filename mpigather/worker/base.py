@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 HELPER_NAP = 0.05  # the helper thread's longest sleep: how late a revoke or an abort may be seen
 POSTED_NAP = 1e-3  # its longest sleep while posted results are still in flight
+# while the main thread waits for a task, for at most HUNGRY_QUICK seconds, the helper polls at
+# least every HUNGRY_NAP: a master that starts late (its imports, a slow node) or answers late
+# would otherwise find the helper in a nap of HELPER_NAP, and the first task waited up to 50 ms
+HUNGRY_NAP = 2e-3
+HUNGRY_QUICK = 1.0
 
 
 class Base:
@@ -57,6 +62,7 @@ class Base:
     _current: tuple[Any, float] | None  # the running task and when it started (heartbeats)
     _done: threading.Event  # the helper thread stops
     _hungry: threading.Event  # set by the main thread when it has no task: the helper wakes
+    _hungry_since: float | None  # when the main thread began to wait for a task (None: it has one)
     _recv_lock: threading.Lock  # one thread receives at a time
     _helper_error: BaseException | None = None  # what broke the helper thread
     # calling the function

@@ -94,6 +94,7 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
         self._current: tuple[Any, float] | None = None
         self._done = threading.Event()
         self._hungry = threading.Event()
+        self._hungry_since: float | None = None
         self._recv_lock = threading.Lock()
         self._task_name = steps.step_name(steps.func_ref(func)) if _named(func) else "task"
         self._threaded = bool(getattr(link, "threads_ok", True))
@@ -150,6 +151,16 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
             raise KeyboardInterrupt(f"the run was interrupted: {self.aborted}")
         if self.aborted is not None:
             raise MasterFailed(f"the master aborted the run: {self.aborted}")
+
+
+def serve(link: Any, func: Any, opts: Options, out: str | None, **worker_args: Any) -> None:
+    """A worker rank's whole part in a run or an executor: serve tasks until the master says
+    goodbye. SIGTERM and SIGUSR1 are left to the master meanwhile."""
+    old = signals.install(master=False)
+    try:
+        Worker(link, func, opts, out, **worker_args).run()
+    finally:
+        signals.restore(old)
 
 
 def _named(func: Any) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import messages as M
 from ..link import LOST, Backoff
-from .base import HELPER_NAP, POSTED_NAP, Base
+from .base import HELPER_NAP, HUNGRY_NAP, HUNGRY_QUICK, POSTED_NAP, Base
 from .queue import _Local
 
 
@@ -27,8 +27,10 @@ class HelperMixin(Base):
         or an abort is seen within it), less when something is due sooner (an aged batch of
         results, a heartbeat, a posted send still in flight). When the main thread runs out of
         tasks it sets ``_hungry``, which ends the nap at once: the next tasks are received with
-        the low latency of quick polls. (Polling every millisecond cost 7% of a core per worker
-        whose task sleeps, and 128 such workers starved a 2-core node.)"""
+        the low latency of quick polls, and the polls stay at most ``HUNGRY_NAP`` apart while it
+        waits (for ``HUNGRY_QUICK`` at most: idle workers at the end of a run then nap again).
+        (Polling every millisecond cost 7% of a core per worker whose task sleeps, and 128 such
+        workers starved a 2-core node.)"""
         back = Backoff(cap=HELPER_NAP, spins=5, wake=self._hungry)
         last_hb = time.monotonic()
         beat = self.opts.heartbeat
@@ -48,6 +50,9 @@ class HelperMixin(Base):
                         due = self._flush_age - age
                 if self.link.progress():
                     due = min(due, POSTED_NAP)
+                hungry = self._hungry_since
+                if hungry is not None and now - hungry < HUNGRY_QUICK:
+                    due = min(due, HUNGRY_NAP)  # the main thread waits for its next task
                 cur = self._current
                 if cur is not None:
                     if now - last_hb >= beat:

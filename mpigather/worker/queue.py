@@ -64,6 +64,7 @@ class QueueMixin(Base):
                     if self._threaded:
                         if not hungry:  # once per wait: each set restarts the helper's quick polls
                             hungry = True
+                            self._hungry_since = time.monotonic()
                             self._hungry.set()
                         self._cond.wait(HELPER_NAP)
                         continue
@@ -73,6 +74,7 @@ class QueueMixin(Base):
                 if not self._receive_all():
                     back.sleep()
         finally:
+            self._hungry_since = None
             self.stats["idle"] += time.perf_counter() - t0
 
     def _revoke(self, cuts: list[tuple[int, int]]) -> list[tuple[int, int | None]]:
