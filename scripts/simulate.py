@@ -33,7 +33,6 @@ import math
 import os
 import pickle
 import random
-import resource
 import signal
 import socket
 import subprocess
@@ -57,6 +56,7 @@ from mpigather import table_schema as T  # noqa: E402
 from mpigather.api import run_on  # noqa: E402
 from mpigather.config import make_options  # noqa: E402
 from mpigather.journal import journal_path  # noqa: E402
+from mpigather.master.core import peak_rss_mib  # noqa: E402
 from mpigather.tasks import source_of  # noqa: E402
 from mpigather.workerstats import SpanLog  # noqa: E402
 
@@ -643,7 +643,7 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
         # from the first result to the last: the loop at work, without the start and the end
         "master_cpu_us_per_result_steady": round(1e6 * (steady_cpu - steady_sim) / max(n - 1, 1), 1),
         "master_cpu_s": round(master_cpu, 3), "sim_cpu_s": round(sim.sim_cpu, 3),
-        "master_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "master_rss_mib": peak_rss_mib(),
         "sim_rss_mib": rss0,
         "start_s": None if sim.first_task is None else round(sim.first_task - sim.launched, 3),
         "first_result_s": None if sim.first_result is None else round(sim.first_result - sim.launched, 3),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,3 +306,21 @@ def test_hdf5_results_is_a_new_style_group_in_fresh_and_salvaged_files(tmp_path)
     assert new_style(out)
     with load(out) as res:
         assert list(res) == ["0"] and res["0"].tolist() == [0, 1, 2]
+
+
+def test_peak_rss_is_this_processs_own_not_its_parents():
+    """The master's peak memory (``Summary.master['peak_rss_mib']``) is its own address space's
+    high-water mark: ru_maxrss carries a large parent's over into a child started with vfork and
+    exec (a simulated master started late in the test suite reported pytest's 2.4 GiB)."""
+    import subprocess
+    import sys
+
+    big = bytearray(600 << 20)
+    for i in range(0, len(big), 4096):
+        big[i] = 1
+    code = "from mpigather.master.core import peak_rss_mib; print(peak_rss_mib())"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=str(Path(__file__).resolve().parent.parent))
+    assert p.returncode == 0, p.stderr
+    assert float(p.stdout) < 300, p.stdout
+    del big
