@@ -112,9 +112,14 @@ def _axes(ax: Any, lanes: list[tuple[int, dict[str, Any], list[Span]]], xmax: fl
     ax.set_yticks(list(range(n))[::every])
     ax.set_yticklabels(labels[::every], fontsize=8 if n <= 16 else 6)
     ax.set_ylim(n - 0.5 if lanes else 0.5, -0.5)  # rank 1 on top
+    _time_axis(ax, xmax, "seconds since the worker started", "worker")
+
+
+def _time_axis(ax: Any, xmax: float, xlabel: str, ylabel: str) -> None:
+    """Time along x from 0, labels, a light vertical grid behind the bars, no top or right frame."""
     ax.set_xlim(0, xmax * 1.01)
-    ax.set_xlabel("seconds since the worker started")
-    ax.set_ylabel("worker")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(axis="x", color="#DDDDDD", linewidth=0.6, zorder=0)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -255,13 +260,7 @@ def _draw_fleet(plt: Any, info: dict[str, Any], png_path: str | Path) -> Path:
         ax.set_yticks(list(range(len(lanes))))
         ax.set_yticklabels([f"rank {r} ({k})" for r, _w, _s, k in lanes], fontsize=7)
         ax.set_ylim(n_l - 0.5, -0.5)
-        ax.set_xlim(0, xmax * 1.01)
-        ax.set_xlabel("seconds since the workers started")
-        ax.set_ylabel("outlier workers")
-        ax.grid(axis="x", color="#DDDDDD", linewidth=0.6, zorder=0)
-        ax.set_axisbelow(True)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        _time_axis(ax, xmax, "seconds since the workers started", "outlier workers")
         if not lanes:
             ax.text(0.5, 0.5, "no outlier worker's spans in this journal", transform=ax.transAxes, ha="center",
                     va="center", color="#777777")
