@@ -29,7 +29,7 @@ os.environ.setdefault("OMPI_MCA_async_mpi_finalize", "1")
 if os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes", "on"):
     os.environ.setdefault("OMPI_MCA_btl_tcp_flags", "send,inplace,need-ack,need-csum,hetero-rdma")
 
-from .link import LOST, Backoff, PeerLost, hostname, wait_until
+from .link import LOST, Backoff, PeerLost, crowd, hostname, wait_until
 
 log = logging.getLogger("mpigather")
 
@@ -88,7 +88,7 @@ def _idup(base: Any, patience: float, cancelled: Callable[[], bool] | None = Non
     ``cancelled``: asked between tests; when it says True, JoinCancelled (the request stays posted)."""
     comm, req = base.Idup()
     start = time.monotonic()
-    back = Backoff()
+    back = Backoff(scale=crowd())  # (every rank of the node waits here at once)
     warned = False
     while not req.Test():
         if cancelled is not None and cancelled():
@@ -286,7 +286,7 @@ class MPILink:
                 with self._lock:
                     return bool(req.Test()) or time.monotonic() > end
 
-            wait_until(done, cap=FAREWELL_NAP)
+            wait_until(done, cap=FAREWELL_NAP, scale=crowd())
         except self._MPI.Exception:  # (ULFM) a process of the job is dead: nobody to wait for
             return False
         return time.monotonic() <= end

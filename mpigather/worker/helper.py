@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .. import messages as M
-from ..link import LOST, Backoff
+from ..link import LOST, Backoff, crowd
 from .base import HELPER_NAP, HUNGRY_NAP, HUNGRY_QUICK, POSTED_NAP, Base
 from .queue import _Local
 
@@ -31,7 +31,11 @@ class HelperMixin(Base):
         waits (for ``HUNGRY_QUICK`` at most: idle workers at the end of a run then nap again).
         (Polling every millisecond cost 7% of a core per worker whose task sleeps, and 128 such
         workers starved a 2-core node.)"""
-        back = Backoff(cap=HELPER_NAP, spins=5, wake=self._hungry)
+        # with more ranks than cores, every wait polls ``crowd()`` times less often: the polls of
+        # all the ranks on a node then cost what one rank per core would
+        scale = crowd()
+        back = Backoff(cap=HELPER_NAP, spins=5, wake=self._hungry, scale=scale)
+        hungry_nap = min(HELPER_NAP, HUNGRY_NAP * scale)
         last_hb = time.monotonic()
         beat = self.opts.heartbeat
         try:
@@ -52,7 +56,7 @@ class HelperMixin(Base):
                     due = min(due, POSTED_NAP)
                 hungry = self._hungry_since
                 if hungry is not None and now - hungry < HUNGRY_QUICK:
-                    due = min(due, HUNGRY_NAP)  # the main thread waits for its next task
+                    due = min(due, hungry_nap)  # the main thread waits for its next task
                 cur = self._current
                 if cur is not None:
                     if now - last_hb >= beat:
