@@ -142,6 +142,7 @@ class MPILink:
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.survives_failures = ulfm_enabled()
         self._failed: set[int] = set()  # ranks known dead (ULFM)
+        self.released = False  # (a worker) the master's ``release`` came while it still served tasks
 
     @contextlib.contextmanager
     def _failures(self) -> Any:
@@ -294,6 +295,8 @@ class MPILink:
         master while it collects the last goodbyes and closes the output. A message and not a
         barrier: a barrier over N ranks takes log2(N) rounds, each as slow as the sleepiest
         rank's next test, and it held the master too."""
+        if self.released:
+            return True
         MPI = self._MPI
         end = time.monotonic() + timeout
         with self._lock:

@@ -87,6 +87,10 @@ class HelperMixin(Base):
                 if inc.tag == LOST:  # (ULFM) the master's process died: nobody is left to work for
                     self._handle(M.Abort("the master's process died"))
                     return True
+                if inc.tag == M.RELEASE:  # the master closed the run while this worker was stuck in a task
+                    inc.into(bytearray(1))
+                    self.link.released = True
+                    continue
                 self._handle(inc.obj())
                 got = True
 
