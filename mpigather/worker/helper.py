@@ -25,11 +25,12 @@ class HelperMixin(Base):
 
         It sleeps as long as nothing needs it: up to ``HELPER_NAP`` (a revoke or an abort is seen
         within it), and while a task has run for t seconds up to t x ``LONG_SHARE`` (at most
-        ``LONG_NAP``: a worker whose task sleeps 3 s woke 60 times in it), less when something is due sooner (an aged batch of
-        results, a heartbeat, a posted send still in flight). When the main thread runs out of
-        tasks it sets ``_hungry``, which ends the nap at once: the next tasks are received with
-        the low latency of quick polls, and the polls stay at most ``HUNGRY_NAP`` apart while it
-        waits (for ``HUNGRY_QUICK`` at most: idle workers at the end of a run then nap again).
+        ``LONG_NAP``: a worker whose task sleeps 3 s woke 60 times in it), less when something
+        is due sooner (an aged batch of results, a heartbeat, a posted send still in flight).
+        When the main thread runs out of tasks it sets ``_hungry``, which ends the nap at once:
+        the next tasks are received with the low latency of quick polls, and the polls stay at
+        most ``HUNGRY_NAP`` (times the square root of ``crowd()``) apart while it waits (for
+        ``HUNGRY_QUICK`` at most: idle workers at the end of a run then nap again).
         (Polling every millisecond cost 7% of a core per worker whose task sleeps, and 128 such
         workers starved a 2-core node.)"""
         # with more ranks than cores, the quick polls after a wake are ``crowd()`` times fewer:
