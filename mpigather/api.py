@@ -193,12 +193,13 @@ def run(
 
     signals.reset()
     link = MPILink(comm, patience=opts.hello_patience)
+    summary: Summary | None = None
     try:
         if comm is None:
             check_launch(link.size)
         if link.rank != 0:
             run_on(link, func, None, out, opts)
-            _leave_together(link)
+            _wait_for_release(link)
             return None
         from .tasks import source_of
 
@@ -207,19 +208,26 @@ def run(
         if summary is not None and summary.ctrl_c:  # the output is closed: now the program stops, as on every rank
             raise KeyboardInterrupt(f"mpigather.run was interrupted: {summary.done} task(s) done"
                                     + (f", kept in {out} (resume=True finishes the run)" if out is not None else ""))
-        if summary is not None and summary.crash is None and not summary.lost:
-            _leave_together(link)  # every worker was released with a stop and waits here
         return summary
     finally:
+        if link.rank == 0:  # the workers released with a stop wait for this (to others it is harmless)
+            _release(link, summary.lost if summary is not None else [])
         link.close()
 
 
-def _leave_together(link: Any) -> None:
+def _wait_for_release(link: Any) -> None:
     """Released workers wait here, sleeping, until the master has closed the run: otherwise they
     would go on into the program's next MPI call (or MPI_Finalize), whose waits spin, and with
     more ranks than cores that starves the master while it collects the last goodbyes."""
     if link.size > 1 and not getattr(link, "in_process", False):
-        link.farewell()
+        link.await_release()
+
+
+def _release(link: Any, lost: list[int]) -> None:
+    """The master, once the run is closed: let the waiting workers go (not the lost ones)."""
+    if link.size > 1 and not getattr(link, "in_process", False):
+        gone = set(lost)
+        link.release(r for r in range(1, link.size) if r not in gone)
 
 
 def run_on(link: Any, func: Callable[[Any], Any], source: Any, out: str | os.PathLike[str] | None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 _HAS_YIELD = hasattr(os, "sched_yield")
@@ -95,6 +95,54 @@ class Link(Protocol):
         ...
 
 
+_LOCAL_RANKS_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PALS_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE",
+                     "PBS_NUM_PPN")
+
+
+def crowding(env: Mapping[str, str] | None = None, cores: int | None = None) -> float:
+    """How many ranks of this job share each core of this node (1 at least): the launcher's
+    count of ranks on the node (MPICH's hydra, Open MPI, Cray PALS, Slurm's ``srun``, PBS) over
+    the cores. A rank that waits polls this much less often, so that the polls of all the ranks
+    on a node together cost what one rank per core would: with more ranks than cores, polls
+    every millisecond from each of 128 ranks took both cores of a 2-core node and starved the
+    ranks with real work. 1 where the launcher does not say (the polls are as fast as ever)."""
+    env = os.environ if env is None else env
+    local = 0
+    for var in _LOCAL_RANKS_VARS:
+        text = env.get(var, "")
+        digits = text.split("(")[0].split(",")[0].strip()  # Slurm: "4(x2),3", the first node's count
+        if digits.isdigit():
+            local = int(digits)
+            break
+    if cores is None:
+        cores = _cores()
+    return max(1.0, local / max(1, cores))
+
+
+def _cores() -> int:
+    """The node's cores, or fewer where a cgroup quota limits the job. (Not the affinity mask:
+    a launcher that binds each rank to a core of its own gives every rank a mask of one core.)"""
+    n = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, round(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+_crowd: float | None = None
+
+
+def crowd() -> float:
+    """``crowding()`` of this process, worked out once."""
+    global _crowd
+    if _crowd is None:
+        _crowd = crowding()
+    return _crowd
+
+
 class Backoff:
     """Capped exponential sleep between empty polls: low latency while messages flow,
     about 1-2% of a core while idle (MPICH's blocking waits spin at 100%).
@@ -106,12 +154,15 @@ class Backoff:
 
     ``sleep(busy=True)`` never sleeps: it only yields the core. The master passes it while a
     large result is being streamed to it: the next chunk is already posted or about to be, and
-    a sleep then would leave a 64 MiB transfer (about 6 ms of copying) waiting."""
+    a sleep then would leave a 64 MiB transfer (about 6 ms of copying) waiting.
+
+    ``scale``: with more ranks than cores (``crowd()``), the first sleeps and the warm ones are
+    that many times longer (up to ``cap``) and the quick polls that many times fewer."""
 
     def __init__(self, first: float = 50e-6, cap: float = 2e-3, spins: int = 50, warm: float = 0.02,
-                 warm_cap: float = 2.5e-4, wake: threading.Event | None = None) -> None:
-        self.first, self.cap, self.spins = first, cap, spins
-        self.warm, self.warm_cap = warm, min(warm_cap, cap)
+                 warm_cap: float = 2.5e-4, wake: threading.Event | None = None, scale: float = 1.0) -> None:
+        self.first, self.cap, self.spins = min(first * scale, cap), cap, int(spins / scale)
+        self.warm, self.warm_cap = warm, min(warm_cap * scale, cap)
         self.wake = wake  # set by another thread (a submit): the sleep ends at once
         self._sleep = time.sleep  # (tests replace it)
         self.reset()
@@ -161,8 +212,9 @@ def hostname() -> str:
         return socket.gethostname()
 
 
-def wait_until(done: Callable[[], bool], first: float = 20e-6, cap: float = 1e-3, spins: int = 200) -> None:
+def wait_until(done: Callable[[], bool], first: float = 20e-6, cap: float = 1e-3, spins: int = 200,
+               scale: float = 1.0) -> None:
     """Poll ``done()`` with a backoff until it is true (the polite form of a blocking wait)."""
-    back = Backoff(first=first, cap=cap, spins=spins)
+    back = Backoff(first=first, cap=cap, spins=spins, scale=scale)
     while not done():
         back.sleep()

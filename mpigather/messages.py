@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 CTRL = 11  # worker -> master: pickled control messages
 DATA = 12  # worker -> master: raw chunks of the result announced last by that worker
 TASK = 13  # master -> worker: pickled assignments and commands
+RELEASE = 14  # master -> worker, empty: the run is closed, the worker may leave (``MPILink.await_release``)
 
 
 # -- worker -> master -----------------------------------------------------------------------

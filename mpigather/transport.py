@@ -29,7 +29,8 @@ os.environ.setdefault("OMPI_MCA_async_mpi_finalize", "1")
 if os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes", "on"):
     os.environ.setdefault("OMPI_MCA_btl_tcp_flags", "send,inplace,need-ack,need-csum,hetero-rdma")
 
-from .link import LOST, Backoff, PeerLost, hostname, wait_until
+from .link import LOST, Backoff, PeerLost, crowd, hostname, wait_until
+from .messages import RELEASE
 
 log = logging.getLogger("mpigather")
 
@@ -88,7 +89,7 @@ def _idup(base: Any, patience: float, cancelled: Callable[[], bool] | None = Non
     ``cancelled``: asked between tests; when it says True, JoinCancelled (the request stays posted)."""
     comm, req = base.Idup()
     start = time.monotonic()
-    back = Backoff()
+    back = Backoff(scale=crowd())  # (every rank of the node waits here at once)
     warned = False
     while not req.Test():
         if cancelled is not None and cancelled():
@@ -103,6 +104,7 @@ def _idup(base: Any, patience: float, cancelled: Callable[[], bool] | None = Non
 
 
 FAREWELL_NAP = 0.01  # longest sleep between tests of the last barrier (many ranks wait in it at once)
+RELEASE_WAIT = 10.0  # the longest a worker waits for the master to close a run (``await_release``)
 
 
 class MPILink:
@@ -140,6 +142,7 @@ class MPILink:
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.survives_failures = ulfm_enabled()
         self._failed: set[int] = set()  # ranks known dead (ULFM)
+        self.released = False  # (a worker) the master's ``release`` came while it still served tasks
 
     @contextlib.contextmanager
     def _failures(self) -> Any:
@@ -274,6 +277,46 @@ class MPILink:
         with self._lock:
             return self.comm.bcast(obj, root=0)
 
+    def release(self, ranks: Iterable[int]) -> None:
+        """(The master, once the run is closed.) Let these ranks go: each stops waiting in
+        ``await_release``. Posted, not waited for: the master goes on at once."""
+        MPI = self._MPI
+        with self._lock:
+            reqs = [self.comm.Isend([b"", MPI.BYTE], dest=r, tag=RELEASE) for r in ranks]
+        with self._pending_lock:
+            self._pending.extend(reqs)
+
+    def await_release(self, timeout: float = RELEASE_WAIT) -> bool:
+        """(A worker released with a stop.) Wait, sleeping, until the master has closed the run
+        (``release``), at most ``timeout`` s; False if it did not say so by then.
+
+        Otherwise the worker would go on into the program's next MPI call (or
+        ``MPI_Finalize``), whose waits spin, and with more ranks than cores that starves the
+        master while it collects the last goodbyes and closes the output. A message and not a
+        barrier: a barrier over N ranks takes log2(N) rounds, each as slow as the sleepiest
+        rank's next test, and it held the master too."""
+        if self.released:
+            return True
+        MPI = self._MPI
+        end = time.monotonic() + timeout
+        with self._lock:
+            req = self.comm.Irecv([bytearray(1), MPI.BYTE], source=0, tag=RELEASE)
+
+        def done() -> bool:
+            with self._lock:
+                return bool(req.Test()) or time.monotonic() > end
+
+        try:
+            wait_until(done, cap=FAREWELL_NAP, scale=crowd())
+            with self._lock:
+                if req.Test():
+                    return True
+                req.Cancel()
+                req.Wait()
+        except self._MPI.Exception:  # (ULFM) the master died
+            pass
+        return False
+
     def farewell(self, timeout: float = 10.0) -> bool:
         """Wait (politely, at most ``timeout`` s) until every rank got here: a failed run's ranks
         leave together, so the exit status the launcher reports is rank 0's."""
@@ -286,7 +329,7 @@ class MPILink:
                 with self._lock:
                     return bool(req.Test()) or time.monotonic() > end
 
-            wait_until(done, cap=FAREWELL_NAP)
+            wait_until(done, cap=FAREWELL_NAP, scale=crowd())
         except self._MPI.Exception:  # (ULFM) a process of the job is dead: nobody to wait for
             return False
         return time.monotonic() <= end

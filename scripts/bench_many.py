@@ -4,6 +4,7 @@ external solver would), side by side with ``MPICommExecutor`` and a hand-written
     python scripts/bench_many.py                  # 32 x 50 ms, 64 x 0.5 s, 128 x 0.5 s, 32 x 3 s
     python scripts/bench_many.py --quick          # 8 and 32 workers
     python scripts/bench_many.py --cases 128:0.5 --rounds 3
+    python scripts/bench_many.py --cases 2:0.2:20:python   # tasks that compute in Python instead
 
 Each case is one ``mpiexec -n N+1`` command with a timeout. Inside it every variant runs once
 per round, interleaved (mpigather, ``MPICommExecutor().map``, a hand-written ``recv(ANY_SOURCE)``
@@ -14,8 +15,12 @@ the cost of waiting (``MPICommExecutor``'s workers block in MPICH, which yields 
 oversubscribed). Writes ``bench/MANY.md`` and ``bench/many.json`` (``--quick``: under
 ``bench/raw/quick/``).
 
-Under mpiexec, ``python scripts/bench_many.py case SECONDS TASKS_PER_WORKER ROUNDS`` runs one case
-and prints ``RESULT {json}`` on the root.
+A case ``WORKERS:SECONDS:TASKS_PER_WORKER:python`` runs tasks that compute in Python for about
+that long (a loop calibrated on rank 0) instead of sleeping: with one worker per core, it shows
+what the worker's own threads take from a task that holds the GIL.
+
+Under mpiexec, ``python scripts/bench_many.py case SECONDS TASKS_PER_WORKER ROUNDS [KIND]`` runs one
+case and prints ``RESULT {json}`` on the root.
 """
 
 from __future__ import annotations
@@ -33,11 +38,33 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = 0.05
+LOOPS = 0  # > 0: tasks compute in Python (this many turns of the loop) instead of sleeping
 
 
 def work(i: int) -> dict[str, Any]:
+    if LOOPS:
+        return {"x": float(spin(LOOPS) + i), "ok": True}
     time.sleep(DURATION)
     return {"x": float(i), "ok": True}
+
+
+def spin(n: int) -> int:
+    acc = 0
+    for k in range(n):
+        acc = (acc + k * k) % 1000003
+    return acc
+
+
+def _calibrate(seconds: float) -> int:
+    """Turns of ``spin`` that take about ``seconds`` on this core."""
+    n = 10_000
+    while True:
+        t = time.perf_counter()
+        spin(n)
+        dt = time.perf_counter() - t
+        if dt > 0.05:
+            return max(1, round(n * seconds / dt))
+        n *= 4
 
 
 def _cpu() -> float:
@@ -73,8 +100,8 @@ def _handwritten(comm: Any, n: int) -> None:
             comm.send((i, work(i)), dest=0)
 
 
-def case(seconds: float, per_worker: int, rounds: int) -> None:
-    global DURATION
+def case(seconds: float, per_worker: int, rounds: int, kind: str = "sleep") -> None:
+    global DURATION, LOOPS
     DURATION = seconds
     import numpy  # noqa: F401  (imported before the clock, as a user's program has it)
     from mpi4py import MPI
@@ -85,6 +112,8 @@ def case(seconds: float, per_worker: int, rounds: int) -> None:
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
+    if kind == "python":
+        LOOPS = world.bcast(_calibrate(seconds) if rank == 0 else None, root=0)
     workers = size - 1
     n = per_worker * workers
     ideal = n * seconds / workers
@@ -121,13 +150,14 @@ def case(seconds: float, per_worker: int, rounds: int) -> None:
         measure("hand-written loop", lambda: _handwritten(world, n))
     if rank == 0:
         print("RESULT " + json.dumps({"workers": workers, "task_s": seconds, "tasks": n, "ideal_s": ideal,
-                                      "variants": rows}), flush=True)
+                                      "kind": kind, "variants": rows}), flush=True)
 
 
-def _launch(workers: int, seconds: float, per_worker: int, rounds: int, timeout: float) -> dict[str, Any]:
+def _launch(workers: int, seconds: float, per_worker: int, rounds: int, timeout: float,
+            kind: str = "sleep") -> dict[str, Any]:
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     cmd = [mpiexec, "-n", str(workers + 1), sys.executable, __file__, "case", str(seconds), str(per_worker),
-           str(rounds)]
+           str(rounds), kind]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as a user's install runs: compiled once
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -144,7 +174,7 @@ def _spread(xs: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--cases", nargs="*", help="WORKERS:SECONDS[:TASKS_PER_WORKER]")
+    ap.add_argument("--cases", nargs="*", help="WORKERS:SECONDS[:TASKS_PER_WORKER[:python]]")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=900)
     a = ap.parse_args()
@@ -153,15 +183,17 @@ def main() -> None:
     elif a.quick:
         cases = [("8", "0.05", "20"), ("32", "0.05", "20")]
     else:
-        cases = [("32", "0.05", "40"), ("64", "0.5", "4"), ("128", "0.5", "4"), ("32", "3", "1")]
+        cases = [("32", "0.05", "40"), ("64", "0.5", "4"), ("128", "0.5", "4"), ("32", "3", "1"),
+                 ("2", "0.2", "20", "python")]
     results = []
     for c in cases:
         workers, seconds = int(c[0]), float(c[1])
         per = int(c[2]) if len(c) > 2 else max(4, round(2.0 / seconds))
-        r = _launch(workers, seconds, per, 1 if a.quick else a.rounds, a.timeout)
+        kind = c[3] if len(c) > 3 else "sleep"
+        r = _launch(workers, seconds, per, 1 if a.quick else a.rounds, a.timeout, kind)
         results.append(r)
         for name, runs in r["variants"].items():
-            print(f"{workers:4d} workers x {seconds * 1e3:.0f} ms: {name:18s} efficiency "
+            print(f"{workers:4d} workers x {seconds * 1e3:.0f} ms {kind}: {name:18s} efficiency "
                   f"{_spread([x['efficiency'] for x in runs])}  worker CPU each "
                   f"{_spread([100 * x['worker_cpu_each'] for x in runs])} % of a core", flush=True)
     out = ROOT / "bench" / ("raw/quick" if a.quick else "")
@@ -171,11 +203,13 @@ def main() -> None:
              "`python scripts/bench_many.py` on a 2-core machine. Efficiency = tasks x duration / workers over the"
              " measured time; median (fastest-slowest; first run of the launch). Worker CPU: per worker, % of a"
              " core, over the variant's wall time.", "",
+             "Tasks sleep, or compute in Python (`python`: a loop calibrated to the duration on rank 0).", "",
              "| workers | task | tasks | variant | efficiency | worker CPU each (%) | master CPU (%) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         for name, runs in r["variants"].items():
-            lines.append(f"| {r['workers']} | {r['task_s'] * 1e3:.0f} ms | {r['tasks']} | {name} | "
+            task = f"{r['task_s'] * 1e3:.0f} ms {r.get('kind', 'sleep')}"
+            lines.append(f"| {r['workers']} | {task} | {r['tasks']} | {name} | "
                          f"{_spread([x['efficiency'] for x in runs])} | "
                          f"{_spread([100 * x['worker_cpu_each'] for x in runs])} | "
                          f"{_spread([100 * x['master_cpu'] for x in runs])} |")
@@ -185,6 +219,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "case":
-        case(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        case(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:6])
     else:
         main()

@@ -113,6 +113,15 @@ def sleepy(i: float):
     return i
 
 
+def stuck_once(i: int):
+    """Task 0's first attempt sleeps 12 s (past the run's timeout); every other call is quick."""
+    marker = os.path.join(args[0], "stuck.0")
+    if i == 0 and not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(12.0)
+    return i
+
+
 def interrupting(i: int):
     if i == 2:
         raise KeyboardInterrupt("raised by the task")
@@ -197,6 +206,18 @@ elif what == "equal_tasks":
         assert s.done == n, s.text()
         per_worker = sorted(w["tasks"] for w in s.workers.values())
         say(f"RESULT OK wall {dt:.2f} for {n} tasks of 1 s on {n} workers; tasks per worker {per_worker}")
+
+elif what == "stuck":
+    comm.Barrier()
+    t0 = time.monotonic()
+    s = mpigather.run(stuck_once, range(8), out=None, timeout=1.0)
+    if rank == 0:
+        dt = time.monotonic() - t0
+        assert s.done == 8 and not s.failed and list(s.stuck.values()) == [0], s.text()
+        # the master returns once the run is closed, without waiting for the stuck worker (it
+        # waited in a last barrier before, until that task ended: 12 s)
+        assert dt < 8.0, f"the master returned after {dt:.1f} s"
+        say(f"RESULT OK after {dt:.1f} s: {s.stuck}")
 
 elif what == "master_only":
     if rank == 0:

@@ -109,6 +109,14 @@ def test_a_master_alone_says_why_it_waits():
     assert "must call mpigather.run" in p.stderr, show(p)
 
 
+def test_a_run_with_a_stuck_worker_returns_without_waiting_for_it(tmp_path):
+    """The task of one worker runs past ``timeout`` (it ran again elsewhere): the master returns
+    the summary once the run is closed and lets the other workers go, while the stuck worker
+    finishes its task (then it leaves too)."""
+    p = scenario(3, "stuck", str(tmp_path), timeout=90)
+    assert "RESULT OK after" in p.stdout, show(p)
+
+
 def test_a_funneled_mpi_still_runs_and_the_executor_says_what_it_needs():
     p = scenario(3, "funneled")
     assert "MPI_THREAD_FUNNELED" in p.stdout + p.stderr, show(p)

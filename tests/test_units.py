@@ -324,3 +324,35 @@ def test_peak_rss_is_this_processs_own_not_its_parents():
     assert p.returncode == 0, p.stderr
     assert float(p.stdout) < 300, p.stdout
     del big
+
+
+# -- waiting with more ranks than cores ---------------------------------------------------------
+
+def test_crowding_reads_the_launchers_count_of_ranks_on_the_node():
+    from mpigather.link import crowding
+
+    assert crowding({}, cores=2) == 1.0  # no launcher says: polls as fast as ever
+    assert crowding({"MPI_LOCALNRANKS": "129"}, cores=2) == 64.5  # MPICH's hydra
+    assert crowding({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}, cores=2) == 1.5  # Open MPI
+    assert crowding({"SLURM_STEP_TASKS_PER_NODE": "64(x2),3"}, cores=16) == 4.0  # srun: this node's count
+    assert crowding({"MPI_LOCALNRANKS": "8"}, cores=16) == 1.0  # fewer ranks than cores: never below 1
+    assert crowding({"MPI_LOCALNRANKS": "junk", "OMPI_COMM_WORLD_LOCAL_SIZE": "6"}, cores=2) == 3.0
+
+
+def test_a_crowded_backoff_polls_that_many_times_less_often_up_to_its_cap():
+    from mpigather.link import Backoff
+
+    slept: list[float] = []
+    for scale in (1.0, 16.0):
+        b = Backoff(first=50e-6, cap=2e-3, spins=50, warm_cap=2.5e-4, scale=scale)
+        b._sleep = slept.append
+        n = 0
+        while sum(slept) < 0.02:  # the first 20 ms of a wait
+            b.sleep()
+            n += 1
+        slept.clear()
+        if scale == 1.0:
+            quick = n
+        else:
+            assert b.spins == 3 and b.first == 8e-4 and b.warm_cap == 2e-3
+            assert n * 8 < quick, (n, quick)  # 132 polls in the first 20 ms uncrowded, 14 crowded

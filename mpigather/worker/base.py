@@ -18,7 +18,13 @@ if TYPE_CHECKING:
     from .rows import _RowsAcc
 
 
-HELPER_NAP = 0.05  # the helper thread's longest sleep: how late a revoke or an abort may be seen
+HELPER_NAP = 0.05  # the helper thread's nap between tasks and early in one: how late a revoke or an abort is seen
+# while a task has run for t seconds, the helper naps up to t x LONG_SHARE (at most LONG_NAP):
+# a revoke or an abort is seen that late, which is little against the task's own length, and
+# a long task is not woken twenty times a second (each wake of a Python thread costs 0.1-0.2 ms
+# of CPU on a crowded node)
+LONG_SHARE = 0.1
+LONG_NAP = 0.25
 POSTED_NAP = 1e-3  # its longest sleep while posted results are still in flight
 # while the main thread waits for a task, for at most HUNGRY_QUICK seconds, the helper polls at
 # least every HUNGRY_NAP: a master that starts late (its imports, a slow node) or answers late

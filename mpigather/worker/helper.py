@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from .. import messages as M
-from ..link import LOST, Backoff
-from .base import HELPER_NAP, HUNGRY_NAP, HUNGRY_QUICK, POSTED_NAP, Base
+from ..link import LOST, Backoff, crowd
+from .base import HELPER_NAP, HUNGRY_NAP, HUNGRY_QUICK, LONG_NAP, LONG_SHARE, POSTED_NAP, Base
 from .queue import _Local
 
 
@@ -23,15 +23,23 @@ class HelperMixin(Base):
     def _helper(self) -> None:
         """Receive, heartbeat and flush while the main thread runs tasks.
 
-        It sleeps as long as nothing needs it: up to ``HELPER_NAP`` while a task runs (a revoke
-        or an abort is seen within it), less when something is due sooner (an aged batch of
-        results, a heartbeat, a posted send still in flight). When the main thread runs out of
-        tasks it sets ``_hungry``, which ends the nap at once: the next tasks are received with
-        the low latency of quick polls, and the polls stay at most ``HUNGRY_NAP`` apart while it
-        waits (for ``HUNGRY_QUICK`` at most: idle workers at the end of a run then nap again).
+        It sleeps as long as nothing needs it: up to ``HELPER_NAP`` (a revoke or an abort is seen
+        within it), and while a task has run for t seconds up to t x ``LONG_SHARE`` (at most
+        ``LONG_NAP``: a worker whose task sleeps 3 s woke 60 times in it), less when something
+        is due sooner (an aged batch of results, a heartbeat, a posted send still in flight).
+        When the main thread runs out of tasks it sets ``_hungry``, which ends the nap at once:
+        the next tasks are received with the low latency of quick polls, and the polls stay at
+        most ``HUNGRY_NAP`` (times the square root of ``crowd()``) apart while it waits (for
+        ``HUNGRY_QUICK`` at most: idle workers at the end of a run then nap again).
         (Polling every millisecond cost 7% of a core per worker whose task sleeps, and 128 such
         workers starved a 2-core node.)"""
-        back = Backoff(cap=HELPER_NAP, spins=5, wake=self._hungry)
+        # with more ranks than cores, the quick polls after a wake are ``crowd()`` times fewer:
+        # the polls of all the ranks on a node then cost what one rank per core would. A hungry
+        # worker's polls are spaced by its square root only, since the next task (or the stop at
+        # a run's end) waits for them: at 128 ranks on 2 cores, 16 ms apart
+        scale = crowd()
+        back = Backoff(cap=LONG_NAP, spins=5, wake=self._hungry, scale=scale)
+        hungry_nap = min(HELPER_NAP, HUNGRY_NAP * scale ** 0.5)
         last_hb = time.monotonic()
         beat = self.opts.heartbeat
         try:
@@ -52,9 +60,11 @@ class HelperMixin(Base):
                     due = min(due, POSTED_NAP)
                 hungry = self._hungry_since
                 if hungry is not None and now - hungry < HUNGRY_QUICK:
-                    due = min(due, HUNGRY_NAP)  # the main thread waits for its next task
+                    due = min(due, hungry_nap)  # the main thread waits for its next task
                 cur = self._current
                 if cur is not None:
+                    if due == HELPER_NAP:  # nothing else is due: a long task, long naps
+                        due = min(LONG_NAP, max(HELPER_NAP, (now - cur[1]) * LONG_SHARE))
                     if now - last_hb >= beat:
                         last_hb = now
                         self._send(M.Heartbeat(cur[0], now - cur[1]))
@@ -78,6 +88,10 @@ class HelperMixin(Base):
                 if inc.tag == LOST:  # (ULFM) the master's process died: nobody is left to work for
                     self._handle(M.Abort("the master's process died"))
                     return True
+                if inc.tag == M.RELEASE:  # the master closed the run while this worker was stuck in a task
+                    inc.into(bytearray(1))
+                    self.link.released = True
+                    continue
                 self._handle(inc.obj())
                 got = True
 

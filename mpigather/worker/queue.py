@@ -9,7 +9,7 @@ import time
 from collections import deque
 
 from .. import messages as M
-from ..link import Backoff
+from ..link import Backoff, crowd
 from .base import HELPER_NAP, Base
 
 
@@ -51,7 +51,7 @@ class QueueMixin(Base):
                 if task is not None:
                     return task
         t0 = time.perf_counter()
-        back = Backoff(cap=HELPER_NAP / 2)
+        back = Backoff(cap=HELPER_NAP / 2, scale=crowd())
         hungry = False
         try:
             while True:
