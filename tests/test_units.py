@@ -324,3 +324,20 @@ def test_peak_rss_is_this_processs_own_not_its_parents():
     assert p.returncode == 0, p.stderr
     assert float(p.stdout) < 300, p.stdout
     del big
+
+
+@pytest.mark.parametrize("line", ['{"id": "p1", "seed": 3, "x": 0.5}', "[1, 2]", "3", '"s"', " {\"a\": 1}",
+                                  '{"a": 1} x', '{"a": 1}{"b": 2}', '{"a":', "NaN", '{"a": 1e400}', "", "{}",
+                                  '{"a": "\\u00e9", "b": [true, null]}'])
+def test_a_worker_parses_a_task_line_as_json_loads_does(line):
+    """The worker's quick parse of a task file's line: the value json.loads gives, or its error."""
+    from mpigather.worker.call import parse_line
+
+    try:
+        want: object = json.loads(line)
+    except ValueError as e:
+        with pytest.raises(ValueError) as got:
+            parse_line(line)
+        assert str(got.value) == str(e)
+        return
+    assert repr(parse_line(line)) == repr(want)
