@@ -20,8 +20,9 @@ COMMIT_EVERY = 0.02  # the shortest time between group commits of a file output 
 COMMIT_MAX = 0.5  # the longest, however slow the disk (s): what a killed run may have to redo
 # A commit (the output's flush and fsync, the journal's fsync) costs about the same whatever it
 # holds: HDF5 rewrites each column's last chunk whole. So commits are spaced by what the last
-# one took, to keep them under this share of the time: a 200,000-row sweep made 370 commits of
-# 550 rows 20 ms apart, and their flushes and fsyncs cost 4.5 us a row (1 us at 20 a second).
+# one took, to keep them under this share of the time. A 200,000-row sweep made 190-370 commits
+# 20 ms apart, which cost the master 3.3 us a row of CPU and held its loop 2.5 s (the journal's
+# fsync, the table's writes); spaced so, 13-20 commits, 0.6 us a row, 0.4 s (docs/scaling.md).
 COMMIT_SHARE = 0.05
 
 
