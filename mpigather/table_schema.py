@@ -104,21 +104,29 @@ def leaves_of(value: Any, schema: Schema) -> list[Any] | None:
     return matcher(schema)(value)  # type: ignore[no-any-return]
 
 
-def matcher(schema: Schema) -> Any:
+def matcher(schema: Schema, skip: str | None = None) -> Any:
     """``leaves_of`` for one schema, as a function of the value (keep it: finding it hashes the
-    schema, which costs as much as matching a small result)."""
-    fast = _fast.get(schema)
+    schema, which costs as much as matching a small result). ``skip``: a dict's key left out
+    (a task's ``id`` among its parameters), matched without a copy of the dict without it."""
+    fast = _fast.get((schema, skip))
     if fast is None:
-        fast = _fast[schema] = _matcher(schema)
+        fast = _fast[(schema, skip)] = _matcher(schema, skip)
         if fast is False:
-            fast = _fast[schema] = lambda v: _leaves_slow(v, schema)
+            if skip is None:
+                fast = _fast[(schema, skip)] = lambda v: _leaves_slow(v, schema)
+            else:
+                fast = _fast[(schema, skip)] = lambda v: _leaves_slow(_without(v, skip), schema)
     return fast
 
 
 _fast: dict[Any, Any] = {}
 
 
-def _matcher(schema: Schema) -> Any:
+def _without(v: Any, key: str) -> Any:
+    return {k: x for k, x in v.items() if k != key} if type(v) is dict and key in v else v
+
+
+def _matcher(schema: Schema, skip: str | None = None) -> Any:
     """A quick check for the common schemas, a bare Python number, bool or string, or a flat dict
     of them: a function of the value (its leaves, or None), or False for the general way."""
     is_dict, leaves = schema
@@ -126,17 +134,21 @@ def _matcher(schema: Schema) -> Any:
         return False
     types = tuple(_PY_TYPE[leaf.kind] for leaf in leaves)
     if not is_dict:
+        if skip is not None:
+            return False
         ty, leaf = types[0], leaves[0]
         if leaf.kind in ("float", "bool"):  # the type says it all
             return lambda v: [v] if type(v) is ty else None
         return lambda v: [v] if type(v) is ty and _fits(v, leaf) else None
     pairs = tuple((leaf.path[0], ty) for leaf, ty in zip(leaves, types))
+    if any(k == skip for k, _ in pairs):
+        return False
     n = len(pairs)
     lo, hi = _INT64
     strings = any(leaf.kind == "str" for leaf in leaves)
 
     def match(v: Any) -> list[Any] | None:
-        if type(v) is not dict or len(v) != n:
+        if type(v) is not dict or len(v) != (n if skip is None or skip not in v else n + 1):
             return None
         out = []
         for k, ty in pairs:

@@ -4,6 +4,7 @@ would otherwise write, in one run.
     python scripts/bench_sweeps.py               # every case, 5 rounds (~5 min on 2 cores)
     python scripts/bench_sweeps.py --quick       # small sizes, 2 rounds
     python scripts/bench_sweeps.py --only latency --rounds 3
+    python scripts/bench_sweeps.py --only sweep_h5 --sweep-size 1000000 --rounds 3   # -> SWEEPS-1000000.md
 
 Each measurement is one ``mpiexec -n 3`` command with a timeout; the rounds are interleaved
 (each round runs every variant once), so that background load hits them alike. Reported per
@@ -278,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--count", type=int, default=20000)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int)
+    ap.add_argument("--sweep-size", type=int, help="JSONL lines of the sweep cases (default 200,000; --quick 20,000);"
+                    " another size writes SWEEPS-<size>.md")
     ap.add_argument("--only", action="append", help="a case name (sweep_h5, sweep_mem, tiny, latency_map16,"
                     " latency_submit, emcee, dynesty); repeatable")
     a = ap.parse_args(argv)
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         CASE_FUNCS[a.name](a)
         return 0
     rounds = a.rounds or (2 if a.quick else 5)
-    n_sweep = 20_000 if a.quick else 200_000
+    n_sweep = a.sweep_size or (20_000 if a.quick else 200_000)
     outdir = ROOT / "bench" / ("raw/quick" if a.quick else "")
     outdir.mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "raw").mkdir(parents=True, exist_ok=True)
@@ -299,11 +302,12 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault((v["case"], v["variant"]), []).append(rec)
                 shown = rec.get("error") or f"{rec['value']:.4g} {rec['unit']}"
                 print(f"round {r + 1}/{rounds}  {v['case']:15s} {v['variant']:10s} {shown}", flush=True)
-    return report(vs, results, rounds, n_sweep, outdir)
+    name = "SWEEPS" if not a.sweep_size or a.sweep_size == (20_000 if a.quick else 200_000) else f"SWEEPS-{n_sweep}"
+    return report(vs, results, rounds, n_sweep, outdir, name)
 
 
 def report(vs: list[dict[str, Any]], results: dict[tuple[str, str], list[dict[str, Any]]], rounds: int,
-           n_sweep: int, outdir: Path) -> int:
+           n_sweep: int, outdir: Path, name: str = "SWEEPS") -> int:
     rows, raw = [], {}
     cases = list(dict.fromkeys(v["case"] for v in vs))
     for case in cases:
@@ -346,8 +350,8 @@ def report(vs: list[dict[str, Any]], results: dict[tuple[str, str], list[dict[st
         *rows,
         "",
     ]
-    (outdir / "SWEEPS.md").write_text("\n".join(md))
-    (outdir / "sweeps.json").write_text(json.dumps(raw, indent=1))
+    (outdir / f"{name}.md").write_text("\n".join(md))
+    (outdir / f"{name.lower()}.json").write_text(json.dumps(raw, indent=1))
     print("\n".join(md))
     return 0
 

@@ -331,3 +331,36 @@ def test_a_sink_stores_the_same_layout_in_any_order_and_every_value_back(tmp_pat
         assert any(k.endswith("type/result/e") or k.endswith("type/result/e.npy") for k in got), sorted(got)
         assert cols["s"].dtype == object and cols["s"][1] == 3 and cols["s"][0] == "x"  # JSON: str and int
         assert cols["value"].compressed().tolist() == ["bare"] * 5
+
+
+@pytest.mark.parametrize("task", [
+    {"id": "p1", "seed": 3, "x": 0.5}, {"seed": 3, "x": 0.5}, {"id": 7, "seed": 3, "x": 0.5},
+    {"id": "p1", "seed": 3}, {"id": "p1", "seed": 3, "x": 0.5, "y": 1}, {"id": "p1", "seed": 3.0, "x": 0.5},
+    {"id": "p1", "seed": 1 << 64, "x": 0.5}, {"id": "p1", "seed": True, "x": 0.5}, {"seed": 3, "x": 0.5, "z": 1},
+    {"id": "p1", "seed": 3, "x": {"a": 1.0}}, [3, 0.5], "p1", None,
+])
+@pytest.mark.parametrize("first", [{"seed": 1, "x": 0.25}, {"seed": 1, "x": {"a": 1.0}}, {"seed": "s", "x": 0.25}])
+def test_parameters_matched_in_the_task_leave_its_id_out_as_a_copy_does(task, first):
+    """The worker matches a task file line's parameters in the line itself, its ``id`` left out
+    (``skip``), instead of in a copy without it: the same leaves, or the same refusal."""
+    from mpigather.worker.rows import params_of
+
+    sch = T.schema_of(first)
+    assert sch is not None
+    tid = task.get("id", 0) if isinstance(task, dict) else 0
+    params = params_of(tid, task)
+    want = T.matcher(sch)(params) if params is not None else None
+    assert T.matcher(sch, skip="id")(task) == want
+
+
+def test_staged_rows_join_runs_that_touch_whatever_order_they_came_in():
+    from mpigather.sinks.table_base import Staged
+
+    st = Staged()
+    for start, n in [(30, 10), (0, 10), (20, 10), (10, 10), (50, 5), (45, 5), (70, 3)]:
+        st.add(start, {"id": np.arange(start, start + n), "done": np.ones(n, dtype=bool)})
+    got = st.take()
+    assert [(s, len(v["id"])) for s, v in got] == [(0, 40), (45, 10), (70, 3)]
+    for s, v in got:
+        assert np.array_equal(v["id"], np.arange(s, s + len(v["id"])))
+    assert not st

@@ -356,3 +356,19 @@ def test_a_crowded_backoff_polls_that_many_times_less_often_up_to_its_cap():
         else:
             assert b.spins == 3 and b.first == 8e-4 and b.warm_cap == 2e-3
             assert n * 8 < quick, (n, quick)  # 132 polls in the first 20 ms uncrowded, 14 crowded
+
+@pytest.mark.parametrize("line", ['{"id": "p1", "seed": 3, "x": 0.5}', "[1, 2]", "3", '"s"', " {\"a\": 1}",
+                                  '{"a": 1} x', '{"a": 1}{"b": 2}', '{"a":', "NaN", '{"a": 1e400}', "", "{}",
+                                  '{"a": "\\u00e9", "b": [true, null]}'])
+def test_a_worker_parses_a_task_line_as_json_loads_does(line):
+    """The worker's quick parse of a task file's line: the value json.loads gives, or its error."""
+    from mpigather.worker.call import parse_line
+
+    try:
+        want: object = json.loads(line)
+    except ValueError as e:
+        with pytest.raises(ValueError) as got:
+            parse_line(line)
+        assert str(got.value) == str(e)
+        return
+    assert repr(parse_line(line)) == repr(want)

@@ -51,6 +51,7 @@ class Base:
     _committer: ThreadPoolExecutor | None
     _commit_job: Future | None
     _last_commit: float
+    _commit_gap: float  # seconds from one group commit to the next (more when one costs more)
     _last_hb_write: float
     _hb_every: float  # seconds between heartbeat records (longer when one costs more: many workers)
     # stopping

@@ -16,7 +16,14 @@ from ..sinks.table_base import RowsDone
 from ..summary import Summary
 from .base import Base
 
-COMMIT_EVERY = 0.02  # seconds between group commits of a file output (each is an fsync of the output and journal)
+COMMIT_EVERY = 0.02  # the shortest time between group commits of a file output (s)
+COMMIT_MAX = 0.5  # the longest, however slow the disk (s): what a killed run may have to redo
+# A commit (the output's flush and fsync, the journal's fsync) costs about the same whatever it
+# holds: HDF5 rewrites each column's last chunk whole. So commits are spaced by what the last
+# one took, to keep them under this share of the time. A 200,000-row sweep made 190-370 commits
+# 20 ms apart, which cost the master 3.3 us a row of CPU and held its loop 2.5 s (the journal's
+# fsync, the table's writes); spaced so, 13-20 commits, 0.6 us a row, 0.4 s (docs/scaling.md).
+COMMIT_SHARE = 0.05
 
 
 class CommitMixin(Base):
@@ -36,8 +43,8 @@ class CommitMixin(Base):
             self._commit_job = None
             self._record(*job.result())
         steps = self._steps_sink.take_ready() if self._steps_sink is not None else None
-        if not (wait or steps is not None or self.sink.in_memory or t - self._last_commit >= COMMIT_EVERY):
-            return  # results keep coming: a few milliseconds more make fewer, larger commits
+        if not (wait or steps is not None or self.sink.in_memory or t - self._last_commit >= self._commit_gap):
+            return  # results keep coming: a little longer makes fewer, larger commits
         self._last_commit = t
         batch = self.sink.take_ready()
         if batch is not None or steps is not None:
@@ -49,17 +56,22 @@ class CommitMixin(Base):
                 self._commit_job = self._committer.submit(self._make_durable, batch, steps)
         self._t["write"] += time.perf_counter() - t
 
-    def _make_durable(self, batch: Any, steps: Any) -> tuple[list[tuple[Any, Meta]], list[tuple[Any, Meta]]]:
+    def _make_durable(self, batch: Any, steps: Any) -> tuple[list[tuple[Any, Meta]], list[tuple[Any, Meta]], float]:
         """(On the committer thread.) Step outputs first: a result never becomes durable before
-        the outputs that led to it."""
+        the outputs that led to it. Returns (results, step outputs, the seconds it took)."""
+        t = time.perf_counter()
         stored = self._steps_sink.make_durable(steps) if steps is not None else []  # type: ignore[union-attr]
-        return (self.sink.make_durable(batch) if batch is not None else []), stored
+        ready = self.sink.make_durable(batch) if batch is not None else []
+        return ready, stored, time.perf_counter() - t
 
-    def _record(self, ready: list[tuple[Any, Meta]], steps: list[tuple[Any, Meta]]) -> None:
+    def _record(self, ready: list[tuple[Any, Meta]], steps: list[tuple[Any, Meta]], took: float) -> None:
+        t = time.perf_counter()
         if steps:
             self._steps_stored(steps)
         if ready:
             self._record_done(ready)
+        took += time.perf_counter() - t  # (the journal's fsync)
+        self._commit_gap = min(COMMIT_MAX, max(COMMIT_EVERY, took / COMMIT_SHARE))
 
     def _record_done(self, ready: list[tuple[Any, Meta]]) -> None:
         record_done(ready, self.journal, self.summary, self.on_done)

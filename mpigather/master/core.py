@@ -19,7 +19,7 @@ from ..sinks import Meta, Sink
 from ..summary import Summary
 from ..tasks import describe as _describe
 from ..trace import open_trace
-from .commit import CommitMixin
+from .commit import COMMIT_EVERY, CommitMixin
 from .decisions import DecisionsMixin
 from .failures import FailuresMixin
 from .loop import LoopMixin
@@ -66,6 +66,7 @@ class Master(LoopMixin, DecisionsMixin, StreamsMixin, RowsMixin, CommitMixin, Fa
         self._committer: ThreadPoolExecutor | None = None
         self._commit_job: Future | None = None
         self._last_commit = 0.0
+        self._commit_gap = COMMIT_EVERY
         self._signal: int | None = None
         self._interrupt: str | None = None  # why the run stops now (a Ctrl-C)
         self.wake = threading.Event()  # set by another thread with new tasks (the executor's submit)

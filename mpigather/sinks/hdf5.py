@@ -161,6 +161,8 @@ class Hdf5Sink(Sink):
     def _write_staged(self) -> None:
         if self._staged:
             assert self.table is not None
+            if self.total:  # every task's row at once, as soon as their number is known: no resizing at each write
+                self.table.extend(self.total)
             for start, values in self._staged.take():
                 self.table.write(start, values)
 

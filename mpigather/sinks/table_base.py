@@ -95,15 +95,17 @@ class Staged:
             self._runs[end] = run
 
     def take(self) -> list[tuple[int, dict[str, Any]]]:
-        """Each run: (its first position, each column's values)."""
-        out = []
-        for start, parts in self._runs.values():
-            if len(parts) == 1:
-                out.append((start, parts[0]))
+        """Each run: (its first position, each column's values). Runs that touch are joined,
+        whatever order they came in (two workers' blocks alternate, and finish out of order)."""
+        joined: list[tuple[int, int, list[dict[str, Any]]]] = []  # (start, end, parts)
+        for end, (start, parts) in sorted(self._runs.items(), key=lambda r: r[1][0]):
+            if joined and joined[-1][1] == start and joined[-1][2][0].keys() == parts[0].keys():
+                joined[-1] = (joined[-1][0], end, joined[-1][2] + parts)
             else:
-                out.append((start, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}))
+                joined.append((start, end, parts))
         self._runs.clear()
-        return out
+        return [(start, parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+                for start, _, parts in joined]
 
     def __bool__(self) -> bool:
         return bool(self._runs)

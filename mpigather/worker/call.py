@@ -18,6 +18,18 @@ from .steps import _load_input
 from .tracebacks import format_again, format_exc, where
 
 FULL_TRACEBACKS = 3  # failures of one error (type and place) sent with their whole traceback, per worker
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # (json.loads uses it)
+
+
+def parse_line(text: str) -> Any:
+    """A task file's line, as ``json.loads`` reads it: its scanner called straight, half the cost
+    of a sweep's line (1 µs a task); anything it does not take whole (leading or trailing
+    characters, bad JSON) goes through ``json.loads``, which gives the same value or its error."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
 
 
 class CallMixin(Base):
@@ -31,7 +43,7 @@ class CallMixin(Base):
         tid = blk.tids[i]
         if self.decode is not None and type(arg) is str:
             try:
-                arg = blk.payloads[i] = json.loads(arg)  # (its parameters' columns are read from it too)
+                arg = blk.payloads[i] = parse_line(arg)  # (its parameters' columns are read from it too)
             except ValueError as exc:
                 self._task_failed(blk, i, n, name, exc, time.perf_counter(), 0.0)
                 return

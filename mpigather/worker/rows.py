@@ -19,15 +19,20 @@ class _RowsAcc:
     """Consecutive results of one block that fit one table schema (and their parameters one
     schema, or none), gathered until the batch is sent."""
 
-    __slots__ = ("bid", "start", "tid0", "attempt", "rows", "params", "durations", "match", "pmatch", "next")
+    __slots__ = ("bid", "start", "tid0", "attempt", "rows", "params", "durations", "match", "pmatch", "dmatch",
+                 "next")
 
-    def __init__(self, bid: int, start: int, tid0: Any, attempt: int, schema: Any, pschema: Any) -> None:
+    def __init__(self, bid: int, start: int, tid0: Any, attempt: int, schema: Any, pschema: Any,
+                 from_dict: bool = False) -> None:
         self.bid, self.start, self.tid0, self.attempt = bid, start, tid0, attempt
         self.rows = T.RowsBuilder(schema)
         self.params = T.RowsBuilder(pschema) if pschema is not None else None
         self.durations: list[float] = []
         self.match = T.matcher(schema)
         self.pmatch = T.matcher(pschema) if pschema is not None else None
+        # the parameters of a task that is a dict (a line of a task file): matched in the task
+        # itself, its id left out, without the copy that ``params_of`` makes
+        self.dmatch = T.matcher(pschema, skip="id") if pschema is not None and from_dict else None
         self.next = start  # the index of the task whose row would come next
 
     def message(self) -> M.Rows:
@@ -52,16 +57,23 @@ class RowsMixin(Base):
     def _row(self, blk: _Local, i: int, value: Any, dt: float) -> bool:
         """Add a result to the rows of its block, if it fits a table row. False: it does not.
         (Under the send lock: the helper thread may send the rows gathered so far at any time.)"""
-        tid = blk.tids[i]
-        params = params_of(tid, blk.payloads[i]) if self.keep_params else None
+        tid, payload = blk.tids[i], blk.payloads[i]
+        params: Any = None
         with self._send_lock:
             acc = self._rows
             if acc is not None and acc.next == i and acc.bid == blk.bid:
                 leaves = acc.match(value)
-                if acc.pmatch is not None:
+                if not self.keep_params:
+                    pleaves, fits = None, acc.pmatch is None
+                elif acc.dmatch is not None and type(payload) is dict:
+                    pleaves = acc.dmatch(payload)
+                    fits = pleaves is not None
+                elif acc.pmatch is not None:
+                    params = params_of(tid, payload)
                     pleaves = acc.pmatch(params) if params is not None else None
                     fits = pleaves is not None
                 else:  # rows without parameter columns take only rows whose parameters cannot be columns
+                    params = params_of(tid, payload)
                     pleaves = None
                     fits = params is None or T.schema_of(params) is None
                 if leaves is not None and fits:
@@ -76,8 +88,10 @@ class RowsMixin(Base):
         schema = T.schema_of(value, self.opts.table)  # arrays are rows only in a table of arrays
         if schema is None:
             return False
+        if self.keep_params and params is None:
+            params = params_of(tid, payload)
         pschema = T.schema_of(params) if params is not None else None
-        acc = _RowsAcc(blk.bid, i, tid, blk.attempt, schema, pschema)
+        acc = _RowsAcc(blk.bid, i, tid, blk.attempt, schema, pschema, type(payload) is dict)
         acc.rows.add(T.leaves_of(value, schema))  # type: ignore[arg-type]
         if acc.params is not None:
             acc.params.add(T.leaves_of(params, pschema))  # type: ignore[arg-type]
