@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import pickle
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..crc import crc32c
 from ..errors import UsageError
-from ..journal import DoneSet
+
+if TYPE_CHECKING:
+    from ..journal import DoneSet
 
 PARAMS_MAX = 10_000  # characters of a non-JSON task's repr kept in the task table
 _CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode

@@ -6,7 +6,6 @@ each step it runs here; anything it raises goes back as a failure with its trace
 from __future__ import annotations
 
 import inspect
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +28,9 @@ class CallMixin(Base):
         n, func, arg, name = 0, self.func, blk.payloads[i], self._task_name
         call = blk.calls[i] if blk.calls else None
         tid = blk.tids[i]
-        if self.decode is not None and type(arg) is str:
+        if self.decode is not None and type(arg) is str:  # a line of a task file
+            import json
+
             try:
                 arg = blk.payloads[i] = json.loads(arg)  # (its parameters' columns are read from it too)
             except ValueError as exc:
