@@ -25,11 +25,12 @@ layout is rewritten are in ``table_store``, the pieces both use in ``table_base`
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .. import table_schema as T
+from ..tuples import NamedTuple
 from .table_base import META, Column, empty
 
 
