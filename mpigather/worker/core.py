@@ -109,7 +109,8 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
         self.stopping = False
         self.aborted: str | None = None
         self.interrupted = False  # the master stopped the run on a Ctrl-C: leave with KeyboardInterrupt
-        self._cond = threading.Condition()  # guards queue (and its blocks' ends), stopping, aborted
+        self._qlock = threading.RLock()  # (the condition's lock: taken alone, it is quicker)
+        self._cond = threading.Condition(self._qlock)  # guards queue (and its blocks' ends), stopping, aborted
         self._send_lock = threading.Lock()  # one sender at a time, so results precede revoke acks
         self._pending: list[Any] = []  # Item, Failed, Step and _RowsAcc, in the order they happened
         self._rows: _RowsAcc | None = None  # the last of them, while rows may still be added to it
@@ -155,6 +156,7 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
                     self.initializer(*self.initargs)
                 while (task := self._next_task()) is not None:
                     self._run_one(*task)
+                    self._run_rows(task[0])  # the tasks after it, while they are tiny rows
                 if self._helper_error is not None:
                     raise self._helper_error
             except BaseException as e:
