@@ -15,6 +15,7 @@ import pytest
 import mpigather.messages as M
 from mpigather.config import make_options
 from mpigather.scheduler.decisions import Ended, Revoke, Send, Stop
+from mpigather.scheduler.types import Block, TaskRec
 from mpigather.tuples import NamedTuple
 from mpigather.worker import Worker, WorkerInfo
 
@@ -88,6 +89,8 @@ def test_decisions_compare_hash_and_stay_as_frozen_dataclasses_did():
             assert (rank, cuts, ack) == (3, [], True)
     with pytest.raises(AttributeError):
         Stop(1).rank = 2  # type: ignore[misc]
+    rec = TaskRec(1, "p", 0)
+    assert "block=Block(tids=[1]" in repr(Block.single(rec).recs[0]) and "recs={0: ...}" in repr(rec)  # (a cycle)
     info = WorkerInfo(1, 3, "h", 7, ("gpu",))
     assert info == pickle.loads(pickle.dumps(info)) and hash(info) == hash(WorkerInfo(1, 3, "h", 7, ("gpu",)))
     with pytest.raises(AttributeError):

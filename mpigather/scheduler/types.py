@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Hashable
 from enum import Enum
+from reprlib import recursive_repr
 from typing import Any
 
 from ..tuples import NamedTuple
@@ -79,8 +80,10 @@ TRANSITIONS: dict[tuple[WorkerState, str], WorkerState] = {
 RELEASED = frozenset({W.STOPPED, W.LOST, W.SUSPECT})  # the run need not wait for these at its end
 
 
+@recursive_repr()
 def _repr(obj: Any) -> str:
-    """``Name(field=value, ...)``, the fields being the slots, as a dataclass shows itself."""
+    """``Name(field=value, ...)``, the fields being the slots, as a dataclass shows itself (a task's
+    record shows its block, which shows its records: the second time, ``...``)."""
     return f"{type(obj).__name__}({', '.join(f'{f}={getattr(obj, f)!r}' for f in obj.__slots__)})"
 
 
