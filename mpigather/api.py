@@ -330,8 +330,9 @@ def _in_memory(source: Any, opts: Options, total: int | None,
         from .sinks.memory import MemorySink
 
         sink = MemorySink()
-    prepare = getattr(source, "prepare", None)  # a tasks.TaskSource (the executor's is a plain iterator)
-    return sink, None, None, prepare(None, None) if prepare is not None else total
+    from .tasks import TaskSource  # (its module is light: not the task file's reader)
+
+    return sink, None, None, source.prepare(None, None) if isinstance(source, TaskSource) else total
 
 
 def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: DoneSet | None, out: Any,
