@@ -22,10 +22,10 @@ from . import signals
 from .config import OPTION_NAMES as _OPTION_NAMES
 from .config import Options, make_options
 from .errors import MasterFailed, MPIGatherError, UsageError
-from .worker import Worker, serve
 
 # The master's code (scheduler, master loop, output, journal, lock, task sources) is imported
-# by the master only, where it runs: a worker rank of a run does not pay for it at its start.
+# by the master only, where it runs: a worker rank of a run does not pay for it at its start;
+# and the worker's code by the workers only (and a one-rank run).
 if TYPE_CHECKING:
     from .journal import DoneSet, Journal
     from .master import Master
@@ -242,6 +242,8 @@ def run_on(link: Any, func: Callable[[Any], Any], source: Any, out: str | os.Pat
     """
     wargs = worker_args or {}
     if link.rank != 0:
+        from .worker import serve
+
         serve(link, func, opts, None if out is None else str(out), **wargs)
         return None
     assert source is not None
@@ -256,6 +258,7 @@ def _one_rank(func: Callable[[Any], Any], source: Any,
               wargs: dict[str, Any]) -> Summary | None:
     """One rank: the master in a helper thread, the worker (the task function) in this thread."""
     from .loopback import LoopbackHub
+    from .worker import Worker
 
     mlink, wlink = LoopbackHub(2).links()
     box: dict[str, Any] = {}
@@ -294,17 +297,21 @@ def master_run(link: Any, source: Any, out: str | os.PathLike[str] | None, opts:
                total: int | None = None, argv: list[str] | None = None,
                hooks: dict[str, Any] | None = None) -> Summary:
     """The master's whole run: lock and open the output, run the loop, close and report."""
-    from .lock import OutputLock
-    from .output import check_output, open_output
-    from .tasks import TaskSource
-
-    lock = OutputLock(out) if out is not None and opts.lock else None
+    lock = None
     try:
-        if lock is not None:
-            check_output(out, opts, exists=False)  # where it goes must exist before its lock file can
-            lock.acquire(argv or sys.argv)
-        task_source = source if isinstance(source, TaskSource) else None
-        sink, journal, done, total = open_output(out, opts, total, argv, task_source)
+        if out is None:  # in memory (and the executor): no output to check, lock or open
+            sink, journal, done, total = _in_memory(source, opts, total, "sink" not in (hooks or {}))
+        else:
+            from .lock import OutputLock
+            from .output import check_output, open_output
+            from .tasks import TaskSource
+
+            lock = OutputLock(out) if opts.lock else None
+            if lock is not None:
+                check_output(out, opts, exists=False)  # where it goes must exist before its lock file can
+                lock.acquire(argv or sys.argv)
+            task_source = source if isinstance(source, TaskSource) else None
+            sink, journal, done, total = open_output(out, opts, total, argv, task_source)
     except BaseException as e:
         if lock is not None:
             lock.release()
@@ -320,10 +327,25 @@ def master_run(link: Any, source: Any, out: str | os.PathLike[str] | None, opts:
             lock.release()
 
 
+def _in_memory(source: Any, opts: Options, total: int | None,
+               make_sink: bool) -> tuple[Any, None, None, int | None]:
+    """``output.open_output`` for ``out=None``, without importing the file outputs' code (most of
+    a cold executor's or first run's start): the memory sink (unless the caller brings its
+    own), no journal, nothing done before, and the number of tasks."""
+    opts.check_in_memory()
+    sink = None
+    if make_sink:
+        from .sinks.memory import MemorySink
+
+        sink = MemorySink()
+    from .tasks import TaskSource  # (its module is light: not the task file's reader)
+
+    return sink, None, None, source.prepare(None, None) if isinstance(source, TaskSource) else total
+
+
 def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: DoneSet | None, out: Any,
            opts: Options, total: int | None, hooks: dict[str, Any]) -> Summary:
     from .master import Master, ranks_text
-    from .output import steps_path
     from .progress import Progress
     from .scheduler import Scheduler
     from .tasks import TaskSource, timeout_of
@@ -345,7 +367,7 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
         log.info("%s", link.fault_behaviour())
     progress = Progress.make(opts.progress, total, done_before=n_done_before)
     master = Master(link, sched, sink, journal, opts, progress=progress, on_done=hooks.get("on_done"),
-                    on_failed=hooks.get("on_failed"), steps_dir=None if out is None else str(steps_path(out)),
+                    on_failed=hooks.get("on_failed"), steps_dir=None if out is None else _steps_dir(out),
                     done=done, describe=source.describe if own else None)
     if "master" in hooks:
         hooks["master"](master)
@@ -363,6 +385,12 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
         sys.stderr.flush()
         link.abort(summary.exit_code)  # the output is closed, and the journal says where the run stopped
     return summary
+
+
+def _steps_dir(out: Any) -> str:
+    from .output import steps_path
+
+    return str(steps_path(out))
 
 
 def _total_known(sched: Scheduler, sink: Sink, journal: Journal | None, progress: Any,

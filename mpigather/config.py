@@ -97,6 +97,12 @@ class Options:
         default = next(f.default for f in fields(self) if f.name == name)
         return f"{name}={not default!r}" if isinstance(default, bool) else f"{name}=..."
 
+    def check_in_memory(self) -> None:
+        """Refuse what a run without an output cannot do (direct mode: workers write the files)."""
+        if self.mode == "direct":
+            where = "--out x.h5 or --out DIR" if self.interface == "cli" else "out='x.h5' or out='DIR'"
+            raise UsageError(f"mode 'direct' needs a file output ({where})")
+
 
 def _convert(name: str, default: Any, raw: str) -> Any:
     if name == "chunk_size":

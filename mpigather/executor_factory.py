@@ -193,14 +193,24 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
         link = self._link = MPILink(self.comm, root=self.root)
         try:
             if link.rank != 0:
-                from .transport import no_comm_workers
+                from .transport import CommWorkersStandIn
                 from .worker import serve  # (not the master's code: no output, journal, scheduler)
 
+                stand_in = CommWorkersStandIn()
+                user_init = self.initializer
+
+                def init(*args: Any) -> None:
+                    # once this worker said hello (mpi4py.futures is imported while the master starts)
+                    stand_in.install()
+                    if user_init is not None:
+                        user_init(*args)
+
                 try:
-                    with no_comm_workers():
-                        serve(link, _call, self.opts, None, **wargs)
+                    serve(link, _call, self.opts, None, **{**wargs, "initializer": init})
                 except Exception:  # the initializer failed here: the root's futures say so (BrokenExecutor)
                     pass
+                finally:
+                    stand_in.restore()
                 return None
             if not link.threads_ok:  # (more than one rank: checked above)
                 from .master import release_workers

@@ -10,7 +10,6 @@ A storm of 200,000 identical failures is one error, a count and a few ranges.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 SIGNATURE = "the task function's signature"  # the key of a task the function's signature cannot take
@@ -50,18 +49,24 @@ class Ranges:
         return sum(n for _, n in self.ranges)
 
 
-@dataclass
 class Error:
-    """One distinct error: its key, the text of its first failure, and the tasks it ended."""
+    """One distinct error: its key, the text of its first failure, and the tasks it ended.
+    (Written out, not a dataclass, which costs half a millisecond to define at the master's start.)"""
 
-    k: int
-    key: str
-    text: str
-    first: Any  # the id of the first task it hit
-    count: int = 0  # tasks that ended failed with it
-    positions: Ranges = field(default_factory=Ranges)
-    ids: list[Any] = field(default_factory=list)  # tasks with no position
-    sample: list[Any] = field(default_factory=list)  # the ids of the first few tasks it ended
+    __slots__ = ("k", "key", "text", "first", "count", "positions", "ids", "sample")
+
+    def __init__(self, k: int, key: str, text: str, first: Any) -> None:
+        self.k = k
+        self.key = key
+        self.text = text
+        self.first = first  # the id of the first task it hit
+        self.count = 0  # tasks that ended failed with it
+        self.positions = Ranges()
+        self.ids: list[Any] = []  # tasks with no position
+        self.sample: list[Any] = []  # the ids of the first few tasks it ended
+
+    def __repr__(self) -> str:
+        return f"Error(k={self.k!r}, key={self.key!r}, count={self.count!r}, first={self.first!r})"
 
     def describe(self) -> dict[str, Any]:
         """As ``status --json`` and the summary show it."""

@@ -8,7 +8,9 @@ never become tags.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
+
+from .tuples import NamedTuple
 
 # tags
 CTRL = 11  # worker -> master: pickled control messages

@@ -37,9 +37,7 @@ def _output_paths(out: Path) -> list[Path]:
 def check_output(out: str | os.PathLike[str] | None, opts: Options, exists: bool = True) -> None:
     """Refuse an output that cannot be written, or (``exists``) that exists, unless resuming or overwriting."""
     if out is None:
-        if opts.mode == "direct":
-            where = "--out x.h5 or --out DIR" if opts.interface == "cli" else "out='x.h5' or out='DIR'"
-            raise UsageError(f"mode 'direct' needs a file output ({where})")
+        opts.check_in_memory()
         return
     p = Path(out)
     existing = [q for q in _output_paths(p) if q.exists()] if exists else []

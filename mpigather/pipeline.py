@@ -10,12 +10,14 @@ only after its previous job is done. Memory stays at two chunks whatever the tot
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import results as R
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class ChunkPipeline:
@@ -46,6 +48,8 @@ class ChunkPipeline:
         if slot is None and not self.check:
             return  # received in place, nothing to check: nothing to do
         if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="mpigather-write")
         job = self._pool.submit(self._work, stream, part, off, buf, slot is not None)
         stream.job = job

@@ -21,8 +21,10 @@ import logging
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("mpigather")
 
@@ -94,6 +96,8 @@ def ahead(buf: Any) -> None:
         return
     with _lock:
         if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             _pool = ThreadPoolExecutor(1, thread_name_prefix="mpigather-prefault")
         pool = _pool
     pool.submit(populate, buf)

@@ -19,12 +19,13 @@ import pickle
 import warnings
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .crc import crc32c as _crc32c
 from .errors import UnsupportedResultError
+from .tuples import NamedTuple
 
 OOB_MIN = 64 << 10  # buffers inside a pickled object at least this large travel out of band
 SCALARS = ("str", "int", "float", "bool")

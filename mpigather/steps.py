@@ -25,7 +25,9 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+
+from .tuples import NamedTuple
 
 
 class NextStep(NamedTuple):

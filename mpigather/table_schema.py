@@ -16,15 +16,14 @@ a Python string.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .crc import crc32c
 from .results import valid_key
+from .tuples import NamedTuple
 
 STR_MAX = 1024  # characters of a string that still fits a column
 ARRAY_MAX = 4096  # bytes of an array that still fits a column
@@ -321,12 +320,17 @@ def to_json(value: Any) -> str:
     """A value of a column that mixes types, as JSON text that ``from_json`` gives back exactly:
     Python numbers, bools and strings as themselves; a numpy scalar or array as
     ``{"$np": [dtype, shape, base64 of its bytes]}``; a dict as an object (as
-    ``{"$dict": [[key, value], ...]}`` when one of its keys starts with ``$``)."""
+    ``{"$dict": [[key, value], ...]}`` when one of its keys starts with ``$``). (``json`` and
+    ``base64`` are imported here: few runs have such a column, and every process would pay them.)"""
+    import json
+
     return json.dumps(_enc(value), separators=(",", ":"), ensure_ascii=False)
 
 
 def _enc(v: Any) -> Any:
     if isinstance(v, (np.generic, np.ndarray)):
+        import base64
+
         a = np.asarray(v)
         return {"$np": [a.dtype.str, list(a.shape), base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()]}
     if type(v) is dict:
@@ -339,6 +343,8 @@ def _enc(v: Any) -> Any:
 def _dec(d: dict[str, Any]) -> Any:
     if len(d) == 1:
         if "$np" in d:
+            import base64
+
             dt, shape, raw = d["$np"]
             a = np.frombuffer(base64.b64decode(raw), dtype=np.dtype(dt)).reshape(shape).copy()
             return a[()] if not shape else a
@@ -348,4 +354,6 @@ def _dec(d: dict[str, Any]) -> Any:
 
 
 def from_json(text: str) -> Any:
+    import json
+
     return json.loads(text, object_hook=_dec)

@@ -362,31 +362,50 @@ class _NoCommWorkers:
         return "<no communicator of workers: mpigather.executor() has none, by design>"
 
 
-@contextlib.contextmanager
-def no_comm_workers() -> Iterator[None]:
-    """While this thread serves tasks, mpi4py's ``get_comm_workers()`` gives ``_NoCommWorkers``.
-    mpi4py keeps that communicator per thread, so nothing outside this thread changes."""
-    try:
-        from mpi4py.futures import _core
+class CommWorkersStandIn:
+    """``install``: in the calling thread, mpi4py's ``get_comm_workers()`` gives ``_NoCommWorkers``
+    (mpi4py keeps that communicator per thread, so nothing outside this thread changes);
+    ``restore``, in the same thread: what was there before comes back."""
 
-        get, put, drop = _core.get_comm_server, _core.set_comm_server, _core.del_comm_server
-    except (ImportError, AttributeError):  # another mpi4py: its call keeps its own message
-        yield
-        return
-    try:
-        before = get()
-    except RuntimeError:
-        before = None
-    stand_in: Any = _NoCommWorkers()
-    put(stand_in)
-    try:
-        yield
-    finally:
+    def __init__(self) -> None:
+        self._undo: tuple[Any, Any, Any] | None = None
+
+    def install(self) -> None:
+        try:
+            from mpi4py.futures import _core
+
+            get, put, drop = _core.get_comm_server, _core.set_comm_server, _core.del_comm_server
+        except (ImportError, AttributeError):  # another mpi4py: its call keeps its own message
+            return
+        try:
+            before = get()
+        except RuntimeError:
+            before = None
+        stand_in: Any = _NoCommWorkers()
+        put(stand_in)
+        self._undo = (put, drop, before)
+
+    def restore(self) -> None:
+        if self._undo is None:
+            return
+        put, drop, before = self._undo
+        self._undo = None
         if before is not None:
             put(before)
         else:
             with contextlib.suppress(AttributeError):
                 drop()
+
+
+@contextlib.contextmanager
+def no_comm_workers() -> Iterator[None]:
+    """While this thread serves tasks, mpi4py's ``get_comm_workers()`` gives ``_NoCommWorkers``."""
+    stand_in = CommWorkersStandIn()
+    stand_in.install()
+    try:
+        yield
+    finally:
+        stand_in.restore()
 
 
 def _proc_failed_classes(MPI: Any) -> tuple[int, ...]:

@@ -174,9 +174,17 @@ class SpanLog:
     def append(self, span: Span) -> None:
         self._spans.append(span)
         if len(self._spans) >= 2 * self.keep:
-            old = self._spans[: -self.keep]
-            del self._spans[: -self.keep]
-            self._failed += self._fold(self._folded, old)
+            self._fold_old()
+
+    def extend(self, spans: list[Span]) -> None:
+        self._spans.extend(spans)
+        if len(self._spans) >= 2 * self.keep:
+            self._fold_old()
+
+    def _fold_old(self) -> None:
+        old = self._spans[: -self.keep]
+        del self._spans[: -self.keep]
+        self._failed += self._fold(self._folded, old)
 
     def __len__(self) -> int:
         return len(self._spans)

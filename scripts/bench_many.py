@@ -109,6 +109,7 @@ def case(seconds: float, per_worker: int, rounds: int, kind: str = "sleep") -> N
 
     import mpigather
     import mpigather.api  # noqa: F401  (its modules too: the clock times a run, not imports)
+    import mpigather.worker  # noqa: F401  (a worker's: mpigather.api no longer imports them)
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()

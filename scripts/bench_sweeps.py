@@ -104,6 +104,7 @@ def case_sweep_mem(a: argparse.Namespace) -> None:
 
 def case_tiny(a: argparse.Namespace) -> None:
     """20,000 calls of ``half``: throughput inside the process (tasks/s), without the start-up."""
+    import numpy  # noqa: F401 - as a user's program has it (mpigather.run imports it, mpi4py.futures not)
     from mpi4py import MPI
 
     import mpigather

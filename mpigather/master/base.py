@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ..failures import Error, ErrorLog
-from ..journal import Journal
-from ..pipeline import ChunkPipeline
-from ..scheduler import Decision, Scheduler
-from ..sinks import Meta, Sink
-from ..summary import Summary
-
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from .. import results as R
+    from ..failures import Error, ErrorLog
+    from ..journal import Journal
+    from ..pipeline import ChunkPipeline
+    from ..scheduler import Decision, Scheduler
+    from ..sinks import Meta, Sink
+    from ..summary import Summary
     from .streams import _Stream
 
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..journal import Journal
-from ..sinks import Meta
 from ..sinks.table_base import RowsDone
-from ..summary import Summary
 from .base import Base
+
+if TYPE_CHECKING:
+    from ..journal import Journal
+    from ..sinks import Meta
+    from ..summary import Summary
 
 COMMIT_EVERY = 0.02  # the shortest time between group commits of a file output (s)
 COMMIT_MAX = 0.5  # the longest, however slow the disk (s): what a killed run may have to redo
@@ -52,6 +53,8 @@ class CommitMixin(Base):
                 self._record(*self._make_durable(batch, steps))
             else:
                 if self._committer is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
                     self._committer = ThreadPoolExecutor(1, thread_name_prefix="mpigather-commit")
                 self._commit_job = self._committer.submit(self._make_durable, batch, steps)
         self._t["write"] += time.perf_counter() - t

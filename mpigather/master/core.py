@@ -8,16 +8,12 @@ import gc
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..failures import Error, ErrorLog
-from ..journal import Journal
 from ..pipeline import ChunkPipeline
-from ..scheduler import Scheduler
-from ..sinks import Meta, Sink
 from ..summary import Summary
-from ..tasks import describe as _describe
+from ..tasks.params import describe as _describe
 from ..trace import open_trace
 from .commit import COMMIT_EVERY, CommitMixin
 from .decisions import DecisionsMixin
@@ -28,6 +24,13 @@ from .shutdown import ShutdownMixin
 from .steps import StepsMixin
 from .streams import StreamsMixin, _Stream
 from .workers import worker_table
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from ..journal import Journal
+    from ..scheduler import Scheduler
+    from ..sinks import Meta, Sink
 
 
 class Master(LoopMixin, DecisionsMixin, StreamsMixin, RowsMixin, CommitMixin, FailuresMixin, ShutdownMixin,

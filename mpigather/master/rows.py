@@ -14,7 +14,7 @@ from .. import messages as M
 from .. import results as R
 from .. import table_schema as T
 from ..sinks import Meta
-from ..tasks import block_hash
+from ..tasks.params import block_hash
 from .base import Base
 
 log = logging.getLogger("mpigather")

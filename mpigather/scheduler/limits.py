@@ -21,18 +21,37 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 AUTO_FIRST = 20  # ``auto``: this many tasks failed and none succeeded
 MIN_SAMPLE = 20  # ``N%``: judged only once at least this many tasks ended
 
 
-@dataclass(frozen=True)
 class FailureLimit:
-    """A parsed ``--max-failures``: ``kind`` is auto, count, percent or none."""
+    """A parsed ``--max-failures``: ``kind`` is auto, count, percent or none. (Written out, not
+    a dataclass: every rank checks the option at its start, and a dataclass costs half a
+    millisecond to define.)"""
 
-    kind: str = "auto"
-    value: float = 0.0
+    __slots__ = ("kind", "value")
+    kind: str
+    value: float
+
+    def __init__(self, kind: str = "auto", value: float = 0.0) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "value", value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not FailureLimit:
+            return NotImplemented
+        return (self.kind, self.value) == (other.kind, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.value))
+
+    def __repr__(self) -> str:
+        return f"FailureLimit(kind={self.kind!r}, value={self.value!r})"
 
     @classmethod
     def parse(cls, text: object) -> FailureLimit:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NamedTuple
+from reprlib import recursive_repr
+from typing import Any
+
+from ..tuples import NamedTuple
 
 TaskId = Hashable
 
@@ -78,48 +80,78 @@ TRANSITIONS: dict[tuple[WorkerState, str], WorkerState] = {
 RELEASED = frozenset({W.STOPPED, W.LOST, W.SUSPECT})  # the run need not wait for these at its end
 
 
-@dataclass(eq=False)
+@recursive_repr()
+def _repr(obj: Any) -> str:
+    """``Name(field=value, ...)``, the fields being the slots, as a dataclass shows itself (a task's
+    record shows its block, which shows its records: the second time, ``...``)."""
+    return f"{type(obj).__name__}({', '.join(f'{f}={getattr(obj, f)!r}' for f in obj.__slots__)})"
+
+
+# The records are classes with their ``__slots__`` and ``__init__`` written out, not dataclasses:
+# a dataclass costs about half a millisecond to define (its methods are generated as source and
+# compiled), which a cold executor pays before its first result. Equality is identity.
+
+
 class TaskRec:
     """A task with a history of its own: it failed, hung, lost its worker, or has steps."""
 
-    tid: TaskId
-    payload: Any
-    seq: int = -1  # position in the task source
-    timeout: float | None = None  # the lease of the step it runs (None: the task's own, or the run's)
-    attempts: int = 0  # the current attempt number: hand-outs that may have started it (a task
-    #                      taken back unstarted, by a steal, keeps its number)
-    failures: int = 0  # exceptions and lease expiries
-    tried: set[int] = field(default_factory=set)
-    last_error: str | None = None
-    hash: int | None = None  # its parameter hash
-    block: Block | None = None  # the block it is in (None: waiting for a step's input or its children)
-    # multi-step tasks (see steps.py)
-    step: int = 0  # the step running, or to run next (0: the task function)
-    call: Any = None  # what a worker gets to run ``step`` (a steps.StepCall); None: the task itself
-    needs: str | None = None  # the kind of worker ``step`` needs
-    waiting: bool = False  # its next step's input is not stored yet: not dispatchable
-    input_coming: bool = False  # the input of ``step`` was received and is being stored
-    parent: TaskId | None = None  # a child of a fan-out
-    children_left: int = 0  # a parent waits for this many children
-    child_failed: str | None = None
-    ended: bool = False
+    __slots__ = ("tid", "payload", "seq", "timeout", "attempts", "failures", "tried", "last_error", "hash", "block",
+                 "step", "call", "needs", "waiting", "input_coming", "parent", "children_left", "child_failed",
+                 "ended")
+
+    def __init__(self, tid: TaskId, payload: Any, seq: int = -1, timeout: float | None = None, attempts: int = 0,
+                 failures: int = 0, tried: set[int] | None = None, last_error: str | None = None,
+                 hash: int | None = None, block: Block | None = None, step: int = 0, call: Any = None,
+                 needs: str | None = None, waiting: bool = False, input_coming: bool = False,
+                 parent: TaskId | None = None, children_left: int = 0, child_failed: str | None = None,
+                 ended: bool = False) -> None:
+        self.tid = tid
+        self.payload = payload
+        self.seq = seq  # position in the task source
+        self.timeout = timeout  # the lease of the step it runs (None: the task's own, or the run's)
+        # the current attempt number: hand-outs that may have started it (a task taken back
+        # unstarted, by a steal, keeps its number)
+        self.attempts = attempts
+        self.failures = failures  # exceptions and lease expiries
+        self.tried = set() if tried is None else tried
+        self.last_error = last_error
+        self.hash = hash  # its parameter hash
+        self.block = block  # the block it is in (None: waiting for a step's input or its children)
+        # multi-step tasks (see steps.py)
+        self.step = step  # the step running, or to run next (0: the task function)
+        self.call = call  # what a worker gets to run ``step`` (a steps.StepCall); None: the task itself
+        self.needs = needs  # the kind of worker ``step`` needs
+        self.waiting = waiting  # its next step's input is not stored yet: not dispatchable
+        self.input_coming = input_coming  # the input of ``step`` was received and is being stored
+        self.parent = parent  # a child of a fan-out
+        self.children_left = children_left  # a parent waits for this many children
+        self.child_failed = child_failed
+        self.ended = ended
+
+    __repr__ = _repr
 
 
-@dataclass(eq=False)
 class Block:
     """Consecutive tasks leased as one unit. The worker runs them in order, so tasks
     ``[0, next)`` have reported (ended, or left the block) and the task at ``next`` runs while
     the block is at the head of its worker's queue."""
 
-    tids: list[Any]
-    payloads: list[Any]
-    seq0: int  # position of ``tids[0]``; task i is at ``seq0 + i``
-    hashes: list[int] | None = None
-    recs: dict[int, TaskRec] | None = None  # tasks with a history, by index
-    bid: int = 0  # the id of its live lease (a new one at every dispatch); 0 while queued
-    attempt: int = 0  # the attempt number of every task in it
-    rank: int | None = None  # the worker holding the lease
-    next: int = 0
+    __slots__ = ("tids", "payloads", "seq0", "hashes", "recs", "bid", "attempt", "rank", "next")
+
+    def __init__(self, tids: list[Any], payloads: list[Any], seq0: int, hashes: list[int] | None = None,
+                 recs: dict[int, TaskRec] | None = None, bid: int = 0, attempt: int = 0, rank: int | None = None,
+                 next: int = 0) -> None:
+        self.tids = tids
+        self.payloads = payloads
+        self.seq0 = seq0  # position of ``tids[0]``; task i is at ``seq0 + i``
+        self.hashes = hashes
+        self.recs = recs  # tasks with a history, by index
+        self.bid = bid  # the id of its live lease (a new one at every dispatch); 0 while queued
+        self.attempt = attempt  # the attempt number of every task in it
+        self.rank = rank  # the worker holding the lease
+        self.next = next
+
+    __repr__ = _repr
 
     def __len__(self) -> int:
         return len(self.tids)
@@ -156,16 +188,26 @@ class Block:
         return tail
 
 
-@dataclass(eq=False)
 class WorkerRec:
-    rank: int
-    queue: deque[Block] = field(default_factory=deque)  # leased blocks, in the order it runs them
-    held: int = 0  # tasks not yet reported in those blocks
-    state: WorkerState = W.NEW
-    head_since: float = 0.0  # when the running task started (as far as the master knows)
-    last_seen: float = 0.0
-    streaming: bool = False  # a result of its running task is being received
-    revoking: bool = False  # a steal request is on its way
-    stuck: TaskId | None = None  # the task it was running when its lease expired
-    stuck_at: tuple[int, int] | None = None  # (lease id, index) of that task
-    kinds: frozenset[str] = frozenset()  # what the worker said it is (gpu, bigmem...)
+    """What the scheduler keeps about one worker."""
+
+    __slots__ = ("rank", "queue", "held", "state", "head_since", "last_seen", "streaming", "revoking", "stuck",
+                 "stuck_at", "kinds")
+
+    def __init__(self, rank: int, queue: deque[Block] | None = None, held: int = 0, state: WorkerState = W.NEW,
+                 head_since: float = 0.0, last_seen: float = 0.0, streaming: bool = False, revoking: bool = False,
+                 stuck: TaskId | None = None, stuck_at: tuple[int, int] | None = None,
+                 kinds: frozenset[str] = frozenset()) -> None:
+        self.rank = rank
+        self.queue = deque() if queue is None else queue  # leased blocks, in the order it runs them
+        self.held = held  # tasks not yet reported in those blocks
+        self.state = state
+        self.head_since = head_since  # when the running task started (as far as the master knows)
+        self.last_seen = last_seen
+        self.streaming = streaming  # a result of its running task is being received
+        self.revoking = revoking  # a steal request is on its way
+        self.stuck = stuck  # the task it was running when its lease expired
+        self.stuck_at = stuck_at  # (lease id, index) of that task
+        self.kinds = kinds  # what the worker said it is (gpu, bigmem...)
+
+    __repr__ = _repr

@@ -7,9 +7,11 @@ and rows staged for writing (``Staged``). The table's layout and its rules are i
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
+
+from ..tuples import NamedTuple
 
 META = np.dtype([("rank", "<i4"), ("attempt", "<i2"), ("duration", "<f4")])  # the meta column's records
 META_FIELDS = META.names

@@ -24,12 +24,12 @@ layout is rewritten are in ``table_store``, the pieces both use in ``table_base`
 
 from __future__ import annotations
 
-import json
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .. import table_schema as T
+from ..tuples import NamedTuple
 from .table_base import META, Column, empty
 
 
@@ -266,10 +266,14 @@ class Layout:
             return [{"name": _name(p), "path": list(p), "kind": s.kind, "dtype": s.dtype, "shape": list(s.shape),
                      "has": s.has, "seen": list(s.seen)} for p, s in specs.items()]
 
+        import json  # (a layout is written and read with a file output only)
+
         return json.dumps({"version": 2, "ids": self.ids, "fields": side(self.results), "params": side(self.params)})
 
     @classmethod
     def from_json(cls, text: str) -> Layout:
+        import json
+
         d = json.loads(text)
 
         def side(recs: list[dict[str, Any]] | None) -> Specs:

@@ -16,20 +16,42 @@ are JSON, else by their ``repr``. Their hash (of a file's line; of the JSON, or 
 for other tasks) lets a resume check that each done task still has the parameters it had.
 """
 
-from __future__ import annotations
+from typing import TYPE_CHECKING, Any
 
-from .jsonl import JsonlSource, scan_jsonl
-from .params import PARAMS_MAX, block_hash, describe, timeout_of
-from .source import (
-                     ItemsSource,
-                     IterableSource,
-                     ListSource,
-                     RangeSource,
-                     TaskSource,
-                     iterable_tasks,
-                     range_tasks,
-                     source_of,
-)
+# Where each name lives, imported on first use (PEP 562): a run of a range or a list (and the
+# executor) does not import the task file's reader and its checking pass.
+_WHERE = {
+    "JsonlSource": "jsonl", "scan_jsonl": "jsonl",
+    "PARAMS_MAX": "params", "block_hash": "params", "describe": "params", "timeout_of": "params",
+    "ItemsSource": "source", "IterableSource": "source", "ListSource": "source", "RangeSource": "source",
+    "TaskSource": "source", "iterable_tasks": "source", "range_tasks": "source", "source_of": "source",
+}
 
 __all__ = ["PARAMS_MAX", "IterableSource", "ItemsSource", "JsonlSource", "ListSource", "RangeSource", "TaskSource",
            "block_hash", "describe", "iterable_tasks", "range_tasks", "scan_jsonl", "source_of", "timeout_of"]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # for type checkers: the same names, imported eagerly
+    from .jsonl import JsonlSource, scan_jsonl
+    from .params import PARAMS_MAX, block_hash, describe, timeout_of
+    from .source import (
+        ItemsSource,
+        IterableSource,
+        ListSource,
+        RangeSource,
+        TaskSource,
+        iterable_tasks,
+        range_tasks,
+        source_of,
+    )

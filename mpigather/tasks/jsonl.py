@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..crc import crc32c
-from ..journal import DoneSet
 from .lines import _NO_ID, _file_signature, _iter_jsonl_hashed, _open_tasks, _parse, _quick_id
 from .params import _check_one, _check_ranges, _task_id, describe, timeout_of
 from .scan import Scan
 from .source import TaskSource
+
+if TYPE_CHECKING:
+    from ..journal import DoneSet
 
 STREAM_AFTER = 50_000  # tasks checked before a run starts; a larger file's pass goes on while it runs
 

@@ -8,23 +8,29 @@ resume check that each done task still has the parameters it had.
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..crc import crc32c
 from ..errors import UsageError
-from ..journal import DoneSet
+
+if TYPE_CHECKING:
+    from ..journal import DoneSet
 
 PARAMS_MAX = 10_000  # characters of a non-JSON task's repr kept in the task table
-_CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_CANON: Any = None  # canonical JSON, made at the first use (json is not imported by every run)
 
 
 def describe(payload: Any) -> tuple[str, int]:
     """(parameters as text, their 32-bit hash)."""
+    global _CANON
+    if _CANON is None:
+        import json
+
+        _CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
     try:
         text = _CANON(payload)
     except (TypeError, ValueError):

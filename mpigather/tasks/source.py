@@ -8,12 +8,14 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..journal import DoneSet
 from ..sinks.layout import check_id
 from .params import _check_one, _check_ranges, _task_id, describe, timeout_of
+
+if TYPE_CHECKING:
+    from ..journal import DoneSet
 
 
 def range_tasks(n: int) -> Iterator[tuple[int, int, int]]:

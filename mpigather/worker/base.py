@@ -55,6 +55,7 @@ class Base:
     stopping: bool
     aborted: str | None
     interrupted: bool  # the master stopped the run on a Ctrl-C: leave with KeyboardInterrupt
+    _qlock: threading.RLock
     _cond: threading.Condition
     # results waiting to be sent (guarded by _send_lock)
     _send_lock: threading.Lock
@@ -65,7 +66,7 @@ class Base:
     _flush_age: float  # completed small results wait at most this long
     # the helper thread
     _threaded: bool  # a second thread may call MPI
-    _current: tuple[Any, float] | None  # the running task and when it started (heartbeats)
+    _current: tuple[Any, float] | None  # the running task and when it started (perf_counter; heartbeats)
     _done: threading.Event  # the helper thread stops
     _hungry: threading.Event  # set by the main thread when it has no task: the helper wakes
     _hungry_since: float | None  # when the main thread began to wait for a task (None: it has one)

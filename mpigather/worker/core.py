@@ -10,7 +10,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .. import messages as M
@@ -32,15 +31,42 @@ log = logging.getLogger("mpigather")
 SPANS_KEPT = 5000  # per-task spans sent to the master for the timeline
 
 
-@dataclass(frozen=True)
 class WorkerInfo:
     """Where the current task runs: ``mpigather.current_worker()`` inside a task."""
 
+    # (immutable, with its fields written out: a frozen dataclass costs half a millisecond to
+    # define, at every worker's start)
+    __slots__ = ("rank", "size", "host", "pid", "kinds")
     rank: int  # in the run's communicator (0 is the master)
     size: int
     host: str
     pid: int
-    kinds: tuple[str, ...] = ()
+    kinds: tuple[str, ...]
+
+    def __init__(self, rank: int, size: int, host: str, pid: int, kinds: tuple[str, ...] = ()) -> None:
+        for name, value in zip(self.__slots__, (rank, size, host, pid, kinds)):
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.rank, self.size, self.host, self.pid, self.kinds)
+
+    def __eq__(self, other: object) -> bool:
+        return self._values() == other._values() if type(other) is WorkerInfo else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return "WorkerInfo(" + ", ".join(f"{k}={v!r}" for k, v in zip(self.__slots__, self._values())) + ")"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (its __setattr__ refuses the default way back)
+        return WorkerInfo, self._values()
 
 
 _current: WorkerInfo | None = None
@@ -83,7 +109,8 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
         self.stopping = False
         self.aborted: str | None = None
         self.interrupted = False  # the master stopped the run on a Ctrl-C: leave with KeyboardInterrupt
-        self._cond = threading.Condition()  # guards queue (and its blocks' ends), stopping, aborted
+        self._qlock = threading.RLock()  # (the condition's lock: taken alone, it is quicker)
+        self._cond = threading.Condition(self._qlock)  # guards queue (and its blocks' ends), stopping, aborted
         self._send_lock = threading.Lock()  # one sender at a time, so results precede revoke acks
         self._pending: list[Any] = []  # Item, Failed, Step and _RowsAcc, in the order they happened
         self._rows: _RowsAcc | None = None  # the last of them, while rows may still be added to it
@@ -129,6 +156,7 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
                     self.initializer(*self.initargs)
                 while (task := self._next_task()) is not None:
                     self._run_one(*task)
+                    self._run_rows(task[0])  # the tasks after it, while they are tiny rows
                 if self._helper_error is not None:
                     raise self._helper_error
             except BaseException as e:

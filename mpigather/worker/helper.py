@@ -67,7 +67,7 @@ class HelperMixin(Base):
                         due = min(LONG_NAP, max(HELPER_NAP, (now - cur[1]) * LONG_SHARE))
                     if now - last_hb >= beat:
                         last_hb = now
-                        self._send(M.Heartbeat(cur[0], now - cur[1]))
+                        self._send(M.Heartbeat(cur[0], time.perf_counter() - cur[1]))
                     due = min(due, last_hb + beat - now)
                 back.sleep(limit=due)
         except BaseException as e:  # the link broke: let the main thread see it
