@@ -161,8 +161,7 @@ class Hdf5Sink(Sink):
     def _write_staged(self) -> None:
         if self._staged:
             assert self.table is not None
-            for start, values in self._staged.take():
-                self.table.write(start, values)
+            self.table.write_runs(self._staged.take())
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
         name = L.check_id(tid)
