@@ -203,6 +203,7 @@ class _Worker:
         self.idle_since: float | None = None
         self.start = 0.0
         self.spans = SpanLog(SPANS_KEPT)  # as a real worker keeps them (times from its start)
+        self.spans.origin = 0.0  # (the real worker's origin is its start, and its spans' times are from 0 too)
 
 
 class SimLink:
