@@ -203,6 +203,7 @@ class _Worker:
         self.idle_since: float | None = None
         self.start = 0.0
         self.spans = SpanLog(SPANS_KEPT)  # as a real worker keeps them (times from its start)
+        self.spans.origin = 0.0  # (the real worker's origin is its start, and its spans' times are from 0 too)
 
 
 class SimLink:
@@ -607,7 +608,8 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile:
         import cProfile
 
-        prof = cProfile.Profile()
+        # the main thread's CPU time, not wall time: a busy machine does not blur the profile
+        prof = cProfile.Profile(time.thread_time)
     masters: list[Any] = []  # the Master object, to read what it left behind
     rss0 = _rss_mib()
     cpu0 = time.process_time()
@@ -622,7 +624,8 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
         if prof is not None:
             prof.disable()
         t_exit = time.monotonic()
-        cpu = time.process_time() - cpu0
+        cpu_exit = time.process_time()
+        cpu = cpu_exit - cpu0
         done.set()
         signals.restore(old)
     for th in threads:
@@ -648,6 +651,11 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
         "start_s": None if sim.first_task is None else round(sim.first_task - sim.launched, 3),
         "first_result_s": None if sim.first_result is None else round(sim.first_result - sim.launched, 3),
         "end_s": None if sim.last_result is None else round(t_exit - sim.last_result, 3),
+        # CPU seconds of that end, the master's and the simulated workers' goodbyes (a busy machine
+        # stretches end_s; these it does not)
+        "end_master_cpu_s": None if sim.last_result is None else
+        round(cpu_exit - sim.cpu_last - (sim.sim_cpu - sim.sim_cpu_last), 3),
+        "end_sim_cpu_s": None if sim.last_result is None else round(sim.sim_cpu - sim.sim_cpu_last, 3),
         "journal_bytes": os.path.getsize(journal_path(out)) if out is not None and journal_path(out).exists() else 0,
         "out_bytes": os.path.getsize(out) if out is not None and os.path.isfile(out) else None,
         "results_per_s": round(n / max(span, 1e-9), 1),
@@ -723,7 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status-after", type=float, default=1.0,
                    help="seconds after launch to time `mpigather status OUT --json` (negative: never)")
     p.add_argument("--interrupt-after", type=float, default=None, help="send the master a SIGINT after S seconds")
-    p.add_argument("--profile", default=None, metavar="FILE", help="cProfile the master's run into FILE")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="cProfile the master's run (its main thread's CPU time) into FILE")
     p.add_argument("--verify", action="store_true", help="read every result back and compare (slow for many)")
     args = p.parse_args(argv)
     if args.workers < 1 or args.tasks < 0:

@@ -99,6 +99,21 @@ def test_profile_keeps_the_mass_and_doubles_its_width():
     assert back.width == q.width and np.allclose(back.v, q.v, atol=1e-4)
 
 
+def test_profiles_on_the_same_bins_are_summed_first_with_the_same_result():
+    """The master merges thousands of goodbyes' profiles; those on the same bins (t0 and width)
+    are summed bin by bin first. The sum equals merging each alone, lists and arrays alike."""
+    rng = np.random.default_rng(3)
+    profs = [(0.0, 0.08, rng.uniform(0, 0.08, rng.integers(1, 250))) for _ in range(300)]
+    profs += [(0.0, 0.16, list(rng.uniform(0, 0.16, 40))), (0.003, 0.08, rng.uniform(0, 0.08, 30)), (0.0, 0.08, [])]
+    together, alone = WS.Profile(), WS.Profile()
+    together.merge_many(profs)
+    together.flush()
+    for t0, w, v in profs:
+        alone.merge(t0, w, v)
+    assert together.width == alone.width and np.allclose(together.v, alone.v, rtol=1e-12, atol=1e-12)
+    assert together.v.sum() == pytest.approx(sum(float(np.sum(v)) for _t, _w, v in profs))
+
+
 def test_spanlog_keeps_the_last_spans_and_counts_every_one():
     log = WS.SpanLog(keep=100)
     log.origin = 0.0
@@ -114,7 +129,12 @@ def test_spanlog_keeps_the_last_spans_and_counts_every_one():
     big = WS.SpanLog(keep=5000)
     for k in range(6000):
         big.append((k, float(k), 0.1, "done", "task"))
-    assert len(big.export(0.0, n_workers=10_000)["spans"]) == WS.SPANS_AT_SCALE
+    assert len(big.export(0.0, n_workers=WS.LANES_MAX + 1)["spans"]) == WS.SPANS_AT_SCALE
+    # many workers: about SPANS_TOTAL spans from all of them together (the master decodes each goodbye)
+    assert len(big.export(0.0, n_workers=1_000)["spans"]) == WS.SPANS_TOTAL // 1_000 == 100
+    assert len(big.export(0.0, n_workers=10_000)["spans"]) == WS.SPANS_TOTAL // 10_000 == WS.SPANS_MIN
+    assert len(big.export(0.0, n_workers=100_000)["spans"]) == WS.SPANS_MIN
+    assert isinstance(big.export(0.0, n_workers=10_000)["profile"]["v"], np.ndarray)  # pickled as one buffer
 
 
 def test_percentiles():
@@ -327,3 +347,21 @@ def test_the_masters_heartbeat_at_10000_workers_is_the_tables_without_building_i
     assert part == whole, (part, whole)
     assert "4711" in {str(k) for k in part["table"]} and len(json.dumps(part)) < 1024
     print(f"\nheartbeat of 10,000 workers: {fast * 1e3:.1f} ms")
+
+
+def test_a_few_intervals_land_in_the_same_bins_as_many():
+    """A goodbye folds its few last spans one at a time (``FEW``): the bins equal numpy's path."""
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n = int(rng.integers(1, WS.FEW + 1))
+        a = rng.uniform(-1, 30, n) if trial % 2 else rng.uniform(0, 2, n)
+        d = rng.choice([0.0, 0.004, 0.01, 0.5, 3.0], n) * rng.uniform(0.5, 1.5, n)
+        mass = None if trial % 3 else rng.uniform(-0.1, 2, n)
+        a[0] = np.nan if trial % 17 == 0 else a[0]
+        few, many = WS.Profile(), WS.Profile()
+        few.add_many(a, d, mass)
+        pad = (np.full(WS.FEW, 1.0), np.full(WS.FEW, 0.0), np.zeros(WS.FEW))  # no mass: adds nothing, forces numpy
+        many.add_many(np.concatenate([a, pad[0]]), np.concatenate([d, pad[1]]),
+                      np.concatenate([d if mass is None else mass, pad[2]]))
+        assert few.width == many.width and len(few.v) == len(many.v), trial
+        assert np.allclose(few.v, many.v, rtol=1e-9, atol=1e-12), trial

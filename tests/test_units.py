@@ -372,3 +372,48 @@ def test_a_worker_parses_a_task_line_as_json_loads_does(line):
         assert str(got.value) == str(e)
         return
     assert repr(parse_line(line)) == repr(want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.permutations(range(12)), st.integers(1, 4))
+def test_table_rows_written_as_points_equal_rows_written_run_by_run(tmp_path_factory, order, split):
+    """Many workers' rows come one by one, out of order: ``write_runs`` writes a column of plain
+    values as points in one call, strings and sub-arrays run by run; the columns equal writing
+    each run alone, and rows no run names stay as they were."""
+    import h5py
+
+    from mpigather.sinks.table_base import Column
+    from mpigather.sinks.table_hdf5 import H5Table
+
+    class Cols:  # the part of a Layout that H5Table reads
+        def columns(self):
+            return [Column("id", "<i8"), Column("done", "|b1"), Column("x", "<f8"), Column("s", "str"),
+                    Column("a", "<i4", (3,))]
+
+        def to_json(self):
+            return "{}"
+
+    def values(ps):
+        p = np.array(ps, dtype=np.int64)
+        return {"id": p, "done": np.ones(len(p), bool), "x": p * 0.5, "s": np.array([f"t{i}" for i in p], object),
+                "a": np.stack([p, p + 1, p + 2], axis=1).astype("<i4")}
+
+    runs = []  # single rows, and a few runs of `split` consecutive positions, in a random order
+    for k in order:
+        if k % 3 == 0:
+            runs.append((20 + 10 * k, values(range(20 + 10 * k, 20 + 10 * k + split))))
+        runs.append((k, values([k])))
+    got, want = ({}, {})
+    for out, by_points in ((got, True), (want, False)):
+        with h5py.File(tmp_path_factory.mktemp("t") / "t.h5", "w") as f:
+            t = H5Table.create(f, Cols(), 5)  # rows past 5 make it grow
+            if by_points:
+                t.write_runs(runs)
+            else:
+                for start, v in runs:
+                    t.write(start, v)
+            out.update({name: ds[:] for name, ds in t.ds.items()})
+    assert got.keys() == want.keys()
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
+    assert got["done"].sum() == sum(len(v["id"]) for _s, v in runs)

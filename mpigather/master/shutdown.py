@@ -47,7 +47,12 @@ class ShutdownMixin(Base):
         left = set(range(1, self.link.size)) - self._byes - set(self.sched.lost_workers())
         for rank in left:
             self._post(M.Abort(reason, interrupted=True), rank)
-        end = now + INTERRUPT_WAIT + INTERRUPT_PER_WORKER * len(left)
+        # the wait counts from the last abort posted (posting 10,000 of them on a busy machine
+        # once used up the whole wait, and none of the goodbyes already there was read), and
+        # goes on while goodbyes keep coming (INTERRUPT_WAIT after the last), up to 4 times as long
+        t0 = time.monotonic()
+        wait = INTERRUPT_WAIT + INTERRUPT_PER_WORKER * len(left)
+        end, hard = t0 + wait, t0 + 4 * wait
         back = Backoff()
         while left and time.monotonic() < end:
             inc = self.link.poll()
@@ -62,6 +67,7 @@ class ShutdownMixin(Base):
                 log.debug("after the interrupt: %s", e)
             if inc.source in self._byes:
                 left.discard(inc.source)
+                end = min(hard, max(end, time.monotonic() + INTERRUPT_WAIT))
             if inc.tag == LOST:
                 left -= set(self.sched.lost_workers())
         for src, stream in self._settling:  # checksummed by now, or soon

@@ -24,6 +24,7 @@ from .decisions import Decision, Revoke, Send, Stop
 from .types import WAIT, Block, Chunk, TaskRec, W, WorkerRec, _Wait
 
 LOOKAHEAD = 32  # requeued blocks looked at for one that suits a worker
+STEAL_LOOK = 256  # donors a steal looks at for the busiest, at least (4 per idle worker)
 MIN_BLOCK_TIME = 0.002  # seconds of work below which the end of a run shrinks blocks no more
 
 
@@ -150,14 +151,10 @@ class QueueMixin(Base):
     def _fill(self, now: float, out: list[Decision]) -> None:
         """Hand out to the hungry workers, idle ones first, until one is left without work."""
         early = bool(self._count[W.NEW]) and now - self._start < self.hello_patience
-        hungry: Iterable[int] = self._hungry
-        if len(self._hungry) > 1:  # idle ones first: two passes, no sort
-            held = {r: self._workers[r].held for r in self._hungry}
-            hungry = [r for r, h in held.items() if not h] + [r for r, h in held.items() if h]
         size = 1 if early else self.block_size()  # once for the pass: what is left is shared equally
         target = 1 if early else self.hold_target(size)
         low = target // 2 if target > 2 else target - 1
-        for rank in list(hungry):
+        for rank in self._idle_first():
             w = self._workers[rank]
             if w.state is not W.OK or w.held > low:
                 self._hungry.discard(rank)
@@ -175,6 +172,16 @@ class QueueMixin(Base):
                 self._hungry.discard(rank)
             elif not self._requeued and (self._source is None or self._draining or not sent):
                 break  # nothing to hand out to anyone now
+
+    def _idle_first(self) -> Iterator[int]:
+        """The hungry workers, idle ones first (``_idle`` is kept up to date: no sort, no look at
+        each worker). Lazy, on copies of the sets (the pass changes them): a pass that ends at the
+        first worker left without work reads no worker record beyond it."""
+        idle = self._idle
+        yield from list(idle)
+        for r in list(self._hungry):
+            if r not in idle:  # (an idle worker still idle here was looked at above)
+                yield r
 
     def _lease(self, w: WorkerRec, b: Block, now: float) -> None:
         self._next_bid += 1
@@ -337,18 +344,21 @@ class QueueMixin(Base):
         if not idle:
             return []
         # the busiest ``idle`` donors. Most hold the most a worker is given (``top``): the first
-        # found will do, so a steal costs O(idle), not a pass over thousands of donors per message
+        # found will do. Else the busiest of at most ``STEAL_LOOK`` (or 4 x idle) of them: a steal
+        # costs O(idle), not a pass over thousands of donors per message (``_multi`` holds no
+        # donor already asked, so asked ones are not looked at again and again either)
         top = self.target_outstanding()
         donors: list[WorkerRec] = []
-        for r in self._multi:
+        looked: list[WorkerRec] = []
+        for r in itertools.islice(self._multi, max(STEAL_LOOK, 4 * idle)):
             w = self._workers[r]
-            if not w.revoking and w.held >= top:
+            looked.append(w)
+            if w.held >= top:
                 donors.append(w)
                 if len(donors) >= idle:
                     break
         if len(donors) < idle:
-            donors = heapq.nlargest(idle, (self._workers[r] for r in self._multi if not self._workers[r].revoking),
-                                    key=lambda w: w.held)
+            donors = heapq.nlargest(idle, looked, key=lambda w: w.held)
         out: list[Decision] = []
         for donor in donors:
             want = max(1, (donor.held - 1) // 2)
@@ -366,6 +376,7 @@ class QueueMixin(Base):
                     break
             if cuts:
                 donor.revoking = True
+                self._multi.discard(donor.rank)  # until it answers
                 out.append(Revoke(donor.rank, cuts[::-1], expect_ack=True))
         return out
 

@@ -102,7 +102,7 @@ class WorkersMixin(Base):
     def _queue_changed(self, w: WorkerRec) -> None:
         if w.state is W.OK:
             self._hungry.add(w.rank)  # dispatch looks at its real level
-            if w.held > 1:
+            if w.held > 1 and not w.revoking:  # a donor a steal may ask (not one already asked)
                 self._multi.add(w.rank)
             else:
                 self._multi.discard(w.rank)

@@ -163,8 +163,7 @@ class Hdf5Sink(Sink):
             assert self.table is not None
             if self.total:  # every task's row at once, as soon as their number is known: no resizing at each write
                 self.table.extend(self.total)
-            for start, values in self._staged.take():
-                self.table.write(start, values)
+            self.table.write_runs(list(self._staged.take()))
 
     def adopt(self, tid: Any, header: R.Header, path: str, meta: Meta) -> None:
         name = L.check_id(tid)

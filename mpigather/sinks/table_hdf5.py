@@ -19,6 +19,7 @@ from .table_layout import Layout
 from .table_store import TableStore
 
 CHUNK_BYTES = 256 << 10  # about this many bytes per chunk of a column
+POINTS_BELOW = 16  # runs shorter than this on average go in one write of points (write_runs)
 _STR = h5py.string_dtype()
 
 
@@ -124,6 +125,33 @@ class H5Table(TableStore):
                 fs = ds.id.get_space()
                 fs.select_hyperslab((seq0, *(0,) * (arr.ndim - 1)), arr.shape)
                 ds.id.write(h5py.h5s.create_simple(arr.shape), fs, arr)
+
+    def write_runs(self, runs: list[tuple[int, dict[str, Any]]]) -> None:
+        """``write`` of each (first position, values) run. Runs of one row each are what many
+        workers with blocks of one task give (their rows interleave): a column of plain values
+        then goes in one write of the points, not one write per run (a tenth of the cost)."""
+        lens = [len(next(iter(values.values()))) for _s, values in runs]
+        if len(runs) < 2 or sum(lens) >= POINTS_BELOW * len(runs):  # long runs: a slice each is cheaper
+            for start, values in runs:
+                self.write(start, values)
+            return
+        end = max(start + n for (start, _v), n in zip(runs, lens))
+        if end > self.n:
+            for ds in self.ds.values():
+                ds.resize(end, axis=0)
+            self.n = end
+        pos = np.concatenate([np.arange(start, start + n, dtype=np.uint64) for (start, _v), n in zip(runs, lens)])
+        points = pos.reshape(-1, 1)
+        for name in runs[0][1]:
+            ds = self.ds[name]
+            if self.specs[name].dtype == "str" or ds.ndim > 1:  # (points of a string or a sub-array: by runs)
+                for start, values in runs:
+                    self.write(start, {name: values[name]})
+                continue
+            arr = np.ascontiguousarray(np.concatenate([values[name] for _s, values in runs]), dtype=ds.dtype)
+            fs = ds.id.get_space()
+            fs.select_elements(points)  # (the values go to the points in the order given)
+            ds.id.write(h5py.h5s.create_simple(arr.shape), fs, arr)
 
     def extend(self, n: int) -> None:
         """At least ``n`` rows (the whole task list, at the end of a run)."""

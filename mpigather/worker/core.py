@@ -136,6 +136,7 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
         """Serve tasks until the master says stop (or abort, which raises MasterFailed)."""
         global _current
         start = time.perf_counter()
+        self._spans.origin = start  # every worker's profile starts at 0: the master sums them bin by bin
         _current = WorkerInfo(self.link.rank, self.link.size, self.link.host, os.getpid(), self.kinds)
         self._send(M.Hello(self.link.host, os.getpid(), self.kinds))
         forward = None if getattr(self.link, "in_process", False) else _LogForwarder(self._send)
