@@ -173,3 +173,61 @@ def test_failed_positions_done_in_a_later_run_are_no_longer_failed(tmp_path):
     j.close()
     st = load_state(p)
     assert st.n_failed == 1 and st.distinct_errors()[0]["positions"] == [[7, 1]]
+
+
+def test_two_threads_writing_keep_every_record_whole(tmp_path):
+    """The master's committer thread journals done batches and fsyncs while its loop writes
+    failures and heartbeats: no record is torn or lost, and no failure is dropped."""
+    import threading
+
+    j = Journal(tmp_path / "j")
+    n = 3000
+
+    def loop_side():
+        for i in range(n):
+            j.failed(7, f"f{i}", 2 * n + i, final=True)
+            if i % 50 == 0:
+                j.workers({"workers": {}}, 0, 0, i, i)
+
+    t = threading.Thread(target=loop_side)
+    t.start()
+    for i in range(n):
+        j.done([(i, meta(i))])
+        if i % 10 == 0:
+            j.commit()
+    t.join()
+    j.close()
+    recs = list(read_records(tmp_path / "j"))
+    assert len(recs) == sum(1 for line in open(tmp_path / "j", "rb") if line.strip())  # every line parses
+    st = load_state(tmp_path / "j", want_done=True)
+    assert st.n_done == n and all(i in st.done_set for i in range(n))
+    failed = sorted(p for r in recs if r["ev"] == "failed" for s0, k in r["pos"] for p in range(s0, s0 + k))
+    assert failed == list(range(2 * n, 3 * n))
+
+
+def test_a_record_written_during_the_fsync_is_not_blocked_and_the_next_commit_covers_it(tmp_path, monkeypatch):
+    """The committer fsyncs outside the journal's lock: the loop's record written meanwhile
+    goes through at once, and the next commit makes it durable (it is not taken as clean)."""
+    import os
+    import threading
+
+    j = Journal(tmp_path / "j")
+    real = os.fsync
+    calls = []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 1:  # the loop writes a failure while the committer's fsync runs
+            t = threading.Thread(target=j.failed, args=(3, "x", 5))
+            t.start()
+            t.join(5)
+            assert not t.is_alive(), "the loop waited for the committer's fsync"
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    j.done([(0, meta(0))])
+    assert j.commit() is True and len(calls) == 1
+    assert j.commit() is True and len(calls) == 2  # the failure written during the first fsync
+    assert j.commit() is False
+    j.close()
+    assert [r["ev"] for r in read_records(tmp_path / "j")] == ["done", "failed"]

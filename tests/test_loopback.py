@@ -272,3 +272,27 @@ def test_loading_a_live_hdf5_run_says_how_to_read_it(tmp_path):
         mpigather.load(out)
     with mpigather.load(str(out) + ".partial") as res:
         assert res["1"] == 2
+
+
+def test_the_loop_never_fsyncs_the_journal_while_results_flow(tmp_path, monkeypatch):
+    """Group commits journal and fsync on the committer thread: the loop's own journal fsyncs
+    are the start record, the last commit (when the run waits for everything) and the close."""
+    from mpigather.journal import Journal
+
+    where: list[str] = []
+    real = Journal.commit
+
+    def commit(self):
+        where.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(Journal, "commit", commit)
+
+    def slow(i):
+        time.sleep(0.01)
+        return np.full(1000, i)
+
+    s, errors = run_loopback(slow, list(range(40)), out=tmp_path / "o.h5")
+    assert not errors and s.done == 40, s.failed
+    on_loop = [w for w in where if w == threading.current_thread().name]
+    assert len(on_loop) <= 3 and len(where) - len(on_loop) >= 3, where

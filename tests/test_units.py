@@ -308,6 +308,50 @@ def test_hdf5_results_is_a_new_style_group_in_fresh_and_salvaged_files(tmp_path)
         assert list(res) == ["0"] and res["0"].tolist() == [0, 1, 2]
 
 
+def test_an_unfinished_hdf5_result_is_never_in_the_tree(tmp_path):
+    """A result is an unlinked object until the commit that completes it links it: one
+    discarded, or still streaming when the run is killed, leaves no name anywhere in the file;
+    a finished one replaces what an earlier attempt left under its name; a /_staging group
+    left by an older run is removed when the file is reopened."""
+    import h5py
+
+    out = tmp_path / "o.h5"
+    partial = out.with_name(out.name + L.PARTIAL)
+    sink = open_sink(out)
+    h, bufs = R.encode(np.arange(1000.0))
+    dropped = sink.open(0, h, meta(0))
+    dropped.write(0, 0, bufs[0])
+    dropped.discard()
+    kept = sink.open(1, h, meta(1))
+    kept.write(0, 0, bufs[0])
+    kept.finish()
+    streaming = sink.open(2, h, meta(2))  # the run is killed while this one streams
+    streaming.write(0, 0, bufs[0])
+    assert [tid for tid, _ in sink.make_durable(sink.take_ready())] == [1]
+    sink.close(complete=False)
+
+    def names(path):
+        with h5py.File(path, "r") as f:
+            found: list[str] = []
+            f.visit(found.append)
+            return sorted(found)
+
+    assert names(partial) == [L.RESULTS, f"{L.RESULTS}/1", L.TASKS]
+    with h5py.File(partial, "a") as f:  # as an older run left it
+        f.create_group(L.STAGING).create_dataset("3.r1.a1", data=np.arange(3))
+    sink = open_sink(out, resume=True)
+    assert sink.reconcile(whole(0))[0] == 0  # the journal never called 1 done: it runs again
+    again = sink.open(1, *R.encode(np.arange(5.0))[:1], meta(1))
+    again.write(0, 0, R.encode(np.arange(5.0))[1][0])
+    again.finish()
+    sink.put(2, *R.encode(np.full(4, 2)), meta(2))
+    sink.make_durable(sink.take_ready())
+    sink.close(complete=True)
+    assert names(out) == [L.RESULTS, f"{L.RESULTS}/1", f"{L.RESULTS}/2", L.TASKS]
+    with load(out) as res:
+        assert res["1"].tolist() == list(np.arange(5.0)) and res["2"].tolist() == [2] * 4
+
+
 def test_peak_rss_is_this_processs_own_not_its_parents():
     """The master's peak memory (``Summary.master['peak_rss_mib']``) is its own address space's
     high-water mark: ru_maxrss carries a large parent's over into a child started with vfork and

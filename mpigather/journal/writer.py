@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,20 +22,25 @@ def now() -> float:
     return time.time()
 
 class Journal:
-    """Writer side. Not thread-safe; only the master writes it."""
+    """Writer side: the master's loop writes its records, and its committer thread writes the
+    done records of a batch it made durable and fsyncs (``commit``); a lock keeps each record
+    whole and the pending failures consistent, and the fsync itself runs outside it."""
 
     def __init__(self, path: str | os.PathLike[str], *, resume: bool = False) -> None:
         self.path = Path(path)
         if resume and self.path.exists():
             _cut_torn_tail(self.path)
         self._f = open(self.path, "ab", buffering=1 << 20)
+        self._lock = threading.RLock()
         self._dirty = False
         self.n_commits = 0
         self._failed: dict[tuple[int, bool], tuple[list[list[int]], list[Any]]] = {}  # not yet written
 
     def _write(self, rec: dict[str, Any]) -> None:
-        self._f.write(_DUMPS(rec).encode() + b"\n")
-        self._dirty = True
+        line = _DUMPS(rec).encode() + b"\n"
+        with self._lock:
+            self._f.write(line)
+            self._dirty = True
 
     # -- the records ----------------------------------------------------------------------
 
@@ -80,20 +86,25 @@ class Journal:
     def failed(self, k: int, tid: Any, seq: int = -1, *, final: bool = True) -> None:
         """Task ``tid`` (at position ``seq``) failed with error ``k``; ``final``: it ended so.
         Kept in memory and written, grouped by error, with the next commit or heartbeat."""
-        pos, ids = self._failed.setdefault((k, final), ([], []))
-        if seq >= 0:
-            if pos and pos[-1][0] + pos[-1][1] == seq:
-                pos[-1][1] += 1
+        with self._lock:
+            pos, ids = self._failed.setdefault((k, final), ([], []))
+            if seq >= 0:
+                if pos and pos[-1][0] + pos[-1][1] == seq:
+                    pos[-1][1] += 1
+                else:
+                    pos.append([seq, 1])
             else:
-                pos.append([seq, 1])
-        else:
-            ids.append(tid)
-        self._dirty = True
+                ids.append(tid)
+            self._dirty = True
 
     def _write_failed(self) -> None:
-        if not self._failed:
-            return
-        batch, self._failed = self._failed, {}
+        with self._lock:
+            if not self._failed:
+                return
+            batch, self._failed = self._failed, {}
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: dict[tuple[int, bool], tuple[list[list[int]], list[Any]]]) -> None:
         for (k, final), (pos, ids) in batch.items():
             rec: dict[str, Any] = {"ev": "failed", "err": k, "final": final}
             if pos:
@@ -111,8 +122,9 @@ class Journal:
                "done": done, "failed": failed, **part}
         if by_step:
             rec["steps"] = by_step
-        self._write(rec)
-        self._f.flush()
+        with self._lock:
+            self._write(rec)
+            self._f.flush()
 
     def step(self, tid: Any, n: int, func: str, needs: str | None, timeout: float | None, path: str,
              h: int, *, parent: Any = None, ran: str = "") -> None:
@@ -153,14 +165,16 @@ class Journal:
     # -- durability -----------------------------------------------------------------------
 
     def commit(self) -> bool:
-        """Make every record written so far durable. Returns False when there was nothing to do."""
-        if not self._dirty:
-            return False
-        self._write_failed()
-        self._f.flush()
+        """Make every record written so far durable. Returns False when there was nothing to do.
+        (Records written by another thread during the fsync wait for the next commit.)"""
+        with self._lock:
+            if not self._dirty:
+                return False
+            self._write_failed()
+            self._f.flush()
+            self._dirty = False
+            self.n_commits += 1
         os.fsync(self._f.fileno())
-        self._dirty = False
-        self.n_commits += 1
         return True
 
     def close(self) -> None:

@@ -1,6 +1,8 @@
 """Group commit: finished results are made durable (the sink's fsync, on the
 ``mpigather-commit`` thread, so the disk works while the next results arrive), and only then
-journaled as done, one record of each kind and one fsync per batch (``record_done``).
+journaled as done, one record of each kind and one fsync per batch, by the same thread
+(``journal_done``): the loop never waits for a disk. Once the batch is journaled, the loop
+counts it (``count_done``).
 """
 
 from __future__ import annotations
@@ -60,24 +62,31 @@ class CommitMixin(Base):
         self._t["write"] += time.perf_counter() - t
 
     def _make_durable(self, batch: Any, steps: Any) -> tuple[list[tuple[Any, Meta]], list[tuple[Any, Meta]], float]:
-        """(On the committer thread.) Step outputs first: a result never becomes durable before
-        the outputs that led to it. Returns (results, step outputs, the seconds it took)."""
+        """(On the committer thread, or the loop's when it waits.) Step outputs first: a result
+        never becomes durable before the outputs that led to it. The batch's results are
+        journaled here, once durable: a journal fsync waits for the disk as the output's does.
+        Returns (results, step outputs, the seconds it took)."""
         t = time.perf_counter()
         stored = self._steps_sink.make_durable(steps) if steps is not None else []  # type: ignore[union-attr]
         ready = self.sink.make_durable(batch) if batch is not None else []
+        journal_done(ready, self.journal)
         return ready, stored, time.perf_counter() - t
 
     def _record(self, ready: list[tuple[Any, Meta]], steps: list[tuple[Any, Meta]], took: float) -> None:
+        """(On the loop.) A batch is durable and journaled: its step outputs let their next steps
+        run, its results count as done. The next commit is spaced by what this one took."""
         t = time.perf_counter()
         if steps:
             self._steps_stored(steps)
+            if ready and self.journal is not None:
+                self.journal.commit()  # the step records, durable with the batch as they always were
         if ready:
             self._record_done(ready)
-        took += time.perf_counter() - t  # (the journal's fsync)
+        took += time.perf_counter() - t  # (the step records' fsync)
         self._commit_gap = min(COMMIT_MAX, max(COMMIT_EVERY, took / COMMIT_SHARE))
 
     def _record_done(self, ready: list[tuple[Any, Meta]]) -> None:
-        record_done(ready, self.journal, self.summary, self.on_done)
+        count_done(ready, self.summary, self.on_done)
         if self._ckpts and not self.opts.keep_steps:
             from ..sinks.base import remove_quietly
 
@@ -90,18 +99,28 @@ def record_done(ready: list[Any], journal: Journal | None, summary: Summary,
                 on_done: Callable[[Any, Meta], None] | None) -> None:
     """Results that the sink made durable (``(id, meta)`` of whole ones, ``RowsDone`` of rows):
     journal them as done (one record of each kind, one fsync), count them."""
-    if not ready:
+    journal_done(ready, journal)
+    count_done(ready, summary, on_done)
+
+
+def journal_done(ready: list[Any], journal: Journal | None) -> None:
+    """Journal durable results as done: one record of each kind, one fsync."""
+    if not ready or journal is None:
         return
     whole = [x for x in ready if type(x) is not RowsDone]
-    rows = [x for x in ready if type(x) is RowsDone] if len(whole) < len(ready) else []
-    if journal is not None:
-        journal.done(whole)
-        journal.rows(rows)
-        journal.commit()
-    for r in rows:
-        summary.done += r.n
-        summary.bytes += r.nbytes
-    for tid, meta in whole:
+    journal.done(whole)
+    journal.rows([x for x in ready if type(x) is RowsDone] if len(whole) < len(ready) else [])
+    journal.commit()
+
+
+def count_done(ready: list[Any], summary: Summary, on_done: Callable[[Any, Meta], None] | None) -> None:
+    """Count journaled results as done, and tell ``on_done`` of each whole one."""
+    for x in ready:
+        if type(x) is RowsDone:
+            summary.done += x.n
+            summary.bytes += x.nbytes
+            continue
+        tid, meta = x
         summary.done += 1
         summary.bytes += meta["bytes"]
         if on_done is not None:

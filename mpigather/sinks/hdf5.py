@@ -3,8 +3,10 @@
 Stream mode writes ``OUT.partial`` and renames it to ``OUT`` when the run ends. A result's
 datasets are created contiguous with their space allocated at once, so chunks are written
 with ``pwrite`` at the dataset's file offset, straight from the receive buffer, without going
-through HDF5 per chunk. A streamed result is built under ``/_staging`` and moved to
-``/results/<id>`` when complete; a small one is written in place at once. Each finished
+through HDF5 per chunk. A result is built as an anonymous object (no name, no link) and
+linked as ``/results/<id>`` with the batch it completes, so a killed run leaves its
+unfinished ones out of the tree (``/_staging``, where older runs built them, is removed when
+the file is opened). Each finished
 result adds a row to ``/tasks`` (its id, parameters and metadata), appended in batches;
 ``make_durable`` flushes HDF5's metadata and fsyncs the file before the journal calls the
 batch done, so a resume finds a commit cut short as rows past the journal's count.
@@ -18,6 +20,7 @@ file holds an external link at ``/results/<id>``, so readers use the same paths 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -31,7 +34,7 @@ from .. import results as R
 from ..errors import UsageError
 from . import layout as L
 from .base import Meta, Sink, Target, fsync_dir, remove_quietly
-from .hdf5_nodes import _STR, _exists, _open_file, _write_part, create_result
+from .hdf5_nodes import _STR, _exists, _open_file, _write_part, create_unlinked, link_result
 from .table_base import RowsDone, Staged, compare_done
 from .table_hdf5 import H5Table
 from .table_layout import Layout
@@ -48,34 +51,42 @@ ROWS_CHUNK = 4096
 class _H5Target(Target):
     def __init__(self, sink: Hdf5Sink, tid: Any, header: R.Header, meta: Meta) -> None:
         self.sink, self.tid, self.header, self.meta = sink, tid, header, meta
-        self.name = L.check_id(tid)
-        self.stage = f"{self.name}.r{meta.get('rank', 0)}.a{meta.get('attempt', 1)}"
-        if _exists(sink.staging, self.stage):
-            del sink.staging[self.stage]
-        self.places = create_result(sink.staging.id, self.stage, header, top_kind=False)
+        L.check_id(tid)
+        self.node, self.places = create_unlinked(sink.f.id, header, top_kind=False)
 
     def write(self, part: int, offset: int, buf: Any) -> None:
         _write_part(self.sink.fd, self.places[part], offset, buf)
 
     def finish(self) -> None:
-        self.sink._done(self.tid, self.meta, self.stage)
+        self.sink._done(self.tid, self.meta, self.node)
 
     def discard(self) -> None:
-        if _exists(self.sink.staging, self.stage):
-            del self.sink.staging[self.stage]
+        self.node, self.places = None, []  # never linked: closed, HDF5 frees it
 
 
 def _group(f: h5py.File, name: str) -> h5py.Group:
     """``/results`` is created as a new-style group (link creation order tracked): an old-style
     group keeps every name in one local heap, which past about 1.4 million results outgrows
     HDF5's metadata cache, and each link then rewrites it (milliseconds a result instead of 30
-    us). ``/_staging`` stays old-style: a new-style one is faster to churn and keeps the master's
-    memory flat, but a run killed while writing it left damage that a resume did not see until
-    a later write failed (1 in 3 runs of the kill-and-resume step test). A group made by an
-    older run stays as it is."""
+    us). A group made by an older run stays as it is."""
     if name in f:
         return f[name]
     return f.create_group(name, track_order=(name == L.RESULTS))
+
+
+def _append(dsid: Any, rows: np.ndarray) -> None:
+    """Append ``rows`` to a one-dimensional extendible dataset through h5py's low-level API
+    (half the cost of ``resize`` and a sliced assignment, which a commit pays once)."""
+    n, k = dsid.shape[0], len(rows)
+    dsid.set_extent((n + k,))
+    space = dsid.get_space()
+    space.select_hyperslab((n,), (k,))
+    dsid.write(h5py.h5s.create_simple((k,)), space, rows, mtype=_mem_type(rows.dtype))
+
+
+@functools.lru_cache(maxsize=4)
+def _mem_type(dt: np.dtype) -> Any:
+    return h5py.h5t.py_create(dt)  # (a compound with strings: tens of microseconds each time)
 
 
 def _lock_refused(e: OSError) -> bool:
@@ -102,13 +113,12 @@ class Hdf5Sink(Sink):
                 del self.f[L.STAGING]
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             self._damage = e  # reconcile copies what was committed into a fresh file
-        self.staging: Any = _group(self.f, L.STAGING) if self._damage is None else None
         if L.TASKS not in self.f:
             self.f.create_dataset(L.TASKS, shape=(0,), maxshape=(None,), dtype=ROW, chunks=(ROWS_CHUNK,))
         self.tasks = self.f[L.TASKS]
         self.f.flush()
         self.fd = os.open(self.partial, os.O_RDWR)
-        self._ready: list[tuple[Any, Meta, str | None]] = []
+        self._ready: list[tuple[Any, Meta, Any]] = []  # (id, meta, its unlinked node: None for a link)
         self._rows: list[RowsDone] = []
         self._staged = Staged()  # rows received, written at take_ready
         self.table: H5Table | None = None if self._damage is not None else H5Table.open(self.f)
@@ -134,20 +144,14 @@ class Hdf5Sink(Sink):
         return _H5Target(self, tid, header, meta)
 
     def put(self, tid: Any, header: R.Header, bufs: list[Any], meta: Meta) -> None:
-        # a whole small result in one call, staged like a streamed one: only take_ready links
-        # results into /results, so a killed run leaves its unfinished ones in /_staging alone
-        stage = f"{L.check_id(tid)}.r{meta.get('rank', 0)}.a{meta.get('attempt', 1)}"
-        try:
-            places = create_result(self.staging.id, stage, header, whole=True, top_kind=False)
-        except ValueError:  # the name is taken (by a stale copy of this attempt): replace it
-            if not _exists(self.staging, stage):
-                raise
-            del self.staging[stage]
-            places = create_result(self.staging.id, stage, header, whole=True, top_kind=False)
+        # a whole small result in one call, unlinked like a streamed one: only take_ready links
+        # results into /results, so a killed run leaves its unfinished ones out of the tree
+        L.check_id(tid)
+        node, places = create_unlinked(self.f.id, header, whole=True, top_kind=False)
         for place, buf in zip(places, bufs):
             if len(buf):
                 _write_part(self.fd, place, 0, buf)
-        self._done(tid, meta, stage)
+        self._done(tid, meta, node)
 
     def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
         if self.table is None:
@@ -173,8 +177,8 @@ class Hdf5Sink(Sink):
         self.results[name] = h5py.ExternalLink(rel, f"/{L.RESULTS}/{name}")
         self._done(tid, {**meta, "path": rel})
 
-    def _done(self, tid: Any, meta: Meta, stage: str | None = None) -> None:
-        self._ready.append((tid, meta, stage))
+    def _done(self, tid: Any, meta: Meta, node: Any = None) -> None:
+        self._ready.append((tid, meta, node))
 
     def take_ready(self) -> Any:
         self._write_staged()
@@ -184,24 +188,18 @@ class Hdf5Sink(Sink):
             only_rows, self._rows = self._rows, []
             return only_rows
         staged, self._ready = self._ready, []
-        links, results = self.staging.id.links, self.results.id
-        for tid, _, stage in staged:  # link the batch's results into place, then its rows
-            if stage is not None:
-                name = L.check_id(tid).encode()
-                try:
-                    links.move(stage.encode(), results, name)
-                except ValueError:  # the name is taken: by an earlier attempt that never reached the journal
-                    results.links.delete(name)
-                    links.move(stage.encode(), results, name)
+        results = self.results.id
+        for tid, _, node in staged:  # link the batch's results into place, then its rows
+            if node is not None:
+                link_result(node, results, L.check_id(tid).encode())
         ready = [(tid, m) for tid, m, _ in staged]
+        del staged
         rows = np.empty(len(ready), dtype=ROW)
         for i, (tid, m) in enumerate(ready):
             rows[i] = (m.get("seq", -1), str(tid), type(tid) is int, m.get("params") or "", m.get("rank", 0),
                        m.get("attempt", 1), m.get("duration") or 0.0, m.get("bytes", 0), m.get("crc32c") or 0,
                        m.get("kind") or "", m.get("path") or "")
-        n = self.tasks.shape[0]
-        self.tasks.resize((n + len(rows),))
-        self.tasks[n:] = rows
+        _append(self.tasks.id, rows)
         done_rows, self._rows = self._rows, []
         return ready + done_rows
 
@@ -253,7 +251,6 @@ class Hdf5Sink(Sink):
         saved = 0
         with h5py.File(fresh, "w", track_order=False) as out:
             res = _group(out, L.RESULTS)
-            _group(out, L.STAGING)
             rows: list[Any] = []
             try:
                 old_rows = self.tasks[:n_done]
@@ -289,7 +286,7 @@ class Hdf5Sink(Sink):
                     " fresh file%s", self.partial, why, saved,
                     f", {n_done - saved} that could not be read run again" if saved < n_done else "")
         self.f = _open_file(self.partial, "a")
-        self.results, self.staging, self.tasks = self.f[L.RESULTS], self.f[L.STAGING], self.f[L.TASKS]
+        self.results, self.tasks = self.f[L.RESULTS], self.f[L.TASKS]
         self.table = H5Table.open(self.f)
         self.fd = os.open(self.partial, os.O_RDWR)
         return saved
@@ -327,8 +324,6 @@ class Hdf5Sink(Sink):
             finally:
                 os.close(self.fd)
             return
-        if L.STAGING in self.f and len(self.f[L.STAGING]) == 0:
-            del self.f[L.STAGING]
         if self.table is not None and self.total:
             self.table.extend(self.total)  # a row for every task
         self.f.flush()

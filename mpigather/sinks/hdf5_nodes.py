@@ -74,28 +74,53 @@ def create_result(gid: Any, name: str, header: R.Header, whole: bool = False, to
     in one piece each (not streamed), so small parts can be compact. ``top_kind=False``: a
     dataset at the top carries no ``kind`` attribute (the task table's row says it: one HDF5
     attribute is a third of what a tiny result costs the master)."""
+    return _create(gid, name.encode(), header, whole, top_kind)[1]
+
+def create_unlinked(fid: Any, header: R.Header, whole: bool = False, top_kind: bool = True) -> tuple[Any, list[Any]]:
+    """``create_result`` with no name: the result's top node is an anonymous object of the file
+    ``fid``, linked into place later by ``link_result``. Returns (its id, the places). An
+    object never linked (a discarded result, a killed run) is no part of the file's tree: it
+    is its free space, and nothing else changes, where a named copy would add a link, then a
+    move, to every result."""
+    return _create(fid, None, header, whole, top_kind)
+
+def link_result(node: Any, gid: Any, name: bytes) -> None:
+    """Link an object made by ``create_unlinked`` as ``name`` in the group ``gid``, in place of
+    what holds that name already (an earlier attempt that never reached the journal)."""
+    try:
+        h5py.h5o.link(node, gid, name)
+    except (OSError, ValueError):
+        if not gid.links.exists(name):
+            raise
+        gid.links.delete(name)
+        h5py.h5o.link(node, gid, name)
+
+def _create(gid: Any, name: bytes | None, header: R.Header, whole: bool, top_kind: bool) -> tuple[Any, list[Any]]:
     places: list[Any] = [None] * len(header.parts)
     groups: dict[tuple[str, ...], Any] = {(): None}
+    top = None
     for path, kind, ref in R.walk(header):
         parent = gid if not path else groups[path[:-1]]
-        here = (name if not path else path[-1]).encode()
+        here = name if not path else path[-1].encode()
         if kind in ("dict", "none") or (kind == "object" and ref[1] > 1):
-            g = h5py.h5g.create(parent, here)
+            node = g = h5py.h5g.create(parent, here)
             _set_attrs(g, {L.ATTR_KIND: kind})
             groups[path] = g
             if kind == "object":
                 first, n = ref
                 for i in range(n):
-                    places[first + i] = _part_dataset(g, L.PICKLE if i == 0 else str(i - 1), header.parts[first + i])
+                    places[first + i] = _part_dataset(g, L.PICKLE if i == 0 else str(i - 1), header.parts[first + i])[1]
         elif kind in R.SCALARS:
-            _scalar_dataset(parent, here, kind, ref, attr=top_kind or bool(path))
+            node = _scalar_dataset(parent, here, kind, ref, attr=top_kind or bool(path))
         else:
             part = ref[0] if kind == "object" else ref
-            places[part] = _part_dataset(parent, here, header.parts[part], None if kind == "array" else kind, whole,
-                                         attr=top_kind or bool(path))
-    return places
+            node, places[part] = _part_dataset(parent, here, header.parts[part], None if kind == "array" else kind,
+                                               whole, attr=top_kind or bool(path))
+        if not path:
+            top = node
+    return top, places
 
-def _scalar_dataset(gid: Any, name: bytes, kind: str, value: Any, attr: bool = True) -> None:
+def _scalar_dataset(gid: Any, name: bytes | None, kind: str, value: Any, attr: bool = True) -> Any:
     space = h5py.h5s.create(h5py.h5s.SCALAR)
     if kind == "str":
         ds = h5py.h5d.create(gid, name, _attr_type(np.dtype(object)), space)
@@ -106,11 +131,13 @@ def _scalar_dataset(gid: Any, name: bytes, kind: str, value: Any, attr: bool = T
         ds.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
     if attr:
         _set_attrs(ds, {L.ATTR_KIND: kind})
+    return ds
 
-def _part_dataset(gid: Any, name: str | bytes, spec: R.PartSpec, kind: str | None = None,
-                  whole: bool = False, attr: bool = True) -> Any:
+def _part_dataset(gid: Any, name: str | bytes | None, spec: R.PartSpec, kind: str | None = None,
+                  whole: bool = False, attr: bool = True) -> tuple[Any, Any]:
     """A contiguous dataset allocated at creation (or a compact one, for a small part written
-    whole). Returns its file offset, or its id when it has none."""
+    whole). Returns its id and where its bytes go: its file offset, or its id when it has
+    none (None when it has no bytes)."""
     dt = spec.dtype
     attrs: dict[str, Any] = {L.ATTR_KIND: kind} if kind and attr else {}
     if kind in ("bytes", "object") or _h5_storable(dt):
@@ -127,11 +154,11 @@ def _part_dataset(gid: Any, name: str | bytes, spec: R.PartSpec, kind: str | Non
     if attrs:
         _set_attrs(dsid, attrs)
     if not spec.nbytes:
-        return None
+        return dsid, None
     if compact:
-        return dsid
+        return dsid, dsid
     off = dsid.get_offset()
-    return dsid if off is None else int(off)  # scalar datasets have no offset: written through HDF5
+    return dsid, dsid if off is None else int(off)  # scalar datasets have no offset: written through HDF5
 
 def _write_part(fd: int, place: Any, offset: int, buf: Any) -> None:
     """Write a chunk of a part: pwrite at its file offset, or through HDF5 for a dataset with none."""

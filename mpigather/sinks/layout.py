@@ -48,7 +48,7 @@ LOCK = ".lock"  # suffix of the output's lock file
 
 # HDF5 names
 RESULTS = "results"
-STAGING = "_staging"
+STAGING = "_staging"  # where older runs built results; removed when a file is reopened
 TASKS = "tasks"
 TABLE = "table"  # the table of small results (see sinks/table_layout.py)
 ATTR_LAYOUT = "layout"  # on /table: its schema, as JSON
