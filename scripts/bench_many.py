@@ -16,7 +16,7 @@ oversubscribed). Writes ``bench/MANY.md`` and ``bench/many.json`` (``--quick``: 
 ``bench/raw/quick/``).
 
 A case ``WORKERS:SECONDS:TASKS_PER_WORKER:python`` runs tasks that compute in Python for about
-that long (a loop calibrated on rank 0) instead of sleeping: with one worker per core, it shows
+that long (a loop calibrated before the launch) instead of sleeping: with one worker per core, it shows
 what the worker's own threads take from a task that holds the GIL.
 
 Under mpiexec, ``python scripts/bench_many.py case SECONDS TASKS_PER_WORKER ROUNDS [KIND]`` runs one
@@ -100,7 +100,7 @@ def _handwritten(comm: Any, n: int) -> None:
             comm.send((i, work(i)), dest=0)
 
 
-def case(seconds: float, per_worker: int, rounds: int, kind: str = "sleep") -> None:
+def case(seconds: float, per_worker: int, rounds: int, kind: str = "sleep", loops: int = 0) -> None:
     global DURATION, LOOPS
     DURATION = seconds
     import numpy  # noqa: F401  (imported before the clock, as a user's program has it)
@@ -114,7 +114,7 @@ def case(seconds: float, per_worker: int, rounds: int, kind: str = "sleep") -> N
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
     if kind == "python":
-        LOOPS = world.bcast(_calibrate(seconds) if rank == 0 else None, root=0)
+        LOOPS = loops or world.bcast(_calibrate(seconds) if rank == 0 else None, root=0)
     workers = size - 1
     n = per_worker * workers
     ideal = n * seconds / workers
@@ -157,8 +157,11 @@ def case(seconds: float, per_worker: int, rounds: int, kind: str = "sleep") -> N
 def _launch(workers: int, seconds: float, per_worker: int, rounds: int, timeout: float,
             kind: str = "sleep") -> dict[str, Any]:
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    # the loop is calibrated here, alone on the machine (under mpiexec the other ranks' start-up
+    # and waits share the cores with it, and it came out short)
+    loops = _calibrate(seconds) if kind == "python" else 0
     cmd = [mpiexec, "-n", str(workers + 1), sys.executable, __file__, "case", str(seconds), str(per_worker),
-           str(rounds), kind]
+           str(rounds), kind, str(loops)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as a user's install runs: compiled once
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -204,7 +207,7 @@ def main() -> None:
              "`python scripts/bench_many.py` on a 2-core machine. Efficiency = tasks x duration / workers over the"
              " measured time; median (fastest-slowest; first run of the launch). Worker CPU: per worker, % of a"
              " core, over the variant's wall time.", "",
-             "Tasks sleep, or compute in Python (`python`: a loop calibrated to the duration on rank 0).", "",
+             "Tasks sleep, or compute in Python (`python`: a loop calibrated to the duration before the launch).", "",
              "| workers | task | tasks | variant | efficiency | worker CPU each (%) | master CPU (%) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -220,6 +223,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "case":
-        case(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:6])
+        case(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else "sleep",
+             int(sys.argv[6]) if len(sys.argv) > 6 else 0)
     else:
         main()

@@ -461,3 +461,32 @@ def test_table_rows_written_as_points_equal_rows_written_run_by_run(tmp_path_fac
     for name in want:
         assert np.array_equal(got[name], want[name]), name
     assert got["done"].sum() == sum(len(v["id"]) for _s, v in runs)
+
+
+def test_a_learning_backoff_skips_its_quick_polls_while_messages_come_far_apart(monkeypatch):
+    import mpigather.link as LK
+
+    clock = [0.0]
+    monkeypatch.setattr(LK.time, "monotonic", lambda: clock[0])
+
+    def polls_in(b: LK.Backoff, seconds: float) -> int:
+        """Empty polls until ``seconds`` have passed after a message, on a fake clock."""
+        slept: list[float] = []
+        b._sleep = lambda s: (slept.append(s), clock.__setitem__(0, clock[0] + s))  # type: ignore[assignment]
+        b.reset()
+        n = 0
+        start = clock[0]
+        while clock[0] - start < seconds:
+            b.sleep()
+            n += 1
+        return n
+
+    b = LK.Backoff(warm_cap=1e-4, learn=True)
+    burst = [polls_in(b, 0.002) for _ in range(5)]  # messages 2 ms apart: quick polls and a warm phase
+    assert b.gap is not None and b.gap < 0.01 and min(burst) > 20, burst
+    slow = [polls_in(b, 0.2) for _ in range(12)]  # 0.2 s apart (long tasks): no quick polls
+    assert b.gap > LK.LEARN_GAPS * b.warm
+    # 50 spins and 20 ms of 0.1 ms polls after each message before; now the sleeps just double to the cap
+    assert slow[-1] < 110 < slow[0], slow
+    again = [polls_in(b, 0.002) for _ in range(12)]  # a burst again: quick polls come back
+    assert again[-1] > 20, again
