@@ -100,12 +100,13 @@ _LOCAL_RANKS_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PALS_LOCA
 
 
 def crowding(env: Mapping[str, str] | None = None, cores: int | None = None) -> float:
-    """How many ranks of this job share each core of this node (1 at least): the launcher's
-    count of ranks on the node (MPICH's hydra, Open MPI, Cray PALS, Slurm's ``srun``, PBS) over
-    the cores. A rank that waits polls this much less often, so that the polls of all the ranks
-    on a node together cost what one rank per core would: with more ranks than cores, polls
-    every millisecond from each of 128 ranks took both cores of a 2-core node and starved the
-    ranks with real work. 1 where the launcher does not say (the polls are as fast as ever)."""
+    """How crowded this node is: the launcher's count of ranks on the node (MPICH's hydra, Open
+    MPI, Cray PALS, Slurm's ``srun``, PBS) over its cores, less one, and 1 at least. A rank that
+    waits polls this much less often, so that the polls of all the ranks on a node together cost
+    about what one rank per core would: polls every 2 ms from each of 128 ranks took both cores
+    of a 2-core node and starved the ranks with work. Up to two ranks per core it is 1 (the polls
+    are as quick as ever: spacing them at 3 ranks on 2 cores made an executor's map of 16 tiny
+    tasks take 5.4 ms instead of 2.9), and 1 where the launcher does not say."""
     env = os.environ if env is None else env
     local = 0
     for var in _LOCAL_RANKS_VARS:
@@ -116,7 +117,7 @@ def crowding(env: Mapping[str, str] | None = None, cores: int | None = None) -> 
             break
     if cores is None:
         cores = _cores()
-    return max(1.0, local / max(1, cores))
+    return max(1.0, local / max(1, cores) - 1)
 
 
 def _cores() -> int:

@@ -376,11 +376,12 @@ def test_crowding_reads_the_launchers_count_of_ranks_on_the_node():
     from mpigather.link import crowding
 
     assert crowding({}, cores=2) == 1.0  # no launcher says: polls as fast as ever
-    assert crowding({"MPI_LOCALNRANKS": "129"}, cores=2) == 64.5  # MPICH's hydra
-    assert crowding({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}, cores=2) == 1.5  # Open MPI
-    assert crowding({"SLURM_STEP_TASKS_PER_NODE": "64(x2),3"}, cores=16) == 4.0  # srun: this node's count
+    assert crowding({"MPI_LOCALNRANKS": "129"}, cores=2) == 63.5  # MPICH's hydra
+    assert crowding({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}, cores=2) == 1.0  # Open MPI; up to 2 per core: 1
+    assert crowding({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, cores=2) == 1.0
+    assert crowding({"SLURM_STEP_TASKS_PER_NODE": "64(x2),3"}, cores=16) == 3.0  # srun: this node's count
     assert crowding({"MPI_LOCALNRANKS": "8"}, cores=16) == 1.0  # fewer ranks than cores: never below 1
-    assert crowding({"MPI_LOCALNRANKS": "junk", "OMPI_COMM_WORLD_LOCAL_SIZE": "6"}, cores=2) == 3.0
+    assert crowding({"MPI_LOCALNRANKS": "junk", "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, cores=2) == 3.0
 
 
 def test_a_crowded_backoff_polls_that_many_times_less_often_up_to_its_cap():
