@@ -199,7 +199,7 @@ def run(
             check_launch(link.size)
         if link.rank != 0:
             run_on(link, func, None, out, opts)
-            _wait_for_release(link)
+            link.await_release()  # sleeping, until the master has closed the run
             return None
         from .tasks import source_of
 
@@ -211,23 +211,9 @@ def run(
         return summary
     finally:
         if link.rank == 0:  # the workers released with a stop wait for this (to others it is harmless)
-            _release(link, summary.lost if summary is not None else [])
+            gone = set(summary.lost if summary is not None else [])
+            link.release(r for r in range(1, link.size) if r not in gone)
         link.close()
-
-
-def _wait_for_release(link: Any) -> None:
-    """Released workers wait here, sleeping, until the master has closed the run: otherwise they
-    would go on into the program's next MPI call (or MPI_Finalize), whose waits spin, and with
-    more ranks than cores that starves the master while it collects the last goodbyes."""
-    if link.size > 1 and not getattr(link, "in_process", False):
-        link.await_release()
-
-
-def _release(link: Any, lost: list[int]) -> None:
-    """The master, once the run is closed: let the waiting workers go (not the lost ones)."""
-    if link.size > 1 and not getattr(link, "in_process", False):
-        gone = set(lost)
-        link.release(r for r in range(1, link.size) if r not in gone)
 
 
 def run_on(link: Any, func: Callable[[Any], Any], source: Any, out: str | os.PathLike[str] | None,

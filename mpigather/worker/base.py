@@ -13,7 +13,7 @@ from .. import results as R
 from ..config import Options
 
 if TYPE_CHECKING:
-    from ..workerstats import SpanLog
+    from ..spanlog import SpanLog
     from .queue import _Local
     from .rows import _RowsAcc
 

@@ -16,8 +16,8 @@ from .. import messages as M
 from .. import signals, steps
 from ..config import Options
 from ..errors import MasterFailed
+from ..spanlog import SpanLog
 from ..trace import open_trace
-from ..workerstats import SpanLog
 from .call import CallMixin
 from .helper import HelperMixin
 from .leave import INTERRUPT_WAIT, LeaveMixin
