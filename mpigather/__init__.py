@@ -14,7 +14,9 @@ Layers, bottom up (importing this package does not start MPI):
 See docs/architecture.md.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_getattr
 
 # Where each public name lives. They are imported on first use (PEP 562), so that importing
 # mpigather is quick: ``python -m mpigather`` installs its signal handlers before the heavy
@@ -37,15 +39,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'mpigather' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE, globals())
 
 
 def __dir__() -> list[str]:

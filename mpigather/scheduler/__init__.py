@@ -13,7 +13,9 @@ One file per concern, and one facade, ``Scheduler``, that the master talks to:
 - ``core``: the facade, the events that end tasks, and the run's end.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_getattr
 
 # Where each name lives, imported on first use (PEP 562): ``scheduler.limits`` alone (the
 # options check ``max_failures`` with it) does not import the whole state machine.
@@ -31,15 +33,7 @@ __all__ = ["AUTO_FIRST", "HELLO_PATIENCE", "LOST_PATIENCE", "RELEASED", "STREAM_
            "Revoke", "Scheduler", "Send", "Stop", "StopEarly", "TaskId", "TaskRec", "W", "WorkerRec", "WorkerState"]
 
 
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE, globals())
 
 
 if TYPE_CHECKING:  # for type checkers: the same names, imported eagerly

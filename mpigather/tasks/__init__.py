@@ -16,7 +16,9 @@ are JSON, else by their ``repr``. Their hash (of a file's line; of the JSON, or 
 for other tasks) lets a resume check that each done task still has the parameters it had.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_getattr
 
 # Where each name lives, imported on first use (PEP 562): a run of a range or a list (and the
 # executor) does not import the task file's reader and its checking pass.
@@ -31,15 +33,7 @@ __all__ = ["PARAMS_MAX", "IterableSource", "ItemsSource", "JsonlSource", "ListSo
            "block_hash", "describe", "iterable_tasks", "range_tasks", "scan_jsonl", "source_of", "timeout_of"]
 
 
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE, globals())
 
 
 if TYPE_CHECKING:  # for type checkers: the same names, imported eagerly
