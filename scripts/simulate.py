@@ -550,6 +550,8 @@ def _rss_mib() -> float:
 def _probe_status(out: str, sim: SimLink, after: float, done: threading.Event, box: dict[str, Any]) -> None:
     """``mpigather status OUT --json`` from another process while the run is live: how long it takes."""
     if done.wait(after):
+        box["status_s"] = None
+        box["status_error"] = f"the run ended before the probe, {after} s after the launch"
         return
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     t0 = time.monotonic()
