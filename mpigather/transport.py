@@ -104,7 +104,9 @@ def _idup(base: Any, patience: float, cancelled: Callable[[], bool] | None = Non
 
 
 FAREWELL_NAP = 0.01  # longest sleep between tests of the last barrier (many ranks wait in it at once)
-RELEASE_WAIT = 10.0  # the longest a worker waits for the master to close a run (``await_release``)
+# a worker stopped before the end of a run (nothing was left for it) waits for the master to close
+# the run (``await_release``) with naps of up to FAREWELL_NAP x crowd(), at most RELEASE_NAP
+RELEASE_NAP = 0.2
 
 
 class MPILink:
@@ -178,11 +180,15 @@ class MPILink:
         """A matched probe of the next message from ``source`` (any), or None."""
         MPI = self._MPI
         st = self._status
-        try:
-            with self._lock, self._failures():
+        if not self.survives_failures:  # (the loops' empty polls: no generator-based context per poll)
+            with self._lock:
                 msg = self.comm.improbe(MPI.ANY_SOURCE if source is None else source, MPI.ANY_TAG, st)
-        except PeerLost as e:
-            return _Lost(e.ranks) if e.ranks else None
+        else:
+            try:
+                with self._lock, self._failures():
+                    msg = self.comm.improbe(MPI.ANY_SOURCE if source is None else source, MPI.ANY_TAG, st)
+            except PeerLost as e:
+                return _Lost(e.ranks) if e.ranks else None
         if msg is None:
             return None
         return Incoming(self, msg, st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE))
@@ -286,9 +292,11 @@ class MPILink:
         with self._pending_lock:
             self._pending.extend(reqs)
 
-    def await_release(self, timeout: float = RELEASE_WAIT) -> bool:
+    def await_release(self, timeout: float | None = None) -> bool:
         """(A worker released with a stop.) Wait, sleeping, until the master has closed the run
-        (``release``), at most ``timeout`` s; False if it did not say so by then.
+        (``release``), at most ``timeout`` s if given; False if it did not say so by then. The
+        master releases every worker it did not lose, whether the run succeeded or not; a worker
+        stopped early (nothing was left for it) waits here until the others are done.
 
         Otherwise the worker would go on into the program's next MPI call (or
         ``MPI_Finalize``), whose waits spin, and with more ranks than cores that starves the
@@ -298,16 +306,17 @@ class MPILink:
         if self.released:
             return True
         MPI = self._MPI
-        end = time.monotonic() + timeout
+        end = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             req = self.comm.Irecv([bytearray(1), MPI.BYTE], source=0, tag=RELEASE)
 
         def done() -> bool:
             with self._lock:
-                return bool(req.Test()) or time.monotonic() > end
+                return bool(req.Test()) or (end is not None and time.monotonic() > end)
 
         try:
-            wait_until(done, cap=FAREWELL_NAP, scale=crowd())
+            scale = crowd()
+            wait_until(done, cap=min(RELEASE_NAP, FAREWELL_NAP * scale), scale=scale)
             with self._lock:
                 if req.Test():
                     return True

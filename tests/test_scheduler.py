@@ -38,7 +38,7 @@ from mpigather.scheduler import (
     Stop,
     WorkerState,
 )
-from mpigather.scheduler.queue import MIN_BLOCK_TIME
+from mpigather.scheduler.queue import MIN_BLOCK_TIME, SPARE_IDLE
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -265,6 +265,50 @@ def test_stop_is_sent_to_every_worker_once_when_finished():
     assert {w.state for w in s.workers().values()} == {"stopping"}
     assert s.dispatch(2.0) == []
     assert (s.n_done, s.n_failed) == (3, 0)
+
+
+def test_idle_workers_beyond_the_spares_stop_once_nothing_is_left_for_them():
+    """Once the source is used up, idle workers that nothing is left for stop at once, all but
+    ``SPARE_IDLE`` of them (kept for work that comes back), instead of polling for work until
+    the last result. A worker holding unstarted tasks (a steal's donor) keeps them, as does a
+    source that may still grow (the executor's) and workers of a kind (steps may need them)."""
+    s, _ = make(3, workers=range(1, 9), prefetch=1)
+    out = s.dispatch(0.0)
+    assert sorted(sent(out)) == [1, 2, 3]
+    stops = [d.rank for d in of(out, Stop)]
+    assert len(stops) == 5 - SPARE_IDLE and not set(stops) & {1, 2, 3}
+    assert s.task_done(1, 0, 1, 1.0) == [Ended(0, 1, 1, True, None)]
+    assert [d.rank for d in of(s.dispatch(1.0), Stop)] == [1]  # idle now, and not needed
+    s.task_done(2, 1, 1, 1.0)
+    s.task_done(3, 2, 1, 1.0)
+    assert s.finished
+    last = [d.rank for d in of(s.dispatch(2.0), Stop)]
+    assert sorted(last + stops + [1]) == list(range(1, 9))  # every worker stopped once
+
+    # a donor: worker 1 holds unstarted tasks, which the idle ones may get (a steal)
+    s, _ = make(3, workers=(1,), prefetch=3)
+    assert sent(s.dispatch(0.0)) == {1: [0, 1, 2]}
+    for r in range(2, 7):
+        s.worker_ready(r, 0.0)
+    out = s.dispatch(0.1)
+    assert of(out, Revoke) and not of(out, Stop)
+    assert not of(s.dispatch(0.2), Stop)  # the donor has not answered yet
+
+    # a source that may grow (the executor's): idle workers wait for what comes next
+    q, closed = deque([(0, None)]), [False]
+    s = sched(growing_source(q, closed))
+    for r in range(1, 7):
+        s.worker_ready(r, 0.0)
+    out = s.dispatch(0.0)
+    assert len(sent(out)) == 1 and not of(out, Stop)
+    assert not of(s.dispatch(0.1), Stop)
+
+    # workers of a kind: a later step may need them
+    s = sched(Source((i, None) for i in range(1)))
+    for r in range(1, 7):
+        s.worker_ready(r, 0.0, kinds=("gpu",))
+    out = s.dispatch(0.0)
+    assert len(sent(out)) == 1 and not of(out, Stop)
 
 
 def test_end_of_source_is_found_lazily():
@@ -1305,7 +1349,12 @@ class Cluster:
                 if isinstance(d, Stop):
                     self.stops[d.rank] += 1
                     assert self.stops[d.rank] == 1, f"second Stop to {d.rank}"
-                    assert s.finished and not self.w[d.rank].lost
+                    # at the end, or early: the source is used up and the worker holds nothing,
+                    # with spare idle workers kept for work that may come back
+                    rec = s.workers()[d.rank]
+                    assert s.finished or (s._source is None and rec.held == 0 and not rec.queue
+                                          and len(s._idle) >= SPARE_IDLE), d
+                    assert not self.w[d.rank].lost
                 if not self.w[d.rank].lost:
                     self.w[d.rank].inbox.append(d)
             elif isinstance(d, Done):

@@ -45,6 +45,7 @@ class Base:
     _ok: set[int]  # healthy workers
     _hungry: set[int]  # healthy workers whose queue shrank since dispatch last filled it
     _multi: set[int]  # healthy workers holding more than one task (steal donors)
+    _asked: set[int]  # donors asked for tasks (a steal) that have not answered
     _idle: set[int]  # healthy workers holding no task
     _kinds: dict[str, int]  # live workers of each kind
     _needs_check: bool  # a requeued task needs a kind of worker: can anyone run it?

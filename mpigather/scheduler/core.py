@@ -106,6 +106,7 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin, EndingMixin):
         self._hungry: set[int] = set()
         self._multi: set[int] = set()
         self._idle: set[int] = set()
+        self._asked: set[int] = set()  # donors asked for tasks (a steal) that have not answered
         self._avg: float | None = None
         self._kinds: dict[str, int] = {}
         self._needs_check = False

@@ -26,6 +26,9 @@ from .types import WAIT, Block, Chunk, TaskRec, W, WorkerRec, _Wait
 LOOKAHEAD = 32  # requeued blocks looked at for one that suits a worker
 STEAL_LOOK = 256  # donors a steal looks at for the busiest, at least (4 per idle worker)
 MIN_BLOCK_TIME = 0.002  # seconds of work below which the end of a run shrinks blocks no more
+# idle workers kept (not stopped) at the end of a run, for work that comes back: a task that
+# failed, hung or lost its worker. The others stop as soon as nothing is left that they could get
+SPARE_IDLE = 2
 
 
 class IterSource:
@@ -146,7 +149,23 @@ class QueueMixin(Base):
                 out.append(Stop(w.rank))
         else:
             out.extend(self._steal(now))
+            if len(self._idle) > SPARE_IDLE and self._source is None and not self._draining:
+                self._stop_surplus(out)
         return out
+
+    def _stop_surplus(self, out: list[Decision]) -> None:
+        """The source is used up: stop the idle workers that nothing is left for, all but
+        ``SPARE_IDLE`` of them. Nothing is left for them while no work is requeued, no worker
+        holds an unstarted task (a steal's donor) or is asked for one, and no task may need a
+        worker of a kind (steps). At 128 workers on a 2-core node, the idle ones polled for work
+        through the whole end of the run, and their goodbyes all came after the last result; now
+        each leaves as soon as it runs dry."""
+        if self._requeued or self._multi or self._asked or self._kinds:
+            return
+        for rank in itertools.islice(list(self._idle), len(self._idle) - SPARE_IDLE):
+            w = self._workers[rank]
+            self._transition(w, "stop")
+            out.append(Stop(w.rank))
 
     def _fill(self, now: float, out: list[Decision]) -> None:
         """Hand out to the hungry workers, idle ones first, until one is left without work."""
@@ -376,6 +395,7 @@ class QueueMixin(Base):
                     break
             if cuts:
                 donor.revoking = True
+                self._asked.add(donor.rank)
                 self._multi.discard(donor.rank)  # until it answers
                 out.append(Revoke(donor.rank, cuts[::-1], expect_ack=True))
         return out
@@ -387,6 +407,7 @@ class QueueMixin(Base):
         w = self._worker(rank)
         w.last_seen = now
         w.revoking = False
+        self._asked.discard(rank)
         back: list[Block] = []
         for bid, k in cuts:
             if k is None:

@@ -68,6 +68,7 @@ class WorkersMixin(Base):
                 self._needs_check = True  # steps that need its kind: can anyone else run them?
         self._transition(w, "lost")
         w.streaming = w.revoking = False
+        self._asked.discard(rank)
         out, _ = self._take_back(w, f"worker {rank} was lost")
         return out
 
