@@ -8,6 +8,7 @@ tests, and a one-rank run drives the same code as an MPI one.
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 import time
@@ -148,6 +149,37 @@ LEARN_GAPS = 4  # (Backoff, learn) messages further apart than this many warm ph
 LEARN_WEIGHT = 0.25  # the weight of the newest gap in their average
 
 
+class Wake:
+    """A wake-up call from another thread: ``set()`` ends the waiter's current or next
+    ``wait(timeout)`` at once. The same use as ``threading.Event``'s set, wait and clear, at a
+    fraction of the cost per wait: one lock acquired with a timeout, where ``Event.wait`` makes
+    a new lock and runs a ``Condition``'s Python code each time. A waiter that naps thousands of
+    times a second (the master's loop while tasks run, a worker's helper) paid for it in CPU
+    taken from the tasks. One waiter; any number of setters."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()  # held while not set
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # already set
+            pass
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def clear(self) -> None:
+        self._lock.acquire(False)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True (and cleared again) if it was set."""
+        return self._lock.acquire(True, max(timeout, 0.0))
+
+
 class Backoff:
     """Capped exponential sleep between empty polls: low latency while messages flow,
     about 1-2% of a core while idle (MPICH's blocking waits spin at 100%).
@@ -168,11 +200,14 @@ class Backoff:
     While they are long (over ``LEARN_GAPS`` times ``warm``: tasks of 0.1 s and more), the quick
     polls and the warm phase are skipped, since no answer is expected that soon: the master's
     polls after each message cost 13% of a core while two workers computed 0.2 s tasks, CPU
-    taken from the workers where the cores are all busy."""
+    taken from the workers where the cores are all busy. ``slow_share``: then the sleeps also
+    grow to that share of the gap (at most ``slow_cap``), from an eighth of it: a poll every
+    2 ms still cost 7% of a core where 0.1 s passed between messages. Only for a loop whose
+    answers can wait that long (the master of a run, whose workers hold their next tasks)."""
 
     def __init__(self, first: float = 50e-6, cap: float = 2e-3, spins: int = 50, warm: float = 0.02,
-                 warm_cap: float = 2.5e-4, wake: threading.Event | None = None, scale: float = 1.0,
-                 learn: bool = False) -> None:
+                 warm_cap: float = 2.5e-4, wake: Wake | threading.Event | None = None, scale: float = 1.0,
+                 learn: bool = False, slow_share: float = 0.0, slow_cap: float = 0.0) -> None:
         self.first, self.cap, self.spins = min(first * scale, cap), cap, int(spins / scale)
         self.warm, self.warm_cap = warm, min(warm_cap * scale, cap)
         self.wake = wake  # set by another thread (a submit): the sleep ends at once
@@ -181,6 +216,8 @@ class Backoff:
         self.gap: float | None = None  # (learn) the average seconds between messages
         self._last: float | None = None
         self._quick = True  # quick polls and a warm phase after this message
+        self.slow_share, self.slow_cap = slow_share, slow_cap
+        self._cap = cap  # the cap now: ``cap``, or longer while messages come far apart (``slow_share``)
         self.woken = False  # the last sleep was ended by ``wake``
         self.reset()
 
@@ -194,7 +231,17 @@ class Backoff:
                 g = now - self._last
                 self.gap = g if self.gap is None else self.gap + LEARN_WEIGHT * (g - self.gap)
                 self._quick = self.gap <= LEARN_GAPS * self.warm
+                if self.slow_share:
+                    self._cap = self.cap if self._quick else \
+                        max(self.cap, min(self.slow_cap, self.gap * self.slow_share))
+                    if self._cap > self.cap:
+                        self._delay = self._cap / 8
             self._last = now
+
+    def at_least(self, delay: float) -> None:
+        """Make the next sleep at least ``delay`` (within the cap): nothing needs quick polls now."""
+        if self._delay < delay:
+            self._delay = min(delay, self._cap)
 
     def sleep(self, busy: bool = False, limit: float | None = None) -> float:
         """Wait a little before the next poll; the seconds asked of ``time.sleep`` (0: none).
@@ -222,7 +269,7 @@ class Backoff:
             self.reset()
             self.woken = True
             return delay
-        limit = self.warm_cap if self._quick and now - self._since < self.warm else self.cap
+        limit = self.warm_cap if self._quick and now - self._since < self.warm else self._cap
         self._delay = min(limit, self._delay * 2)
         return delay
 

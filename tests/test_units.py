@@ -491,3 +491,58 @@ def test_a_learning_backoff_skips_its_quick_polls_while_messages_come_far_apart(
     assert slow[-1] < 110 < slow[0], slow
     again = [polls_in(b, 0.002) for _ in range(12)]  # a burst again: quick polls come back
     assert again[-1] > 20, again
+
+
+def test_a_run_masters_backoff_polls_at_a_share_of_a_long_gap(monkeypatch):
+    """``slow_share``: where messages come 0.2 s apart, sleeps grow to 5% of the gap (10 ms, under
+    the 20 ms cap), so about 25 polls per gap instead of about 100 at the 2 ms cap; a burst brings
+    the quick polls and the 2 ms cap back, and no sleep ever passes ``slow_cap``."""
+    import mpigather.link as LK
+
+    clock = [0.0]
+    monkeypatch.setattr(LK.time, "monotonic", lambda: clock[0])
+    slept: list[float] = []
+
+    def polls_in(b: LK.Backoff, seconds: float) -> int:
+        b._sleep = lambda s: (slept.append(s), clock.__setitem__(0, clock[0] + s))  # type: ignore[assignment]
+        b.reset()
+        n, start = 0, clock[0]
+        while clock[0] - start < seconds:
+            b.sleep()
+            n += 1
+        return n
+
+    plain = LK.Backoff(warm_cap=1e-4, learn=True)
+    p = [polls_in(plain, 0.2) for _ in range(12)]
+    slow = LK.Backoff(warm_cap=1e-4, learn=True, slow_share=0.05, slow_cap=0.02)
+    slept.clear()
+    q = [polls_in(slow, 0.2) for _ in range(12)]
+    assert p[-1] > 90 and q[-1] < 30, (p, q)
+    assert max(slept) <= 0.01 + 1e-12 and max(slept[-20:]) > 0.009, max(slept)
+    slept.clear()
+    gaps = [polls_in(slow, 2.0) for _ in range(12)]  # 2 s apart: the cap holds
+    assert max(slept) <= 0.02 + 1e-12 and gaps[-1] >= 100, gaps
+    burst = [polls_in(slow, 0.002) for _ in range(20)]  # messages 2 ms apart again: quick polls
+    slept.clear()
+    assert burst[-1] > 20 and polls_in(slow, 0.05) > 25 and max(slept) <= 2e-3 + 1e-12, burst
+
+
+def test_a_wake_ends_one_wait_and_is_used_up():
+    from mpigather.link import Wake
+
+    w = Wake()
+    assert not w.is_set() and not w.wait(0.0) and not w.wait(0.001)
+    w.set()
+    w.set()  # twice: still one wake-up
+    assert w.is_set() and w.wait(10.0) and not w.is_set() and not w.wait(0.0)
+    w.set()
+    w.clear()
+    assert not w.wait(0.0)
+    import threading
+    import time
+
+    t = threading.Timer(0.05, w.set)
+    t.start()
+    t0 = time.monotonic()
+    assert w.wait(30.0) and time.monotonic() - t0 < 29  # ended by the set, not the timeout
+    t.join()

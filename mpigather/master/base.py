@@ -4,7 +4,6 @@ first group: a later change that bounds it looks here and in ``Master.__init__``
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,7 @@ if TYPE_CHECKING:
     from .. import results as R
     from ..failures import Error, ErrorLog
     from ..journal import Journal
+    from ..link import Wake
     from ..pipeline import ChunkPipeline
     from ..scheduler import Decision, Scheduler
     from ..sinks import Meta, Sink
@@ -57,7 +57,7 @@ class Base:
     # stopping
     _signal: int | None
     _interrupt: str | None
-    wake: threading.Event
+    wake: Wake
     unreleased: set[int]
     # failures
     _exc: dict[Any, bytes | BaseException]  # executor: a task's last exception (pickled if remote)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..failures import Error, ErrorLog
+from ..link import Wake
 from ..pipeline import ChunkPipeline
 from ..summary import Summary
 from ..tasks.params import describe as _describe
@@ -72,7 +72,7 @@ class Master(LoopMixin, DecisionsMixin, StreamsMixin, RowsMixin, CommitMixin, Fa
         self._commit_gap = COMMIT_EVERY
         self._signal: int | None = None
         self._interrupt: str | None = None  # why the run stops now (a Ctrl-C)
-        self.wake = threading.Event()  # set by another thread with new tasks (the executor's submit)
+        self.wake = Wake()  # set by another thread with new tasks (the executor's submit)
         self.unreleased: set[int] = set()  # workers that did not leave after a Ctrl-C: the job must be aborted
         self._t = {"recv": 0.0, "write": 0.0, "wait": 0.0}
         self._last_hb_write = 0.0

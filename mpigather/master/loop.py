@@ -25,11 +25,21 @@ HEARTBEAT_MAX = 1.0  # seconds between the master's heartbeat records in the jou
 HEARTBEAT_SHARE = 0.02  # ... or more, so that writing them takes at most this share of the master's time
 
 
+# while results come far apart (tasks of 0.1 s and more), a run's master polls at this share of
+# the gap between them, at most SLOW_CAP apart: its workers hold their next tasks, so nothing
+# waits on it but the commit (an executor's master keeps polling every 2 ms: a caller waits on
+# each result)
+SLOW_SHARE = 0.05
+SLOW_CAP = 0.02
+
+
 class LoopMixin(Base):
     """Part of ``Master``: the event loop and the dispatch of messages."""
 
     def _loop(self) -> None:
-        back = Backoff(wake=self.wake, warm_cap=1e-4, learn=True)
+        slow = self.on_done is None
+        back = Backoff(wake=self.wake, warm_cap=1e-4, learn=True, slow_share=SLOW_SHARE if slow else 0.0,
+                       slow_cap=SLOW_CAP)
         last_house = 0.0
         while True:
             inc = self.link.poll()

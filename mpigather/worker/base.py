@@ -13,6 +13,7 @@ from .. import results as R
 from ..config import Options
 
 if TYPE_CHECKING:
+    from ..link import Wake
     from ..spanlog import SpanLog
     from .queue import _Local
     from .rows import _RowsAcc
@@ -23,8 +24,13 @@ HELPER_NAP = 0.05  # the helper thread's nap between tasks and early in one: how
 # a revoke or an abort is seen that late, which is little against the task's own length, and
 # a long task is not woken twenty times a second (each wake of a Python thread costs 0.1-0.2 ms
 # of CPU on a crowded node)
-LONG_SHARE = 0.1
+LONG_SHARE = 0.2
 LONG_NAP = 0.25
+# while a task runs and nothing is due sooner, the helper's naps start at this share of the nap
+# due, not at the backoff's first sleep: nothing waits for its quick polls then (the main thread
+# has its next task or will say when it needs one), and doubling from 50 us to 50 ms woke a
+# worker six times in each task of 50 ms
+TASK_NAP_START = 0.25
 POSTED_NAP = 1e-3  # its longest sleep while posted results are still in flight
 # while the main thread waits for a task, for at most HUNGRY_QUICK seconds, the helper polls at
 # least every HUNGRY_NAP: a master that starts late (its imports, a slow node) or answers late
@@ -68,7 +74,7 @@ class Base:
     _threaded: bool  # a second thread may call MPI
     _current: tuple[Any, float] | None  # the running task and when it started (perf_counter; heartbeats)
     _done: threading.Event  # the helper thread stops
-    _hungry: threading.Event  # set by the main thread when it has no task: the helper wakes
+    _hungry: Wake  # set by the main thread when it has no task: the helper wakes
     _hungry_since: float | None  # when the main thread began to wait for a task (None: it has one)
     _recv_lock: threading.Lock  # one thread receives at a time
     _helper_error: BaseException | None = None  # what broke the helper thread

@@ -16,6 +16,7 @@ from .. import messages as M
 from .. import signals, steps
 from ..config import Options
 from ..errors import MasterFailed
+from ..link import Wake
 from ..spanlog import SpanLog
 from ..trace import open_trace
 from .call import CallMixin
@@ -120,7 +121,7 @@ class Worker(CallMixin, StepsMixin, SendMixin, RowsMixin, QueueMixin, HelperMixi
         self._flush_age = opts.batch_window / 2
         self._current: tuple[Any, float] | None = None
         self._done = threading.Event()
-        self._hungry = threading.Event()
+        self._hungry = Wake()
         self._hungry_since: float | None = None
         self._recv_lock = threading.Lock()
         self._task_name = steps.step_name(steps.func_ref(func)) if _named(func) else "task"

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import messages as M
 from ..link import LOST, Backoff, crowd
-from .base import HELPER_NAP, HUNGRY_NAP, HUNGRY_QUICK, LONG_NAP, LONG_SHARE, POSTED_NAP, Base
+from .base import HELPER_NAP, HUNGRY_NAP, HUNGRY_QUICK, LONG_NAP, LONG_SHARE, POSTED_NAP, TASK_NAP_START, Base
 from .queue import _Local
 
 
@@ -65,6 +65,7 @@ class HelperMixin(Base):
                 if cur is not None:
                     if due == HELPER_NAP:  # nothing else is due: a long task, long naps
                         due = min(LONG_NAP, max(HELPER_NAP, (now - cur[1]) * LONG_SHARE))
+                        back.at_least(due * TASK_NAP_START)
                     if now - last_hb >= beat:
                         last_hb = now
                         self._send(M.Heartbeat(cur[0], time.perf_counter() - cur[1]))
