@@ -107,6 +107,35 @@ FAREWELL_NAP = 0.01  # longest sleep between tests of the last barrier (many ran
 # a worker stopped before the end of a run (nothing was left for it) waits for the master to close
 # the run (``await_release``) with naps of up to FAREWELL_NAP x crowd(), at most RELEASE_NAP
 RELEASE_NAP = 0.2
+RELEASE_FINISH = 60.0  # at exit, the longest a master waits for its release messages to be taken
+
+# release messages still on their way when their link closed: a master does not wait for 128
+# workers to take them (65 ms at the end of each run at 128 ranks on 2 cores); they complete
+# during the program's next MPI calls, or at its exit, before MPI_Finalize (``_finish_in_flight``)
+_in_flight: list[Any] = []
+_in_flight_hook = False
+
+
+def _finish_in_flight(timeout: float = RELEASE_FINISH) -> None:
+    """Complete the release messages that closed links left in flight (at exit: the workers wait
+    for them)."""
+    from mpi4py import MPI
+
+    if not _in_flight or MPI.Is_finalized():
+        return
+    end = time.monotonic() + timeout
+    back = Backoff()
+    while _in_flight and time.monotonic() < end:
+        _in_flight[:] = [r for r in _in_flight if not _done_or_dead(r)]
+        if _in_flight:
+            back.sleep()
+
+
+def _done_or_dead(req: Any) -> bool:
+    try:
+        return bool(req.Test())
+    except Exception:  # (ULFM) to a dead process: nobody waits for it
+        return True
 
 
 class MPILink:
@@ -145,6 +174,7 @@ class MPILink:
         self.survives_failures = ulfm_enabled()
         self._failed: set[int] = set()  # ranks known dead (ULFM)
         self.released = False  # (a worker) the master's ``release`` came while it still served tasks
+        self._releases: list[Any] = []  # (the master) release messages posted (``close`` does not wait for them)
 
     @contextlib.contextmanager
     def _failures(self) -> Any:
@@ -288,9 +318,7 @@ class MPILink:
         ``await_release``. Posted, not waited for: the master goes on at once."""
         MPI = self._MPI
         with self._lock:
-            reqs = [self.comm.Isend([b"", MPI.BYTE], dest=r, tag=RELEASE) for r in ranks]
-        with self._pending_lock:
-            self._pending.extend(reqs)
+            self._releases.extend(self.comm.Isend([b"", MPI.BYTE], dest=r, tag=RELEASE) for r in ranks)
 
     def await_release(self, timeout: float | None = None) -> bool:
         """(A worker released with a stop.) Wait, sleeping, until the master has closed the run
@@ -349,8 +377,20 @@ class MPILink:
         self._MPI.COMM_WORLD.Abort(code)
 
     def close(self) -> None:
-        """Free the private communicator (sends still pending are completed first, politely)."""
+        """Free the private communicator (sends still pending are completed first, politely,
+        except release messages: those complete later, at the latest at exit)."""
         self.flush()
+        if self._releases:
+            global _in_flight_hook
+            left = [r for r in self._releases if not _done_or_dead(r)]
+            self._releases = []
+            if left:
+                _in_flight.extend(left)
+                if not _in_flight_hook:
+                    _in_flight_hook = True
+                    import atexit
+
+                    atexit.register(_finish_in_flight)  # (runs before mpi4py's MPI_Finalize: registered later)
         if self._owned and self.comm != self._MPI.COMM_NULL:
             with self._lock:
                 self.comm.Free()
