@@ -13,6 +13,7 @@ from typing import Any
 
 from .executor_calls import _add_note, _call, _call_chunk, _Raised, _remote_exception
 from .executor_feeder import AUTO_SMALL, _Feeder
+from .startup import fewer_collections
 
 INTERRUPTED_ROOT = "interrupted (Ctrl-C on the root)"
 INTERRUPT_WAIT = 1.0  # seconds a one-rank executor waits for its worker thread after a Ctrl-C
@@ -74,13 +75,16 @@ class GatherExecutor(Executor):
 
     def _serve(self, worker_args: dict[str, Any]) -> None:
         try:
-            if self._make_link is not None:  # first: the workers import the same code meanwhile
-                self._link = self._make_link(lambda: self._interrupted)
-            try:
-                self._serve_on(worker_args)
-            finally:
-                if self._make_link is not None and self._link is not None:
-                    self._link.close()
+            # (the master's own collections are spaced out while it runs: from its start on, as it
+            # imports its code, joins the workers (which import theirs meanwhile), then serves)
+            with fewer_collections():
+                if self._make_link is not None:
+                    self._link = self._make_link(lambda: self._interrupted)
+                try:
+                    self._serve_on(worker_args)
+                finally:
+                    if self._make_link is not None and self._link is not None:
+                        self._link.close()
         except BaseException as e:  # noqa: BLE001 - handed to every waiting future
             broken = BrokenExecutor(f"the executor failed: {type(e).__name__}: {e}")
             broken.__cause__ = e

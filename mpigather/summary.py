@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import workerstats as WS
+if TYPE_CHECKING:
+    from .workerstats import Fleet
 
 INTERRUPTED = 75  # exit status: stopped on a signal, resumable (EX_TEMPFAIL)
 CTRL_C = 130  # exit status: stopped by a Ctrl-C (128 + SIGINT, as shells report it), resumable
@@ -89,10 +90,17 @@ class Summary:
     errors: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: str | None = None  # why the run stopped early (too many failures), or None
     stopped_hint: str = ""  # how to go on after it did
-    fleet: WS.Fleet = field(init=False, repr=False, compare=False)  # ``workers`` with bounded spans, profiles
+    fleet: Fleet = field(init=False, repr=False, compare=False)  # ``workers`` with bounded spans, profiles
 
-    def __post_init__(self) -> None:
-        self.fleet = WS.Fleet(self.workers)
+    def __getattr__(self, name: str) -> Any:
+        # ``fleet`` is made when first asked for (a worker's goodbye, at the end): the summaries'
+        # module, which it comes from, is not imported by a master before its first result
+        if name != "fleet":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        from .workerstats import Fleet
+
+        fleet = self.fleet = Fleet(self.workers)
+        return fleet
 
     def add_worker(self, rank: int, stats: dict[str, Any]) -> None:
         """A worker's goodbye: its record in ``workers``; its spans only while few workers have
@@ -102,6 +110,8 @@ class Summary:
     def fleet_summary(self) -> dict[str, Any]:
         """Totals, percentiles and outliers of the workers (``workerstats.summarise``; a few tenths
         of a second for 10,000 workers, so it is computed once for the summary and the journal)."""
+        from . import workerstats as WS
+
         key = (len(self.workers), len(self.lost), len(self.stuck))
         cached = getattr(self, "_fleet_cache", None)
         if cached is None or cached[0] != key:
@@ -123,6 +133,8 @@ class Summary:
 
     def text(self) -> str:
         """The report the command line prints: counts, per-worker times, failures, what to do next."""
+        from . import workerstats as WS
+
         gib = self.bytes / (1 << 30)
         rate = self.bytes / self.wall / (1 << 30) if self.wall > 0 else 0.0
         lines = [

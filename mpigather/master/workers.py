@@ -11,7 +11,6 @@ import heapq
 from collections.abc import Mapping
 from typing import Any
 
-from .. import workerstats as WS
 from ..scheduler import Scheduler, WorkerState
 from ..scheduler.types import WorkerRec
 from ..steps import step_name
@@ -49,7 +48,10 @@ def heartbeat(sched: Scheduler, hb_task: dict[int, Any], multistep: bool,
     """The per-worker part of a heartbeat record (``workerstats.heartbeat``), how many tasks run
     and wait, and the tasks by step. Up to ``LIST_MAX`` workers (or with multi-step tasks) it is
     the whole table; above, one pass over the workers with no record built per worker (building
-    them cost 22 ms a second at 10,000 workers, 0.2 s at 100,000)."""
+    them cost 22 ms a second at 10,000 workers, 0.2 s at 100,000). (A run with a journal only:
+    the summaries' module is not imported by an in-memory master.)"""
+    from .. import workerstats as WS
+
     workers = sched.workers()
     if len(workers) <= WS.LIST_MAX or multistep:
         table, running, queued, by_step = worker_table(workers, hb_task, multistep, now)
