@@ -332,6 +332,16 @@ def _in_memory(source: Any, opts: Options, total: int | None,
     return sink, None, None, source.prepare(None, None) if _own_source(source) else total
 
 
+def _timeout_of(payload: Any) -> float | None:
+    """``tasks.timeout_of``: a dict task's own ``timeout``. Imported only for a dict: an executor's
+    tasks are pickled calls, and its master does not import it before its first result."""
+    if not isinstance(payload, dict):
+        return None
+    from .tasks.params import timeout_of
+
+    return timeout_of(payload)
+
+
 def _own_source(source: Any) -> bool:
     """Is ``source`` a ``tasks.TaskSource`` (``run``'s), not the executor's? Asked without importing
     that module where none was made (the executor's master, before its first result)."""
@@ -344,8 +354,6 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
     from .master import Master, ranks_text
     from .progress import Progress
     from .scheduler import Scheduler
-    from .tasks import timeout_of
-
     n_done_before = len(done) if done else 0
     own = _own_source(source)
     if own:
@@ -356,7 +364,7 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
     sink.total = total
     sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
                       retries=opts.retries, max_failures=opts.max_failures, grace=opts.grace, timeout=opts.timeout,
-                      timeout_of=source.timeout_of if own else timeout_of,
+                      timeout_of=source.timeout_of if own else _timeout_of,
                       block_time=opts.batch_window, hello_patience=opts.hello_patience,
                       total=None if total is None else max(0, total - n_done_before))
     if hasattr(link, "fault_behaviour"):

@@ -18,11 +18,12 @@ MASTER_ONLY = ("mpigather.master", "mpigather.scheduler.core", "mpigather.journa
                "mpigather.lock", "mpigather.tasks")
 # nor by any process before its first result ("signal": the module that wraps _signal with enums)
 NOT_AT_START = ("signal",)
-# what an executor's root imports later if ever: outputs and their journal, task files, the workers'
-# summaries, results in chunks, rows kept as a table, the worker's loop
-ROOT_LATER = ("mpigather.journal", "mpigather.output", "mpigather.lock", "mpigather.tasks.source",
-              "mpigather.workerstats", "mpigather.recvmem", "mpigather.sinks.table_layout",
-              "mpigather.sinks.table_store", "mpigather.worker")
+# what an executor's root imports later if ever: outputs and their journal, task sources and their
+# parameters, the workers' summaries, multi-step tasks, results in chunks, rows kept as a table, the
+# worker's loop
+ROOT_LATER = ("mpigather.journal", "mpigather.output", "mpigather.lock", "mpigather.tasks", "mpigather.workerstats",
+              "mpigather.steps", "mpigather.recvmem", "mpigather.sinks.table_layout", "mpigather.sinks.table_store",
+              "mpigather.worker")
 
 
 def test_the_ways_in_import_nothing_heavy():

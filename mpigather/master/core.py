@@ -12,7 +12,6 @@ from ..failures import Error, ErrorLog
 from ..pipeline import ChunkPipeline
 from ..startup import fewer_collections
 from ..summary import Summary
-from ..tasks.params import describe as _describe
 from ..trace import open_trace
 from .commit import COMMIT_EVERY, CommitMixin
 from .decisions import DecisionsMixin
@@ -146,3 +145,11 @@ def peak_rss_mib() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def _describe(payload: Any) -> tuple[str, int]:
+    """``tasks.params.describe``, imported at its first use: only a run with an output keeps its
+    tasks' parameters (an in-memory master, and the executor's, never import it)."""
+    from ..tasks.params import describe
+
+    return describe(payload)

@@ -13,7 +13,6 @@ from typing import Any
 
 from ..scheduler import Scheduler, WorkerState
 from ..scheduler.types import WorkerRec
-from ..steps import step_name
 
 
 def worker_table(workers: Mapping[int, WorkerRec], hb_task: dict[int, Any], multistep: bool,
@@ -30,6 +29,8 @@ def worker_table(workers: Mapping[int, WorkerRec], hb_task: dict[int, Any], mult
             running += 1
             queued += held - 1
             if multistep:
+                from ..steps import step_name
+
                 for k, b in enumerate(w.queue):
                     for j in range(b.next, len(b)):
                         rec = b.rec(j)
