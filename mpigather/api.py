@@ -189,10 +189,16 @@ def run(
     """
     opts = make_options(**{k: v for k, v in locals().items() if k in _OPTION_NAMES})  # (before MPI starts)
     from .launch import check as check_launch
-    from .transport import MPILink
+    from .startup import MASTER_CODE, WORKER_CODE, warming
+    from .transport import MPILink, world_size_and_rank
 
     signals.reset()
-    link = MPILink(comm, patience=opts.hello_patience)
+    size, rank = world_size_and_rank(comm)
+    # each rank imports the code it runs while the others join: rank 0 the master's (and the
+    # worker's too when it is alone), the others the worker's
+    code = (*MASTER_CODE, "mpigather.tasks.source") if rank == 0 else ()
+    link = MPILink(comm, patience=opts.hello_patience,
+                   meanwhile=warming((*code, *WORKER_CODE) if rank != 0 or size == 1 else code))
     summary: Summary | None = None
     try:
         if comm is None:
@@ -290,13 +296,12 @@ def master_run(link: Any, source: Any, out: str | os.PathLike[str] | None, opts:
         else:
             from .lock import OutputLock
             from .output import check_output, open_output
-            from .tasks import TaskSource
 
             lock = OutputLock(out) if opts.lock else None
             if lock is not None:
                 check_output(out, opts, exists=False)  # where it goes must exist before its lock file can
                 lock.acquire(argv or sys.argv)
-            task_source = source if isinstance(source, TaskSource) else None
+            task_source = source if _own_source(source) else None
             sink, journal, done, total = open_output(out, opts, total, argv, task_source)
     except BaseException as e:
         if lock is not None:
@@ -324,9 +329,24 @@ def _in_memory(source: Any, opts: Options, total: int | None,
         from .sinks.memory import MemorySink
 
         sink = MemorySink()
-    from .tasks import TaskSource  # (its module is light: not the task file's reader)
+    return sink, None, None, source.prepare(None, None) if _own_source(source) else total
 
-    return sink, None, None, source.prepare(None, None) if isinstance(source, TaskSource) else total
+
+def _timeout_of(payload: Any) -> float | None:
+    """``tasks.timeout_of``: a dict task's own ``timeout``. Imported only for a dict: an executor's
+    tasks are pickled calls, and its master does not import it before its first result."""
+    if not isinstance(payload, dict):
+        return None
+    from .tasks.params import timeout_of
+
+    return timeout_of(payload)
+
+
+def _own_source(source: Any) -> bool:
+    """Is ``source`` a ``tasks.TaskSource`` (``run``'s), not the executor's? Asked without importing
+    that module where none was made (the executor's master, before its first result)."""
+    mod = sys.modules.get("mpigather.tasks.source")
+    return mod is not None and isinstance(source, mod.TaskSource)
 
 
 def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: DoneSet | None, out: Any,
@@ -334,19 +354,17 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
     from .master import Master, ranks_text
     from .progress import Progress
     from .scheduler import Scheduler
-    from .tasks import TaskSource, timeout_of
-
     n_done_before = len(done) if done else 0
-    if isinstance(source, TaskSource):
+    own = _own_source(source)
+    if own:
         source.skip(done, hashed=journal is not None)
     elif done:
         raise UsageError("a resume needs the task list as a list, a range, a dict or a task file")
     tasks = source
     sink.total = total
-    own = isinstance(source, TaskSource)
     sched = Scheduler(tasks, expect=range(1, link.size), start=time.monotonic(), prefetch=opts.prefetch,
                       retries=opts.retries, max_failures=opts.max_failures, grace=opts.grace, timeout=opts.timeout,
-                      timeout_of=source.timeout_of if own else timeout_of,
+                      timeout_of=source.timeout_of if own else _timeout_of,
                       block_time=opts.batch_window, hello_patience=opts.hello_patience,
                       total=None if total is None else max(0, total - n_done_before))
     if hasattr(link, "fault_behaviour"):

@@ -26,6 +26,7 @@ from .errors import MPIGatherError
 from .executor_calls import RemoteTaskError, _call
 from .executor_feeder import AUTO_DEPTH, AUTO_SMALL, AUTO_TARGET
 from .executor_pool import INTERRUPT_WAIT, INTERRUPTED_ROOT, GatherExecutor
+from .startup import EXECUTOR_WORKER_CODE, MASTER_CODE, warming
 
 __all__ = ["AUTO_DEPTH", "AUTO_SMALL", "AUTO_TARGET", "INTERRUPTED_ROOT", "INTERRUPT_WAIT", "GatherExecutor",
            "NOT_FOR_EXECUTOR", "RemoteTaskError", "executor"]
@@ -185,28 +186,25 @@ class executor:  # noqa: N801 - a function to its users: ``with mpigather.execut
         rank, threads_ok = rank_and_threads(self.comm)
         if rank == self.root and (size == 1 or threads_ok):
             # the root returns at once: its master thread makes the link (which waits for every
-            # rank to enter) and imports the master's code, while the caller submits its tasks
+            # rank to enter, importing the master's code meanwhile), while the caller submits its tasks
             comm, root = self.comm, self.root
-            self._ex = GatherExecutor(lambda cancelled: MPILink(comm, root=root, cancelled=cancelled), self.opts,
-                                      wargs, size=size)
+            self._ex = GatherExecutor(lambda cancelled: MPILink(comm, root=root, cancelled=cancelled,
+                                                                meanwhile=warming(MASTER_CODE)),
+                                      self.opts, wargs, size=size)
             return self._ex
-        link = self._link = MPILink(self.comm, root=self.root)
+        # a worker imports its loop while the others join (not the master's code: no output, journal,
+        # scheduler), and mpi4py.futures, where its stand-in for get_comm_workers() goes
+        link = self._link = MPILink(self.comm, root=self.root,
+                                    meanwhile=() if rank == self.root else warming(EXECUTOR_WORKER_CODE))
         try:
             if link.rank != 0:
                 from .transport import CommWorkersStandIn
-                from .worker import serve  # (not the master's code: no output, journal, scheduler)
+                from .worker import serve
 
                 stand_in = CommWorkersStandIn()
-                user_init = self.initializer
-
-                def init(*args: Any) -> None:
-                    # once this worker said hello (mpi4py.futures is imported while the master starts)
-                    stand_in.install()
-                    if user_init is not None:
-                        user_init(*args)
-
+                stand_in.install()
                 try:
-                    serve(link, _call, self.opts, None, **{**wargs, "initializer": init})
+                    serve(link, _call, self.opts, None, **wargs)
                 except Exception:  # the initializer failed here: the root's futures say so (BrokenExecutor)
                     pass
                 finally:

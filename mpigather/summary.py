@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import workerstats as WS
+if TYPE_CHECKING:
+    from .workerstats import Fleet
 
 INTERRUPTED = 75  # exit status: stopped on a signal, resumable (EX_TEMPFAIL)
 CTRL_C = 130  # exit status: stopped by a Ctrl-C (128 + SIGINT, as shells report it), resumable
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)  # (the three written out below; see __init__)
 class Summary:
     """What a run did: ``mpigather.run`` returns it on rank 0.
 
@@ -89,10 +90,47 @@ class Summary:
     errors: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: str | None = None  # why the run stopped early (too many failures), or None
     stopped_hint: str = ""  # how to go on after it did
-    fleet: WS.Fleet = field(init=False, repr=False, compare=False)  # ``workers`` with bounded spans, profiles
+    fleet: Fleet = field(init=False, repr=False, compare=False)  # ``workers`` with bounded spans, profiles
 
-    def __post_init__(self) -> None:
-        self.fleet = WS.Fleet(self.workers)
+    # __init__, __repr__ and __eq__ are those @dataclass would write (tests/test_units.py checks
+    # them against its own): having it generate them cost 0.5 ms of every master's start, before
+    # its first result. A dict or list left at None is a new empty one.
+    def __init__(self, total: int = 0, done: int = 0, failed: dict[Any, str] | None = None, skipped: int = 0,
+                 not_run: int = 0, bytes: int = 0, wall: float = 0.0, interrupted: bool = False,
+                 ctrl_c: bool = False, crash: str | None = None, stuck: dict[int, Any] | None = None,
+                 lost: list[int] | None = None, workers: dict[int, dict[str, Any]] | None = None,
+                 master: dict[str, float] | None = None, results: Mapping[Any, Any] | None = None,
+                 out: str | None = None, errors: list[dict[str, Any]] | None = None, stopped_early: str | None = None,
+                 stopped_hint: str = "") -> None:
+        self.total, self.done, self.failed = total, done, {} if failed is None else failed
+        self.skipped, self.not_run, self.bytes, self.wall = skipped, not_run, bytes, wall
+        self.interrupted, self.ctrl_c, self.crash = interrupted, ctrl_c, crash
+        self.stuck, self.lost = {} if stuck is None else stuck, [] if lost is None else lost
+        self.workers, self.master = {} if workers is None else workers, {} if master is None else master
+        self.results, self.out = {} if results is None else results, out
+        self.errors = [] if errors is None else errors
+        self.stopped_early, self.stopped_hint = stopped_early, stopped_hint
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _COMPARED)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in _COMPARED) + ")"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self._values() == other._values()  # type: ignore[attr-defined]
+        return NotImplemented
+
+    def __getattr__(self, name: str) -> Any:
+        # ``fleet`` is made when first asked for (a worker's goodbye, at the end): the summaries'
+        # module, which it comes from, is not imported by a master before its first result
+        if name != "fleet":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        from .workerstats import Fleet
+
+        fleet = self.fleet = Fleet(self.workers)
+        return fleet
 
     def add_worker(self, rank: int, stats: dict[str, Any]) -> None:
         """A worker's goodbye: its record in ``workers``; its spans only while few workers have
@@ -102,6 +140,8 @@ class Summary:
     def fleet_summary(self) -> dict[str, Any]:
         """Totals, percentiles and outliers of the workers (``workerstats.summarise``; a few tenths
         of a second for 10,000 workers, so it is computed once for the summary and the journal)."""
+        from . import workerstats as WS
+
         key = (len(self.workers), len(self.lost), len(self.stuck))
         cached = getattr(self, "_fleet_cache", None)
         if cached is None or cached[0] != key:
@@ -123,6 +163,8 @@ class Summary:
 
     def text(self) -> str:
         """The report the command line prints: counts, per-worker times, failures, what to do next."""
+        from . import workerstats as WS
+
         gib = self.bytes / (1 << 30)
         rate = self.bytes / self.wall / (1 << 30) if self.wall > 0 else 0.0
         lines = [
@@ -176,6 +218,11 @@ class Summary:
             lines.append(f"  interrupted{' (Ctrl-C)' if self.ctrl_c else ''}: run again with --resume to finish"
                          f" (exit status {self.exit_code})")
         return "\n".join(lines)
+
+
+# the fields shown by repr and compared by ==: all but ``fleet``
+_COMPARED = ("total", "done", "failed", "skipped", "not_run", "bytes", "wall", "interrupted", "ctrl_c", "crash",
+             "stuck", "lost", "workers", "master", "results", "out", "errors", "stopped_early", "stopped_hint")
 
 
 def _row(rank: Any, w: dict[str, Any]) -> str:

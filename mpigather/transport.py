@@ -83,12 +83,19 @@ class JoinCancelled(Exception):
     """The wait for the other ranks to join was given up (``MPILink``'s ``cancelled``)."""
 
 
-def _idup(base: Any, patience: float, cancelled: Callable[[], bool] | None = None) -> Any:
+def _idup(base: Any, patience: float, cancelled: Callable[[], bool] | None = None,
+          meanwhile: Iterable[Any] = ()) -> Any:
     """``MPI_Comm_idup``, waited for politely: a rank whose partners never call in (only the
     master called ``mpigather.run``, say) says why it waits instead of spinning in silence.
-    ``cancelled``: asked between tests; when it says True, JoinCancelled (the request stays posted)."""
+    ``cancelled``: asked between tests; when it says True, JoinCancelled (the request stays posted).
+    ``meanwhile``: steps of other work, run first, the request tested after each (see ``MPILink``)."""
     comm, req = base.Idup()
     start = time.monotonic()
+    joined = False
+    for _ in meanwhile:
+        joined = joined or bool(req.Test())  # (each test lets the join move on: MPI progresses only in calls)
+    if joined:
+        return comm
     back = Backoff(scale=crowd())  # (every rank of the node waits here at once)
     warned = False
     while not req.Test():
@@ -142,20 +149,28 @@ class MPILink:
     """MPI endpoint of one rank, over a private duplicate of ``comm`` (default COMM_WORLD).
 
     Creating it is collective over ``comm`` (``MPI_Comm_dup``), and so is ``close``. With
-    ``root``, that rank of ``comm`` becomes rank 0 of the duplicate.
+    ``root``, that rank of ``comm`` becomes rank 0 of the duplicate. ``meanwhile``: steps of
+    work that this rank runs once it has called in, before it waits for the others, testing the
+    join between them (``startup.warming``: the code it runs next is imported while the other
+    ranks arrive and import theirs, and their join completes without waiting for the end of it).
     """
 
     def __init__(self, comm: Any = None, *, dup: bool = True, root: int = 0,
-                 patience: float = JOIN_PATIENCE, cancelled: Callable[[], bool] | None = None) -> None:
+                 patience: float = JOIN_PATIENCE, cancelled: Callable[[], bool] | None = None,
+                 meanwhile: Iterable[Any] = ()) -> None:
         from mpi4py import MPI
 
         self._MPI = MPI
         base = comm if comm is not None else MPI.COMM_WORLD
         if root:  # the same group, reordered so that ``root`` is rank 0: the master
+            for _ in meanwhile:  # (a blocking split: nothing to post first)
+                pass
             self.comm = base.Split(0, 0 if base.Get_rank() == root else base.Get_rank() + 1)
         elif dup:
-            self.comm = _idup(base, patience, cancelled)
+            self.comm = _idup(base, patience, cancelled, meanwhile)
         else:
+            for _ in meanwhile:
+                pass
             self.comm = base
         self._owned = dup or bool(root)
         self.rank = self.comm.Get_rank()
@@ -515,8 +530,9 @@ def rank_and_threads(comm: Any = None) -> tuple[int, bool]:
     return int(base.Get_rank()), MPI.Query_thread() >= MPI.THREAD_SERIALIZED
 
 
-def world_size_and_rank() -> tuple[int, int]:
-    """The size of COMM_WORLD and this process's rank in it (starts MPI)."""
+def world_size_and_rank(comm: Any = None) -> tuple[int, int]:
+    """The size of ``comm`` (default COMM_WORLD) and this process's rank in it (starts MPI)."""
     from mpi4py import MPI
 
-    return MPI.COMM_WORLD.Get_size(), MPI.COMM_WORLD.Get_rank()
+    base = comm if comm is not None else MPI.COMM_WORLD
+    return int(base.Get_size()), int(base.Get_rank())

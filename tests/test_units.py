@@ -546,3 +546,40 @@ def test_a_wake_ends_one_wait_and_is_used_up():
     t0 = time.monotonic()
     assert w.wait(30.0) and time.monotonic() - t0 < 29  # ended by the set, not the timeout
     t.join()
+
+
+def test_summary_behaves_as_the_dataclass_it_declares():
+    """``Summary`` writes out ``__init__``, ``__repr__`` and ``__eq__`` (having @dataclass generate
+    them cost 0.5 ms of every master's start): they do what @dataclass's would, field for field."""
+    import dataclasses
+    import inspect
+
+    from mpigather.summary import Summary
+
+    fields = dataclasses.fields(Summary)
+    twin = dataclasses.make_dataclass("Summary", [
+        (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory, init=f.init,
+                                           repr=f.repr, compare=f.compare)) for f in fields])
+    ours, theirs = inspect.signature(Summary).parameters, inspect.signature(twin).parameters
+    assert list(ours) == list(theirs) == [f.name for f in fields if f.init]
+    for name, p in theirs.items():  # plain defaults alike; a factory's (dict, list) is None here
+        assert ours[name].default == (p.default if p.default is not dataclasses.MISSING
+                                      and not str(p.default).startswith("<factory>") else None), name
+    blank, blank_twin = Summary(), twin()
+    for f in fields:
+        if f.init:
+            assert getattr(blank, f.name) == getattr(blank_twin, f.name), f.name
+    assert Summary().failed is not Summary().failed  # a new dict each, as a factory gives
+    values = {"total": 4, "done": 3, "failed": {7: "boom"}, "lost": [2], "workers": {1: {"tasks": 3}},
+              "out": "x.h5", "stopped_early": "too many", "wall": 1.5, "ctrl_c": True}
+    s, t = Summary(**values), twin(**values)
+    assert repr(s) == repr(t) and repr(blank) == repr(blank_twin)
+    assert Summary(4, 3).done == twin(4, 3).done == 3  # positional, in field order
+    assert s == Summary(**values) and s != Summary(**{**values, "done": 2}) and s != t
+    assert s.fleet is not None  # made at first use, and never compared
+    assert s == Summary(**values) and s.fleet.records is s.workers
+    with pytest.raises(TypeError):
+        hash(s)
+    assert dataclasses.replace(s, done=1) == Summary(**{**values, "done": 1})
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        s.nope  # noqa: B018

@@ -3,8 +3,6 @@ state set in one place (declared in ``base.Base``), and ``run``, which times the
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -12,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from ..failures import Error, ErrorLog
 from ..link import Wake
 from ..pipeline import ChunkPipeline
+from ..startup import fewer_collections
 from ..summary import Summary
-from ..tasks.params import describe as _describe
 from ..trace import open_trace
 from .commit import COMMIT_EVERY, CommitMixin
 from .decisions import DecisionsMixin
@@ -109,7 +107,7 @@ class Master(LoopMixin, DecisionsMixin, StreamsMixin, RowsMixin, CommitMixin, Fa
         t0 = time.monotonic()
         cpu0 = time.process_time()
         try:
-            with _fewer_young_collections():
+            with fewer_collections():  # (a young collection every ~100 tiny results otherwise)
                 self._loop()
         finally:
             if self._committer is not None:
@@ -149,20 +147,9 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-@contextlib.contextmanager
-def _fewer_young_collections(threshold: int = 50_000) -> Any:
-    """Each small result allocates a few objects the garbage collector tracks (its meta dict, the
-    message's tuples), so Python's default threshold (700) runs a young collection every hundred
-    or so results: 10-15% of a busy master's time with tiny results (make bench, case 2). Raise
-    it while the master runs, then put back what was there (left alone if the program turned the
-    collector off or changed the threshold meanwhile)."""
-    old = gc.get_threshold()
-    raise_it = gc.isenabled() and 0 < old[0] < threshold
-    if raise_it:
-        gc.set_threshold(threshold, *old[1:])
-    try:
-        yield
-    finally:
-        if raise_it and gc.get_threshold()[0] == threshold:
-            gc.set_threshold(*old)
+def _describe(payload: Any) -> tuple[str, int]:
+    """``tasks.params.describe``, imported at its first use: only a run with an output keeps its
+    tasks' parameters (an in-memory master, and the executor's, never import it)."""
+    from ..tasks.params import describe
 
+    return describe(payload)

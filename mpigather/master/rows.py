@@ -14,7 +14,6 @@ from .. import messages as M
 from .. import results as R
 from .. import table_schema as T
 from ..sinks import Meta
-from ..tasks.params import block_hash
 from .base import Base
 
 log = logging.getLogger("mpigather")
@@ -48,7 +47,7 @@ class RowsMixin(Base):
         crc = rows.crc if n == rows.n else T.checksum([c[:n] for c in rows.cols])  # (the rows stored)
         meta: Meta = {"rank": src, "attempt": rows.attempt, "duration": dur, "crc32c": crc,
                       "bytes": T.nbytes(rows.cols) * n // max(rows.n, 1),
-                      "hash": block_hash(b.hashes[start:end]) if b.hashes is not None else 0}
+                      "hash": _block_hash(b.hashes[start:end]) if b.hashes is not None else 0}
         t = time.perf_counter()
         try:
             stored = self.sink.put_rows(b.seq0 + start, tids, rows, meta)
@@ -81,6 +80,14 @@ class RowsMixin(Base):
         # a row still: where a result is stored never depends on when it arrived
         meta: Meta = {"rank": src, "attempt": rows.attempt, "duration": float(rows.durations[0]),
                       "crc32c": T.checksum([c[:1] for c in rows.cols]), "bytes": T.nbytes([c[:1] for c in rows.cols]),
-                      "hash": block_hash([rec.hash]) if rec.hash is not None else 0}
+                      "hash": _block_hash([rec.hash]) if rec.hash is not None else 0}
         self.sink.put_rows(rec.seq, [tid], rows, meta)
         self._decide_all(self.sched.task_done(src, rows.bid, rows.start, tid, now, None, rows.attempt), now)
+
+
+def _block_hash(hashes: Any) -> int:
+    """``tasks.params.block_hash``, imported at its first use: rows carry their tasks' hashes only
+    in a run with an output (an in-memory master, and the executor's, never import it)."""
+    from ..tasks.params import block_hash
+
+    return block_hash(hashes)

@@ -11,10 +11,8 @@ import heapq
 from collections.abc import Mapping
 from typing import Any
 
-from .. import workerstats as WS
 from ..scheduler import Scheduler, WorkerState
 from ..scheduler.types import WorkerRec
-from ..steps import step_name
 
 
 def worker_table(workers: Mapping[int, WorkerRec], hb_task: dict[int, Any], multistep: bool,
@@ -31,6 +29,8 @@ def worker_table(workers: Mapping[int, WorkerRec], hb_task: dict[int, Any], mult
             running += 1
             queued += held - 1
             if multistep:
+                from ..steps import step_name
+
                 for k, b in enumerate(w.queue):
                     for j in range(b.next, len(b)):
                         rec = b.rec(j)
@@ -49,7 +49,10 @@ def heartbeat(sched: Scheduler, hb_task: dict[int, Any], multistep: bool,
     """The per-worker part of a heartbeat record (``workerstats.heartbeat``), how many tasks run
     and wait, and the tasks by step. Up to ``LIST_MAX`` workers (or with multi-step tasks) it is
     the whole table; above, one pass over the workers with no record built per worker (building
-    them cost 22 ms a second at 10,000 workers, 0.2 s at 100,000)."""
+    them cost 22 ms a second at 10,000 workers, 0.2 s at 100,000). (A run with a journal only:
+    the summaries' module is not imported by an in-memory master.)"""
+    from .. import workerstats as WS
+
     workers = sched.workers()
     if len(workers) <= WS.LIST_MAX or multistep:
         table, running, queued, by_step = worker_table(workers, hb_task, multistep, now)

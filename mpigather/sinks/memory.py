@@ -7,22 +7,27 @@ gives both as one read-only mapping of task id to value, in task order.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import recvmem
 from .. import results as R
 from .. import table_schema as T
 from .base import Meta, Sink, Target
 from .table_base import RowsDone
-from .table_layout import Layout
-from .table_store import MemoryTable, fit_layout
+
+if TYPE_CHECKING:
+    from .table_store import MemoryTable
+
+# (recvmem, for results that come in chunks, and the table's layout and store, for rows kept as
+# a table, are imported at their first use: the executor's sink needs neither for its first result)
 
 
 class _MemoryTarget(Target):
     def __init__(self, sink: MemorySink, tid: Any, header: R.Header, meta: Meta) -> None:
         self.sink, self.tid, self.header, self.meta = sink, tid, header, meta
+        from .. import recvmem
+
         # pages ready before the chunks come: reused from a dropped result, or faulted in ahead
         self.raw = [recvmem.empty(p.nbytes) for p in header.parts]
 
@@ -58,6 +63,9 @@ class MemorySink(Sink):
         self._ready.append((tid, R.assemble(header, raws), meta))
 
     def put_rows(self, seq0: int, tids: list[Any], rows: Any, meta: Meta) -> bool:
+        from .table_layout import Layout
+        from .table_store import MemoryTable, fit_layout
+
         if self.table is None:
             self.table = MemoryTable(Layout.empty(), self.total)
         t = self.table
