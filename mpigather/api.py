@@ -378,6 +378,7 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
         hooks["master"](master)
     if own and hasattr(source, "on_total"):
         source.on_total = _total_known(sched, sink, journal, progress, n_done_before)
+        master.on_durable = source.started  # (a task file's pass, held while the run starts, goes on)
     try:
         with signals.deferred_sigint():  # a Ctrl-C stops the loop in order, and never lands inside the closing
             summary = _drive_loop(master, progress, link, sink, journal, done, out, opts, total, n_done_before)
