@@ -200,6 +200,7 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     signals.install(master=_rank_from_env() == 0)
     early = None
     if _rank_from_env() == 0 and a.tasks is not None and not a.resume:
+        _find_mpi()
         early = _EarlyScan(a.tasks)  # (a resume may skip the pass: not then)
     link = MPILink()
     try:
@@ -224,6 +225,18 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         time.sleep(RANK0_LAST)
         os._exit(FAILED)
     return code
+
+
+def _find_mpi() -> None:
+    """Find mpi4py's MPI module without importing it (nor starting MPI), before another thread
+    imports anything: mpi4py's finder imports ctypes and loads the MPI library to learn its ABI
+    inside ``find_spec``, which Python calls holding its global import lock, and a thread that
+    held ctypes' or struct's lock meanwhile deadlocked the master (seen once in about 30 starts).
+    The finder keeps what it learned, and the import itself imports nothing more there."""
+    try:
+        importlib.util.find_spec("mpi4py.MPI")
+    except ImportError:
+        pass  # (``MPILink`` says what is missing)
 
 
 class _EarlyScan(threading.Thread):

@@ -239,3 +239,22 @@ def test_a_pass_the_run_no_longer_needs_stops_at_its_next_block(tmp_path, monkey
     s.stop = True
     s.run()
     assert s.finished and s.ready == 0 and isinstance(s.error, UsageError) and s.result is None
+
+
+def test_a_held_pass_waits_for_go_on_or_for_its_longest_hold(tmp_path, monkeypatch):
+    """``hold``: the pass stops within its next 1024 lines until ``go_on``, or ``HOLD_MAX`` s."""
+    p = write_tasks(tmp_path / "t.jsonl", n=5000)
+    s = scan.Scan(p, hashes=False)
+    s.hold()
+    s.start()
+    time.sleep(0.5)
+    assert not s.finished and s.ready == 0  # (held at its first line)
+    s.go_on()
+    s.wait()
+    assert s.result is not None and s.result[0] == 5000
+    monkeypatch.setattr(scan, "HOLD_MAX", 0.2)
+    s = scan.Scan(p, hashes=False)
+    s.hold()
+    t = time.monotonic()
+    s.start().wait()
+    assert s.result is not None and s.result[0] == 5000 and 0.2 <= time.monotonic() - t < 20

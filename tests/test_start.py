@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import mpigather
-
 from helpers import gather, show
 from startfuncs import MASTER_LATE
+
+import mpigather
 
 
 def test_workers_wait_for_a_late_master_sleeping(tmp_path):
