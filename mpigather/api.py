@@ -318,6 +318,25 @@ def master_run(link: Any, source: Any, out: str | os.PathLike[str] | None, opts:
             lock.release()
 
 
+def import_master(out: str | os.PathLike[str] | None) -> None:
+    """Import the code the master's run needs up to its first result (the output's, h5py for an
+    HDF5 one, the loop's, the committer's thread pool), ahead of its use: the command line does
+    it while the workers start, so that none of it is left between their hello and their first
+    task (measured: 0.35 s on a quiet machine for a sweep into HDF5)."""
+    import concurrent.futures  # noqa: F401 - the committer's pool
+
+    from . import lock, output, progress  # noqa: F401
+    from .master import Master  # noqa: F401
+
+    if out is not None:
+        from .sinks import is_hdf5_path
+
+        if is_hdf5_path(out):
+            from .sinks import hdf5  # noqa: F401 - h5py, the table's columns
+        else:
+            from .sinks import npy  # noqa: F401
+
+
 def _in_memory(source: Any, opts: Options, total: int | None,
                make_sink: bool) -> tuple[Any, None, None, int | None]:
     """``output.open_output`` for ``out=None``, without importing the file outputs' code (most of
@@ -377,6 +396,7 @@ def _drive(link: Any, source: Any, sink: Sink, journal: Journal | None, done: Do
         hooks["master"](master)
     if own and hasattr(source, "on_total"):
         source.on_total = _total_known(sched, sink, journal, progress, n_done_before)
+        master.on_durable = source.started  # (a task file's pass, held while the run starts, goes on)
     try:
         with signals.deferred_sigint():  # a Ctrl-C stops the loop in order, and never lands inside the closing
             summary = _drive_loop(master, progress, link, sink, journal, done, out, opts, total, n_done_before)
@@ -504,4 +524,4 @@ def _release_workers(link: Any, reason: str) -> None:
         release_workers(link, reason, set(range(1, link.size)))
 
 
-__all__ = ["NOT_FOR_RUN", "master_run", "run", "run_on"]
+__all__ = ["NOT_FOR_RUN", "import_master", "master_run", "run", "run_on"]

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -197,15 +198,13 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
 
     # before MPI starts: a wall-time signal during start-up or shutdown must not kill rank 0
     signals.install(master=_rank_from_env() == 0)
-    source = None
+    early = None
     if _rank_from_env() == 0 and a.tasks is not None and not a.resume:
-        from .tasks import JsonlSource
-
-        source = JsonlSource(a.tasks)
-        source.scan_early()  # while the other ranks start (a resume may skip it: not then)
+        _find_mpi()
+        early = _EarlyScan(a.tasks)  # (a resume may skip the pass: not then)
     link = MPILink()
     try:
-        code = _run(a, argv, link, source)
+        code = _run(a, argv, link, early)
         if code == FAILED or code == _RELEASED:
             link.farewell()
     finally:
@@ -228,6 +227,49 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     return code
 
 
+def _find_mpi() -> None:
+    """Find mpi4py's MPI module without importing it (nor starting MPI), before another thread
+    imports anything: mpi4py's finder imports ctypes and loads the MPI library to learn its ABI
+    inside ``find_spec``, which Python calls holding its global import lock, and a thread that
+    held ctypes' or struct's lock meanwhile deadlocked the master (seen once in about 30 starts).
+    The finder keeps what it learned, and the import itself imports nothing more there."""
+    try:
+        importlib.util.find_spec("mpi4py.MPI")
+    except ImportError:
+        pass  # (``MPILink`` says what is missing)
+
+
+class _EarlyScan(threading.Thread):
+    """The master's pass over a task file, begun before MPI starts: this thread imports the task
+    file's code (numpy with it) and starts the pass, while the calling thread starts MPI. A
+    master that imported them first came to ``MPI_Init`` 0.2 s after its workers, which spin
+    there until every rank has come."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(name="mpigather-scan-start", daemon=True)
+        self.path = path
+        self._source: Any = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            from .tasks import JsonlSource
+
+            source = JsonlSource(self.path)
+            source.scan_early()
+            self._source = source
+        except BaseException as e:  # (raised again by ``source``, in the calling thread)
+            self._error = e
+
+    def source(self) -> Any:
+        """The task file's source, its pass going on (or this thread's error)."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._source
+
+
 def _check_everywhere(a: argparse.Namespace, link: Any) -> tuple[Any, Any, str | None]:
     """Every rank checks what it can (logging, launch, options, the function); rank 0 speaks
     for all, once. Returns (options, function, the error every rank agrees on)."""
@@ -247,6 +289,10 @@ def _check_everywhere(a: argparse.Namespace, link: Any) -> tuple[Any, Any, str |
         func = load_func(a.func)
         if a.range is not None:
             range_tasks(a.range)
+        if link.rank == 0:
+            from .api import import_master
+
+            import_master(a.out)  # (while the workers start: else between their hello and first task)
     except UsageError as e:
         err = str(e)
     if link.size == 1 and err is not None and _rank_from_env() != 0:
@@ -255,19 +301,22 @@ def _check_everywhere(a: argparse.Namespace, link: Any) -> tuple[Any, Any, str |
     return opts, func, link.bcast(next((e for e in errs if e), None))
 
 
-def _run(a: argparse.Namespace, argv: list[str], link: Any, source: Any = None) -> int:
+def _run(a: argparse.Namespace, argv: list[str], link: Any, early: _EarlyScan | None = None) -> int:
     from .api import run_on
-    from .tasks import JsonlSource, RangeSource
 
     opts, func, msg = _check_everywhere(a, link)
     if msg is not None:
         if msg and link.rank == 0:
             print(f"mpigather: error: {msg}", file=sys.stderr)
         return 2
-    if link.rank != 0:
-        source = None
-    elif source is None:  # (a task file is checked once the output is locked: done tasks too)
-        source = JsonlSource(a.tasks) if a.tasks is not None else RangeSource(a.range)
+    source = None
+    if link.rank == 0:
+        if early is not None:
+            source = early.source()
+        else:  # (a task file is checked once the output is locked: done tasks too)
+            from .tasks import JsonlSource, RangeSource
+
+            source = JsonlSource(a.tasks) if a.tasks is not None else RangeSource(a.range)
     try:
         summary = run_on(link, func, source, a.out, opts, total=source.total if source else None, argv=argv,
                          worker_args={"decode": "json"} if a.tasks is not None else None)

@@ -89,21 +89,23 @@ def check_all(out: Path, n: int, extra: int = 0) -> None:
     assert np.array_equal(c["value"][:n], np.arange(n, dtype=np.float64))
 
 
-def hold_the_pass(monkeypatch: Any, out: Path) -> list[int]:
-    """Once the run may start, the pass waits (up to 60 s) until the journal holds a result: the
-    rest of the file is checked while tasks run, whatever the speed of each. Returns the list
-    that gets how many tasks were checked when it waited."""
+def hold_the_pass(monkeypatch: Any, out: Path, at: int = STREAM, patience: float = 60) -> list[int]:
+    """Once ``at`` tasks are checked (the run may start), the pass waits (up to ``patience`` s)
+    until the journal holds a result: the rest of the file is checked while tasks run, whatever
+    the speed of each. Returns the list that gets how many tasks were checked when it waited,
+    and whether the result came."""
     checked = scan.Scan._checked
-    waited: list[int] = []
+    waited: list[Any] = []
 
     def gated(self: scan.Scan, keys: Any, lineno: int | None) -> None:
         checked(self, keys, lineno)
-        if self.ready >= STREAM and not waited:  # the run has started: hold the rest back
+        if self.ready >= at and not waited:  # the run has started: hold the rest back
             jp = Path(str(out) + ".journal")
-            end = time.monotonic() + 60
-            while time.monotonic() < end and not (jp.exists() and '"ev":"rows"' in jp.read_text()):
+            end = time.monotonic() + patience
+            came = False
+            while time.monotonic() < end and not (came := jp.exists() and '"ev":"rows"' in jp.read_text()):
                 time.sleep(0.01)
-            waited.append(self.ready)
+            waited.extend([self.ready, came])
 
     monkeypatch.setattr(scan.Scan, "_checked", gated)
     return waited
@@ -122,6 +124,36 @@ def test_a_result_is_recorded_before_the_check_of_the_file_ends(tmp_path, monkey
     st = load_state(Path(str(out) + ".journal"))
     assert st.total == N and st.start["source"]["total"] == N  # a resume of this file need not check it again
     check_all(out, N)
+
+
+def test_a_long_file_starts_once_its_first_block_is_checked(tmp_path, monkeypatch):
+    """A file of more than STREAM_AFTER tasks does not wait for that many to be checked: held
+    after its first block, the pass sees a result recorded (a run that waited for STREAM_AFTER
+    tasks would have none), and the run ends with every task's value."""
+    tasks, out = write_tasks(tmp_path / "t.jsonl"), tmp_path / "o.h5"
+    waited = hold_the_pass(monkeypatch, out, at=1, patience=20)
+    s = run_file(tasks, out)
+    assert s.done == N and s.total == N and not s.failed
+    assert waited[0] < STREAM and waited[1], waited  # a result came while one block was checked
+    evs = [r["ev"] for r in records(out)]
+    assert evs.index("start") < evs.index("rows") < evs.index("source") < evs.index("end"), evs
+    check_all(out, N)
+
+
+def test_a_file_of_up_to_stream_after_tasks_is_checked_whole_first(tmp_path, monkeypatch):
+    """A bad last line of a file of STREAM_AFTER tasks fails the run before the output is made."""
+    tasks, out = write_tasks(tmp_path / "t.jsonl", n=STREAM - 1, last='{"id": "x", "seed": '), tmp_path / "o.h5"
+    with pytest.raises(UsageError, match=rf"line {STREAM}: invalid JSON"):
+        run_file(tasks, out)
+    assert not out.exists() and not Path(str(out) + ".journal").exists()
+
+
+def test_more_tasks_than_counts_lines_that_are_not_blank(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_bytes(b'{"id": 1}\n\n  \r\n{"id": 2}\n \t\n{"id": 3}')  # (no newline at the end)
+    assert [scan.more_tasks_than(p, n) for n in (0, 2, 3)] == [True, True, False]
+    p.write_bytes(b"".join(b'{"id": %d}\n\n' % i for i in range(300_000)))  # (several reads)
+    assert scan.more_tasks_than(p, 299_999) and not scan.more_tasks_than(p, 300_000)
 
 
 def test_a_bad_line_late_in_the_file_stops_the_run_and_a_resume_finishes_it(tmp_path, monkeypatch):
@@ -207,3 +239,22 @@ def test_a_pass_the_run_no_longer_needs_stops_at_its_next_block(tmp_path, monkey
     s.stop = True
     s.run()
     assert s.finished and s.ready == 0 and isinstance(s.error, UsageError) and s.result is None
+
+
+def test_a_held_pass_waits_for_go_on_or_for_its_longest_hold(tmp_path, monkeypatch):
+    """``hold``: the pass stops within its next 1024 lines until ``go_on``, or ``HOLD_MAX`` s."""
+    p = write_tasks(tmp_path / "t.jsonl", n=5000)
+    s = scan.Scan(p, hashes=False)
+    s.hold()
+    s.start()
+    time.sleep(0.5)
+    assert not s.finished and s.ready == 0  # (held at its first line)
+    s.go_on()
+    s.wait()
+    assert s.result is not None and s.result[0] == 5000
+    monkeypatch.setattr(scan, "HOLD_MAX", 0.2)
+    s = scan.Scan(p, hashes=False)
+    s.hold()
+    t = time.monotonic()
+    s.start().wait()
+    assert s.result is not None and s.result[0] == 5000 and 0.2 <= time.monotonic() - t < 20

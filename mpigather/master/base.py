@@ -38,6 +38,7 @@ class Base:
     progress: Any
     on_done: Callable[[Any, Meta], None] | None
     on_failed: Callable[[Any, str, bytes | BaseException | None], None] | None
+    on_durable: Callable[[], None] | None  # called once, when the run's first results are journaled
     summary: Summary
     _params: bool  # task parameters go with the result
     describe: Callable[[Any], tuple[str, int]]

@@ -82,6 +82,9 @@ class CommitMixin(Base):
                 self.journal.commit()  # the step records, durable with the batch as they always were
         if ready:
             self._record_done(ready)
+            if self.on_durable is not None:
+                first, self.on_durable = self.on_durable, None
+                first()
         took += time.perf_counter() - t  # (the step records' fsync)
         self._commit_gap = min(COMMIT_MAX, max(COMMIT_EVERY, took / COMMIT_SHARE))
 

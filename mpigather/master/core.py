@@ -51,6 +51,7 @@ class Master(LoopMixin, DecisionsMixin, StreamsMixin, RowsMixin, CommitMixin, Fa
         self.link, self.sched, self.sink, self.journal, self.opts = link, scheduler, sink, journal, opts
         self.progress = progress
         self.on_done, self.on_failed = on_done, on_failed
+        self.on_durable: Callable[[], None] | None = None
         self.summary = Summary()
         self._params = journal is not None or not sink.in_memory  # task parameters go with the result
         self.describe = describe or _describe  # a task's parameters as text, and their hash

@@ -16,7 +16,10 @@ from .source import TaskSource
 if TYPE_CHECKING:
     from ..journal import DoneSet
 
-STREAM_AFTER = 50_000  # tasks checked before a run starts; a larger file's pass goes on while it runs
+# A file of up to this many tasks is checked whole before a run starts (bad input fails before
+# the output is made); a longer one starts once its first block of lines is checked, and the pass
+# goes on while its tasks run
+STREAM_AFTER = 50_000
 
 
 def scan_jsonl(path: str | os.PathLike[str], done: DoneSet | None = None) -> int:
@@ -30,9 +33,10 @@ def scan_jsonl(path: str | os.PathLike[str], done: DoneSet | None = None) -> int
 
 class JsonlSource(TaskSource):
     """A task file, one JSON object per line; a line's ``id`` key is its id, else its 0-based line
-    number. Checked in one pass (``scan.Scan``, on a thread): the run starts once the first
-    ``STREAM_AFTER`` tasks are checked (a smaller file: all of it, so that bad input fails before
-    the output is made), and hands out the tasks checked so far while the pass checks the rest;
+    number. Checked in one pass (``scan.Scan``, on a thread): a file of up to ``STREAM_AFTER``
+    tasks is checked whole before the run starts (so that bad input fails before the output is
+    made); a longer one starts once its first block of lines is checked, and hands out the tasks
+    checked so far while the pass checks the rest;
     a bad line found later stops the run (UsageError, from ``take``). A resume checks the whole
     file first, and one whose file did not change (same size and checksum) skips that pass and
     reads no done line. A task's parameter hash is the crc32c of its line, without surrounding
@@ -56,7 +60,7 @@ class JsonlSource(TaskSource):
     def scan_early(self) -> None:
         """Start the checking pass now, in a thread, while the other ranks start (MPI's waits
         release the GIL): ``prepare`` takes its result, or its error."""
-        self._scan = Scan(self.path, hashes=False).start()  # (not a resume: no done task to check)
+        self._scan = Scan(self.path, hashes=False, stream_after=STREAM_AFTER if self.stream else None).start()
 
     def prepare(self, done: DoneSet | None, before: dict[str, Any] | None) -> int | None:
         if done is not None and before and before.get("kind") == "jsonl" and before.get("total") is not None:
@@ -66,10 +70,15 @@ class JsonlSource(TaskSource):
                 return self.total  # unchanged since that run: checked then, nothing to check now
         scan, self._scan = self._scan, None
         if scan is None or (done and not scan.hashes):
-            scan = Scan(self.path, hashes=bool(done)).start()
-        scan.wait(STREAM_AFTER if self.stream and not done else None)  # (raises a bad line's error)
+            scan = Scan(self.path, hashes=bool(done), stream_after=STREAM_AFTER if self.stream and not done else None)
+            scan.start()
+        if self.stream and not done:
+            scan.wait_to_start()  # (raises a bad line's error)
+        else:
+            scan.wait()
         if not scan.finished:
-            self._scan = scan  # the rest is checked while the first tasks run
+            self._scan = scan  # the rest is checked while the first tasks run,
+            scan.hold()  # after the first results are stored (``started``)
             return None
         hashes = self._found(scan)
         if done:
@@ -94,9 +103,15 @@ class JsonlSource(TaskSource):
         if self.on_total is not None:
             self.on_total(self.total or 0, dict(self._sig or {}))
 
+    def started(self) -> None:
+        """The run's first results are durable: the pass goes on (see ``scan.Scan.hold``)."""
+        if self._scan is not None:
+            self._scan.go_on()
+
     def close(self) -> None:
         if self._scan is not None:
             self._scan.stop = True  # (it ends at its next block)
+            self._scan.go_on()
 
     def available(self) -> int:
         """Tasks that could be handed out now (checked, not yet read), done ones counted too."""
@@ -144,6 +159,7 @@ class JsonlSource(TaskSource):
         if scan is not None:  # while the pass goes on, only lines it checked (no line is done: a fresh run)
             n = min(n, scan.ready - self._seq - 1)
             if n <= 0:
+                scan.go_on()  # (every line checked so far is out: a hold would keep workers waiting)
                 return WAIT
         bits, nb, path = self._bits, len(self._bits), self.path
         tids: list[Any] = []

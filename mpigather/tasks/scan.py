@@ -23,6 +23,12 @@ from .params import _task_id
 FIRST_BLOCK = 1024  # lines checked before the first ones are handed out
 MAX_BLOCK = 65536  # lines checked at a time, at most (blocks double up to this)
 MAX_RUN = 1 << 21  # ids in one sorted run, at most: a merge needs no more than 32 MB more, whatever the file
+# The longest a pass holds (``hold``) while the run starts, in seconds. The pass holds the GIL
+# but for its reads, and the master's main thread, which gives the GIL up at each system call,
+# waits up to the interpreter's 5 ms switch interval to get it back each time: measured, the
+# first result of a 1M-line sweep took 0.15 s of wall time for 16 ms of CPU to store, and as
+# long again to commit, beside a pass
+HOLD_MAX = 1.0
 
 
 def _report_duplicate(path: str | os.PathLike[str], suspects: set[int], stop: int | None = None) -> None:
@@ -48,9 +54,11 @@ class Scan:
     file, each task's hash as a uint32 array: empty unless ``hashes``, for a resume's checks),
     once it ended without ``error``."""
 
-    def __init__(self, path: str | os.PathLike[str], hashes: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], hashes: bool = True, stream_after: int | None = None) -> None:
         self.path = path
         self.hashes = hashes
+        self.stream_after = stream_after  # a file of more tasks than this may start after its first block
+        self.long: bool | None = None  # (known once counted: more tasks than ``stream_after``)
         self.stop = False  # set: end at the next block (the run no longer needs it)
         self.ready = 0
         self.finished = False
@@ -58,6 +66,8 @@ class Scan:
         self.result: tuple[int, int, int, np.ndarray] | None = None
         self._runs: list[np.ndarray] = []  # the keys of the ids checked so far, in sorted runs
         self._cond = threading.Condition()
+        self._go = threading.Event()  # cleared: the pass holds (``hold``)
+        self._go.set()
 
     def start(self) -> Scan:
         threading.Thread(target=self.run, name="mpigather-scan", daemon=True).start()
@@ -71,8 +81,32 @@ class Scan:
         if self.error is not None:
             raise self.error
 
+    def hold(self) -> None:
+        """Pause the pass within its next 1024 lines, until ``go_on`` or for ``HOLD_MAX`` s at
+        most: while the run starts, its first results are stored without a thread that keeps
+        the GIL (the lines checked so far can be handed out meanwhile)."""
+        self._go.clear()
+
+    def go_on(self) -> None:
+        """End a ``hold``."""
+        self._go.set()
+
+    def wait_to_start(self) -> None:
+        """Until the run may start: the whole file checked, but for a file of more than
+        ``stream_after`` tasks only its first block (the rest is checked while its tasks run).
+        Raises the pass's error, if it ended with one."""
+        with self._cond:
+            while not self.finished and not (self.long and self.ready > 0):
+                self._cond.wait(0.5)
+        if self.error is not None:
+            raise self.error
+
     def run(self) -> None:
         try:
+            if self.stream_after is not None:
+                long = more_tasks_than(self.path, self.stream_after)
+                with self._cond:
+                    self.long = long
             result = self._pass()
         except BaseException as e:  # (a bad line: UsageError) said to whoever waits or takes
             self.error = e
@@ -90,6 +124,7 @@ class Scan:
         crc = size = 0
         seq = -1
         block = FIRST_BLOCK
+        go = self._go
         with _open_tasks(path) as f:
             for i, line in enumerate(f):
                 crc = crc32c(line, crc)
@@ -98,6 +133,9 @@ class Scan:
                 if not stripped:
                     continue
                 seq += 1
+                if not seq & 1023 and not go.is_set():
+                    go.wait(HOLD_MAX)
+                    go.set()  # (held once: a hold that timed out ends)
                 tid = _task_id(_parse(path, i, stripped), i)
                 check_id(tid)
                 keys.append(hash((type(tid) is int, tid)))
@@ -139,6 +177,22 @@ class Scan:
             self._cond.notify_all()
 
 
+def more_tasks_than(path: str | os.PathLike[str], n: int) -> bool:
+    """Whether a task file holds more than ``n`` tasks (lines not blank), reading no further than
+    it must: a few milliseconds for 50,000 lines, in large reads (a read releases the GIL, and a
+    thread that wants it back waits for it)."""
+    count = 0
+    tail = b""
+    with _open_tasks(path) as f:
+        while block := f.read(1 << 20):
+            lines = (tail + block).split(b"\n")
+            tail = lines.pop()
+            count += sum(1 for line in lines if line.strip())
+            if count > n:
+                return True
+    return count + (1 if tail.strip() else 0) > n
+
+
 def _scan(path: str | os.PathLike[str]) -> tuple[int, int, int, np.ndarray]:
     """The whole pass, here: (tasks, size, crc32c of the file, each task's hash)."""
     scan = Scan(path)
@@ -149,4 +203,4 @@ def _scan(path: str | os.PathLike[str]) -> tuple[int, int, int, np.ndarray]:
     return scan.result
 
 
-__all__ = ["Scan", "_report_duplicate", "_scan"]
+__all__ = ["Scan", "_report_duplicate", "_scan", "more_tasks_than"]
