@@ -318,25 +318,6 @@ def master_run(link: Any, source: Any, out: str | os.PathLike[str] | None, opts:
             lock.release()
 
 
-def import_master(out: str | os.PathLike[str] | None) -> None:
-    """Import the code the master's run needs up to its first result (the output's, h5py for an
-    HDF5 one, the loop's, the committer's thread pool), ahead of its use: the command line does
-    it while the workers start, so that none of it is left between their hello and their first
-    task (measured: 0.35 s on a quiet machine for a sweep into HDF5)."""
-    import concurrent.futures  # noqa: F401 - the committer's pool
-
-    from . import lock, output, progress  # noqa: F401
-    from .master import Master  # noqa: F401
-
-    if out is not None:
-        from .sinks import is_hdf5_path
-
-        if is_hdf5_path(out):
-            from .sinks import hdf5  # noqa: F401 - h5py, the table's columns
-        else:
-            from .sinks import npy  # noqa: F401
-
-
 def _in_memory(source: Any, opts: Options, total: int | None,
                make_sink: bool) -> tuple[Any, None, None, int | None]:
     """``output.open_output`` for ``out=None``, without importing the file outputs' code (most of
@@ -453,7 +434,9 @@ def _drive_loop(master: Master, progress: Any, link: Any, sink: Sink, journal: J
         except Exception as again:  # the link itself is broken: end the job
             log.error("could not release the workers (%s: %s); ending the job", type(again).__name__, again)
             link.abort(3)
-        _close_failed(sink, journal, 2 if isinstance(exc, UsageError) else 3, f"{type(exc).__name__}: {exc}")
+        from .run_end import close_failed
+
+        close_failed(sink, journal, 2 if isinstance(exc, UsageError) else 3, f"{type(exc).__name__}: {exc}")
         raise
     if summary.lost and out is not None:
         sink.remove_leftovers()  # what the lost workers were writing (direct mode)
@@ -466,54 +449,18 @@ def _drive_loop(master: Master, progress: Any, link: Any, sink: Sink, journal: J
     summary.out = None if out is None else str(out)
     if sink.in_memory:
         summary.results = sink.in_task_order()  # type: ignore[attr-defined]
+    from .run_end import close_failed, finish
+
     try:
         master.finish_steps(complete=not summary.interrupted and not summary.crash and not summary.stopped_early)
-        _finish(sink, journal, summary)
+        finish(sink, journal, summary)
     except BaseException as exc:
-        _close_failed(sink, journal, 3, f"{type(exc).__name__}: {exc}")
+        close_failed(sink, journal, 3, f"{type(exc).__name__}: {exc}")
         raise
     if summary.crash:
         raise MPIGatherError(f"the run failed: {summary.crash}; every result the journal calls done is safe,"
                              f" and {opts.flag('resume')} continues the run")
     return summary
-
-
-def _finish(sink: Sink, journal: Journal | None, summary: Summary) -> None:
-    from .workerstats import journaled
-
-    fleet = summary.fleet_summary()
-    ranks = journaled(fleet, summary.workers)  # every worker of a small run; the outliers of a large one
-    info = {"version": __version__, "done": summary.done, "failed": len(summary.failed),
-            "bytes": summary.bytes, "wall": summary.wall, "master": summary.master,
-            "workers": {str(r): {k: v for k, v in summary.workers[r].items() if k != "spans"} for r in ranks},
-            "interrupted": summary.interrupted}
-    if len(ranks) < len(summary.workers):
-        info["fleet"] = {k: v for k, v in fleet.items() if k != "profiles"}
-    complete = not summary.interrupted and not summary.crash and not summary.stopped_early
-    sink.set_run_info(info)
-    sink.close(complete=complete)
-    if journal is not None:
-        for rank in ranks:
-            journal.stats(rank, summary.workers[rank])
-        journal.fleet(fleet)
-        journal.end(done=summary.done, failed=len(summary.failed), interrupted=summary.interrupted,
-                    exit=summary.exit_code, wall=summary.wall, master=summary.master,
-                    **({"stopped_early": summary.stopped_early} if summary.stopped_early else {}))
-        journal.close()
-
-
-def _close_failed(sink: Sink, journal: Journal | None, code: int, error: str) -> None:
-    """A failed run: keep what is durable, and say so in the journal if it can still be written."""
-    try:
-        sink.close(complete=False)
-    except Exception:  # the output itself may be what failed
-        pass
-    if journal is not None:
-        try:
-            journal.end(exit=code, error=error, interrupted=False)
-            journal.close()
-        except Exception:
-            pass
 
 
 def _release_workers(link: Any, reason: str) -> None:
@@ -524,4 +471,4 @@ def _release_workers(link: Any, reason: str) -> None:
         release_workers(link, reason, set(range(1, link.size)))
 
 
-__all__ = ["NOT_FOR_RUN", "import_master", "master_run", "run", "run_on"]
+__all__ = ["NOT_FOR_RUN", "master_run", "run", "run_on"]

@@ -290,7 +290,7 @@ def _check_everywhere(a: argparse.Namespace, link: Any) -> tuple[Any, Any, str |
         if a.range is not None:
             range_tasks(a.range)
         if link.rank == 0:
-            from .api import import_master
+            from .startup import import_master
 
             import_master(a.out)  # (while the workers start: else between their hello and first task)
     except UsageError as e:

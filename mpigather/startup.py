@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import os
 from collections.abc import Iterable, Iterator
 
 # What each side imports before its first result (in memory, as the executor and a run with
@@ -56,3 +57,22 @@ def fewer_collections(threshold: int = 50_000) -> Iterator[None]:
     finally:
         if raise_it and gc.get_threshold()[0] == threshold:
             gc.set_threshold(*old)
+
+
+def import_master(out: str | os.PathLike[str] | None) -> None:
+    """Import the code the master's run needs up to its first result (the output's, h5py for an
+    HDF5 one, the loop's, the committer's thread pool), ahead of its use: the command line does
+    it while the workers start, so that none of it is left between their hello and their first
+    task (measured: 0.35 s on a quiet machine for a sweep into HDF5)."""
+    import concurrent.futures  # noqa: F401 - the committer's pool
+
+    from . import lock, output, progress  # noqa: F401
+    from .master import Master  # noqa: F401
+
+    if out is not None:
+        from .sinks import is_hdf5_path
+
+        if is_hdf5_path(out):
+            from .sinks import hdf5  # noqa: F401 - h5py, the table's columns
+        else:
+            from .sinks import npy  # noqa: F401

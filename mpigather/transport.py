@@ -29,6 +29,7 @@ os.environ.setdefault("OMPI_MCA_async_mpi_finalize", "1")
 if os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes", "on"):
     os.environ.setdefault("OMPI_MCA_btl_tcp_flags", "send,inplace,need-ack,need-csum,hetero-rdma")
 
+from .join import JOIN_PATIENCE, idup, leave_in_flight
 from .link import LOST, Backoff, PeerLost, crowd, hostname, wait_until
 from .messages import RELEASE
 
@@ -76,75 +77,10 @@ def thread_level_name(level: int) -> str:
             MPI.THREAD_MULTIPLE: "MPI_THREAD_MULTIPLE"}.get(level, str(level))
 
 
-JOIN_PATIENCE = 10.0  # seconds a rank waits for the others to join a run before it says so
-
-
-class JoinCancelled(Exception):
-    """The wait for the other ranks to join was given up (``MPILink``'s ``cancelled``)."""
-
-
-def _idup(base: Any, patience: float, cancelled: Callable[[], bool] | None = None,
-          meanwhile: Iterable[Any] = ()) -> Any:
-    """``MPI_Comm_idup``, waited for politely: a rank whose partners never call in (only the
-    master called ``mpigather.run``, say) says why it waits instead of spinning in silence.
-    ``cancelled``: asked between tests; when it says True, JoinCancelled (the request stays posted).
-    ``meanwhile``: steps of other work, run first, the request tested after each (see ``MPILink``)."""
-    comm, req = base.Idup()
-    start = time.monotonic()
-    joined = False
-    for _ in meanwhile:
-        joined = joined or bool(req.Test())  # (each test lets the join move on: MPI progresses only in calls)
-    if joined:
-        return comm
-    back = Backoff(scale=crowd())  # (every rank of the node waits here at once)
-    warned = False
-    while not req.Test():
-        if cancelled is not None and cancelled():
-            raise JoinCancelled("the other ranks had not joined")
-        if not warned and time.monotonic() - start > patience:
-            warned = True
-            log.warning("rank %d of %d has waited %.0f s for the other ranks to join: every rank of the"
-                        " communicator must call mpigather.run (or enter mpigather.executor) together",
-                        base.Get_rank(), base.Get_size(), patience)
-        back.sleep()
-    return comm
-
-
 FAREWELL_NAP = 0.01  # longest sleep between tests of the last barrier (many ranks wait in it at once)
 # a worker stopped before the end of a run (nothing was left for it) waits for the master to close
 # the run (``await_release``) with naps of up to FAREWELL_NAP x crowd(), at most RELEASE_NAP
 RELEASE_NAP = 0.2
-RELEASE_FINISH = 60.0  # at exit, the longest a master waits for its release messages to be taken
-
-# release messages still on their way when their link closed: a master does not wait for 128
-# workers to take them (65 ms at the end of each run at 128 ranks on 2 cores); they complete
-# during the program's next MPI calls, or at its exit, before MPI_Finalize (``_finish_in_flight``)
-_in_flight: list[Any] = []
-_in_flight_hook = False
-
-
-def _finish_in_flight(timeout: float = RELEASE_FINISH) -> None:
-    """Complete the release messages that closed links left in flight (at exit: the workers wait
-    for them)."""
-    from mpi4py import MPI
-
-    if not _in_flight or MPI.Is_finalized():
-        return
-    end = time.monotonic() + timeout
-    back = Backoff()
-    while _in_flight and time.monotonic() < end:
-        _in_flight[:] = [r for r in _in_flight if not _done_or_dead(r)]
-        if _in_flight:
-            back.sleep()
-
-
-def _done_or_dead(req: Any) -> bool:
-    try:
-        return bool(req.Test())
-    except Exception:  # (ULFM) to a dead process: nobody waits for it
-        return True
-
-
 class MPILink:
     """MPI endpoint of one rank, over a private duplicate of ``comm`` (default COMM_WORLD).
 
@@ -167,7 +103,7 @@ class MPILink:
                 pass
             self.comm = base.Split(0, 0 if base.Get_rank() == root else base.Get_rank() + 1)
         elif dup:
-            self.comm = _idup(base, patience, cancelled, meanwhile)
+            self.comm = idup(base, patience, cancelled, meanwhile)
         else:
             for _ in meanwhile:
                 pass
@@ -408,16 +344,8 @@ class MPILink:
         except release messages: those complete later, at the latest at exit)."""
         self.flush()
         if self._releases:
-            global _in_flight_hook
-            left = [r for r in self._releases if not _done_or_dead(r)]
+            leave_in_flight(self._releases, self._MPI.Is_finalized)
             self._releases = []
-            if left:
-                _in_flight.extend(left)
-                if not _in_flight_hook:
-                    _in_flight_hook = True
-                    import atexit
-
-                    atexit.register(_finish_in_flight)  # (runs before mpi4py's MPI_Finalize: registered later)
         if self._owned and self.comm != self._MPI.COMM_NULL:
             with self._lock:
                 self.comm.Free()
