@@ -25,14 +25,21 @@ def sometimes(i):
 
 
 def first_fails_once(i):
-    """Task 0 fails on its first run (a marker file in $MPIGATHER_TEST_DIR remembers it); the
-    others take a while, so some are running when the run stops."""
+    """Task 0 fails on its first run (a marker file in $MPIGATHER_TEST_DIR remembers it), once
+    another task has started (at most 30 s later): the others take a while, so one is running
+    when the run stops. (Failing at once, it once stopped the run before the other worker had
+    said hello, and nothing was running.)"""
+    here = Path(os.environ["MPIGATHER_TEST_DIR"])
     if i == 0:
-        marker = Path(os.environ["MPIGATHER_TEST_DIR"]) / "failed-once"
+        marker = here / "failed-once"
         if not marker.exists():
+            end = time.monotonic() + 30
+            while not (here / "another-started").exists() and time.monotonic() < end:
+                time.sleep(0.01)
             marker.touch()
             raise RuntimeError("task 0 fails the first time")
         return 0.0
+    (here / "another-started").touch()
     time.sleep(0.3)
     return i * 2.0
 
