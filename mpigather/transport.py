@@ -81,6 +81,9 @@ FAREWELL_NAP = 0.01  # longest sleep between tests of the last barrier (many ran
 # a worker stopped before the end of a run (nothing was left for it) waits for the master to close
 # the run (``await_release``) with naps of up to FAREWELL_NAP x crowd(), at most RELEASE_NAP
 RELEASE_NAP = 0.2
+_AS_IS = contextlib.nullcontext()  # (``MPILink._failures`` without ULFM)
+
+
 class MPILink:
     """MPI endpoint of one rank, over a private duplicate of ``comm`` (default COMM_WORLD).
 
@@ -127,13 +130,18 @@ class MPILink:
         self.released = False  # (a worker) the master's ``release`` came while it still served tasks
         self._releases: list[Any] = []  # (the master) release messages posted (``close`` does not wait for them)
 
-    @contextlib.contextmanager
     def _failures(self) -> Any:
-        """Turn the MPI library's "a process failed" errors into ``PeerLost`` (ULFM only)."""
+        """Turn the MPI library's "a process failed" errors into ``PeerLost`` (ULFM only). Without
+        ULFM nothing is translated: a shared empty context, not a generator made per call (the
+        loops' empty polls make thousands of calls a second)."""
+        return self._translated() if self.survives_failures else _AS_IS
+
+    @contextlib.contextmanager
+    def _translated(self) -> Any:
         try:
             yield
         except self._MPI.Exception as e:
-            if not self.survives_failures or e.Get_error_class() not in _proc_failed_classes(self._MPI):
+            if e.Get_error_class() not in _proc_failed_classes(self._MPI):
                 raise
             lost = self._acknowledge()
             raise PeerLost(lost) from None
@@ -161,15 +169,11 @@ class MPILink:
         """A matched probe of the next message from ``source`` (any), or None."""
         MPI = self._MPI
         st = self._status
-        if not self.survives_failures:  # (the loops' empty polls: no generator-based context per poll)
-            with self._lock:
+        try:
+            with self._lock, self._failures():
                 msg = self.comm.improbe(MPI.ANY_SOURCE if source is None else source, MPI.ANY_TAG, st)
-        else:
-            try:
-                with self._lock, self._failures():
-                    msg = self.comm.improbe(MPI.ANY_SOURCE if source is None else source, MPI.ANY_TAG, st)
-            except PeerLost as e:
-                return _Lost(e.ranks) if e.ranks else None
+        except PeerLost as e:
+            return _Lost(e.ranks) if e.ranks else None
         if msg is None:
             return None
         return Incoming(self, msg, st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE))
