@@ -1652,6 +1652,7 @@ class Cluster:
         # the sets kept up to date instead of passes over the workers
         assert s._idle == {r for r, w in s.workers().items() if w.state == "ok" and not w.held}
         assert s._multi == {r for r, w in s.workers().items() if w.state == "ok" and w.held > 1 and not w.revoking}
+        assert s._asked == {r for r, w in s.workers().items() if w.revoking}
         ok = sum(1 for e in self.ended.values() if e[0])
         assert (s.n_done, s.n_failed) == (ok, len(self.ended) - ok)
         if self.drained:

@@ -92,6 +92,9 @@ class Base:
     def _arm(self, w: WorkerRec) -> None:
         raise NotImplementedError
 
+    def _asking(self, w: WorkerRec, on: bool) -> None:
+        raise NotImplementedError
+
     def _end_rec(self, rec: TaskRec, rank: int, attempt: int, *, ok: bool, error: str | None) -> list[Decision]:
         raise NotImplementedError
 

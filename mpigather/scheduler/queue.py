@@ -394,8 +394,7 @@ class QueueMixin(Base):
                 if not want:
                     break
             if cuts:
-                donor.revoking = True
-                self._asked.add(donor.rank)
+                self._asking(donor, True)
                 self._multi.discard(donor.rank)  # until it answers
                 out.append(Revoke(donor.rank, cuts[::-1], expect_ack=True))
         return out
@@ -406,8 +405,7 @@ class QueueMixin(Base):
         idle worker."""
         w = self._worker(rank)
         w.last_seen = now
-        w.revoking = False
-        self._asked.discard(rank)
+        self._asking(w, False)
         back: list[Block] = []
         for bid, k in cuts:
             if k is None:

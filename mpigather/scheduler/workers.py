@@ -67,8 +67,8 @@ class WorkersMixin(Base):
             if w.kinds:
                 self._needs_check = True  # steps that need its kind: can anyone else run them?
         self._transition(w, "lost")
-        w.streaming = w.revoking = False
-        self._asked.discard(rank)
+        w.streaming = False
+        self._asking(w, False)
         out, _ = self._take_back(w, f"worker {rank} was lost")
         return out
 
@@ -99,6 +99,15 @@ class WorkersMixin(Base):
             self._ok.add(w.rank)
             self._no_worker_since = None
         self._queue_changed(w)
+
+    def _asking(self, w: WorkerRec, on: bool) -> None:
+        """A steal request to ``w`` is on its way (or answered, or moot): its flag, and the set
+        of such donors (while it is not empty, no idle worker is stopped early)."""
+        w.revoking = on
+        if on:
+            self._asked.add(w.rank)
+        else:
+            self._asked.discard(w.rank)
 
     def _queue_changed(self, w: WorkerRec) -> None:
         if w.state is W.OK:
