@@ -801,20 +801,26 @@ def test_drain_revokes_unstarted_tasks_and_stops_reading_the_source():
     s, src = make(100, workers=(1, 2), prefetch=3)
     s.dispatch(0.0)
     out = s.drain()
-    assert out == [Revoke(1, [1, 2], expect_ack=False), Revoke(2, [4, 5], expect_ack=False)]
+    assert out == [Revoke(1, [1, 2], expect_ack=True), Revoke(2, [4, 5], expect_ack=True)]
     assert s.draining and not s.finished
-    assert queues(s) == {1: [0], 2: [3]}
-    assert s.in_flight() == 2
+    assert s.in_flight() == 6  # until each worker says where it cut
+    s.revoked(2, [4, 5], 0.5)
+    assert queues(s) == {1: [0, 1, 2], 2: [3]}
     assert s.dispatch(1.0) == []
     assert src.pulled == 6
     assert s.task_done(1, 0, 1, 2.0) == [Ended(0, 1, 1, True, None)]
     assert s.dispatch(2.0) == []
     assert s.task_done(2, 3, 1, 3.0) == [Ended(3, 1, 2, True, None)]
+    assert not s.finished  # rank 1 has not answered
+    # rank 1 had begun task 1 when the revoke came: it finishes and is stored, not run again on resume
+    s.revoked(1, [2], 3.5)
+    assert queues(s) == {1: [1], 2: []}
+    assert s.task_done(1, 1, 1, 4.0) == [Ended(1, 1, 1, True, None)]
     assert s.finished
-    assert s.dispatch(3.0) == [Stop(1), Stop(2)]
-    assert src.pulled == 6 and (s.n_done, s.n_failed) == (2, 0)
-    # results of revoked tasks that had started anyway are discarded
-    assert s.task_done(1, 1, 1, 4.0) == []
+    assert s.dispatch(4.0) == [Stop(1), Stop(2)]
+    assert src.pulled == 6 and (s.n_done, s.n_failed) == (3, 0)
+    # results of revoked tasks that started after the cut are discarded
+    assert s.task_done(1, 2, 1, 5.0) == []
 
 
 def test_drain_forgets_requeued_and_suspect_tasks():
@@ -2065,6 +2071,9 @@ def test_limit_reached_while_tasks_run_lets_them_finish_and_loses_nothing():
     out = s.task_failed(1, running[1], 1, "boom", 1.0)
     assert len(of(out, StopEarly)) == 1
     # each worker keeps only the task it may have started (worker 1 went on to its next one); the rest is revoked
+    for r in of(out, Revoke):
+        assert r.expect_ack
+        s.revoked(r.rank, r.cuts, 1.2)  # none had started more than the master knew of
     q = queues(s)
     assert q[2] == [running[2]] and q[3] == [running[3]] and len(q[1]) == 1
     assert not of(s.dispatch(1.5), Sent)  # no new work

@@ -18,7 +18,9 @@ class EndingMixin(Base):
         """Stop handing out work (a signal asked us to stop): revoke everything not yet started.
 
         Tasks already running may finish within ``grace`` seconds; then ``tick`` abandons
-        them. Tasks never started stay not done, for ``--resume``.
+        them. Tasks never started stay not done, for ``--resume``. A healthy worker answers
+        the revoke with where it cut (``revoked``): a task it began before the revoke reached
+        it runs to its end and is stored.
         """
         if self._draining:
             return []
@@ -31,8 +33,17 @@ class EndingMixin(Base):
                 continue
             head = w.queue[0]
             cuts = [(head.bid, head.next + 1)] if head.next + 1 < len(head) else []
+            cuts += [(b.bid, b.next) for b in list(w.queue)[1:]]
+            if not cuts:
+                continue
+            if w.state is W.OK:
+                # the worker may have started more than this master has heard of (a result on
+                # its way, the next task begun): it cuts where it is and says where, and until
+                # then its leases stand, so what it finishes is stored, not run again on resume
+                self._asking(w, True)
+                out.append(Revoke(w.rank, cuts, expect_ack=True))
+                continue
             for b in list(w.queue)[1:]:
-                cuts.append((b.bid, b.next))
                 self._leases.pop(b.bid, None)
                 self._forget(b)
             if head.next + 1 < len(head):
@@ -40,8 +51,6 @@ class EndingMixin(Base):
             w.queue = deque([head])
             w.held = head.left
             self._queue_changed(w)
-            if cuts and w.state is W.OK:
-                out.append(Revoke(w.rank, cuts, expect_ack=False))
         for b in self._requeued:
             self._forget(b)
         self._requeued.clear()
@@ -79,7 +88,9 @@ class EndingMixin(Base):
     def abandon_running(self) -> int:
         """At the end of the grace period: forget the tasks still running (they are not done).
         Returns how many there were."""
-        left = self.in_flight() + sum(b.left for b in self._requeued)
+        # a worker asked to cut its queue that has not answered runs one task, as far as we know
+        left = sum(min(w.held, 1) if w.revoking else w.held for w in self._workers.values())
+        left += sum(b.left for b in self._requeued)
         left += sum(1 for r in self._recs.values() if r.block is None)
         for w in self._workers.values():
             w.queue.clear()

@@ -395,14 +395,13 @@ class QueueMixin(Base):
                     break
             if cuts:
                 self._asking(donor, True)
-                self._multi.discard(donor.rank)  # until it answers
                 out.append(Revoke(donor.rank, cuts[::-1], expect_ack=True))
         return out
 
     def revoked(self, rank: int, cuts: Iterable[tuple[int, int | None]], now: float) -> list[Decision]:
-        """The worker acknowledged a steal: of each lease it dropped the tasks from that index on,
-        unstarted (None: it dropped nothing of it). They go to the front of the queue, for an
-        idle worker."""
+        """The worker acknowledged a steal or a drain: of each lease it dropped the tasks from
+        that index on, unstarted (None: it dropped nothing of it). They go to the front of the
+        queue, for an idle worker (forgotten while draining: not done, left for a resume)."""
         w = self._worker(rank)
         w.last_seen = now
         self._asking(w, False)

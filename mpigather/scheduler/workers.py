@@ -101,11 +101,12 @@ class WorkersMixin(Base):
         self._queue_changed(w)
 
     def _asking(self, w: WorkerRec, on: bool) -> None:
-        """A steal request to ``w`` is on its way (or answered, or moot): its flag, and the set
-        of such donors (while it is not empty, no idle worker is stopped early)."""
+        """A revoke that wants an answer (a steal, or a drain's) is on its way to ``w`` (or
+        answered, or moot): its flag, and the set of such donors (while it is not empty, no idle worker is stopped early)."""
         w.revoking = on
         if on:
             self._asked.add(w.rank)
+            self._multi.discard(w.rank)  # not a donor again until it answers
         else:
             self._asked.discard(w.rank)
 
