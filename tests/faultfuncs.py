@@ -122,3 +122,18 @@ def abort_at_5(i: int):
 
         MPI.COMM_WORLD.Abort(5)
     return result(i)
+
+
+def stops_at_6_16_26(i: int):
+    """0.3 s per task, but the first execution of task 6, 16 or 26 sends the stop signal
+    (SIGUSR1) to the master (the pid in the output's lock file) and returns at once: its worker
+    goes on to the next task it holds while the signal is on its way."""
+    _log(i)
+    if i in (6, 16, 26) and _first_time("usr1", i):
+        import json
+
+        (lock,) = _dir().glob("*.lock")
+        os.kill(json.loads(lock.read_text())["pid"], signal.SIGUSR1)
+        return result(i)
+    time.sleep(0.3)
+    return result(i)

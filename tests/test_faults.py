@@ -197,6 +197,32 @@ def test_stop_signal_exits_resumable_then_resume_completes(tmp_path, sig):
           f"{len(done_before)} done before, executions {sum(ex.values())} for {n} tasks")
 
 
+def test_a_task_begun_before_the_stop_signal_reached_the_master_is_stored(tmp_path):
+    """Tasks 6, 16 and 26 each signal the master and return at once, so their worker may begin
+    the next task it holds before the master's revoke reaches it. That task runs to its end
+    within the grace period and is stored: after each of the three stops every task that ran
+    is done, and the resumes run none of them again. (The master once cut the lease at the
+    task it knew of and dropped the result of the one begun meanwhile, in about half of the
+    stops here; the resume ran it a second time.)"""
+    out = tmp_path / "o.h5"
+    n, func = 40, "faultfuncs:stops_at_6_16_26"
+    for stop in range(3):
+        proc = _start(tmp_path, func, out, n, "--grace", "60", *(["--resume"] if stop else []))
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                kill_group(proc.pid)
+        assert proc.returncode == mpigather.INTERRUPTED, f"stop {stop}: {stdout}\n{stderr}"
+        ran, done = executions(tmp_path), set(done_ids(out))
+        assert set(ran) == done and len(done) < n, (stop, sorted(ran), sorted(done))
+    p = gather(3, func, out, "--range", str(n), "--resume", extra_env=fenv(tmp_path))
+    assert p.returncode == 0, show(p)
+    with mpigather.load(out) as res:
+        assert check_all(res, expected, range(n)) == []
+    assert executions(tmp_path) == dict.fromkeys(range(n), 1)
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the whole job at one instant: mpiexec, its proxy and every rank."""
     kill_group(proc.pid)
