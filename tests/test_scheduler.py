@@ -823,6 +823,21 @@ def test_drain_revokes_unstarted_tasks_and_stops_reading_the_source():
     assert s.task_done(1, 2, 1, 5.0) == []
 
 
+def test_a_failure_begun_after_a_drains_cut_is_not_counted():
+    """A worker runs on through tasks the drain cut until the revoke reaches it: a result is
+    stored, but a failure is not counted (tiny failing tasks would go on counting); that task
+    stays not done, for a resume."""
+    s, _ = make(100, workers=(1,), prefetch=4, max_failures="none")
+    s.dispatch(0.0)
+    assert queues(s) == {1: [0, 1, 2, 3]}
+    s.drain()
+    assert s.task_done(1, 0, 1, 1.0) == [Ended(0, 1, 1, True, None)]
+    assert s.task_done(1, 1, 1, 1.1) == [Ended(1, 1, 1, True, None)]  # past the cut: stored
+    assert s.task_failed(1, 2, 1, "boom", 1.2) == []  # past the cut: not counted
+    s.revoked(1, [3], 1.3)
+    assert s.finished and (s.n_done, s.n_failed) == (2, 0)
+
+
 def test_drain_forgets_requeued_and_suspect_tasks():
     s, _ = make(100, workers=(1, 2), prefetch=2, timeout=10.0)
     s.dispatch(0.0)  # 1 <- 0, 1 ; 2 <- 2, 3

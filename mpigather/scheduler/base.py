@@ -45,7 +45,8 @@ class Base:
     _ok: set[int]  # healthy workers
     _hungry: set[int]  # healthy workers whose queue shrank since dispatch last filled it
     _multi: set[int]  # healthy workers holding more than one task (steal donors)
-    _asked: set[int]  # donors asked for tasks (a steal) that have not answered
+    _asked: set[int]  # workers asked for tasks (a steal, a drain) that have not answered
+    _stop_cuts: dict[int, int]  # lease -> where a drain cut it: a failure past that is not counted
     _idle: set[int]  # healthy workers holding no task
     _kinds: dict[str, int]  # live workers of each kind
     _needs_check: bool  # a requeued task needs a kind of worker: can anyone run it?

@@ -106,7 +106,8 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin, EndingMixin):
         self._hungry: set[int] = set()
         self._multi: set[int] = set()
         self._idle: set[int] = set()
-        self._asked: set[int] = set()  # donors asked for tasks (a steal) that have not answered
+        self._asked: set[int] = set()  # workers asked for tasks (a steal, a drain) that have not answered
+        self._stop_cuts: dict[int, int] = {}  # lease -> where a drain cut it (see _task_failed)
         self._avg: float | None = None
         self._kinds: dict[str, int] = {}
         self._needs_check = False
@@ -273,6 +274,15 @@ class Scheduler(WorkersMixin, LeasesMixin, QueueMixin, StepsMixin, EndingMixin):
             if i != b.next:
                 raise ProtocolError(f"worker {rank} reported task {i} of lease {bid}, expected task {b.next}")
             self._report_in(w)
+            if i >= self._stop_cuts.get(bid, i + 1):
+                # begun after a drain's cut, before the worker heard of it: a result is stored,
+                # but a failure is not counted (a storm of tiny failing tasks would go on
+                # counting until the revoke arrives); not done, left for a resume
+                if (rec := b.rec(i)) is not None:
+                    del b.recs[i]  # type: ignore[union-attr]
+                    self._recs.pop(rec.tid, None)
+                self._advance(w, b, 1, now)
+                return []
             rec = b.rec(i) or self._promote(b, i)
             b.recs.pop(i)  # type: ignore[union-attr]  # (promoted above)
             rec.block = None

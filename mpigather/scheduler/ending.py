@@ -41,6 +41,7 @@ class EndingMixin(Base):
                 # its way, the next task begun): it cuts where it is and says where, and until
                 # then its leases stand, so what it finishes is stored, not run again on resume
                 self._asking(w, True)
+                self._stop_cuts.update(cuts)
                 out.append(Revoke(w.rank, cuts, expect_ack=True))
                 continue
             for b in list(w.queue)[1:]:

@@ -102,7 +102,8 @@ class WorkersMixin(Base):
 
     def _asking(self, w: WorkerRec, on: bool) -> None:
         """A revoke that wants an answer (a steal, or a drain's) is on its way to ``w`` (or
-        answered, or moot): its flag, and the set of such donors (while it is not empty, no idle worker is stopped early)."""
+        answered, or moot): its flag, and the set of such workers (while it is not empty, no idle
+        worker is stopped early)."""
         w.revoking = on
         if on:
             self._asked.add(w.rank)
