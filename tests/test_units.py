@@ -583,3 +583,40 @@ def test_summary_behaves_as_the_dataclass_it_declares():
     assert dataclasses.replace(s, done=1) == Summary(**{**values, "done": 1})
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         s.nope  # noqa: B018
+
+
+def test_a_directory_tables_files_are_made_durable_while_a_migration_swaps_them(tmp_path, monkeypatch):
+    """The commit's thread fsyncs the table's files while the master's thread may rewrite the
+    table for a changed layout (the rewritten copy swapped in for the old directory). They take
+    turns: without that, the fsync met a column or layout.json in the middle of the swap
+    (FileNotFoundError, which failed a run under CI) within a few migrations here."""
+    from mpigather.sinks.table_layout import Layout
+    from mpigather.sinks.table_npy import NpyTable
+    from mpigather.sinks.table_store import migrate
+
+    monkeypatch.setenv("MPIGATHER_SYNCFS", "0")  # an fsync per file, by its path
+    lay = Layout.empty()
+    table = NpyTable.create(tmp_path, lay)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def durable() -> None:
+        while not stop.is_set():
+            try:
+                table.make_durable()
+            except OSError as e:
+                errors.append(e)
+                return
+
+    t = threading.Thread(target=durable)
+    t.start()
+    try:
+        for _ in range(100):
+            migrate(table, lay, lay)  # a rewrite and a swap, every time
+            if errors:
+                break
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert NpyTable.open(tmp_path) is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,7 @@ class NpyTable(TableStore):
 
     def __init__(self, root: Path, layout: Layout) -> None:
         self.root, self.layout = root, layout
+        self.lock = threading.Lock()  # (see TableStore.lock)
         self.cols: dict[str, NpyColumn] = {}
         for c in layout.columns():
             p = root / f"{c.name}.npy"
@@ -208,7 +210,9 @@ class NpyTable(TableStore):
                 c._set_length(n)
 
     def make_durable(self) -> None:
-        make_files_durable([c.path for c in self.cols.values()] + [self.root / "layout.json"], self.root)
+        """(On the commit's thread.) Not while a migration renames and drops the files."""
+        with self.lock:
+            make_files_durable([c.path for c in self.cols.values()] + [self.root / "layout.json"], self.root)
 
     def close(self) -> None:
         for c in self.cols.values():

@@ -6,6 +6,7 @@ and its rules are in ``table_layout``. Imports no MPI.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,9 @@ class TableStore:
     linked, not copied) that ``save_layout`` swaps in whole, so a kill leaves one or the other."""
 
     n: int
+    # held while ``migrate`` changes the table's files (drops, links, the swap of the rewritten
+    # copy); a store whose files are made durable on another thread takes it there too
+    lock: AbstractContextManager[Any] = nullcontext()
 
     def begin_migration(self) -> None:
         pass
@@ -52,6 +56,11 @@ def migrate(store: TableStore, old: Layout, new: Layout) -> Layout:
     """Rewrite the columns that ``new`` changes (rare: a field that appears, a promotion, a mix
     that becomes JSON): each is read whole, converted, and written again. Returns the layout as
     stored (a collapsed field whose rows all hold it loses its mask)."""
+    with store.lock:
+        return _migrate(store, old, new)
+
+
+def _migrate(store: TableStore, old: Layout, new: Layout) -> Layout:
     store.begin_migration()
     done = np.asarray(store.read_column("done"), dtype=bool) if store.n else np.zeros(0, dtype=bool)
     anything = bool(done.any())  # else every column is created empty
