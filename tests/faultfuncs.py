@@ -53,10 +53,23 @@ def always_raise(i: int):
 
 
 def raise_once(i: int):
+    """Task 2 fails the first time, once another worker has begun a task (at most 30 s later), so
+    that a worker which has not tried it is there for the retry. (Failing at once on a busy
+    machine, it was retried on the same worker before the other had said hello.)"""
     _log(i)
     if i == 2 and _first_time("raise", i):
+        _await_another_worker()
         raise RuntimeError(f"task {i} fails the first time")
     return result(i)
+
+
+def _await_another_worker(patience: float = 30.0) -> None:
+    """Until executions.log holds a task begun by another process."""
+    me, end = str(os.getpid()), time.monotonic() + patience
+    while time.monotonic() < end:
+        if any(line.split()[1] != me for line in (_dir() / "executions.log").read_text().splitlines()):
+            return
+        time.sleep(0.01)
 
 
 def hang_once(i: int):
