@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -88,10 +89,21 @@ def mpirun(n: int, args: list[str], *, timeout: float = 120, cwd: Path | None = 
     e = env()
     if extra_env:
         e.update(extra_env)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=e,
-                          start_new_session=True) as proc:
-        out, err = communicate_or_fail(proc, timeout, f"mpiexec timed out after {timeout} s: {' '.join(cmd)}")
+    for again in (True, False):
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=e,
+                              start_new_session=True) as proc:
+            out, err = communicate_or_fail(proc, timeout, f"mpiexec timed out after {timeout} s: {' '.join(cmd)}")
+        if not (again and proc.returncode and LAUNCHER_DID_NOT_START in err):
+            break
+        warnings.warn(f"the launcher did not start (exit {proc.returncode}: {LAUNCHER_DID_NOT_START}); "
+                      f"started once more: {' '.join(cmd)}", stacklevel=2)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+# Open MPI's launcher (PRRTE) fails now and then before any rank runs, exit 213 with this line
+# (seen once, in a CI run of the Open MPI matrix): the command is started once more, with a warning in
+# the test summary; any other failure, or this one twice, stands
+LAUNCHER_DID_NOT_START = "The PMIx server's listener thread failed to start"
 
 
 def communicate_or_fail(proc: subprocess.Popen[str], timeout: float, what: str) -> tuple[str, str]:
