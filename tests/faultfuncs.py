@@ -143,10 +143,10 @@ def stops_at_6_16_26(i: int):
     goes on to the next task it holds while the signal is on its way."""
     _log(i)
     if i in (6, 16, 26) and _first_time("usr1", i):
-        import json
+        from mpigather.lock import read_holder
 
         (lock,) = _dir().glob("*.lock")
-        os.kill(json.loads(lock.read_text())["pid"], signal.SIGUSR1)
+        os.kill(read_holder(lock)["pid"], signal.SIGUSR1)
         return result(i)
     time.sleep(0.3)
     return result(i)
